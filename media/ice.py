@@ -1,0 +1,87 @@
+"""ICE configuration and hygiene.
+
+aiortc accepts any remote candidate, including loopback, link-local and cloud-metadata
+addresses, which lets a hostile browser aim the server's connectivity checks at internal
+services. Candidates are filtered out of every offer before aiortc sees them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aioice.ice
+from aiortc import RTCConfiguration, RTCIceServer
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    """What the media layer needs to know about the deployment."""
+
+    ice_servers: Sequence[dict[str, Any]] = ()
+    allow_loopback_candidates: bool = False
+    media_addresses: Sequence[str] = field(default_factory=tuple)
+
+    def rtc_configuration(self) -> RTCConfiguration:
+        # An explicit empty list matters: with None aiortc falls back to a public STUN server.
+        servers = [
+            RTCIceServer(
+                urls=s["urls"], username=s.get("username"), credential=s.get("credential")
+            )
+            for s in self.ice_servers
+        ]
+        return RTCConfiguration(iceServers=servers)
+
+    @property
+    def loopback_only(self) -> bool:
+        return bool(self.media_addresses) and all(
+            ipaddress.ip_address(a).is_loopback for a in self.media_addresses
+        )
+
+
+_original_get_host_addresses = aioice.ice.get_host_addresses
+
+
+def restrict_host_addresses(addresses: Iterable[str]) -> None:
+    """Gather local candidates only on these addresses (all interfaces when empty).
+
+    aioice exposes no option for this and skips loopback, so its module-level lookup is
+    replaced; this is process-wide, like the network interfaces it describes.
+    """
+    chosen = list(addresses)
+    if not chosen:
+        aioice.ice.get_host_addresses = _original_get_host_addresses
+        return
+
+    def _chosen(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [
+            a
+            for a in chosen
+            if (use_ipv4 and ipaddress.ip_address(a).version == 4)
+            or (use_ipv6 and ipaddress.ip_address(a).version == 6)
+        ]
+
+    aioice.ice.get_host_addresses = _chosen
+
+
+def candidate_allowed(candidate_line: str, config: MediaConfig) -> bool:
+    """Decide whether a remote ``candidate:`` attribute may reach aiortc."""
+    parts = candidate_line.split()
+    if len(parts) < 8 or parts[6] != "typ":
+        return False
+    transport, address = parts[2].lower(), parts[4]
+    if transport != "udp":
+        return False  # aioice speaks UDP only; TCP candidates would just fail later.
+    if address.endswith(".local"):
+        return False  # mDNS names need multicast resolution; the browser also offers srflx/relay.
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if ip.is_loopback:
+        return config.allow_loopback_candidates
+    if config.loopback_only:
+        return False
+    return not (ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved)

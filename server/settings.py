@@ -1,0 +1,72 @@
+"""Runtime configuration, read once from ``RAPPORT_*`` environment variables.
+
+A single settings object is passed around (not imported as a global) so tests can run several
+servers with different settings in one process.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_database_url() -> str:
+    data_dir = Path.cwd() / "data"
+    return f"sqlite+aiosqlite:///{data_dir / 'rapport.db'}"
+
+
+class IceServer(dict[str, Any]):
+    """One RTCIceServer entry as browsers expect it (urls, username, credential)."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAPPORT_", extra="ignore")
+
+    database_url: str = Field(default_factory=default_database_url)
+    public_url: str = "http://127.0.0.1:8000"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # JSON list of RTCIceServer dicts handed to browsers and to the server's peers. Empty means
+    # host candidates only (fine on a LAN or localhost; use TURN across the internet).
+    ice_servers: list[dict[str, Any]] = Field(default_factory=list)
+    # Local addresses the media engine gathers candidates on; empty = every interface except
+    # loopback (aioice's default). Tests pin this to 127.0.0.1.
+    media_addresses: list[str] = Field(default_factory=list)
+    # Accept loopback ICE candidates from browsers (only sensible for local development/tests).
+    allow_loopback_candidates: bool = False
+    invite_ttl_hours: float = 24.0
+    login_idle_minutes: float = 60.0
+    max_message_bytes: int = 64 * 1024
+    max_messages_per_second: float = 50.0
+    secure_cookies: bool | None = None  # None: secure when public_url is https
+    web_dir: Path = REPO_ROOT / "web"
+    log_level: str = "info"
+    log_json: bool = True
+
+    @field_validator("ice_servers", "media_addresses", mode="before")
+    @classmethod
+    def _parse_json_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return []
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @cached_property
+    def cookie_secure(self) -> bool:
+        if self.secure_cookies is not None:
+            return self.secure_cookies
+        return self.public_url.startswith("https://")
+
+    def public(self, path: str) -> str:
+        return self.public_url.rstrip("/") + path

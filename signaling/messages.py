@@ -1,0 +1,190 @@
+"""Every message that crosses the signalling WebSocket, as pydantic models.
+
+Each message is a JSON object with a ``type`` field. Inbound messages (browser → server) are
+parsed with a discriminated union so an unknown type is rejected with a precise error rather
+than guessed at. Sizes are bounded here so a hostile peer cannot make the server hold large
+strings.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+MAX_SDP_CHARS = 60_000
+
+
+class _Inbound(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Join(_Inbound):
+    """Client: enter the waiting room after the device check. Therapist: enter the room.
+
+    ``takeover`` lets a therapist move an open session to this tab.
+    """
+
+    type: Literal["join"]
+    display_name: str | None = Field(default=None, max_length=80)
+    takeover: bool = False
+
+
+class Offer(_Inbound):
+    type: Literal["offer"]
+    sdp: str = Field(min_length=1, max_length=MAX_SDP_CHARS)
+
+
+class Admit(_Inbound):
+    type: Literal["admit"]
+    participant_id: int
+
+
+class Deny(_Inbound):
+    type: Literal["deny"]
+    participant_id: int
+
+
+class Leave(_Inbound):
+    type: Literal["leave"]
+
+
+class End(_Inbound):
+    type: Literal["end"]
+
+
+class Mute(_Inbound):
+    type: Literal["mute"]
+    audio: bool
+    video: bool
+
+
+class Ping(_Inbound):
+    type: Literal["ping"]
+    t: float = 0.0
+
+
+InboundMessage = Annotated[
+    Join | Offer | Admit | Deny | Leave | End | Mute | Ping,
+    Field(discriminator="type"),
+]
+INBOUND_TYPES = frozenset({"join", "offer", "admit", "deny", "leave", "end", "mute", "ping"})
+inbound_adapter: TypeAdapter[InboundMessage] = TypeAdapter(InboundMessage)
+
+
+class _Outbound(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Welcome(_Outbound):
+    """First message on every socket: who you are here and how to reach the media server."""
+
+    type: Literal["welcome"] = "welcome"
+    role: Literal["therapist", "client"]
+    session_id: str
+    participant_id: int | None = None
+    ice_servers: list[dict[str, Any]] = Field(default_factory=list)
+    status: str = "scheduled"
+
+
+class Waiting(_Outbound):
+    type: Literal["waiting"] = "waiting"
+    therapist_present: bool = False
+
+
+class Admitted(_Outbound):
+    type: Literal["admitted"] = "admitted"
+    rejoined: bool = False
+
+
+class Joined(_Outbound):
+    """Therapist entered the room (or took it over from another tab)."""
+
+    type: Literal["joined"] = "joined"
+
+
+class Denied(_Outbound):
+    type: Literal["denied"] = "denied"
+    message: str = "Your therapist could not admit you to this session."
+
+
+class Answer(_Outbound):
+    type: Literal["answer"] = "answer"
+    sdp: str
+
+
+class WaitingEntry(BaseModel):
+    participant_id: int
+    display_name: str
+    waiting_since: float
+    returning: bool = False
+
+
+class Lobby(_Outbound):
+    """Therapist only: who is in the waiting room."""
+
+    type: Literal["lobby"] = "lobby"
+    waiting: list[WaitingEntry]
+
+
+class PeerState(_Outbound):
+    """The other participant's presence, mute and media state."""
+
+    type: Literal["peer_state"] = "peer_state"
+    role: Literal["therapist", "client"]
+    present: bool
+    audio_muted: bool = False
+    video_muted: bool = False
+    media: Literal["none", "connecting", "connected", "lost"] = "none"
+
+
+class Left(_Outbound):
+    type: Literal["left"] = "left"
+
+
+class Ended(_Outbound):
+    type: Literal["ended"] = "ended"
+
+
+class Replaced(_Outbound):
+    """This socket was superseded by another tab or device."""
+
+    type: Literal["replaced"] = "replaced"
+    message: str
+
+
+class Pong(_Outbound):
+    type: Literal["pong"] = "pong"
+    t: float = 0.0
+
+
+class ErrorMessage(_Outbound):
+    """A precise, human-readable error. The socket stays open unless ``fatal``."""
+
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    fatal: bool = False
+    ref: str | None = None
+
+
+OutboundMessage = (
+    Welcome | Waiting | Admitted | Joined | Denied | Answer | Lobby | PeerState | Left | Ended
+    | Replaced | Pong | ErrorMessage
+)
+
+
+class ErrorCode:
+    BAD_JSON = "bad_json"
+    TOO_LARGE = "too_large"
+    UNKNOWN_TYPE = "unknown_type"
+    INVALID = "invalid_message"
+    FORBIDDEN = "forbidden"
+    NOT_ADMITTED = "not_admitted"
+    NOT_JOINED = "not_joined"
+    BAD_SDP = "bad_sdp"
+    RATE_LIMITED = "rate_limited"
+    ALREADY_CONNECTED = "already_connected"
+    UNKNOWN_PARTICIPANT = "unknown_participant"
+    SESSION_ENDED = "session_ended"
+    MEDIA_FAILED = "media_failed"

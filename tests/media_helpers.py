@@ -1,0 +1,123 @@
+"""Synthetic browser stand-ins for media tests: aiortc peers with generated tracks."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import time
+
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame, VideoFrame
+
+from media.ice import restrict_host_addresses
+
+SAMPLE_RATE = 48_000
+SAMPLES = 960  # 20 ms, what browsers and aiortc use for Opus
+
+
+class ToneTrack(MediaStreamTrack):
+    """A paced audio track: a tone of ``freq`` Hz, or silence when ``freq`` is 0."""
+
+    kind = "audio"
+
+    def __init__(self, freq: float = 440.0, amplitude: float = 0.3) -> None:
+        super().__init__()
+        self.freq = freq
+        self.amplitude = amplitude
+        self._n = 0
+        self._start: float | None = None
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        wait = self._start + self._n / SAMPLE_RATE - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        t = (np.arange(SAMPLES) + self._n) / SAMPLE_RATE
+        mono = (self.amplitude * 32767 * np.sin(2 * np.pi * self.freq * t)).astype(np.int16)
+        frame = AudioFrame.from_ndarray(mono.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = self._n
+        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        self._n += SAMPLES
+        return frame
+
+
+class ColorTrack(MediaStreamTrack):
+    """A paced 15 fps video track of a flat colour, small to keep CPU low in tests."""
+
+    kind = "video"
+
+    def __init__(self, rgb: tuple[int, int, int] = (200, 40, 40), size: tuple[int, int] = (160, 120)):
+        super().__init__()
+        self.rgb = rgb
+        self.size = size
+        self._n = 0
+        self._start: float | None = None
+
+    async def recv(self) -> VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        wait = self._start + self._n / 15 - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        w, h = self.size
+        img = np.zeros((h, w, 3), dtype=np.uint8)
+        img[:, :] = self.rgb
+        frame = VideoFrame.from_ndarray(img, format="rgb24")
+        frame.pts = self._n * 6000
+        frame.time_base = fractions.Fraction(1, 90_000)
+        self._n += 1
+        return frame
+
+
+class FakeBrowser:
+    """An offering peer, like a browser: sends generated media and records what it receives."""
+
+    def __init__(self, audio: MediaStreamTrack | None = None, video: MediaStreamTrack | None = None):
+        restrict_host_addresses(["127.0.0.1"])
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.audio = audio or ToneTrack()
+        self.video = video or ColorTrack()
+        self.pc.addTrack(self.audio)
+        self.pc.addTrack(self.video)
+        self.received: dict[str, list[object]] = {"audio": [], "video": []}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.pc.on("track", lambda track: self._tasks.append(asyncio.ensure_future(self._read(track))))
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        frames = self.received[track.kind]
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            frames.append(frame)
+            if len(frames) > 200:  # keep memory bounded in long tests
+                del frames[:100]
+
+    async def offer(self) -> str:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        assert self.pc.localDescription is not None
+        return self.pc.localDescription.sdp
+
+    async def accept(self, answer_sdp: str) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
+
+    async def wait_for(self, kind: str, count: int, timeout: float = 15.0) -> None:
+        async def _poll() -> None:
+            while len(self.received[kind]) < count:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(_poll(), timeout)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.pc.close()
