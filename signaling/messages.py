@@ -81,7 +81,7 @@ class Welcome(_Outbound):
 
     type: Literal["welcome"] = "welcome"
     role: Literal["therapist", "client"]
-    session_id: str
+    session_id: str | None = None  # withheld from a client until admitted
     participant_id: int | None = None
     ice_servers: list[dict[str, Any]] = Field(default_factory=list)
     status: str = "scheduled"

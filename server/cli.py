@@ -1,0 +1,117 @@
+"""The ``rapport`` command: serve, manage users, analyse recordings."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+
+from sqlalchemy import func, select
+
+from .db import Database
+from .models import User, UserRole
+from .security import MIN_PASSWORD_LENGTH, hash_password
+from .settings import Settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .logs import configure
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = Settings(**overrides)
+    configure(settings.log_level, settings.log_json)
+    app = create_app(settings)
+    print(f"  Rapport is starting: open {settings.public_url}/ in a browser.", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
+                ws_max_size=1024 * 1024, proxy_headers=True)
+    return 0
+
+
+def _read_password(confirm: bool) -> str:
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if confirm and getpass.getpass("Repeat password: ") != password:
+            raise SystemExit("Passwords do not match.")
+        return password
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+async def _add_user(email: str, role: str, name: str, password: str) -> int:
+    database = Database(Settings().database_url)
+    try:
+        await database.create_schema()
+        async with database.session() as db:
+            exists = await db.scalar(select(func.count()).select_from(User)
+                                     .where(func.lower(User.email) == email.lower()))
+            if exists:
+                print(f"A user with email {email} already exists.", file=sys.stderr)
+                return 1
+            db.add(User(email=email.lower(), display_name=name, role=UserRole(role),
+                        password_hash=hash_password(password)))
+            from .audit import record
+
+            record(db, "user_created", "cli", detail=f"role {role}")
+            await db.commit()
+    finally:
+        await database.dispose()
+    print(f"Created {role} {email}.")
+    return 0
+
+
+def _user_add(args: argparse.Namespace) -> int:
+    password = _read_password(confirm=True)
+    if len(password) < MIN_PASSWORD_LENGTH:
+        print(f"Passwords need at least {MIN_PASSWORD_LENGTH} characters.", file=sys.stderr)
+        return 2
+    if "@" not in args.email:
+        print("That does not look like an email address.", file=sys.stderr)
+        return 2
+    return asyncio.run(_add_user(args.email, args.role, args.name or "", password))
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    import json
+
+    from media.offline import analyze_files
+
+    snapshot = analyze_files(args.therapist, args.client)
+    print(json.dumps(snapshot.to_dict(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rapport", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--host", help="address to bind (default RAPPORT_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default RAPPORT_PORT or 8000)")
+    serve.set_defaults(func=_serve)
+
+    user = sub.add_parser("user", help="manage accounts")
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+    add = user_sub.add_parser("add", help="create an account; the password is read from stdin")
+    add.add_argument("email")
+    add.add_argument("--role", choices=["therapist", "admin"], required=True)
+    add.add_argument("--name", help="display name")
+    add.set_defaults(func=_user_add)
+
+    analyze = sub.add_parser("analyze", help="alliance signals of two recorded tracks, as JSON")
+    analyze.add_argument("therapist", help="the therapist's audio file")
+    analyze.add_argument("client", help="the client's audio file")
+    analyze.set_defaults(func=_analyze)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The database side of the signalling rooms: audit rows and session/participant state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from .audit import record
+from .db import Database
+from .models import Participant, SessionStatus, TherapySession
+
+
+class DatabaseRoomHooks:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def audit(self, session_id: str, action: str, actor: str, detail: str = "") -> None:
+        async with self.database.session() as db:
+            record(db, action, actor, session_id, detail)
+            await db.commit()
+
+    async def participant_decided(self, participant_id: int, admitted: bool) -> None:
+        async with self.database.session() as db:
+            participant = await db.get(Participant, participant_id)
+            if participant is not None:
+                participant.admitted = admitted
+                participant.denied = not admitted
+                await db.commit()
+
+    async def session_live(self, session_id: str) -> None:
+        async with self.database.session() as db:
+            session = await db.get(TherapySession, session_id)
+            if session is not None and session.status == SessionStatus.SCHEDULED:
+                session.status = SessionStatus.LIVE
+                session.started_at = datetime.now(UTC)
+                await db.commit()
+
+    async def session_ended(self, session_id: str) -> None:
+        async with self.database.session() as db:
+            session = await db.get(TherapySession, session_id)
+            if session is not None and session.status != SessionStatus.ENDED:
+                session.status = SessionStatus.ENDED
+                session.ended_at = datetime.now(UTC)
+                await db.commit()

@@ -1,0 +1,53 @@
+"""Resolving a client's invite token to its session."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .models import SessionStatus, TherapySession
+from .security import token_hash
+
+
+class InviteProblem(enum.StrEnum):
+    UNKNOWN = "unknown"
+    EXPIRED = "expired"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True)
+class InviteCheck:
+    session: TherapySession | None
+    problem: InviteProblem | None
+
+    @property
+    def message(self) -> str:
+        return {
+            InviteProblem.UNKNOWN: "This link is not valid. Please check it, or ask your therapist "
+            "for a new one.",
+            InviteProblem.EXPIRED: "This link has expired. Please ask your therapist for a new one.",
+            InviteProblem.ENDED: "This session has ended. Thank you for joining.",
+            None: "",
+        }[self.problem]
+
+
+async def check_invite(db: AsyncSession, token: str) -> InviteCheck:
+    if not token or len(token) > 200:
+        return InviteCheck(None, InviteProblem.UNKNOWN)
+    session = await db.scalar(
+        select(TherapySession).where(TherapySession.invite_token_hash == token_hash(token))
+    )
+    if session is None:
+        return InviteCheck(None, InviteProblem.UNKNOWN)
+    if session.status == SessionStatus.ENDED:
+        return InviteCheck(session, InviteProblem.ENDED)
+    expires = session.invite_expires_at
+    if expires.tzinfo is None:
+        expires = expires.replace(tzinfo=UTC)
+    if expires < datetime.now(UTC):
+        return InviteCheck(session, InviteProblem.EXPIRED)
+    return InviteCheck(session, None)

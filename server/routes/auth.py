@@ -1,0 +1,126 @@
+"""Sign-in, sign-out and first-run setup."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from pydantic import BaseModel, EmailStr, Field
+from sqlalchemy import delete, func, select
+
+from ..audit import record
+from ..auth import LOGIN_COOKIE, CurrentUser, DbSession, SettingsDep, create_login
+from ..models import LoginSession, SetupToken, User, UserRole
+from ..security import (
+    MIN_PASSWORD_LENGTH,
+    burn_verify,
+    hash_password,
+    token_hash,
+    verify_password,
+)
+from ..settings import Settings
+
+router = APIRouter(prefix="/api", tags=["auth"])
+
+
+class LoginBody(BaseModel):
+    email: str = Field(max_length=320)
+    password: str = Field(max_length=1024)
+
+
+class UserOut(BaseModel):
+    id: int
+    email: str
+    display_name: str
+    role: str
+
+    @classmethod
+    def of(cls, user: User) -> UserOut:
+        return cls(id=user.id, email=user.email, display_name=user.display_name,
+                   role=str(user.role))
+
+
+class UserEnvelope(BaseModel):
+    user: UserOut
+
+
+class SetupBody(BaseModel):
+    token: str = Field(max_length=200)
+    email: EmailStr
+    password: str = Field(min_length=MIN_PASSWORD_LENGTH, max_length=1024)
+    display_name: str = Field(default="", max_length=200)
+    role: Literal["therapist", "admin"] = "therapist"
+
+
+def set_login_cookie(response: Response, settings: Settings, token: str) -> None:
+    response.set_cookie(
+        LOGIN_COOKIE, token, httponly=True, samesite="lax", secure=settings.cookie_secure,
+        path="/", max_age=int(settings.login_idle_minutes * 60 * 24),
+    )
+
+
+@router.post("/login")
+async def login(body: LoginBody, response: Response, db: DbSession,
+                settings: SettingsDep) -> UserEnvelope:
+    user = await db.scalar(select(User).where(func.lower(User.email) == body.email.lower()))
+    if user is None:
+        burn_verify(body.password)
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Email or password is incorrect.")
+    if not verify_password(user.password_hash, body.password):
+        record(db, "login_failed", f"user:{user.id}")
+        await db.commit()
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Email or password is incorrect.")
+    record(db, "login", f"user:{user.id}")
+    token = await create_login(db, user)
+    set_login_cookie(response, settings, token)
+    return UserEnvelope(user=UserOut.of(user))
+
+
+@router.post("/logout", status_code=204)
+async def logout(request: Request, response: Response, db: DbSession) -> Response:
+    token = request.cookies.get(LOGIN_COOKIE)
+    if token:
+        await db.execute(delete(LoginSession).where(LoginSession.token_hash == token_hash(token)))
+        await db.commit()
+    response.status_code = 204
+    response.delete_cookie(LOGIN_COOKIE, path="/")
+    return response
+
+
+@router.get("/me")
+async def me(user: CurrentUser) -> UserEnvelope:
+    return UserEnvelope(user=UserOut.of(user))
+
+
+async def _valid_setup(db: DbSession, token: str) -> SetupToken:
+    if await db.scalar(select(func.count()).select_from(User)):
+        raise HTTPException(status.HTTP_410_GONE, "Setup is complete; sign in instead.")
+    row = await db.get(SetupToken, token_hash(token))
+    if row is None or row.used_at is not None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "This setup link is not valid.")
+    expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
+    if expires < datetime.now(UTC):
+        raise HTTPException(status.HTTP_410_GONE, "This setup link has expired; restart the server.")
+    return row
+
+
+@router.get("/setup/{token}")
+async def setup_check(token: str, db: DbSession) -> dict[str, bool]:
+    await _valid_setup(db, token)
+    return {"valid": True}
+
+
+@router.post("/setup", status_code=201)
+async def setup(body: SetupBody, response: Response, db: DbSession,
+                settings: SettingsDep) -> UserEnvelope:
+    row = await _valid_setup(db, body.token)
+    user = User(email=str(body.email).lower(), display_name=body.display_name,
+                role=UserRole(body.role), password_hash=hash_password(body.password))
+    db.add(user)
+    row.used_at = datetime.now(UTC)
+    await db.flush()
+    record(db, "user_created", f"user:{user.id}", detail=f"first account, role {body.role}")
+    token = await create_login(db, user)
+    set_login_cookie(response, settings, token)
+    return UserEnvelope(user=UserOut.of(user))

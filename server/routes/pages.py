@@ -1,0 +1,103 @@
+"""HTML pages. The pages are static files; access checks happen here before serving them."""
+
+from __future__ import annotations
+
+import html
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+
+from ..auth import CLIENT_COOKIE, DbSession, OptionalUser, SettingsDep
+from ..invites import InviteProblem, check_invite
+from ..models import TherapySession, UserRole
+from ..security import new_token
+
+router = APIRouter(include_in_schema=False)
+
+
+def message_page(title: str, text: str, status_code: int) -> HTMLResponse:
+    """A plain, friendly page for dead ends (bad links, ended sessions)."""
+    body = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)} · Rapport</title>
+<link rel="stylesheet" href="/static/css/app.css"></head>
+<body><main class="message-page" data-testid="message-page">
+<h1>{html.escape(title)}</h1><p data-testid="message-text">{html.escape(text)}</p>
+</main></body></html>"""
+    return HTMLResponse(body, status_code=status_code)
+
+
+def _page(settings_dir: object, name: str) -> FileResponse:
+    return FileResponse(f"{settings_dir}/{name}", media_type="text/html",
+                        headers={"Cache-Control": "no-store"})
+
+
+@router.get("/")
+async def home(user: OptionalUser) -> Response:
+    if user is None:
+        return RedirectResponse("/login", status_code=303)
+    return RedirectResponse("/admin" if user.role == UserRole.ADMIN else "/sessions", 303)
+
+
+@router.get("/login")
+async def login_page(settings: SettingsDep) -> Response:
+    return _page(settings.web_dir, "login.html")
+
+
+@router.get("/setup/{token}")
+async def setup_page(settings: SettingsDep) -> Response:
+    return _page(settings.web_dir, "setup.html")
+
+
+def _to_login(request: Request) -> Response:
+    return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+
+
+@router.get("/sessions")
+async def sessions_page(request: Request, user: OptionalUser, settings: SettingsDep) -> Response:
+    if user is None:
+        return _to_login(request)
+    if user.role != UserRole.THERAPIST:
+        return message_page("Therapists only", "This page is for therapists.", 403)
+    return _page(settings.web_dir, "sessions.html")
+
+
+@router.get("/sessions/{session_id}")
+async def room_page(session_id: str, request: Request, user: OptionalUser, db: DbSession,
+                    settings: SettingsDep) -> Response:
+    if user is None:
+        return _to_login(request)
+    if user.role != UserRole.THERAPIST:
+        return message_page("Therapists only", "This page is for therapists.", 403)
+    session = await db.get(TherapySession, session_id[:64])
+    if session is None or session.therapist_id != user.id:
+        return message_page("Session not found", "There is no such session in your list.", 404)
+    return _page(settings.web_dir, "room.html")
+
+
+@router.get("/join/{token}")
+async def join_page(token: str, request: Request, db: DbSession, settings: SettingsDep) -> Response:
+    check = await check_invite(db, token)
+    if check.problem is not None:
+        code = 404 if check.problem == InviteProblem.UNKNOWN else 410
+        title = {InviteProblem.UNKNOWN: "Link not valid", InviteProblem.EXPIRED: "Link expired",
+                 InviteProblem.ENDED: "Session ended"}[check.problem]
+        return message_page(title, check.message, code)
+    response = _page(settings.web_dir, "join.html")
+    if not request.cookies.get(CLIENT_COOKIE):
+        # The browser's identity for this and later visits: lets a refresh rejoin without a
+        # second admission, and tells a different device apart.
+        response.set_cookie(CLIENT_COOKIE, new_token(), httponly=True, samesite="lax",
+                            secure=settings.cookie_secure, path="/", max_age=60 * 60 * 24 * 30)
+    return response
+
+
+@router.get("/admin")
+async def admin_page(request: Request, user: OptionalUser, settings: SettingsDep) -> Response:
+    if user is None:
+        return _to_login(request)
+    if user.role != UserRole.ADMIN:
+        return message_page("Admins only", "This page is for administrators.", 403)
+    return _page(settings.web_dir, "admin.html")

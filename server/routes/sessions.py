@@ -1,0 +1,116 @@
+"""Therapist session management: create, list, invite links."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from ..audit import record
+from ..auth import DbSession, SettingsDep, Therapist
+from ..models import SessionStatus, TherapySession, User
+from ..security import new_session_id, new_token, token_hash
+from ..settings import Settings
+
+router = APIRouter(prefix="/api/sessions", tags=["sessions"])
+
+
+class CreateSession(BaseModel):
+    client_label: str = Field(default="", max_length=120)
+    invite_ttl_hours: float | None = Field(default=None, gt=0, le=24 * 30)
+
+
+class SessionOut(BaseModel):
+    id: str
+    client_label: str
+    status: str
+    created_at: datetime
+    invite_expires_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    room_url: str
+
+
+class CreatedSession(SessionOut):
+    invite_url: str
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionOut]
+
+
+class InviteOut(BaseModel):
+    invite_url: str
+    invite_expires_at: datetime
+
+
+def session_out(session: TherapySession, settings: Settings) -> dict[str, Any]:
+    return {
+        "id": session.id,
+        "client_label": session.client_label,
+        "status": str(session.status),
+        "created_at": session.created_at,
+        "invite_expires_at": session.invite_expires_at,
+        "started_at": session.started_at,
+        "ended_at": session.ended_at,
+        "room_url": settings.public(f"/sessions/{session.id}"),
+    }
+
+
+async def own_session(db: DbSession, user: User, session_id: str) -> TherapySession:
+    """The therapist's own session, or 404 (not 403: other people's ids are not confirmed)."""
+    session = await db.get(TherapySession, session_id[:64])
+    if session is None or session.therapist_id != user.id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "No such session.")
+    return session
+
+
+def _new_invite(session: TherapySession, settings: Settings, ttl_hours: float | None) -> str:
+    token = new_token()
+    session.invite_token_hash = token_hash(token)
+    hours = ttl_hours if ttl_hours is not None else settings.invite_ttl_hours
+    session.invite_expires_at = datetime.now(UTC) + timedelta(hours=hours)
+    return settings.public(f"/join/{token}")
+
+
+@router.post("", status_code=201)
+async def create_session(body: CreateSession, user: Therapist, db: DbSession,
+                         settings: SettingsDep) -> CreatedSession:
+    session = TherapySession(id=new_session_id(), therapist_id=user.id,
+                             client_label=body.client_label.strip(),
+                             status=SessionStatus.SCHEDULED)
+    invite_url = _new_invite(session, settings, body.invite_ttl_hours)
+    db.add(session)
+    record(db, "session_created", f"user:{user.id}", session.id)
+    await db.commit()
+    return CreatedSession(**session_out(session, settings), invite_url=invite_url)
+
+
+@router.get("")
+async def list_sessions(user: Therapist, db: DbSession, settings: SettingsDep) -> SessionList:
+    rows = await db.scalars(
+        select(TherapySession).where(TherapySession.therapist_id == user.id)
+        .order_by(TherapySession.created_at.desc()).limit(200)
+    )
+    return SessionList(sessions=[SessionOut(**session_out(s, settings)) for s in rows])
+
+
+@router.get("/{session_id}")
+async def get_session(session_id: str, user: Therapist, db: DbSession,
+                      settings: SettingsDep) -> SessionOut:
+    return SessionOut(**session_out(await own_session(db, user, session_id), settings))
+
+
+@router.post("/{session_id}/invite")
+async def renew_invite(session_id: str, user: Therapist, db: DbSession,
+                       settings: SettingsDep) -> InviteOut:
+    session = await own_session(db, user, session_id)
+    if session.status == SessionStatus.ENDED:
+        raise HTTPException(status.HTTP_409_CONFLICT, "This session has ended.")
+    invite_url = _new_invite(session, settings, None)
+    record(db, "invite_renewed", f"user:{user.id}", session.id)
+    await db.commit()
+    return InviteOut(invite_url=invite_url, invite_expires_at=session.invite_expires_at)

@@ -1,0 +1,107 @@
+"""WebSocket endpoints: authenticate the socket, then hand it to the session's room."""
+
+from __future__ import annotations
+
+import contextlib
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, WebSocket
+from sqlalchemy import select
+
+from signaling.messages import ErrorMessage
+from signaling.room import Member
+from signaling.rooms import RoomRegistry
+
+from ..auth import CLIENT_COOKIE, LOGIN_COOKIE, user_from_token
+from ..db import Database
+from ..invites import InviteProblem, check_invite
+from ..models import Participant, SessionStatus, TherapySession, UserRole, utcnow
+from ..security import token_hash
+from ..settings import Settings
+
+router = APIRouter()
+
+
+async def _refuse(ws: WebSocket, code: str, message: str, close_code: int) -> None:
+    """Accept only to say why, so the page can show a precise reason."""
+    await ws.accept()
+    with contextlib.suppress(Exception):
+        await ws.send_text(ErrorMessage(code=code, message=message, fatal=True).model_dump_json())
+        await ws.close(close_code)
+
+
+def _origin_ok(ws: WebSocket, settings: Settings) -> bool:
+    """Browsers always send Origin; refuse cross-site sockets riding on our cookies."""
+    origin = ws.headers.get("origin")
+    if origin is None:
+        return True
+    allowed = urlsplit(settings.public_url)
+    seen = urlsplit(origin)
+    host = ws.headers.get("host", "")
+    return (seen.scheme, seen.netloc) == (allowed.scheme, allowed.netloc) or seen.netloc == host
+
+
+@router.websocket("/ws/sessions/{session_id}")
+async def therapist_socket(ws: WebSocket, session_id: str) -> None:
+    settings: Settings = ws.app.state.settings
+    database: Database = ws.app.state.database
+    rooms: RoomRegistry = ws.app.state.rooms
+    if not _origin_ok(ws, settings):
+        await _refuse(ws, "forbidden", "Cross-site connection refused.", 4403)
+        return
+    async with database.session() as db:
+        user = await user_from_token(db, settings, ws.cookies.get(LOGIN_COOKIE))
+        if user is None:
+            await _refuse(ws, "unauthorized", "Sign in again to open this session.", 4401)
+            return
+        session = await db.get(TherapySession, session_id[:64])
+        if session is None or session.therapist_id != user.id or user.role != UserRole.THERAPIST:
+            await _refuse(ws, "not_found", "No such session.", 4404)
+            return
+        status = str(session.status)
+        actor = f"user:{user.id}"
+    if status == SessionStatus.ENDED:
+        await _refuse(ws, "session_ended", "This session has ended.", 4410)
+        return
+    await ws.accept()
+    room = rooms.get_or_create(session_id, status)
+    await room.serve(Member(role="therapist", channel=ws, actor=actor))
+
+
+@router.websocket("/ws/join/{token}")
+async def client_socket(ws: WebSocket, token: str) -> None:
+    settings: Settings = ws.app.state.settings
+    database: Database = ws.app.state.database
+    rooms: RoomRegistry = ws.app.state.rooms
+    if not _origin_ok(ws, settings):
+        await _refuse(ws, "forbidden", "Cross-site connection refused.", 4403)
+        return
+    identity = ws.cookies.get(CLIENT_COOKIE)
+    if not identity:
+        await _refuse(ws, "cookies_required",
+                      "Please allow cookies for this site and reload the page.", 4400)
+        return
+    async with database.session() as db:
+        check = await check_invite(db, token)
+        session = check.session
+        if session is None or check.problem == InviteProblem.ENDED:
+            await _refuse(ws, check.problem or "unknown", check.message, 4404)
+            return
+        identity_hash = token_hash(identity)
+        participant = await db.scalar(select(Participant).where(
+            Participant.session_id == session.id, Participant.identity_hash == identity_hash))
+        returning = participant is not None and participant.admitted and not participant.denied
+        if check.problem == InviteProblem.EXPIRED and not returning:
+            await _refuse(ws, "expired", check.message, 4410)
+            return
+        if participant is None:
+            participant = Participant(session_id=session.id, role="client",
+                                      identity_hash=identity_hash)
+            db.add(participant)
+        participant.last_seen_at = utcnow()
+        await db.commit()
+        session_id, status, participant_id = session.id, str(session.status), participant.id
+    await ws.accept()
+    room = rooms.get_or_create(session_id, status)
+    await room.serve(Member(role="client", channel=ws, actor=f"client:{participant_id}",
+                            participant_id=participant_id, previously_admitted=returning))

@@ -1,0 +1,431 @@
+"""One session's live room: who is connected, the waiting room, and the call.
+
+All socket traffic for a session goes through its ``Room``. The room never trusts a message
+because of what it claims: role comes from how the socket was authenticated, and every
+message is checked against the sender's role and state. A bad message earns the sender an
+error and changes nothing else, so the other participant's call continues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from av import AudioFrame
+from pydantic import BaseModel, ValidationError
+
+from media.call import Call
+from media.ice import MediaConfig
+from media.peer import MediaState
+from media.sdp import SdpError
+
+from . import messages as m
+from .limits import Limits, TokenBucket
+
+log = logging.getLogger("rapport.signaling")
+
+Role = Literal["therapist", "client"]
+
+
+class Channel(Protocol):
+    """The transport of one participant (a Starlette WebSocket satisfies it)."""
+
+    async def send_text(self, data: str) -> None: ...
+
+    async def receive_text(self) -> str: ...
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
+
+
+class RoomHooks(Protocol):
+    """What the room asks of the application around it (storage, audit)."""
+
+    async def audit(self, session_id: str, action: str, actor: str, detail: str = "") -> None: ...
+
+    async def participant_decided(self, participant_id: int, admitted: bool) -> None: ...
+
+    async def session_live(self, session_id: str) -> None: ...
+
+    async def session_ended(self, session_id: str) -> None: ...
+
+
+class ChannelClosed(Exception):
+    """The participant's transport went away."""
+
+
+@dataclass(eq=False)
+class Member:
+    role: Role
+    channel: Channel
+    actor: str  # audit identity: "user:3" or "client:7"; never a name
+    participant_id: int | None = None
+    previously_admitted: bool = False
+    display_name: str = ""
+    state: Literal["connected", "waiting", "in_call", "left", "gone"] = "connected"
+    audio_muted: bool = False
+    video_muted: bool = False
+    waiting_since: float = 0.0
+    limiter: TokenBucket = field(default_factory=lambda: TokenBucket(50.0, 100.0))
+    strikes: int = 0
+    _send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def send(self, message: BaseModel) -> None:
+        if self.state == "gone":
+            return
+        async with self._send_lock:
+            try:
+                await self.channel.send_text(message.model_dump_json())
+            except Exception:
+                self.state = "gone"
+
+
+AudioTap = Callable[[str, AudioFrame], None]
+
+
+class Room:
+    def __init__(
+        self,
+        session_id: str,
+        hooks: RoomHooks,
+        media_config: MediaConfig,
+        limits: Limits | None = None,
+        *,
+        status: str = "scheduled",
+        audio_tap: AudioTap | None = None,
+    ) -> None:
+        self.session_id = session_id
+        self.hooks = hooks
+        self.limits = limits or Limits()
+        self.media_config = media_config
+        self.status = status
+        self.members: set[Member] = set()
+        self.therapist: Member | None = None
+        self.client: Member | None = None
+        self.waiting: dict[int, Member] = {}
+        self.call = Call(media_config, on_audio=audio_tap, on_media_state=self._media_changed)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.on_empty: Callable[[Room], None] | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.status == "ended"
+
+    # ----------------------------------------------------------------- socket lifecycle
+    async def serve(self, member: Member) -> None:
+        """Run one participant's socket until it closes."""
+        member.limiter = TokenBucket(self.limits.messages_per_second, float(self.limits.burst))
+        self.members.add(member)
+        try:
+            await member.send(
+                m.Welcome(
+                    role=member.role,
+                    session_id=self.session_id if member.role == "therapist" else None,
+                    participant_id=member.participant_id,
+                    ice_servers=list(self.media_config.ice_servers),
+                    status=self.status,
+                )
+            )
+            while member.state != "gone":
+                try:
+                    raw = await member.channel.receive_text()
+                except Exception:
+                    break
+                await self._receive(member, raw)
+        finally:
+            await self._departed(member)
+
+    async def _receive(self, member: Member, raw: str) -> None:
+        if len(raw.encode("utf-8", errors="replace")) > self.limits.max_message_bytes:
+            await self._error(member, m.ErrorCode.TOO_LARGE,
+                              f"Messages are limited to {self.limits.max_message_bytes} bytes.")
+            return
+        if not member.limiter.take():
+            member.strikes += 1
+            if member.strikes == 1:
+                await self._error(member, m.ErrorCode.RATE_LIMITED,
+                                  "Too many messages; some were ignored.")
+            if member.strikes >= self.limits.max_strikes:
+                await self._error(member, m.ErrorCode.RATE_LIMITED,
+                                  "Too many messages; the connection was closed.", fatal=True)
+                await self._close_channel(member, 1008)
+            return
+        member.strikes = 0
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            await self._error(member, m.ErrorCode.BAD_JSON, "Messages must be JSON objects.")
+            return
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            await self._error(member, m.ErrorCode.INVALID,
+                              "Messages must be JSON objects with a string 'type'.")
+            return
+        kind = data["type"]
+        if kind not in m.INBOUND_TYPES:
+            await self._error(member, m.ErrorCode.UNKNOWN_TYPE,
+                              f"Unknown message type {kind[:40]!r}.", ref=None)
+            return
+        try:
+            message = m.inbound_adapter.validate_python(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"][1:]) or "message"
+            await self._error(member, m.ErrorCode.INVALID, f"Invalid '{kind}': {where}: {first['msg']}.",
+                              ref=kind)
+            return
+        try:
+            await self._dispatch(member, message)
+        except Exception:
+            log.exception("handling %s failed in session %s", kind, self.session_id)
+            await self._error(member, m.ErrorCode.MEDIA_FAILED if kind == "offer" else "internal",
+                              "The server could not handle that message.", ref=kind)
+
+    async def _dispatch(self, member: Member, message: m.InboundMessage) -> None:
+        match message:
+            case m.Ping(t=t):
+                await member.send(m.Pong(t=t))
+            case m.Join():
+                await (self._therapist_join(member, message) if member.role == "therapist"
+                       else self._client_join(member, message))
+            case m.Offer(sdp=sdp):
+                await self._offer(member, sdp)
+            case m.Admit(participant_id=pid):
+                if await self._require_therapist(member, "admit participants"):
+                    await self._admit_waiting(pid)
+            case m.Deny(participant_id=pid):
+                if await self._require_therapist(member, "deny participants"):
+                    await self._deny(member, pid)
+            case m.Mute(audio=audio, video=video):
+                member.audio_muted, member.video_muted = audio, video
+                await self._send_peer_state(member.role)
+            case m.Leave():
+                await self._leave(member, action="left")
+            case m.End():
+                if await self._require_therapist(member, "end the session"):
+                    await self.end(member.actor)
+
+    # ----------------------------------------------------------------- therapist
+    async def _require_therapist(self, member: Member, what: str) -> bool:
+        if member.role != "therapist":
+            await self._error(member, m.ErrorCode.FORBIDDEN, f"Only the therapist can {what}.")
+            return False
+        if self.therapist is not member:
+            await self._error(member, m.ErrorCode.NOT_JOINED, "Join the session first.")
+            return False
+        return True
+
+    async def _therapist_join(self, member: Member, message: m.Join) -> None:
+        if self.ended:
+            await self._error(member, m.ErrorCode.SESSION_ENDED, "This session has ended.")
+            return
+        current = self.therapist
+        if current is member:
+            await member.send(m.Joined())
+            return
+        if current is not None and current.state != "gone":
+            if not message.takeover:
+                await self._error(member, m.ErrorCode.ALREADY_CONNECTED,
+                                  "This session is already open in another tab or window.")
+                return
+            await current.send(m.Replaced(message="This session was opened in another tab."))
+            await self.call.disconnect("therapist")
+            current.state = "left"
+            await self._close_channel(current, 4001)
+            await self.hooks.audit(self.session_id, "therapist_took_over", member.actor)
+        self.therapist = member
+        member.state = "in_call"
+        await self.hooks.audit(self.session_id, "therapist_joined", member.actor)
+        await member.send(m.Joined())
+        await self._send_lobby()
+        await self._send_peer_state("client")
+        await self._send_peer_state("therapist")
+        for waiting in self.waiting.values():
+            await waiting.send(m.Waiting(therapist_present=True))
+
+    async def _admit_waiting(self, participant_id: int) -> None:
+        assert self.therapist is not None
+        member = self.waiting.get(participant_id)
+        if member is None:
+            await self._error(self.therapist, m.ErrorCode.UNKNOWN_PARTICIPANT,
+                              "That person is no longer waiting.")
+            return
+        await self._admit(member, rejoined=False)
+
+    async def _deny(self, therapist: Member, participant_id: int) -> None:
+        member = self.waiting.pop(participant_id, None)
+        if member is None:
+            await self._error(therapist, m.ErrorCode.UNKNOWN_PARTICIPANT,
+                              "That person is no longer waiting.")
+            return
+        member.state = "left"
+        await self.hooks.participant_decided(participant_id, admitted=False)
+        await self.hooks.audit(self.session_id, "client_denied", therapist.actor,
+                               f"participant {participant_id}")
+        await member.send(m.Denied())
+        await self._close_channel(member, 4003)
+        await self._send_lobby()
+
+    # ----------------------------------------------------------------- client
+    async def _client_join(self, member: Member, message: m.Join) -> None:
+        if self.ended:
+            await self._error(member, m.ErrorCode.SESSION_ENDED, "This session has ended.",
+                              fatal=True)
+            return
+        if member.state in ("waiting", "in_call"):
+            await self._error(member, m.ErrorCode.INVALID, "You have already joined.")
+            return
+        member.display_name = (message.display_name or "").strip()[:80]
+        if member.previously_admitted:
+            await self._admit(member, rejoined=True)
+            return
+        assert member.participant_id is not None
+        member.state = "waiting"
+        member.waiting_since = time.time()
+        self.waiting[member.participant_id] = member
+        await self.hooks.audit(self.session_id, "client_waiting", member.actor)
+        await member.send(m.Waiting(therapist_present=self.therapist is not None))
+        await self._send_lobby()
+
+    async def _admit(self, member: Member, *, rejoined: bool) -> None:
+        if member.participant_id is not None:
+            self.waiting.pop(member.participant_id, None)
+        previous = self.client
+        if previous is not None and previous is not member:
+            await previous.send(m.Replaced(
+                message="You joined this session from another window or device."))
+            previous.state = "left"
+            await self.call.disconnect("client")
+            await self._close_channel(previous, 4001)
+        self.client = member
+        member.state = "in_call"
+        member.previously_admitted = True
+        if member.participant_id is not None and not rejoined:
+            await self.hooks.participant_decided(member.participant_id, admitted=True)
+        await self.hooks.audit(self.session_id, "client_rejoined" if rejoined else "client_admitted",
+                               self.therapist.actor if self.therapist and not rejoined
+                               else member.actor, f"participant {member.participant_id}")
+        if self.status == "scheduled":
+            self.status = "live"
+            await self.hooks.session_live(self.session_id)
+        await member.send(m.Admitted(rejoined=rejoined))
+        await self._send_lobby()
+        await self._send_peer_state("therapist")
+        await self._send_peer_state("client")
+
+    # ----------------------------------------------------------------- both
+    async def _offer(self, member: Member, sdp: str) -> None:
+        if member.role == "client" and self.client is not member:
+            await self._error(member, m.ErrorCode.NOT_ADMITTED,
+                              "You can send media once your therapist admits you.", ref="offer")
+            return
+        if member.role == "therapist" and self.therapist is not member:
+            await self._error(member, m.ErrorCode.NOT_JOINED, "Join the session first.", ref="offer")
+            return
+        try:
+            answer = await self.call.connect(member.role, sdp)
+        except SdpError as exc:
+            await self._error(member, m.ErrorCode.BAD_SDP, str(exc), ref="offer")
+            return
+        await member.send(m.Answer(sdp=answer))
+
+    async def _leave(self, member: Member, *, action: str) -> None:
+        """Take a member out of the call or waiting room; the socket may stay open."""
+        if member.role == "client":
+            if self.client is member:
+                self.client = None
+                await self.call.disconnect("client")
+                await self.hooks.audit(self.session_id, f"client_{action}", member.actor)
+                await self._send_peer_state("client")
+            elif member.participant_id is not None and \
+                    self.waiting.get(member.participant_id) is member:
+                del self.waiting[member.participant_id]
+                await self.hooks.audit(self.session_id, f"client_{action}_waiting", member.actor)
+                await self._send_lobby()
+        elif self.therapist is member:
+            self.therapist = None
+            await self.call.disconnect("therapist")
+            await self.hooks.audit(self.session_id, f"therapist_{action}", member.actor)
+            await self._send_peer_state("therapist")
+            for waiting in self.waiting.values():
+                await waiting.send(m.Waiting(therapist_present=False))
+        if member.state != "gone":
+            member.state = "left"
+            if action == "left":
+                await member.send(m.Left())
+
+    async def _departed(self, member: Member) -> None:
+        if member.state in ("in_call", "waiting"):
+            await self._leave(member, action="disconnected")
+        member.state = "gone"
+        self.members.discard(member)
+        if not self.members and self.on_empty is not None:
+            self.on_empty(self)
+
+    async def end(self, actor: str) -> None:
+        if self.ended:
+            return
+        self.status = "ended"
+        await self.hooks.session_ended(self.session_id)
+        await self.hooks.audit(self.session_id, "session_ended", actor)
+        for member in list(self.members):
+            await member.send(m.Ended())
+            member.state = "left"
+        self.therapist = None
+        self.client = None
+        self.waiting.clear()
+        await self.call.close()
+        for member in list(self.members):
+            await self._close_channel(member, 1000)
+
+    async def close(self) -> None:
+        """Server shutdown: close media and sockets without ending the session."""
+        await self.call.close()
+        for member in list(self.members):
+            await self._close_channel(member, 1001)
+
+    # ----------------------------------------------------------------- notifications
+    async def _error(self, member: Member, code: str, message: str, *, fatal: bool = False,
+                     ref: str | None = None) -> None:
+        await member.send(m.ErrorMessage(code=code, message=message, fatal=fatal, ref=ref))
+
+    async def _send_lobby(self) -> None:
+        if self.therapist is None:
+            return
+        entries = [
+            m.WaitingEntry(participant_id=pid, display_name=w.display_name or "Client",
+                           waiting_since=w.waiting_since, returning=w.previously_admitted)
+            for pid, w in self.waiting.items()
+        ]
+        await self.therapist.send(m.Lobby(waiting=entries))
+
+    def peer_state(self, role: Role) -> m.PeerState:
+        member = self.therapist if role == "therapist" else self.client
+        return m.PeerState(
+            role=role,
+            present=member is not None,
+            audio_muted=bool(member and member.audio_muted),
+            video_muted=bool(member and member.video_muted),
+            media=self.call.media_state(role) if member is not None else "none",
+        )
+
+    async def _send_peer_state(self, role: Role) -> None:
+        """Tell the other participant about ``role``'s state."""
+        target = self.client if role == "therapist" else self.therapist
+        if target is not None:
+            await target.send(self.peer_state(role))
+
+    def _media_changed(self, role: str, _state: MediaState) -> None:
+        if role not in ("therapist", "client"):
+            return
+        task = asyncio.ensure_future(self._send_peer_state(role))  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _close_channel(self, member: Member, code: int) -> None:
+        with contextlib.suppress(Exception):
+            await member.channel.close(code)

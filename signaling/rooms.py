@@ -1,0 +1,54 @@
+"""Registry of live rooms, one per session with connected participants."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from media.ice import MediaConfig
+
+from .limits import Limits
+from .room import AudioTap, Room, RoomHooks
+
+
+class RoomRegistry:
+    def __init__(
+        self,
+        hooks: RoomHooks,
+        media_config: MediaConfig,
+        limits: Limits,
+        audio_tap_factory: Callable[[str], AudioTap | None] | None = None,
+    ) -> None:
+        self.hooks = hooks
+        self.media_config = media_config
+        self.limits = limits
+        self.rooms: dict[str, Room] = {}
+        self._audio_tap_factory = audio_tap_factory
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def get(self, session_id: str) -> Room | None:
+        return self.rooms.get(session_id)
+
+    def get_or_create(self, session_id: str, status: str) -> Room:
+        room = self.rooms.get(session_id)
+        if room is None:
+            tap = self._audio_tap_factory(session_id) if self._audio_tap_factory else None
+            room = Room(session_id, self.hooks, self.media_config, self.limits, status=status,
+                        audio_tap=tap)
+            room.on_empty = self._drop
+            self.rooms[session_id] = room
+        return room
+
+    def _drop(self, room: Room) -> None:
+        # Keep rooms of live sessions with nobody connected out of memory too: their state is
+        # in the database and a new room is built on the next connection.
+        if self.rooms.get(room.session_id) is room:
+            del self.rooms[room.session_id]
+        task = asyncio.ensure_future(room.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close_all(self) -> None:
+        for room in list(self.rooms.values()):
+            await room.close()
+        self.rooms.clear()
