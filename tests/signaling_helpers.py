@@ -1,0 +1,75 @@
+"""A WebSocket participant for tests: speaks the signalling protocol like the web client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from typing import Any
+
+import httpx
+import websockets
+
+from tests.media_helpers import FakeBrowser
+
+
+class Participant:
+    def __init__(self, ws: websockets.ClientConnection) -> None:
+        self.ws = ws
+        self.inbox: list[dict[str, Any]] = []
+        self.browser: FakeBrowser | None = None
+
+    @classmethod
+    async def connect(cls, url: str, cookie: str, origin: str | None = None) -> Participant:
+        headers = {"Cookie": cookie}
+        if origin:
+            headers["Origin"] = origin
+        ws = await websockets.connect(url, additional_headers=headers, max_size=2**22)
+        return cls(ws)
+
+    async def send(self, message: dict[str, Any] | str) -> None:
+        await self.ws.send(message if isinstance(message, str) else json.dumps(message))
+
+    async def expect(self, kind: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
+        """Next message of ``kind`` (matching fields), keeping others in the inbox."""
+        for i, message in enumerate(self.inbox):
+            if message["type"] == kind and all(message.get(k) == v for k, v in match.items()):
+                return self.inbox.pop(i)
+
+        async def _next() -> dict[str, Any]:
+            while True:
+                message = json.loads(await self.ws.recv())
+                if message["type"] == kind and all(message.get(k) == v for k, v in match.items()):
+                    return message
+                self.inbox.append(message)
+
+        return await asyncio.wait_for(_next(), timeout)
+
+    async def error(self, timeout: float = 10.0) -> dict[str, Any]:
+        return await self.expect("error", timeout)
+
+    async def start_media(self, browser: FakeBrowser | None = None) -> None:
+        self.browser = browser or FakeBrowser()
+        await self.send({"type": "offer", "sdp": await self.browser.offer()})
+        answer = await self.expect("answer", timeout=20)
+        await self.browser.accept(answer["sdp"])
+
+    def seen(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.inbox if m["type"] == kind]
+
+    async def close(self) -> None:
+        if self.browser is not None:
+            await self.browser.close()
+        await self.ws.close()
+
+
+def login_cookie(client: httpx.AsyncClient) -> str:
+    return f"rapport_login={client.cookies['rapport_login']}"
+
+
+def new_client_cookie() -> str:
+    return f"rapport_client={secrets.token_urlsafe(24)}"
+
+
+def invite_token(invite_url: str) -> str:
+    return invite_url.rsplit("/join/", 1)[1]
