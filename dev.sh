@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Rapport's two entry points on a fresh Debian machine (Python 3.11, as root):
+#   ./dev.sh serve [--host H --port P]   start Rapport on SQLite in ./data
+#   ./dev.sh test  [pytest args]         install test tools and run every test
+# Both create ./.venv and install the project into it first (only when pyproject changed).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=.venv
+STAMP="$VENV/.rapport-installed"
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "Need root to run: $*" >&2; exit 1; fi
+}
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "Installing Debian packages: ${missing[*]}" >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+      "${missing[@]}" >&2
+  fi
+}
+
+ensure_venv() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    if ! python3 -m venv "$VENV" 2>/dev/null; then
+      rm -rf "$VENV"
+      apt_install python3-venv
+      python3 -m venv "$VENV"
+    fi
+  fi
+  local want
+  want="$(cat pyproject.toml | sha256sum | cut -c1-16)-$1"
+  local have
+  have="$(cat "$STAMP" 2>/dev/null || true)"
+  if [ "$have" != "$want" ] && ! { [ "$1" = run ] && [ "$have" = "${want%-run}-test" ]; }; then
+    "$VENV/bin/python" -m pip install -q --upgrade pip >&2
+    if [ "$1" = test ]; then
+      "$VENV/bin/python" -m pip install -q -e ".[test]" >&2
+    else
+      "$VENV/bin/python" -m pip install -q -e . >&2
+    fi
+    echo "$want" > "$STAMP"
+  fi
+}
+
+cmd="${1:-}"
+shift || true
+case "$cmd" in
+  serve)
+    ensure_venv run
+    # A test install is a superset; keep it rather than reinstalling.
+    exec "$VENV/bin/rapport" serve "$@"
+    ;;
+  test)
+    apt_install chromium espeak-ng sox
+    ensure_venv test
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  *)
+    echo "usage: ./dev.sh serve [--host H --port P] | ./dev.sh test [pytest args]" >&2
+    exit 2
+    ;;
+esac
