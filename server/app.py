@@ -22,6 +22,7 @@ from .models import SetupToken, User
 from .routes import admin, auth, pages, sessions, ws
 from .security import new_token, token_hash
 from .settings import Settings
+from .signals import SignalsHub
 
 log = logging.getLogger("rapport")
 
@@ -51,22 +52,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             print(f"\n  No accounts yet. Create the first one here (valid 24 h, once):\n  {link}\n",
                   flush=True)
         app.state.draining = False
+        signals.start()
         yield
         app.state.draining = True
         await app.state.rooms.close_all()
+        await signals.close()
         await database.dispose()
 
     app = FastAPI(title="Rapport", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.database = database
+    signals = SignalsHub(database)
+    app.state.signals = signals
     app.state.rooms = RoomRegistry(
-        DatabaseRoomHooks(database),
+        DatabaseRoomHooks(database, signals),
         MediaConfig(ice_servers=tuple(settings.ice_servers),
                     allow_loopback_candidates=settings.allow_loopback_candidates,
                     media_addresses=tuple(settings.media_addresses)),
         Limits(max_message_bytes=settings.max_message_bytes,
                messages_per_second=settings.max_messages_per_second),
+        signals_for=signals.for_session,
     )
+    signals.rooms = app.state.rooms
 
     @app.middleware("http")
     async def security_headers(request: Request,

@@ -7,11 +7,13 @@ from datetime import UTC, datetime
 from .audit import record
 from .db import Database
 from .models import Participant, SessionStatus, TherapySession
+from .signals import SignalsHub
 
 
 class DatabaseRoomHooks:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, signals: SignalsHub | None = None) -> None:
         self.database = database
+        self.signals = signals
 
     async def audit(self, session_id: str, action: str, actor: str, detail: str = "") -> None:
         async with self.database.session() as db:
@@ -35,6 +37,8 @@ class DatabaseRoomHooks:
                 await db.commit()
 
     async def session_ended(self, session_id: str) -> None:
+        if self.signals is not None:
+            await self.signals.finish(session_id)
         async with self.database.session() as db:
             session = await db.get(TherapySession, session_id)
             if session is not None and session.status != SessionStatus.ENDED:

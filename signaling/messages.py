@@ -153,6 +153,20 @@ class Replaced(_Outbound):
     message: str
 
 
+class Signals(_Outbound):
+    """Therapist only: the live alliance-signal snapshot (see media/signals.py)."""
+
+    type: Literal["signals"] = "signals"
+    snapshot: dict[str, Any]
+
+
+class Speaking(_Outbound):
+    """Therapist only: who is talking now, sent the moment it changes."""
+
+    type: Literal["speaking"] = "speaking"
+    speaking: list[str]
+
+
 class Pong(_Outbound):
     type: Literal["pong"] = "pong"
     t: float = 0.0
@@ -170,7 +184,7 @@ class ErrorMessage(_Outbound):
 
 OutboundMessage = (
     Welcome | Waiting | Admitted | Joined | Denied | Answer | Lobby | PeerState | Left | Ended
-    | Replaced | Pong | ErrorMessage
+    | Replaced | Pong | ErrorMessage | Signals | Speaking
 )
 
 

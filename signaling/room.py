@@ -55,6 +55,16 @@ class RoomHooks(Protocol):
     async def session_ended(self, session_id: str) -> None: ...
 
 
+class SignalsPort(Protocol):
+    """The live alliance signals of a session, as the room feeds them."""
+
+    def on_audio(self, role: str, frame: AudioFrame) -> None: ...
+
+    def set_present(self, role: str, present: bool) -> None: ...
+
+    def set_muted(self, role: str, muted: bool) -> None: ...
+
+
 class ChannelClosed(Exception):
     """The participant's transport went away."""
 
@@ -85,9 +95,6 @@ class Member:
                 self.state = "gone"
 
 
-AudioTap = Callable[[str, AudioFrame], None]
-
-
 class Room:
     def __init__(
         self,
@@ -97,7 +104,7 @@ class Room:
         limits: Limits | None = None,
         *,
         status: str = "scheduled",
-        audio_tap: AudioTap | None = None,
+        signals: SignalsPort | None = None,
     ) -> None:
         self.session_id = session_id
         self.hooks = hooks
@@ -108,7 +115,9 @@ class Room:
         self.therapist: Member | None = None
         self.client: Member | None = None
         self.waiting: dict[int, Member] = {}
-        self.call = Call(media_config, on_audio=audio_tap, on_media_state=self._media_changed)
+        self.signals = signals
+        self.call = Call(media_config, on_audio=signals.on_audio if signals else None,
+                         on_media_state=self._media_changed)
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_empty: Callable[[Room], None] | None = None
 
@@ -202,6 +211,8 @@ class Room:
                     await self._deny(member, pid)
             case m.Mute(audio=audio, video=video):
                 member.audio_muted, member.video_muted = audio, video
+                if self.signals is not None and self._member(member.role) is member:
+                    self.signals.set_muted(member.role, audio)
                 await self._send_peer_state(member.role)
             case m.Leave():
                 await self._leave(member, action="left")
@@ -413,8 +424,21 @@ class Room:
             media=self.call.media_state(role) if member is not None else "none",
         )
 
+    def _member(self, role: str) -> Member | None:
+        return self.therapist if role == "therapist" else self.client
+
+    def _sync_signals(self, role: Role) -> None:
+        """Present for the signals = in the call with media flowing; lost media is absence."""
+        if self.signals is None:
+            return
+        member = self._member(role)
+        self.signals.set_present(role, member is not None and
+                                 self.call.media_state(role) == "connected")
+        self.signals.set_muted(role, bool(member and member.audio_muted))
+
     async def _send_peer_state(self, role: Role) -> None:
         """Tell the other participant about ``role``'s state."""
+        self._sync_signals(role)
         target = self.client if role == "therapist" else self.therapist
         if target is not None:
             await target.send(self.peer_state(role))
@@ -422,9 +446,15 @@ class Room:
     def _media_changed(self, role: str, _state: MediaState) -> None:
         if role not in ("therapist", "client"):
             return
+        self._sync_signals(role)  # type: ignore[arg-type]
         task = asyncio.ensure_future(self._send_peer_state(role))  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def send_signals(self, message: m.Signals | m.Speaking) -> None:
+        """Alliance signals go to the therapist's socket only, never the client's."""
+        if self.therapist is not None:
+            await self.therapist.send(message)
 
     async def _close_channel(self, member: Member, code: int) -> None:
         with contextlib.suppress(Exception):

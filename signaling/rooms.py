@@ -8,7 +8,7 @@ from collections.abc import Callable
 from media.ice import MediaConfig
 
 from .limits import Limits
-from .room import AudioTap, Room, RoomHooks
+from .room import Room, RoomHooks, SignalsPort
 
 
 class RoomRegistry:
@@ -17,13 +17,13 @@ class RoomRegistry:
         hooks: RoomHooks,
         media_config: MediaConfig,
         limits: Limits,
-        audio_tap_factory: Callable[[str], AudioTap | None] | None = None,
+        signals_for: Callable[[str], SignalsPort | None] | None = None,
     ) -> None:
         self.hooks = hooks
         self.media_config = media_config
         self.limits = limits
         self.rooms: dict[str, Room] = {}
-        self._audio_tap_factory = audio_tap_factory
+        self._signals_for = signals_for
         self._closing: set[asyncio.Task[None]] = set()
 
     def get(self, session_id: str) -> Room | None:
@@ -32,9 +32,9 @@ class RoomRegistry:
     def get_or_create(self, session_id: str, status: str) -> Room:
         room = self.rooms.get(session_id)
         if room is None:
-            tap = self._audio_tap_factory(session_id) if self._audio_tap_factory else None
+            signals = self._signals_for(session_id) if self._signals_for else None
             room = Room(session_id, self.hooks, self.media_config, self.limits, status=status,
-                        audio_tap=tap)
+                        signals=signals)
             room.on_empty = self._drop
             self.rooms[session_id] = room
         return room

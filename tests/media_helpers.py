@@ -121,3 +121,70 @@ class FakeBrowser:
         for task in self._tasks:
             task.cancel()
         await self.pc.close()
+
+
+class PcmTrack(MediaStreamTrack):
+    """A paced audio track playing int16 mono samples at 48 kHz, then silence.
+
+    ``gain`` can be changed while playing (0 silences it), like a person who stops talking.
+    """
+
+    kind = "audio"
+
+    def __init__(self, samples: np.ndarray, loop: bool = False) -> None:
+        super().__init__()
+        self.samples = np.asarray(samples, dtype=np.int16)
+        self.loop = loop
+        self.gain = 1.0
+        self._n = 0
+        self._start: float | None = None
+
+    def restart(self, samples: np.ndarray | None = None) -> None:
+        if samples is not None:
+            self.samples = np.asarray(samples, dtype=np.int16)
+        self._offset = self._n
+
+    _offset = 0
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        wait = self._start + self._n / SAMPLE_RATE - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        pos = self._n - self._offset
+        if self.loop and len(self.samples):
+            pos %= len(self.samples)
+        chunk = self.samples[pos : pos + SAMPLES]
+        if chunk.size < SAMPLES:
+            chunk = np.concatenate([chunk, np.zeros(SAMPLES - chunk.size, dtype=np.int16)])
+        chunk = (chunk.astype(np.float32) * self.gain).astype(np.int16)
+        frame = AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = self._n
+        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        self._n += SAMPLES
+        return frame
+
+
+def speech(seconds: float, voice: str = "en-us", gap: float = 0.25) -> np.ndarray:
+    """Continuous espeak speech of about ``seconds`` (int16, 48 kHz mono)."""
+    from tests.fixtures.dialogues import synthesize
+
+    sentences = [
+        "I have been thinking about what we talked about last week.",
+        "It was hard at first, but I tried the exercise every morning.",
+        "Some days it helped and some days it did not help at all.",
+        "I would like to talk about my sister and the holidays.",
+    ]
+    parts: list[np.ndarray] = []
+    total = 0
+    i = 0
+    while total < seconds * SAMPLE_RATE:
+        pcm = (synthesize(sentences[i % len(sentences)], voice, 165) * 0.5 * 32767).astype(np.int16)
+        parts += [pcm, np.zeros(int(gap * SAMPLE_RATE), dtype=np.int16)]
+        total += pcm.size + int(gap * SAMPLE_RATE)
+        i += 1
+    return np.concatenate(parts)[: int(seconds * SAMPLE_RATE)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
@@ -14,6 +14,7 @@ from ..auth import DbSession, SettingsDep, Therapist
 from ..models import SessionStatus, TherapySession, User
 from ..security import new_session_id, new_token, token_hash
 from ..settings import Settings
+from ..signals import SignalsHub, unpack_timeline
 
 router = APIRouter(prefix="/api/sessions", tags=["sessions"])
 
@@ -114,3 +115,34 @@ async def renew_invite(session_id: str, user: Therapist, db: DbSession,
     record(db, "invite_renewed", f"user:{user.id}", session.id)
     await db.commit()
     return InviteOut(invite_url=invite_url, invite_expires_at=session.invite_expires_at)
+
+
+class TimelineOut(BaseModel):
+    session_id: str
+    seconds: list[dict[str, Any]]
+
+
+@router.get("/{session_id}/metrics")
+async def session_metrics(session_id: str, request: Request, user: Therapist,
+                          db: DbSession) -> dict[str, Any]:
+    """The latest alliance-signal snapshot: live while the session runs, stored afterwards."""
+    session = await own_session(db, user, session_id)
+    hub: SignalsHub = request.app.state.signals
+    live = hub.latest(session.id)
+    if live is not None:
+        return live
+    if session.metrics is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "No signals yet for this session.")
+    return session.metrics
+
+
+@router.get("/{session_id}/timeline")
+async def session_timeline(session_id: str, request: Request, user: Therapist,
+                           db: DbSession) -> TimelineOut:
+    """Who spoke each second of the session."""
+    session = await own_session(db, user, session_id)
+    hub: SignalsHub = request.app.state.signals
+    live = hub.timeline(session.id)
+    if live is None:
+        live = unpack_timeline(session.timeline or [])
+    return TimelineOut(session_id=session.id, seconds=live)

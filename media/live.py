@@ -1,0 +1,238 @@
+"""The live signal pipeline: decoded call audio in, speaking changes and snapshots out.
+
+The call hands every decoded audio frame to ``LiveSignals.on_audio`` on the event loop; that
+only downmixes and queues. One ``SignalWorker`` thread per server runs voice activity and the
+pure engine for every session on a 20 ms wall clock, so the event loop never does DSP. The
+clock is the wall clock (not the audio): a participant whose audio stops still has their
+time counted, as not speaking, and time with nobody present is not counted at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from av import AudioFrame
+from av.audio.resampler import AudioResampler
+
+from .signals import EventKind, Role, SignalConfig, SignalEngine, SignalEvent, Snapshot
+from .vad import VoiceActivityDetector
+
+log = logging.getLogger("rapport.signals")
+
+SAMPLE_RATE = 48_000
+SNAPSHOT_EVERY_S = 0.5
+# Audio is consumed this far behind the wall clock so that a frame delivered a little late
+# (network jitter, decoder thread) still lands on its own tick.
+CLOCK_LAG_S = 0.06
+MAX_QUEUED_FRAMES = 10
+
+
+@dataclass(frozen=True)
+class SignalsUpdate:
+    """What the worker publishes: the current speakers and, when due, a snapshot."""
+
+    session_id: str
+    speaking: tuple[str, ...]
+    speaking_changed: bool
+    snapshot: Snapshot | None
+    events: tuple[SignalEvent, ...]
+    at_monotonic: float
+
+
+class _Downmixer:
+    """Turns any decoded audio frame into 48 kHz mono int16 frames of the engine's size."""
+
+    def __init__(self, frame_samples: int) -> None:
+        self.frame_samples = frame_samples
+        self._resampler: AudioResampler | None = None
+        self._pending = np.zeros(0, dtype=np.int16)
+
+    def push(self, frame: AudioFrame) -> list[np.ndarray]:
+        if frame.sample_rate == SAMPLE_RATE and frame.format.name == "s16":
+            data = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
+            mono = data.mean(axis=1).astype(np.int16) if data.shape[1] > 1 else data[:, 0]
+        else:
+            if self._resampler is None:
+                self._resampler = AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+            parts = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
+            mono = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+        if mono.size == self.frame_samples and not self._pending.size:
+            return [mono.copy()]
+        self._pending = np.concatenate([self._pending, mono])
+        out = []
+        while self._pending.size >= self.frame_samples:
+            out.append(self._pending[: self.frame_samples].copy())
+            self._pending = self._pending[self.frame_samples :]
+        return out
+
+
+class LiveSignals:
+    """One session's signals. Lives as long as the session, across reconnects."""
+
+    def __init__(self, session_id: str, config: SignalConfig | None = None) -> None:
+        self.session_id = session_id
+        self.config = config or SignalConfig()
+        self.engine = SignalEngine(self.config)
+        self.frame_s = self.config.frame_ms / 1000.0
+        frame_samples = SAMPLE_RATE * self.config.frame_ms // 1000
+        self._vad = {r: VoiceActivityDetector(SAMPLE_RATE, self.config.frame_ms) for r in Role}
+        self._mix = {r: _Downmixer(frame_samples) for r in Role}
+        self._queues: dict[Role, deque[np.ndarray]] = {
+            r: deque(maxlen=MAX_QUEUED_FRAMES) for r in Role
+        }
+        self._present = dict.fromkeys(Role, False)
+        self._muted = dict.fromkeys(Role, False)
+        self._lock = threading.Lock()
+        self._clock_base: float | None = None
+        self._ticks = 0
+        self._last_snapshot_tick = 0
+        self._speaking: tuple[str, ...] = ()
+        self.frames_dropped = 0
+        self.ended = False
+        self.latest: Snapshot | None = None
+
+    # ---------------------------------------------------------------- event-loop side
+    def on_audio(self, role: str, frame: AudioFrame) -> None:
+        r = Role(role)
+        chunks = self._mix[r].push(frame)
+        with self._lock:
+            queue = self._queues[r]
+            for chunk in chunks:
+                if len(queue) == queue.maxlen:
+                    self.frames_dropped += 1
+                queue.append(chunk)
+
+    def set_present(self, role: str, present: bool) -> None:
+        with self._lock:
+            self._present[Role(role)] = present
+            if not present:
+                self._queues[Role(role)].clear()
+
+    def set_muted(self, role: str, muted: bool) -> None:
+        with self._lock:
+            self._muted[Role(role)] = muted
+
+    # ---------------------------------------------------------------- worker side
+    def step(self, now: float) -> SignalsUpdate | None:
+        """Advance the engine to ``now``; return an update when there is news."""
+        with self._lock:
+            if self.ended:
+                return None
+            if not any(self._present.values()):
+                self._clock_base = None  # nobody here: the session clock pauses
+                return None
+            if self._clock_base is None:
+                self._clock_base = now - self._ticks * self.frame_s
+            target = int((now - self._clock_base - CLOCK_LAG_S) / self.frame_s)
+            events: list[SignalEvent] = []
+            while self._ticks < target:
+                speech: dict[Role, bool | None] = {}
+                for role in Role:
+                    queue = self._queues[role]
+                    if not self._present[role]:
+                        speech[role] = None
+                        continue
+                    chunk = queue.popleft() if queue else None
+                    while len(queue) > 3:  # keep up with real time after a burst
+                        queue.popleft()
+                        self.frames_dropped += 1
+                    voiced = chunk is not None and self._vad[role].is_speech(chunk)
+                    speech[role] = voiced and not self._muted[role]
+                events.extend(self.engine.advance(speech))
+                self._ticks += 1
+            return self._publish(events, now, force=False)
+
+    def _publish(self, events: list[SignalEvent], now: float, force: bool) -> SignalsUpdate | None:
+        changed = any(e.kind in (EventKind.SPEECH_START, EventKind.SPEECH_END) for e in events)
+        due = (self._ticks - self._last_snapshot_tick) * self.frame_s >= SNAPSHOT_EVERY_S
+        if not (changed or due or force or events):
+            return None
+        snapshot = self.engine.snapshot()
+        self.latest = snapshot
+        speaking = tuple(str(r) for r in snapshot.speaking)
+        speaking_changed = speaking != self._speaking
+        self._speaking = speaking
+        if due or force:
+            self._last_snapshot_tick = self._ticks
+        return SignalsUpdate(self.session_id, speaking, speaking_changed,
+                             snapshot if (due or force or speaking_changed) else None,
+                             tuple(events), now)
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            self.latest = self.engine.finalize() if self.ended else self.engine.snapshot()
+            return self.latest
+
+    def timeline(self) -> list[dict[str, object]]:
+        with self._lock:
+            return [second.to_dict() for second in self.engine.timeline()]
+
+    def finish(self) -> Snapshot:
+        """End of session: close open segments; later audio is ignored."""
+        with self._lock:
+            if not self.ended:
+                self.ended = True
+                self.latest = self.engine.finalize()
+            assert self.latest is not None
+            return self.latest
+
+
+Publisher = Callable[[SignalsUpdate], None]
+
+
+class SignalWorker:
+    """One thread stepping every live session every 20 ms."""
+
+    def __init__(self, publish: Publisher, tick_s: float = 0.02) -> None:
+        self._publish = publish
+        self._tick_s = tick_s
+        self._sessions: dict[str, LiveSignals] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.max_step_s = 0.0
+
+    def add(self, signals: LiveSignals) -> None:
+        with self._lock:
+            self._sessions[signals.session_id] = signals
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="rapport-signals",
+                                            daemon=True)
+            self._thread.start()
+
+    def remove(self, session_id: str) -> None:
+        with self._lock:
+            self._sessions.pop(session_id, None)
+
+    def _run(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            next_at += self._tick_s
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                self._stop.wait(delay)
+            else:
+                next_at = time.monotonic()  # overrun: do not spin to catch up
+            started = time.monotonic()
+            with self._lock:
+                sessions = list(self._sessions.values())
+            for signals in sessions:
+                try:
+                    update = signals.step(started)
+                except Exception:
+                    log.exception("signal step failed")
+                    continue
+                if update is not None:
+                    self._publish(update)
+            self.max_step_s = max(self.max_step_s, time.monotonic() - started)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

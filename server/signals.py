@@ -1,0 +1,131 @@
+"""Live alliance signals per session: creation, delivery to the therapist, persistence.
+
+A session's ``LiveSignals`` outlives its room (a room is dropped when everyone disconnects)
+so talk time is never lost or counted twice across reconnects. Snapshots and the 1-second
+timeline are written to the session row at least every 5 seconds, so a crash loses at most
+that much.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from media.live import LiveSignals, SignalsUpdate, SignalWorker
+from media.signals import SignalConfig
+from signaling.messages import Signals, Speaking
+from signaling.rooms import RoomRegistry
+
+from .db import Database
+from .models import TherapySession
+
+log = logging.getLogger("rapport.signals")
+PERSIST_EVERY_S = 5.0
+
+# The timeline is stored compactly, one small int per second.
+_BITS = (("therapist", 1), ("client", 2), ("therapist_absent", 4), ("client_absent", 8))
+
+
+def pack_timeline(seconds: list[dict[str, Any]]) -> list[int]:
+    return [sum(bit for key, bit in _BITS if s.get(key)) for s in seconds]
+
+
+def unpack_timeline(codes: list[int]) -> list[dict[str, Any]]:
+    return [{"second": i, **{key: bool(code & bit) for key, bit in _BITS}}
+            for i, code in enumerate(codes)]
+
+
+class SignalsHub:
+    def __init__(self, database: Database, config: SignalConfig | None = None) -> None:
+        self.database = database
+        self.config = config or SignalConfig()
+        self.sessions: dict[str, LiveSignals] = {}
+        self.rooms: RoomRegistry | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._worker = SignalWorker(self._from_worker)
+        self._persister: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+        self._persisted_at: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._persister = asyncio.ensure_future(self._persist_loop())
+
+    def for_session(self, session_id: str) -> LiveSignals:
+        signals = self.sessions.get(session_id)
+        if signals is None or signals.ended:
+            signals = LiveSignals(session_id, self.config)
+            self.sessions[session_id] = signals
+            self._worker.add(signals)
+        return signals
+
+    def latest(self, session_id: str) -> dict[str, Any] | None:
+        signals = self.sessions.get(session_id)
+        if signals is None or signals.latest is None:
+            return None
+        return signals.snapshot().to_dict()
+
+    def timeline(self, session_id: str) -> list[dict[str, Any]] | None:
+        signals = self.sessions.get(session_id)
+        return None if signals is None else signals.timeline()
+
+    # Worker thread → event loop.
+    def _from_worker(self, update: SignalsUpdate) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._deliver, update)
+
+    def _deliver(self, update: SignalsUpdate) -> None:
+        room = self.rooms.get(update.session_id) if self.rooms else None
+        if room is None:
+            return
+        messages: list[Signals | Speaking] = []
+        if update.speaking_changed:
+            messages.append(Speaking(speaking=list(update.speaking)))
+        if update.snapshot is not None:
+            messages.append(Signals(snapshot=update.snapshot.to_dict()))
+        for message in messages:
+            task = asyncio.ensure_future(room.send_signals(message))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def finish(self, session_id: str) -> None:
+        signals = self.sessions.get(session_id)
+        if signals is None:
+            return
+        signals.finish()
+        self._worker.remove(session_id)
+        await self._persist(signals)
+        del self.sessions[session_id]
+
+    async def _persist(self, signals: LiveSignals) -> None:
+        snapshot = signals.snapshot().to_dict()
+        timeline = pack_timeline(signals.timeline())
+        async with self.database.session() as db:
+            row = await db.get(TherapySession, signals.session_id)
+            if row is not None:
+                row.metrics = snapshot
+                row.timeline = timeline
+                await db.commit()
+
+    async def _persist_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PERSIST_EVERY_S / 2)
+            for signals in list(self.sessions.values()):
+                if signals.latest is None or signals.ended:
+                    continue
+                try:
+                    await self._persist(signals)
+                except Exception:
+                    log.exception("persisting signals failed")
+
+    async def close(self) -> None:
+        if self._persister is not None:
+            self._persister.cancel()
+            with contextlib.suppress(BaseException):
+                await self._persister
+        for signals in list(self.sessions.values()):
+            with contextlib.suppress(Exception):
+                await self._persist(signals)
+        self._worker.stop()
