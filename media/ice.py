@@ -27,9 +27,7 @@ class MediaConfig:
     def rtc_configuration(self) -> RTCConfiguration:
         # An explicit empty list matters: with None aiortc falls back to a public STUN server.
         servers = [
-            RTCIceServer(
-                urls=s["urls"], username=s.get("username"), credential=s.get("credential")
-            )
+            RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
             for s in self.ice_servers
         ]
         return RTCConfiguration(iceServers=servers)

@@ -160,9 +160,14 @@ class LiveSignals:
         self._speaking = speaking
         if due or force:
             self._last_snapshot_tick = self._ticks
-        return SignalsUpdate(self.session_id, speaking, speaking_changed,
-                             snapshot if (due or force or speaking_changed) else None,
-                             tuple(events), now)
+        return SignalsUpdate(
+            self.session_id,
+            speaking,
+            speaking_changed,
+            snapshot if (due or force or speaking_changed) else None,
+            tuple(events),
+            now,
+        )
 
     def snapshot(self) -> Snapshot:
         with self._lock:
@@ -202,8 +207,7 @@ class SignalWorker:
         with self._lock:
             self._sessions[signals.session_id] = signals
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="rapport-signals",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._run, name="rapport-signals", daemon=True)
             self._thread.start()
 
     def remove(self, session_id: str) -> None:

@@ -110,6 +110,8 @@ class ParticipantPeer:
             except Exception:  # a decoder hiccup must not stop the reader: unread tracks leak
                 log.exception("reading %s track failed", kind)
                 continue
+            if not isinstance(frame, Frame):
+                continue  # a decoded track yields frames; packets only when forwarding
             self.frames_in[kind] += 1
             self.last_frame_at[kind] = time.monotonic()
             if self._stalled:

@@ -49,7 +49,10 @@ def sanitize_offer(sdp: str, config: MediaConfig) -> str:
     if unknown:
         raise SdpError(f"Unsupported media kind(s): {', '.join(unknown)}.")
     text = "\n".join(out)
-    for needed, why in (("a=ice-ufrag:", "ICE credentials"), ("a=fingerprint:", "a DTLS fingerprint")):
+    for needed, why in (
+        ("a=ice-ufrag:", "ICE credentials"),
+        ("a=fingerprint:", "a DTLS fingerprint"),
+    ):
         if needed not in text:
             raise SdpError(f"The offer lacks {why}.")
     return "\r\n".join(out) + "\r\n"

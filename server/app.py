@@ -33,8 +33,11 @@ async def first_run_setup_link(database: Database, settings: Settings) -> str | 
         if await db.scalar(select(func.count()).select_from(User)):
             return None
         token = new_token()
-        db.add(SetupToken(token_hash=token_hash(token),
-                          expires_at=datetime.now(UTC) + timedelta(hours=24)))
+        db.add(
+            SetupToken(
+                token_hash=token_hash(token), expires_at=datetime.now(UTC) + timedelta(hours=24)
+            )
+        )
         await db.commit()
     return settings.public(f"/setup/{token}")
 
@@ -49,8 +52,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         restrict_host_addresses(settings.media_addresses)
         link = await first_run_setup_link(database, settings)
         if link:
-            print(f"\n  No accounts yet. Create the first one here (valid 24 h, once):\n  {link}\n",
-                  flush=True)
+            print(
+                f"\n  No accounts yet. Create the first one here (valid 24 h, once):\n  {link}\n",
+                flush=True,
+            )
         app.state.draining = False
         signals.start()
         yield
@@ -66,25 +71,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.signals = signals
     app.state.rooms = RoomRegistry(
         DatabaseRoomHooks(database, signals),
-        MediaConfig(ice_servers=tuple(settings.ice_servers),
-                    allow_loopback_candidates=settings.allow_loopback_candidates,
-                    media_addresses=tuple(settings.media_addresses)),
-        Limits(max_message_bytes=settings.max_message_bytes,
-               messages_per_second=settings.max_messages_per_second),
+        MediaConfig(
+            ice_servers=tuple(settings.ice_servers),
+            allow_loopback_candidates=settings.allow_loopback_candidates,
+            media_addresses=tuple(settings.media_addresses),
+        ),
+        Limits(
+            max_message_bytes=settings.max_message_bytes,
+            messages_per_second=settings.max_messages_per_second,
+        ),
         signals_for=signals.for_session,
     )
     signals.rooms = app.state.rooms
 
     @app.middleware("http")
-    async def security_headers(request: Request,
-                               call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def security_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         response = await call_next(request)
         # Invite tokens live in URLs: never leak them through the Referer header.
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Permissions-Policy",
-                                    "camera=(self), microphone=(self), geolocation=()")
+        response.headers.setdefault(
+            "Permissions-Policy", "camera=(self), microphone=(self), geolocation=()"
+        )
         return response
 
     @app.get("/healthz", include_in_schema=False)

@@ -70,7 +70,9 @@ async def user_from_token(db: AsyncSession, settings: Settings, token: str | Non
     return user
 
 
-async def current_user_optional(request: Request, db: DbSession, settings: SettingsDep) -> User | None:
+async def current_user_optional(
+    request: Request, db: DbSession, settings: SettingsDep
+) -> User | None:
     return await user_from_token(db, settings, request.cookies.get(LOGIN_COOKIE))
 
 

@@ -26,8 +26,14 @@ def _serve(args: argparse.Namespace) -> int:
     configure(settings.log_level, settings.log_json)
     app = create_app(settings)
     print(f"  Rapport is starting: open {settings.public_url}/ in a browser.", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
-                ws_max_size=1024 * 1024, proxy_headers=True)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        ws_max_size=1024 * 1024,
+        proxy_headers=True,
+    )
     return 0
 
 
@@ -45,13 +51,22 @@ async def _add_user(email: str, role: str, name: str, password: str) -> int:
     try:
         await database.create_schema()
         async with database.session() as db:
-            exists = await db.scalar(select(func.count()).select_from(User)
-                                     .where(func.lower(User.email) == email.lower()))
+            exists = await db.scalar(
+                select(func.count())
+                .select_from(User)
+                .where(func.lower(User.email) == email.lower())
+            )
             if exists:
                 print(f"A user with email {email} already exists.", file=sys.stderr)
                 return 1
-            db.add(User(email=email.lower(), display_name=name, role=UserRole(role),
-                        password_hash=hash_password(password)))
+            db.add(
+                User(
+                    email=email.lower(),
+                    display_name=name,
+                    role=UserRole(role),
+                    password_hash=hash_password(password),
+                )
+            )
             from .audit import record
 
             record(db, "user_created", "cli", detail=f"role {role}")

@@ -27,9 +27,12 @@ class InviteCheck:
     @property
     def message(self) -> str:
         return {
-            InviteProblem.UNKNOWN: "This link is not valid. Please check it, or ask your therapist "
-            "for a new one.",
-            InviteProblem.EXPIRED: "This link has expired. Please ask your therapist for a new one.",
+            InviteProblem.UNKNOWN: (
+                "This link is not valid. Please check it, or ask your therapist for a new one."
+            ),
+            InviteProblem.EXPIRED: (
+                "This link has expired. Please ask your therapist for a new one."
+            ),
             InviteProblem.ENDED: "This session has ended. Thank you for joining.",
             None: "",
         }[self.problem]

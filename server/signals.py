@@ -33,8 +33,10 @@ def pack_timeline(seconds: list[dict[str, Any]]) -> list[int]:
 
 
 def unpack_timeline(codes: list[int]) -> list[dict[str, Any]]:
-    return [{"second": i, **{key: bool(code & bit) for key, bit in _BITS}}
-            for i, code in enumerate(codes)]
+    return [
+        {"second": i, **{key: bool(code & bit) for key, bit in _BITS}}
+        for i, code in enumerate(codes)
+    ]
 
 
 class SignalsHub:

@@ -183,8 +183,21 @@ class ErrorMessage(_Outbound):
 
 
 OutboundMessage = (
-    Welcome | Waiting | Admitted | Joined | Denied | Answer | Lobby | PeerState | Left | Ended
-    | Replaced | Pong | ErrorMessage | Signals | Speaking
+    Welcome
+    | Waiting
+    | Admitted
+    | Joined
+    | Denied
+    | Answer
+    | Lobby
+    | PeerState
+    | Left
+    | Ended
+    | Replaced
+    | Pong
+    | ErrorMessage
+    | Signals
+    | Speaking
 )
 
 

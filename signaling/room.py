@@ -116,8 +116,11 @@ class Room:
         self.client: Member | None = None
         self.waiting: dict[int, Member] = {}
         self.signals = signals
-        self.call = Call(media_config, on_audio=signals.on_audio if signals else None,
-                         on_media_state=self._media_changed)
+        self.call = Call(
+            media_config,
+            on_audio=signals.on_audio if signals else None,
+            on_media_state=self._media_changed,
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_empty: Callable[[Room], None] | None = None
 
@@ -151,17 +154,25 @@ class Room:
 
     async def _receive(self, member: Member, raw: str) -> None:
         if len(raw.encode("utf-8", errors="replace")) > self.limits.max_message_bytes:
-            await self._error(member, m.ErrorCode.TOO_LARGE,
-                              f"Messages are limited to {self.limits.max_message_bytes} bytes.")
+            await self._error(
+                member,
+                m.ErrorCode.TOO_LARGE,
+                f"Messages are limited to {self.limits.max_message_bytes} bytes.",
+            )
             return
         if not member.limiter.take():
             member.strikes += 1
             if member.strikes == 1:
-                await self._error(member, m.ErrorCode.RATE_LIMITED,
-                                  "Too many messages; some were ignored.")
+                await self._error(
+                    member, m.ErrorCode.RATE_LIMITED, "Too many messages; some were ignored."
+                )
             if member.strikes >= self.limits.max_strikes:
-                await self._error(member, m.ErrorCode.RATE_LIMITED,
-                                  "Too many messages; the connection was closed.", fatal=True)
+                await self._error(
+                    member,
+                    m.ErrorCode.RATE_LIMITED,
+                    "Too many messages; the connection was closed.",
+                    fatal=True,
+                )
                 await self._close_channel(member, 1008)
             return
         member.strikes = 0
@@ -171,36 +182,46 @@ class Room:
             await self._error(member, m.ErrorCode.BAD_JSON, "Messages must be JSON objects.")
             return
         if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-            await self._error(member, m.ErrorCode.INVALID,
-                              "Messages must be JSON objects with a string 'type'.")
+            await self._error(
+                member, m.ErrorCode.INVALID, "Messages must be JSON objects with a string 'type'."
+            )
             return
         kind = data["type"]
         if kind not in m.INBOUND_TYPES:
-            await self._error(member, m.ErrorCode.UNKNOWN_TYPE,
-                              f"Unknown message type {kind[:40]!r}.", ref=None)
+            await self._error(
+                member, m.ErrorCode.UNKNOWN_TYPE, f"Unknown message type {kind[:40]!r}.", ref=None
+            )
             return
         try:
             message = m.inbound_adapter.validate_python(data)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"][1:]) or "message"
-            await self._error(member, m.ErrorCode.INVALID, f"Invalid '{kind}': {where}: {first['msg']}.",
-                              ref=kind)
+            await self._error(
+                member, m.ErrorCode.INVALID, f"Invalid '{kind}': {where}: {first['msg']}.", ref=kind
+            )
             return
         try:
             await self._dispatch(member, message)
         except Exception:
             log.exception("handling %s failed in session %s", kind, self.session_id)
-            await self._error(member, m.ErrorCode.MEDIA_FAILED if kind == "offer" else "internal",
-                              "The server could not handle that message.", ref=kind)
+            await self._error(
+                member,
+                m.ErrorCode.MEDIA_FAILED if kind == "offer" else "internal",
+                "The server could not handle that message.",
+                ref=kind,
+            )
 
     async def _dispatch(self, member: Member, message: m.InboundMessage) -> None:
         match message:
             case m.Ping(t=t):
                 await member.send(m.Pong(t=t))
             case m.Join():
-                await (self._therapist_join(member, message) if member.role == "therapist"
-                       else self._client_join(member, message))
+                await (
+                    self._therapist_join(member, message)
+                    if member.role == "therapist"
+                    else self._client_join(member, message)
+                )
             case m.Offer(sdp=sdp):
                 await self._offer(member, sdp)
             case m.Admit(participant_id=pid):
@@ -240,8 +261,11 @@ class Room:
             return
         if current is not None and current.state != "gone":
             if not message.takeover:
-                await self._error(member, m.ErrorCode.ALREADY_CONNECTED,
-                                  "This session is already open in another tab or window.")
+                await self._error(
+                    member,
+                    m.ErrorCode.ALREADY_CONNECTED,
+                    "This session is already open in another tab or window.",
+                )
                 return
             await current.send(m.Replaced(message="This session was opened in another tab."))
             await self.call.disconnect("therapist")
@@ -262,21 +286,24 @@ class Room:
         assert self.therapist is not None
         member = self.waiting.get(participant_id)
         if member is None:
-            await self._error(self.therapist, m.ErrorCode.UNKNOWN_PARTICIPANT,
-                              "That person is no longer waiting.")
+            await self._error(
+                self.therapist, m.ErrorCode.UNKNOWN_PARTICIPANT, "That person is no longer waiting."
+            )
             return
         await self._admit(member, rejoined=False)
 
     async def _deny(self, therapist: Member, participant_id: int) -> None:
         member = self.waiting.pop(participant_id, None)
         if member is None:
-            await self._error(therapist, m.ErrorCode.UNKNOWN_PARTICIPANT,
-                              "That person is no longer waiting.")
+            await self._error(
+                therapist, m.ErrorCode.UNKNOWN_PARTICIPANT, "That person is no longer waiting."
+            )
             return
         member.state = "left"
         await self.hooks.participant_decided(participant_id, admitted=False)
-        await self.hooks.audit(self.session_id, "client_denied", therapist.actor,
-                               f"participant {participant_id}")
+        await self.hooks.audit(
+            self.session_id, "client_denied", therapist.actor, f"participant {participant_id}"
+        )
         await member.send(m.Denied())
         await self._close_channel(member, 4003)
         await self._send_lobby()
@@ -284,8 +311,9 @@ class Room:
     # ----------------------------------------------------------------- client
     async def _client_join(self, member: Member, message: m.Join) -> None:
         if self.ended:
-            await self._error(member, m.ErrorCode.SESSION_ENDED, "This session has ended.",
-                              fatal=True)
+            await self._error(
+                member, m.ErrorCode.SESSION_ENDED, "This session has ended.", fatal=True
+            )
             return
         if member.state in ("waiting", "in_call"):
             await self._error(member, m.ErrorCode.INVALID, "You have already joined.")
@@ -307,8 +335,9 @@ class Room:
             self.waiting.pop(member.participant_id, None)
         previous = self.client
         if previous is not None and previous is not member:
-            await previous.send(m.Replaced(
-                message="You joined this session from another window or device."))
+            await previous.send(
+                m.Replaced(message="You joined this session from another window or device.")
+            )
             previous.state = "left"
             await self.call.disconnect("client")
             await self._close_channel(previous, 4001)
@@ -317,9 +346,12 @@ class Room:
         member.previously_admitted = True
         if member.participant_id is not None and not rejoined:
             await self.hooks.participant_decided(member.participant_id, admitted=True)
-        await self.hooks.audit(self.session_id, "client_rejoined" if rejoined else "client_admitted",
-                               self.therapist.actor if self.therapist and not rejoined
-                               else member.actor, f"participant {member.participant_id}")
+        await self.hooks.audit(
+            self.session_id,
+            "client_rejoined" if rejoined else "client_admitted",
+            self.therapist.actor if self.therapist and not rejoined else member.actor,
+            f"participant {member.participant_id}",
+        )
         if self.status == "scheduled":
             self.status = "live"
             await self.hooks.session_live(self.session_id)
@@ -331,11 +363,17 @@ class Room:
     # ----------------------------------------------------------------- both
     async def _offer(self, member: Member, sdp: str) -> None:
         if member.role == "client" and self.client is not member:
-            await self._error(member, m.ErrorCode.NOT_ADMITTED,
-                              "You can send media once your therapist admits you.", ref="offer")
+            await self._error(
+                member,
+                m.ErrorCode.NOT_ADMITTED,
+                "You can send media once your therapist admits you.",
+                ref="offer",
+            )
             return
         if member.role == "therapist" and self.therapist is not member:
-            await self._error(member, m.ErrorCode.NOT_JOINED, "Join the session first.", ref="offer")
+            await self._error(
+                member, m.ErrorCode.NOT_JOINED, "Join the session first.", ref="offer"
+            )
             return
         try:
             answer = await self.call.connect(member.role, sdp)
@@ -352,8 +390,10 @@ class Room:
                 await self.call.disconnect("client")
                 await self.hooks.audit(self.session_id, f"client_{action}", member.actor)
                 await self._send_peer_state("client")
-            elif member.participant_id is not None and \
-                    self.waiting.get(member.participant_id) is member:
+            elif (
+                member.participant_id is not None
+                and self.waiting.get(member.participant_id) is member
+            ):
                 del self.waiting[member.participant_id]
                 await self.hooks.audit(self.session_id, f"client_{action}_waiting", member.actor)
                 await self._send_lobby()
@@ -400,16 +440,27 @@ class Room:
             await self._close_channel(member, 1001)
 
     # ----------------------------------------------------------------- notifications
-    async def _error(self, member: Member, code: str, message: str, *, fatal: bool = False,
-                     ref: str | None = None) -> None:
+    async def _error(
+        self,
+        member: Member,
+        code: str,
+        message: str,
+        *,
+        fatal: bool = False,
+        ref: str | None = None,
+    ) -> None:
         await member.send(m.ErrorMessage(code=code, message=message, fatal=fatal, ref=ref))
 
     async def _send_lobby(self) -> None:
         if self.therapist is None:
             return
         entries = [
-            m.WaitingEntry(participant_id=pid, display_name=w.display_name or "Client",
-                           waiting_since=w.waiting_since, returning=w.previously_admitted)
+            m.WaitingEntry(
+                participant_id=pid,
+                display_name=w.display_name or "Client",
+                waiting_since=w.waiting_since,
+                returning=w.previously_admitted,
+            )
             for pid, w in self.waiting.items()
         ]
         await self.therapist.send(m.Lobby(waiting=entries))
@@ -432,8 +483,9 @@ class Room:
         if self.signals is None:
             return
         member = self._member(role)
-        self.signals.set_present(role, member is not None and
-                                 self.call.media_state(role) == "connected")
+        self.signals.set_present(
+            role, member is not None and self.call.media_state(role) == "connected"
+        )
         self.signals.set_muted(role, bool(member and member.audio_muted))
 
     async def _send_peer_state(self, role: Role) -> None:

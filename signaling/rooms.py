@@ -33,8 +33,14 @@ class RoomRegistry:
         room = self.rooms.get(session_id)
         if room is None:
             signals = self._signals_for(session_id) if self._signals_for else None
-            room = Room(session_id, self.hooks, self.media_config, self.limits, status=status,
-                        signals=signals)
+            room = Room(
+                session_id,
+                self.hooks,
+                self.media_config,
+                self.limits,
+                status=status,
+                signals=signals,
+            )
             room.on_empty = self._drop
             self.rooms[session_id] = room
         return room

@@ -58,8 +58,14 @@ def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     port = free_port()
     settings = make_settings(tmp_path, port)
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            ws_max_size=1024 * 1024, lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        ws_max_size=1024 * 1024,
+        lifespan="on",
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -76,8 +82,14 @@ def live_server(tmp_path: Path) -> Iterator[LiveServer]:
 async def add_user(settings: Settings, email: str, role: UserRole) -> None:
     database = Database(settings.database_url)
     async with database.session() as db:
-        db.add(User(email=email, display_name=email.split("@")[0], role=role,
-                    password_hash=hash_password(PASSWORD)))
+        db.add(
+            User(
+                email=email,
+                display_name=email.split("@")[0],
+                role=role,
+                password_hash=hash_password(PASSWORD),
+            )
+        )
         await db.commit()
     await database.dispose()
 

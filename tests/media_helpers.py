@@ -52,7 +52,9 @@ class ColorTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, rgb: tuple[int, int, int] = (200, 40, 40), size: tuple[int, int] = (160, 120)):
+    def __init__(
+        self, rgb: tuple[int, int, int] = (200, 40, 40), size: tuple[int, int] = (160, 120)
+    ):
         super().__init__()
         self.rgb = rgb
         self.size = size
@@ -80,7 +82,9 @@ class ColorTrack(MediaStreamTrack):
 class FakeBrowser:
     """An offering peer, like a browser: sends generated media and records what it receives."""
 
-    def __init__(self, audio: MediaStreamTrack | None = None, video: MediaStreamTrack | None = None):
+    def __init__(
+        self, audio: MediaStreamTrack | None = None, video: MediaStreamTrack | None = None
+    ):
         restrict_host_addresses(["127.0.0.1"])
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.audio = audio or ToneTrack()
@@ -89,7 +93,9 @@ class FakeBrowser:
         self.pc.addTrack(self.video)
         self.received: dict[str, list[object]] = {"audio": [], "video": []}
         self._tasks: list[asyncio.Task[None]] = []
-        self.pc.on("track", lambda track: self._tasks.append(asyncio.ensure_future(self._read(track))))
+        self.pc.on(
+            "track", lambda track: self._tasks.append(asyncio.ensure_future(self._read(track)))
+        )
 
     async def _read(self, track: MediaStreamTrack) -> None:
         frames = self.received[track.kind]

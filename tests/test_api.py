@@ -16,8 +16,9 @@ from tests.conftest import PASSWORD, LiveServer, add_user
 async def test_login_sets_httponly_samesite_cookie(live_server: LiveServer) -> None:
     await add_user(live_server.settings, "a@example.org", UserRole.THERAPIST)
     async with httpx.AsyncClient(base_url=live_server.url) as http:
-        response = await http.post("/api/login", json={"email": "A@example.org",
-                                                        "password": PASSWORD})
+        response = await http.post(
+            "/api/login", json={"email": "A@example.org", "password": PASSWORD}
+        )
         assert response.status_code == 200
         cookie = response.headers["set-cookie"].lower()
         assert "httponly" in cookie and "samesite=lax" in cookie
@@ -59,8 +60,9 @@ async def test_create_session_returns_unguessable_invite(therapist: httpx.AsyncC
     assert "rapport_client" in page.headers.get("set-cookie", "")
 
 
-async def test_roles_are_enforced(live_server: LiveServer, therapist: httpx.AsyncClient,
-                                  admin: httpx.AsyncClient) -> None:
+async def test_roles_are_enforced(
+    live_server: LiveServer, therapist: httpx.AsyncClient, admin: httpx.AsyncClient
+) -> None:
     assert (await admin.post("/api/sessions", json={})).status_code == 403
     assert (await admin.get("/api/sessions")).status_code == 403
     assert (await therapist.get("/api/admin/audit")).status_code == 403
@@ -71,8 +73,9 @@ async def test_roles_are_enforced(live_server: LiveServer, therapist: httpx.Asyn
         assert redirect.status_code == 303 and "/login?next=" in redirect.headers["location"]
 
 
-async def test_other_therapists_session_is_not_found(live_server: LiveServer,
-                                                     therapist: httpx.AsyncClient) -> None:
+async def test_other_therapists_session_is_not_found(
+    live_server: LiveServer, therapist: httpx.AsyncClient
+) -> None:
     created = (await therapist.post("/api/sessions", json={})).json()
     await add_user(live_server.settings, "other@example.org", UserRole.THERAPIST)
     async with httpx.AsyncClient(base_url=live_server.url) as other:
@@ -81,8 +84,9 @@ async def test_other_therapists_session_is_not_found(live_server: LiveServer,
         assert (await other.get(f"/sessions/{created['id']}")).status_code == 404
 
 
-async def test_expired_unknown_and_renewed_invites(live_server: LiveServer,
-                                                   therapist: httpx.AsyncClient) -> None:
+async def test_expired_unknown_and_renewed_invites(
+    live_server: LiveServer, therapist: httpx.AsyncClient
+) -> None:
     created = (await therapist.post("/api/sessions", json={})).json()
     async with httpx.AsyncClient() as browser:
         unknown = await browser.get(live_server.url + "/join/not-a-real-token")
@@ -93,8 +97,11 @@ async def test_expired_unknown_and_renewed_invites(live_server: LiveServer,
         assert (await browser.get(renewed["invite_url"])).status_code == 200
         database = Database(live_server.settings.database_url)
         async with database.session() as db:
-            await db.execute(update(TherapySession).values(
-                invite_expires_at=datetime.now(UTC) - timedelta(minutes=1)))
+            await db.execute(
+                update(TherapySession).values(
+                    invite_expires_at=datetime.now(UTC) - timedelta(minutes=1)
+                )
+            )
             await db.commit()
         await database.dispose()
         expired = await browser.get(renewed["invite_url"])
@@ -118,16 +125,25 @@ async def test_first_run_setup_link_creates_one_account_once(live_server: LiveSe
     token = link.rsplit("/", 1)[1]
     async with httpx.AsyncClient(base_url=live_server.url) as http:
         assert (await http.get(f"/api/setup/{token}")).json() == {"valid": True}
-        short = await http.post("/api/setup", json={"token": token, "email": "f@example.org",
-                                                    "password": "short"})
+        short = await http.post(
+            "/api/setup", json={"token": token, "email": "f@example.org", "password": "short"}
+        )
         assert short.status_code == 422
-        made = await http.post("/api/setup", json={"token": token, "email": "f@example.org",
-                                                   "password": "a long enough one",
-                                                   "role": "admin"})
+        made = await http.post(
+            "/api/setup",
+            json={
+                "token": token,
+                "email": "f@example.org",
+                "password": "a long enough one",
+                "role": "admin",
+            },
+        )
         assert made.status_code == 201 and made.json()["user"]["role"] == "admin"
         assert (await http.get("/api/me")).status_code == 200
-        again = await http.post("/api/setup", json={"token": token, "email": "g@example.org",
-                                                    "password": "a long enough one"})
+        again = await http.post(
+            "/api/setup",
+            json={"token": token, "email": "g@example.org", "password": "a long enough one"},
+        )
         assert again.status_code == 410
     assert await first_run_setup_link(database, live_server.settings) is None
     async with database.session() as db:

@@ -14,16 +14,19 @@ from tests.signaling_helpers import Participant, invite_token, login_cookie, new
 SILENCE = np.zeros(48_000, dtype=np.int16)
 
 
-async def _call(server: LiveServer, therapist: httpx.AsyncClient, t_audio: PcmTrack,
-                c_audio: PcmTrack) -> tuple[dict[str, str], Participant, Participant, str]:
+async def _call(
+    server: LiveServer, therapist: httpx.AsyncClient, t_audio: PcmTrack, c_audio: PcmTrack
+) -> tuple[dict[str, str], Participant, Participant, str]:
     session = (await therapist.post("/api/sessions", json={})).json()
-    t = await Participant.connect(f"{server.ws_url}/ws/sessions/{session['id']}",
-                                  login_cookie(therapist))
+    t = await Participant.connect(
+        f"{server.ws_url}/ws/sessions/{session['id']}", login_cookie(therapist)
+    )
     await t.send({"type": "join"})
     await t.expect("joined")
     cookie = new_client_cookie()
     c = await Participant.connect(
-        f"{server.ws_url}/ws/join/{invite_token(session['invite_url'])}", cookie)
+        f"{server.ws_url}/ws/join/{invite_token(session['invite_url'])}", cookie
+    )
     await c.send({"type": "join"})
     lobby = await t.expect("lobby")
     while not lobby["waiting"]:
@@ -102,14 +105,20 @@ async def test_muted_speech_is_not_counted_and_absence_is_not_silence(
 
     # Rejoin after a reload: the same session clock goes on, nothing counted twice.
     c = await Participant.connect(
-        f"{live_server.ws_url}/ws/join/{invite_token(session['invite_url'])}", cookie)
+        f"{live_server.ws_url}/ws/join/{invite_token(session['invite_url'])}", cookie
+    )
     await c.send({"type": "join"})
     await c.expect("admitted")
     await c.start_media(FakeBrowser(audio=PcmTrack(speech(6.0, voice="en+f3"))))
     rejoined = await _signals_until(t, lambda s: s["client_talk_s"] >= 1.0)
     assert rejoined["duration_s"] >= after["duration_s"]
-    total = rejoined["therapist_talk_s"] + rejoined["client_talk_s"] + rejoined["silence_s"] \
-        + rejoined["absent_s"] - rejoined["overlap_s"]
+    total = (
+        rejoined["therapist_talk_s"]
+        + rejoined["client_talk_s"]
+        + rejoined["silence_s"]
+        + rejoined["absent_s"]
+        - rejoined["overlap_s"]
+    )
     assert abs(total - rejoined["duration_s"]) < 0.6
     await t.send({"type": "end"})
     await c.expect("ended")

@@ -61,8 +61,12 @@ async def test_bad_offer_mid_call_leaves_call_intact() -> None:
         await _join(call, "client", client)
         await client.wait_for("video", 5)
         peer_before = call.peers["client"]
-        for bad in ["", "v=0\r\nnonsense", "v=0\r\nm=audio x RTP/AVP 0\r\n",
-                    (await FakeBrowser().offer()).replace("a=fingerprint:", "a=fingerprunt:")]:
+        for bad in [
+            "",
+            "v=0\r\nnonsense",
+            "v=0\r\nm=audio x RTP/AVP 0\r\n",
+            (await FakeBrowser().offer()).replace("a=fingerprint:", "a=fingerprunt:"),
+        ]:
             with pytest.raises(SdpError):
                 await call.connect("client", bad)
         assert call.peers["client"] is peer_before

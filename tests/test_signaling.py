@@ -19,10 +19,12 @@ async def _session(therapist: httpx.AsyncClient) -> dict[str, str]:
     return response.json()
 
 
-async def _therapist_in(server: LiveServer, therapist: httpx.AsyncClient,
-                        session_id: str) -> Participant:
-    t = await Participant.connect(f"{server.ws_url}/ws/sessions/{session_id}",
-                                  login_cookie(therapist))
+async def _therapist_in(
+    server: LiveServer, therapist: httpx.AsyncClient, session_id: str
+) -> Participant:
+    t = await Participant.connect(
+        f"{server.ws_url}/ws/sessions/{session_id}", login_cookie(therapist)
+    )
     welcome = await t.expect("welcome")
     assert welcome["role"] == "therapist" and welcome["session_id"] == session_id
     await t.send({"type": "join"})
@@ -30,10 +32,12 @@ async def _therapist_in(server: LiveServer, therapist: httpx.AsyncClient,
     return t
 
 
-async def _client_waiting(server: LiveServer, invite_url: str,
-                          cookie: str | None = None) -> Participant:
-    c = await Participant.connect(f"{server.ws_url}/ws/join/{invite_token(invite_url)}",
-                                  cookie or new_client_cookie())
+async def _client_waiting(
+    server: LiveServer, invite_url: str, cookie: str | None = None
+) -> Participant:
+    c = await Participant.connect(
+        f"{server.ws_url}/ws/join/{invite_token(invite_url)}", cookie or new_client_cookie()
+    )
     welcome = await c.expect("welcome")
     assert welcome["role"] == "client" and welcome["session_id"] is None
     await c.send({"type": "join", "display_name": "K"})
@@ -94,8 +98,15 @@ async def test_full_flow_waiting_admit_media_leave_rejoin_end(
     await c.close()
     await t.close()
     actions = await _audit(admin, session["id"])
-    for expected in ["session_created", "therapist_joined", "client_waiting", "client_admitted",
-                     "client_left", "client_rejoined", "session_ended"]:
+    for expected in [
+        "session_created",
+        "therapist_joined",
+        "client_waiting",
+        "client_admitted",
+        "client_left",
+        "client_rejoined",
+        "session_ended",
+    ]:
         assert expected in actions, (expected, actions)
     assert (await therapist.get(f"/api/sessions/{session['id']}")).json()["status"] == "ended"
     # The link is dead once the session ended.
@@ -138,8 +149,9 @@ async def test_second_therapist_tab_gets_clear_error_then_can_take_over(
 ) -> None:
     session = await _session(therapist)
     first = await _therapist_in(live_server, therapist, session["id"])
-    second = await Participant.connect(f"{live_server.ws_url}/ws/sessions/{session['id']}",
-                                       login_cookie(therapist))
+    second = await Participant.connect(
+        f"{live_server.ws_url}/ws/sessions/{session['id']}", login_cookie(therapist)
+    )
     await second.expect("welcome")
     await second.send({"type": "join"})
     error = await second.error()
@@ -175,12 +187,24 @@ async def test_bad_messages_get_precise_errors_and_the_call_continues(
         ({"type": "offer"}, "invalid_message"),
         ({"type": "offer", "sdp": "x", "extra": 1}, "invalid_message"),
         ({"type": "offer", "sdp": "v=0\r\nm=audio"}, "bad_sdp"),
-        ({"type": "offer", "sdp": "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"
-                                 "a=ice-ufrag:x\r\na=fingerprint:sha-256 00"}, "bad_sdp"),
-        ({"type": "offer", "sdp": "v=0\r\no=- 0 0 IN IP4 0\r\ns=-\r\nt=0 0\r\n"
-                                 "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ice-ufrag:abcd\r\n"
-                                 "a=ice-pwd:abcdabcdabcdabcdabcdabcd\r\n"
-                                 "a=fingerprint:sha-256 zz\r\na=rtpmap:banana\r\n"}, "bad_sdp"),
+        (
+            {
+                "type": "offer",
+                "sdp": "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"
+                "a=ice-ufrag:x\r\na=fingerprint:sha-256 00",
+            },
+            "bad_sdp",
+        ),
+        (
+            {
+                "type": "offer",
+                "sdp": "v=0\r\no=- 0 0 IN IP4 0\r\ns=-\r\nt=0 0\r\n"
+                "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ice-ufrag:abcd\r\n"
+                "a=ice-pwd:abcdabcdabcdabcdabcdabcd\r\n"
+                "a=fingerprint:sha-256 zz\r\na=rtpmap:banana\r\n",
+            },
+            "bad_sdp",
+        ),
         ({"type": "admit", "participant_id": 1}, "forbidden"),
         ({"type": "deny", "participant_id": 1}, "forbidden"),
         ({"type": "end"}, "forbidden"),
@@ -190,7 +214,10 @@ async def test_bad_messages_get_precise_errors_and_the_call_continues(
     for message, code in cases:
         await c.send(message)
         error = await c.error()
-        assert error["code"] == code, (message if isinstance(message, dict) else message[:40], error)
+        assert error["code"] == code, (
+            message if isinstance(message, dict) else message[:40],
+            error,
+        )
         assert error["message"]
     # Hostile SDP from the therapist's side too.
     await t.send({"type": "offer", "sdp": "v=0\r\n\x00"})
@@ -241,11 +268,15 @@ async def test_cross_site_socket_and_anonymous_therapist_socket_refused(
     live_server: LiveServer, therapist: httpx.AsyncClient
 ) -> None:
     session = await _session(therapist)
-    evil = await Participant.connect(f"{live_server.ws_url}/ws/sessions/{session['id']}",
-                                     login_cookie(therapist), origin="https://evil.example")
+    evil = await Participant.connect(
+        f"{live_server.ws_url}/ws/sessions/{session['id']}",
+        login_cookie(therapist),
+        origin="https://evil.example",
+    )
     assert (await evil.error())["code"] == "forbidden"
-    anonymous = await Participant.connect(f"{live_server.ws_url}/ws/sessions/{session['id']}",
-                                          "rapport_login=forged")
+    anonymous = await Participant.connect(
+        f"{live_server.ws_url}/ws/sessions/{session['id']}", "rapport_login=forged"
+    )
     assert (await anonymous.error())["code"] == "unauthorized"
     await evil.close()
     await anonymous.close()

@@ -40,7 +40,11 @@ async def audit_log(
     if action:
         query = query.where(AuditEvent.action == action)
     rows = await db.scalars(query)
-    return AuditList(events=[
-        AuditOut(at=e.at, session_id=e.session_id, actor=e.actor, action=e.action, detail=e.detail)
-        for e in rows
-    ])
+    return AuditList(
+        events=[
+            AuditOut(
+                at=e.at, session_id=e.session_id, actor=e.actor, action=e.action, detail=e.detail
+            )
+            for e in rows
+        ]
+    )

@@ -37,8 +37,9 @@ class UserOut(BaseModel):
 
     @classmethod
     def of(cls, user: User) -> UserOut:
-        return cls(id=user.id, email=user.email, display_name=user.display_name,
-                   role=str(user.role))
+        return cls(
+            id=user.id, email=user.email, display_name=user.display_name, role=str(user.role)
+        )
 
 
 class UserEnvelope(BaseModel):
@@ -55,14 +56,20 @@ class SetupBody(BaseModel):
 
 def set_login_cookie(response: Response, settings: Settings, token: str) -> None:
     response.set_cookie(
-        LOGIN_COOKIE, token, httponly=True, samesite="lax", secure=settings.cookie_secure,
-        path="/", max_age=int(settings.login_idle_minutes * 60 * 24),
+        LOGIN_COOKIE,
+        token,
+        httponly=True,
+        samesite="lax",
+        secure=settings.cookie_secure,
+        path="/",
+        max_age=int(settings.login_idle_minutes * 60 * 24),
     )
 
 
 @router.post("/login")
-async def login(body: LoginBody, response: Response, db: DbSession,
-                settings: SettingsDep) -> UserEnvelope:
+async def login(
+    body: LoginBody, response: Response, db: DbSession, settings: SettingsDep
+) -> UserEnvelope:
     user = await db.scalar(select(User).where(func.lower(User.email) == body.email.lower()))
     if user is None:
         burn_verify(body.password)
@@ -101,7 +108,9 @@ async def _valid_setup(db: DbSession, token: str) -> SetupToken:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "This setup link is not valid.")
     expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
     if expires < datetime.now(UTC):
-        raise HTTPException(status.HTTP_410_GONE, "This setup link has expired; restart the server.")
+        raise HTTPException(
+            status.HTTP_410_GONE, "This setup link has expired; restart the server."
+        )
     return row
 
 
@@ -112,11 +121,16 @@ async def setup_check(token: str, db: DbSession) -> dict[str, bool]:
 
 
 @router.post("/setup", status_code=201)
-async def setup(body: SetupBody, response: Response, db: DbSession,
-                settings: SettingsDep) -> UserEnvelope:
+async def setup(
+    body: SetupBody, response: Response, db: DbSession, settings: SettingsDep
+) -> UserEnvelope:
     row = await _valid_setup(db, body.token)
-    user = User(email=str(body.email).lower(), display_name=body.display_name,
-                role=UserRole(body.role), password_hash=hash_password(body.password))
+    user = User(
+        email=str(body.email).lower(),
+        display_name=body.display_name,
+        role=UserRole(body.role),
+        password_hash=hash_password(body.password),
+    )
     db.add(user)
     row.used_at = datetime.now(UTC)
     await db.flush()

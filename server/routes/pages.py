@@ -30,8 +30,9 @@ def message_page(title: str, text: str, status_code: int) -> HTMLResponse:
 
 
 def _page(settings_dir: object, name: str) -> FileResponse:
-    return FileResponse(f"{settings_dir}/{name}", media_type="text/html",
-                        headers={"Cache-Control": "no-store"})
+    return FileResponse(
+        f"{settings_dir}/{name}", media_type="text/html", headers={"Cache-Control": "no-store"}
+    )
 
 
 @router.get("/")
@@ -65,8 +66,9 @@ async def sessions_page(request: Request, user: OptionalUser, settings: Settings
 
 
 @router.get("/sessions/{session_id}")
-async def room_page(session_id: str, request: Request, user: OptionalUser, db: DbSession,
-                    settings: SettingsDep) -> Response:
+async def room_page(
+    session_id: str, request: Request, user: OptionalUser, db: DbSession, settings: SettingsDep
+) -> Response:
     if user is None:
         return _to_login(request)
     if user.role != UserRole.THERAPIST:
@@ -82,15 +84,25 @@ async def join_page(token: str, request: Request, db: DbSession, settings: Setti
     check = await check_invite(db, token)
     if check.problem is not None:
         code = 404 if check.problem == InviteProblem.UNKNOWN else 410
-        title = {InviteProblem.UNKNOWN: "Link not valid", InviteProblem.EXPIRED: "Link expired",
-                 InviteProblem.ENDED: "Session ended"}[check.problem]
+        title = {
+            InviteProblem.UNKNOWN: "Link not valid",
+            InviteProblem.EXPIRED: "Link expired",
+            InviteProblem.ENDED: "Session ended",
+        }[check.problem]
         return message_page(title, check.message, code)
     response = _page(settings.web_dir, "join.html")
     if not request.cookies.get(CLIENT_COOKIE):
         # The browser's identity for this and later visits: lets a refresh rejoin without a
         # second admission, and tells a different device apart.
-        response.set_cookie(CLIENT_COOKIE, new_token(), httponly=True, samesite="lax",
-                            secure=settings.cookie_secure, path="/", max_age=60 * 60 * 24 * 30)
+        response.set_cookie(
+            CLIENT_COOKIE,
+            new_token(),
+            httponly=True,
+            samesite="lax",
+            secure=settings.cookie_secure,
+            path="/",
+            max_age=60 * 60 * 24 * 30,
+        )
     return response
 
 

@@ -78,11 +78,15 @@ def _new_invite(session: TherapySession, settings: Settings, ttl_hours: float | 
 
 
 @router.post("", status_code=201)
-async def create_session(body: CreateSession, user: Therapist, db: DbSession,
-                         settings: SettingsDep) -> CreatedSession:
-    session = TherapySession(id=new_session_id(), therapist_id=user.id,
-                             client_label=body.client_label.strip(),
-                             status=SessionStatus.SCHEDULED)
+async def create_session(
+    body: CreateSession, user: Therapist, db: DbSession, settings: SettingsDep
+) -> CreatedSession:
+    session = TherapySession(
+        id=new_session_id(),
+        therapist_id=user.id,
+        client_label=body.client_label.strip(),
+        status=SessionStatus.SCHEDULED,
+    )
     invite_url = _new_invite(session, settings, body.invite_ttl_hours)
     db.add(session)
     record(db, "session_created", f"user:{user.id}", session.id)
@@ -93,21 +97,25 @@ async def create_session(body: CreateSession, user: Therapist, db: DbSession,
 @router.get("")
 async def list_sessions(user: Therapist, db: DbSession, settings: SettingsDep) -> SessionList:
     rows = await db.scalars(
-        select(TherapySession).where(TherapySession.therapist_id == user.id)
-        .order_by(TherapySession.created_at.desc()).limit(200)
+        select(TherapySession)
+        .where(TherapySession.therapist_id == user.id)
+        .order_by(TherapySession.created_at.desc())
+        .limit(200)
     )
     return SessionList(sessions=[SessionOut(**session_out(s, settings)) for s in rows])
 
 
 @router.get("/{session_id}")
-async def get_session(session_id: str, user: Therapist, db: DbSession,
-                      settings: SettingsDep) -> SessionOut:
+async def get_session(
+    session_id: str, user: Therapist, db: DbSession, settings: SettingsDep
+) -> SessionOut:
     return SessionOut(**session_out(await own_session(db, user, session_id), settings))
 
 
 @router.post("/{session_id}/invite")
-async def renew_invite(session_id: str, user: Therapist, db: DbSession,
-                       settings: SettingsDep) -> InviteOut:
+async def renew_invite(
+    session_id: str, user: Therapist, db: DbSession, settings: SettingsDep
+) -> InviteOut:
     session = await own_session(db, user, session_id)
     if session.status == SessionStatus.ENDED:
         raise HTTPException(status.HTTP_409_CONFLICT, "This session has ended.")
@@ -123,8 +131,9 @@ class TimelineOut(BaseModel):
 
 
 @router.get("/{session_id}/metrics")
-async def session_metrics(session_id: str, request: Request, user: Therapist,
-                          db: DbSession) -> dict[str, Any]:
+async def session_metrics(
+    session_id: str, request: Request, user: Therapist, db: DbSession
+) -> dict[str, Any]:
     """The latest alliance-signal snapshot: live while the session runs, stored afterwards."""
     session = await own_session(db, user, session_id)
     hub: SignalsHub = request.app.state.signals
@@ -137,8 +146,9 @@ async def session_metrics(session_id: str, request: Request, user: Therapist,
 
 
 @router.get("/{session_id}/timeline")
-async def session_timeline(session_id: str, request: Request, user: Therapist,
-                           db: DbSession) -> TimelineOut:
+async def session_timeline(
+    session_id: str, request: Request, user: Therapist, db: DbSession
+) -> TimelineOut:
     """Who spoke each second of the session."""
     session = await own_session(db, user, session_id)
     hub: SignalsHub = request.app.state.signals

@@ -78,8 +78,9 @@ async def client_socket(ws: WebSocket, token: str) -> None:
         return
     identity = ws.cookies.get(CLIENT_COOKIE)
     if not identity:
-        await _refuse(ws, "cookies_required",
-                      "Please allow cookies for this site and reload the page.", 4400)
+        await _refuse(
+            ws, "cookies_required", "Please allow cookies for this site and reload the page.", 4400
+        )
         return
     async with database.session() as db:
         check = await check_invite(db, token)
@@ -88,20 +89,31 @@ async def client_socket(ws: WebSocket, token: str) -> None:
             await _refuse(ws, check.problem or "unknown", check.message, 4404)
             return
         identity_hash = token_hash(identity)
-        participant = await db.scalar(select(Participant).where(
-            Participant.session_id == session.id, Participant.identity_hash == identity_hash))
+        participant = await db.scalar(
+            select(Participant).where(
+                Participant.session_id == session.id, Participant.identity_hash == identity_hash
+            )
+        )
         returning = participant is not None and participant.admitted and not participant.denied
         if check.problem == InviteProblem.EXPIRED and not returning:
             await _refuse(ws, "expired", check.message, 4410)
             return
         if participant is None:
-            participant = Participant(session_id=session.id, role="client",
-                                      identity_hash=identity_hash)
+            participant = Participant(
+                session_id=session.id, role="client", identity_hash=identity_hash
+            )
             db.add(participant)
         participant.last_seen_at = utcnow()
         await db.commit()
         session_id, status, participant_id = session.id, str(session.status), participant.id
     await ws.accept()
     room = rooms.get_or_create(session_id, status)
-    await room.serve(Member(role="client", channel=ws, actor=f"client:{participant_id}",
-                            participant_id=participant_id, previously_admitted=returning))
+    await room.serve(
+        Member(
+            role="client",
+            channel=ws,
+            actor=f"client:{participant_id}",
+            participant_id=participant_id,
+            previously_admitted=returning,
+        )
+    )
