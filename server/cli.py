@@ -98,6 +98,12 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_signals(args: argparse.Namespace) -> int:
+    from .bench_signals import main as bench_main
+
+    return bench_main(args.onsets, args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rapport", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("therapist", help="the therapist's audio file")
     analyze.add_argument("client", help="the client's audio file")
     analyze.set_defaults(func=_analyze)
+
+    bench_signals = sub.add_parser(
+        "bench-signals", help="measure speech onset → therapist's speaking indicator latency"
+    )
+    bench_signals.add_argument("--onsets", type=int, default=10)
+    bench_signals.add_argument("--json", help="also write the figures to this JSON file")
+    bench_signals.set_defaults(func=_bench_signals)
     return parser
 
 
