@@ -19,7 +19,7 @@ from signaling.rooms import RoomRegistry
 from .db import Database
 from .hooks import DatabaseRoomHooks
 from .models import SetupToken, User
-from .routes import admin, auth, pages, sessions, ws
+from .routes import admin, auth, checkin, pages, preferences, sessions, summary, ws
 from .security import new_token, token_hash
 from .settings import Settings
 from .signals import SignalsHub
@@ -107,7 +107,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ok = await database.ping() and not getattr(app.state, "draining", False)
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
-    for router in (auth.router, sessions.router, admin.router, ws.router, pages.router):
+    for router in (
+        auth.router,
+        sessions.router,
+        summary.router,
+        preferences.router,
+        checkin.router,
+        admin.router,
+        ws.router,
+        pages.router,
+    ):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=settings.web_dir), name="static")
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from .audit import record
 from .db import Database
@@ -44,4 +45,16 @@ class DatabaseRoomHooks:
             if session is not None and session.status != SessionStatus.ENDED:
                 session.status = SessionStatus.ENDED
                 session.ended_at = datetime.now(UTC)
+                await db.commit()
+
+    async def load_agenda(self, session_id: str) -> dict[str, Any] | None:
+        async with self.database.session() as db:
+            session = await db.get(TherapySession, session_id)
+            return None if session is None else session.agenda
+
+    async def save_agenda(self, session_id: str, agenda: dict[str, Any]) -> None:
+        async with self.database.session() as db:
+            session = await db.get(TherapySession, session_id)
+            if session is not None:
+                session.agenda = agenda
                 await db.commit()

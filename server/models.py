@@ -41,6 +41,7 @@ class User(Base):
     display_name: Mapped[str] = mapped_column(String(200), default="")
     role: Mapped[UserRole] = mapped_column(Enum(UserRole, native_enum=False, length=20))
     password_hash: Mapped[str] = mapped_column(String(200))
+    preferences: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -83,6 +84,7 @@ class TherapySession(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     timeline: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    agenda: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     therapist: Mapped[User] = relationship(lazy="joined")
 
@@ -114,3 +116,22 @@ class AuditEvent(Base):
     actor: Mapped[str] = mapped_column(String(64))  # "user:3", "client:7", "system"
     action: Mapped[str] = mapped_column(String(64))
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class Checkin(Base):
+    """The client's end-of-session check-in (0–10 each), or a record that it was skipped."""
+
+    __tablename__ = "checkins"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[str] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), unique=True, index=True
+    )
+    participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id"))
+    skipped: Mapped[bool] = mapped_column(default=False)
+    bond: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    goals: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tasks: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    overall: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

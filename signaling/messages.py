@@ -64,11 +64,84 @@ class Ping(_Inbound):
     t: float = 0.0
 
 
+class AgendaAdd(_Inbound):
+    """Therapist adds an item; a client's item is a proposal until the therapist accepts it."""
+
+    type: Literal["agenda_add"]
+    text: str = Field(min_length=1, max_length=200)
+
+
+class AgendaUpdate(_Inbound):
+    type: Literal["agenda_update"]
+    item_id: int
+    text: str | None = Field(default=None, max_length=200)
+    done: bool | None = None
+
+
+class AgendaAccept(_Inbound):
+    type: Literal["agenda_accept"]
+    item_id: int
+
+
+class AgendaRemove(_Inbound):
+    type: Literal["agenda_remove"]
+    item_id: int
+
+
+class AgendaReorder(_Inbound):
+    type: Literal["agenda_reorder"]
+    item_ids: list[int] = Field(max_length=100)
+
+
+class Homework(_Inbound):
+    type: Literal["homework"]
+    text: str = Field(max_length=2000)
+
+
+class ShareBalance(_Inbound):
+    """Therapist shows (or stops showing) the talk-balance bar to the client."""
+
+    type: Literal["share_balance"]
+    on: bool
+
+
 InboundMessage = Annotated[
-    Join | Offer | Admit | Deny | Leave | End | Mute | Ping,
+    Join
+    | Offer
+    | Admit
+    | Deny
+    | Leave
+    | End
+    | Mute
+    | Ping
+    | AgendaAdd
+    | AgendaUpdate
+    | AgendaAccept
+    | AgendaRemove
+    | AgendaReorder
+    | Homework
+    | ShareBalance,
     Field(discriminator="type"),
 ]
-INBOUND_TYPES = frozenset({"join", "offer", "admit", "deny", "leave", "end", "mute", "ping"})
+INBOUND_TYPES = frozenset(
+    {
+        "join",
+        "offer",
+        "admit",
+        "deny",
+        "leave",
+        "end",
+        "mute",
+        "ping",
+        "agenda_add",
+        "agenda_update",
+        "agenda_accept",
+        "agenda_remove",
+        "agenda_reorder",
+        "homework",
+        "share_balance",
+    }
+)
 inbound_adapter: TypeAdapter[InboundMessage] = TypeAdapter(InboundMessage)
 
 
@@ -144,6 +217,7 @@ class Left(_Outbound):
 
 class Ended(_Outbound):
     type: Literal["ended"] = "ended"
+    checkin: bool = False  # client: the short check-in is open now
 
 
 class Replaced(_Outbound):
@@ -165,6 +239,31 @@ class Speaking(_Outbound):
 
     type: Literal["speaking"] = "speaking"
     speaking: list[str]
+
+
+class AgendaItemOut(BaseModel):
+    id: int
+    text: str
+    done: bool
+    proposed_by: Literal["therapist", "client"]
+    accepted: bool
+
+
+class AgendaState(_Outbound):
+    """The whole agenda, to both participants (the client only once admitted)."""
+
+    type: Literal["agenda"] = "agenda"
+    items: list[AgendaItemOut]
+    homework: str
+
+
+class SharedBalance(_Outbound):
+    """Client only, while the therapist shares it: the talk balance and nothing else."""
+
+    type: Literal["shared_balance"] = "shared_balance"
+    on: bool
+    client_share: float | None = None
+    client_share_5min: float | None = None
 
 
 class Pong(_Outbound):

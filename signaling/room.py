@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from av import AudioFrame
 from pydantic import BaseModel, ValidationError
@@ -26,6 +26,7 @@ from media.peer import MediaState
 from media.sdp import SdpError
 
 from . import messages as m
+from .agenda import Agenda, AgendaError
 from .limits import Limits, TokenBucket
 
 log = logging.getLogger("rapport.signaling")
@@ -53,6 +54,10 @@ class RoomHooks(Protocol):
     async def session_live(self, session_id: str) -> None: ...
 
     async def session_ended(self, session_id: str) -> None: ...
+
+    async def load_agenda(self, session_id: str) -> dict[str, Any] | None: ...
+
+    async def save_agenda(self, session_id: str, agenda: dict[str, Any]) -> None: ...
 
 
 class SignalsPort(Protocol):
@@ -122,6 +127,8 @@ class Room:
             on_media_state=self._media_changed,
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self.agenda: Agenda | None = None
+        self.sharing_balance = False
         self.on_empty: Callable[[Room], None] | None = None
 
     @property
@@ -240,6 +247,78 @@ class Room:
             case m.End():
                 if await self._require_therapist(member, "end the session"):
                     await self.end(member.actor)
+            case m.AgendaAdd(text=new_text):
+                if self._in_call(member):
+                    await self._change_agenda(member, lambda a: a.add(new_text, member.role))
+                else:
+                    await self._error(
+                        member,
+                        m.ErrorCode.NOT_ADMITTED,
+                        "You can add to the agenda once you are in the session.",
+                    )
+            case m.AgendaUpdate(item_id=item_id, text=edited, done=done):
+                if await self._require_therapist(member, "edit the agenda"):
+                    await self._change_agenda(member, lambda a: a.update(item_id, edited, done))
+            case m.AgendaAccept(item_id=item_id):
+                if await self._require_therapist(member, "accept agenda proposals"):
+                    await self._change_agenda(member, lambda a: a.accept(item_id))
+            case m.AgendaRemove(item_id=item_id):
+                if await self._require_therapist(member, "remove agenda items"):
+                    await self._change_agenda(member, lambda a: a.remove(item_id))
+            case m.AgendaReorder(item_ids=item_ids):
+                if await self._require_therapist(member, "reorder the agenda"):
+                    await self._change_agenda(member, lambda a: a.reorder(item_ids))
+            case m.Homework(text=homework):
+                if await self._require_therapist(member, "set homework"):
+                    await self._change_agenda(member, lambda a: a.set_homework(homework))
+            case m.ShareBalance(on=on):
+                if await self._require_therapist(member, "share the talk balance"):
+                    self.sharing_balance = on
+                    if not on and self.client is not None:
+                        await self.client.send(m.SharedBalance(on=False))
+                    await self.hooks.audit(
+                        self.session_id, f"balance_shared_{'on' if on else 'off'}", member.actor
+                    )
+
+    # ----------------------------------------------------------------- agenda
+    def _in_call(self, member: Member) -> bool:
+        return member is self.therapist or member is self.client
+
+    async def _ensure_agenda(self) -> Agenda:
+        if self.agenda is None:
+            self.agenda = Agenda.from_json(await self.hooks.load_agenda(self.session_id))
+        return self.agenda
+
+    def _agenda_message(self, agenda: Agenda) -> m.AgendaState:
+        return m.AgendaState(
+            items=[
+                m.AgendaItemOut(
+                    id=i.id,
+                    text=i.text,
+                    done=i.done,
+                    proposed_by=i.proposed_by,
+                    accepted=i.accepted,
+                )
+                for i in agenda.items
+            ],
+            homework=agenda.homework,
+        )
+
+    async def _change_agenda(self, member: Member, change: Callable[[Agenda], object]) -> None:
+        agenda = await self._ensure_agenda()
+        try:
+            change(agenda)
+        except AgendaError as exc:
+            await self._error(member, m.ErrorCode.INVALID, str(exc))
+            return
+        await self.hooks.save_agenda(self.session_id, agenda.to_json())
+        message = self._agenda_message(agenda)
+        for target in (self.therapist, self.client):
+            if target is not None:
+                await target.send(message)
+
+    async def _send_agenda(self, member: Member) -> None:
+        await member.send(self._agenda_message(await self._ensure_agenda()))
 
     # ----------------------------------------------------------------- therapist
     async def _require_therapist(self, member: Member, what: str) -> bool:
@@ -276,6 +355,7 @@ class Room:
         member.state = "in_call"
         await self.hooks.audit(self.session_id, "therapist_joined", member.actor)
         await member.send(m.Joined())
+        await self._send_agenda(member)
         await self._send_lobby()
         await self._send_peer_state("client")
         await self._send_peer_state("therapist")
@@ -356,6 +436,7 @@ class Room:
             self.status = "live"
             await self.hooks.session_live(self.session_id)
         await member.send(m.Admitted(rejoined=rejoined))
+        await self._send_agenda(member)
         await self._send_lobby()
         await self._send_peer_state("therapist")
         await self._send_peer_state("client")
@@ -424,7 +505,9 @@ class Room:
         await self.hooks.session_ended(self.session_id)
         await self.hooks.audit(self.session_id, "session_ended", actor)
         for member in list(self.members):
-            await member.send(m.Ended())
+            # Only a client who took part is asked for the check-in.
+            checkin = member.role == "client" and member.previously_admitted
+            await member.send(m.Ended(checkin=checkin))
             member.state = "left"
         self.therapist = None
         self.client = None
@@ -504,9 +587,21 @@ class Room:
         task.add_done_callback(self._tasks.discard)
 
     async def send_signals(self, message: m.Signals | m.Speaking) -> None:
-        """Alliance signals go to the therapist's socket only, never the client's."""
+        """Alliance signals go to the therapist's socket only, never the client's.
+
+        The one exception is the talk-balance bar, and only while the therapist shares it.
+        """
         if self.therapist is not None:
             await self.therapist.send(message)
+        if self.sharing_balance and self.client is not None and isinstance(message, m.Signals):
+            snap = message.snapshot
+            await self.client.send(
+                m.SharedBalance(
+                    on=True,
+                    client_share=snap.get("client_share"),
+                    client_share_5min=(snap.get("last_5min") or {}).get("client_share"),
+                )
+            )
 
     async def _close_channel(self, member: Member, code: int) -> None:
         with contextlib.suppress(Exception):

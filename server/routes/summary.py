@@ -1,0 +1,206 @@
+"""After the session: summary, trend across a client's sessions, exports. Therapist only."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.responses import Response
+from sqlalchemy import func, select
+
+from ..auth import DbSession, SettingsDep, Therapist
+from ..checkins import checkin_out
+from ..models import Checkin, TherapySession, User
+from ..signals import SignalsHub, unpack_timeline
+from .sessions import own_session, session_out
+
+router = APIRouter(prefix="/api", tags=["summary"])
+TREND_SESSIONS = 12
+
+
+def _agenda(session: TherapySession) -> dict[str, Any]:
+    data = session.agenda or {}
+    items = data.get("items", [])
+    return {
+        "items": items,
+        "homework": data.get("homework", ""),
+        "done": sum(1 for i in items if i.get("done")),
+        "total": len(items),
+    }
+
+
+async def _checkins(db: DbSession, ids: list[str]) -> dict[str, Checkin]:
+    if not ids:
+        return {}
+    rows = await db.scalars(select(Checkin).where(Checkin.session_id.in_(ids)))
+    return {c.session_id: c for c in rows}
+
+
+def _trend_point(session: TherapySession, checkin: Checkin | None) -> dict[str, Any]:
+    metrics = session.metrics or {}
+    scored = checkin_out(checkin)
+    return {
+        "id": session.id,
+        "date": session.started_at or session.created_at,
+        "duration_s": metrics.get("duration_s"),
+        "client_share": metrics.get("client_share"),
+        "silence_s": metrics.get("silence_s"),
+        "long_silences": metrics.get("long_silences"),
+        "checkin_total": scored["total"] if scored else None,
+        "checkin_low": bool(scored and scored["low"]),
+    }
+
+
+async def _client_sessions(
+    db: DbSession, user: User, label: str, limit: int | None
+) -> list[TherapySession]:
+    query = (
+        select(TherapySession)
+        .where(TherapySession.therapist_id == user.id, TherapySession.client_label == label)
+        .order_by(TherapySession.created_at.desc())
+    )
+    if limit:
+        query = query.limit(limit)
+    rows = list(await db.scalars(query))
+    rows.reverse()
+    return rows
+
+
+async def build_summary(
+    db: DbSession, user: User, session: TherapySession, settings: Any, hub: SignalsHub
+) -> dict[str, Any]:
+    metrics = hub.latest(session.id) or session.metrics
+    timeline = hub.timeline(session.id) or unpack_timeline(session.timeline or [])
+    history = (
+        [session]
+        if not session.client_label
+        else await _client_sessions(db, user, session.client_label, TREND_SESSIONS)
+    )
+    checkins = await _checkins(db, [s.id for s in history])
+    return {
+        "session": session_out(session, settings),
+        "metrics": metrics,
+        "timeline": timeline,
+        "agenda": _agenda(session),
+        "checkin": checkin_out(checkins.get(session.id)),
+        "trend": [_trend_point(s, checkins.get(s.id)) for s in history],
+    }
+
+
+@router.get("/sessions/{session_id}/summary")
+async def session_summary(
+    session_id: str, request: Request, user: Therapist, db: DbSession, settings: SettingsDep
+) -> dict[str, Any]:
+    session = await own_session(db, user, session_id)
+    return await build_summary(db, user, session, settings, request.app.state.signals)
+
+
+@router.get("/sessions/{session_id}/export")
+async def export_session(
+    session_id: str, request: Request, user: Therapist, db: DbSession, settings: SettingsDep
+) -> Response:
+    session = await own_session(db, user, session_id)
+    summary = await build_summary(db, user, session, settings, request.app.state.signals)
+    body = json.dumps(summary, default=str, indent=2)
+    return Response(
+        body,
+        media_type="application/json",
+        headers={
+            "Content-Disposition": f'attachment; filename="rapport-session-{session.id}.json"'
+        },
+    )
+
+
+@router.get("/clients")
+async def client_labels(user: Therapist, db: DbSession) -> dict[str, list[dict[str, Any]]]:
+    rows = await db.execute(
+        select(TherapySession.client_label, func.count(), func.max(TherapySession.created_at))
+        .where(TherapySession.therapist_id == user.id, TherapySession.client_label != "")
+        .group_by(TherapySession.client_label)
+        .order_by(func.max(TherapySession.created_at).desc())
+    )
+    return {
+        "clients": [
+            {"label": label, "sessions": count, "last": last} for label, count, last in rows
+        ]
+    }
+
+
+CSV_COLUMNS = [
+    "session_id",
+    "date",
+    "status",
+    "duration_s",
+    "therapist_talk_s",
+    "client_talk_s",
+    "client_share",
+    "silence_s",
+    "long_silences",
+    "overlap_s",
+    "turns",
+    "interruptions_therapist",
+    "interruptions_client",
+    "backchannels",
+    "checkin_bond",
+    "checkin_goals",
+    "checkin_tasks",
+    "checkin_overall",
+    "checkin_total",
+    "checkin_low",
+    "checkin_skipped",
+    "agenda_done",
+    "agenda_total",
+]
+
+
+@router.get("/clients/history.csv")
+async def client_history_csv(
+    user: Therapist, db: DbSession, label: str = Query(min_length=1, max_length=120)
+) -> Response:
+    sessions = await _client_sessions(db, user, label, None)
+    if not sessions:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "No sessions with that client label.")
+    checkins = await _checkins(db, [s.id for s in sessions])
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for s in sessions:
+        m = s.metrics or {}
+        c = checkin_out(checkins.get(s.id)) or {}
+        agenda = _agenda(s)
+        writer.writerow(
+            {
+                "session_id": s.id,
+                "date": (s.started_at or s.created_at).isoformat(),
+                "status": str(s.status),
+                "duration_s": m.get("duration_s"),
+                "therapist_talk_s": m.get("therapist_talk_s"),
+                "client_talk_s": m.get("client_talk_s"),
+                "client_share": m.get("client_share"),
+                "silence_s": m.get("silence_s"),
+                "long_silences": m.get("long_silences"),
+                "overlap_s": m.get("overlap_s"),
+                "turns": m.get("turns"),
+                "interruptions_therapist": (m.get("interruptions") or {}).get("therapist"),
+                "interruptions_client": (m.get("interruptions") or {}).get("client"),
+                "backchannels": m.get("backchannels"),
+                "checkin_bond": c.get("bond"),
+                "checkin_goals": c.get("goals"),
+                "checkin_tasks": c.get("tasks"),
+                "checkin_overall": c.get("overall"),
+                "checkin_total": c.get("total"),
+                "checkin_low": c.get("low"),
+                "checkin_skipped": c.get("skipped"),
+                "agenda_done": agenda["done"],
+                "agenda_total": agenda["total"],
+            }
+        )
+    safe = "".join(ch if ch.isalnum() else "-" for ch in label)[:40]
+    return Response(
+        out.getvalue(),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="rapport-client-{safe}.csv"'},
+    )
