@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import func, select
 
 from media.ice import MediaConfig, restrict_host_addresses
@@ -19,6 +20,8 @@ from signaling.rooms import RoomRegistry
 from .db import Database
 from .hooks import DatabaseRoomHooks
 from .models import SetupToken, User
+from .ops import CpuMeter, LoopLagMonitor, Metrics
+from .quality import QualityHub
 from .routes import admin, auth, checkin, pages, preferences, sessions, summary, ws
 from .security import new_token, token_hash
 from .settings import Settings
@@ -58,8 +61,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         app.state.draining = False
         signals.start()
+        loop_lag.start()
+        quality.start()
         yield
         app.state.draining = True
+        await quality.stop()
+        await loop_lag.stop()
         await app.state.rooms.close_all()
         await signals.close()
         await database.dispose()
@@ -83,6 +90,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         signals_for=signals.for_session,
     )
     signals.rooms = app.state.rooms
+    metrics = Metrics()
+    quality = QualityHub(app.state.rooms, metrics, database)
+    app.state.rooms.observer = quality
+    loop_lag = LoopLagMonitor(metrics)
+    app.state.metrics = metrics
+    app.state.quality = quality
+    app.state.loop_lag = loop_lag
+    app.state.cpu = CpuMeter()
 
     @app.middleware("http")
     async def security_headers(
@@ -106,6 +121,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def readyz() -> Response:
         ok = await database.ping() and not getattr(app.state, "draining", False)
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     for router in (
         auth.router,

@@ -8,7 +8,7 @@ strings.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -105,6 +105,24 @@ class ShareBalance(_Inbound):
     on: bool
 
 
+class ClientStats(_Inbound):
+    """What the browser's own getStats() says, every 2 s; all optional, all bounded."""
+
+    type: Literal["stats"]
+    rtt_ms: float | None = Field(default=None, ge=0, le=60_000)
+    candidate_type: Literal["host", "srflx", "prflx", "relay"] | None = None
+    outbound_bitrate: float | None = Field(default=None, ge=0, le=1e9)
+    inbound_bitrate: float | None = Field(default=None, ge=0, le=1e9)
+    fps_in: float | None = Field(default=None, ge=0, le=240)
+    fps_out: float | None = Field(default=None, ge=0, le=240)
+    width_in: int | None = Field(default=None, ge=0, le=10_000)
+    height_in: int | None = Field(default=None, ge=0, le=10_000)
+    freezes: int | None = Field(default=None, ge=0, le=1_000_000)
+    jitter_buffer_ms: float | None = Field(default=None, ge=0, le=60_000)
+    audio_loss_in: float | None = Field(default=None, ge=0, le=1)
+    video_loss_in: float | None = Field(default=None, ge=0, le=1)
+
+
 InboundMessage = Annotated[
     Join
     | Offer
@@ -120,27 +138,14 @@ InboundMessage = Annotated[
     | AgendaRemove
     | AgendaReorder
     | Homework
-    | ShareBalance,
+    | ShareBalance
+    | ClientStats,
     Field(discriminator="type"),
 ]
+# Derived from the union so a new message type cannot be forgotten here.
 INBOUND_TYPES = frozenset(
-    {
-        "join",
-        "offer",
-        "admit",
-        "deny",
-        "leave",
-        "end",
-        "mute",
-        "ping",
-        "agenda_add",
-        "agenda_update",
-        "agenda_accept",
-        "agenda_remove",
-        "agenda_reorder",
-        "homework",
-        "share_balance",
-    }
+    get_args(model.model_fields["type"].annotation)[0]
+    for model in get_args(get_args(InboundMessage)[0])
 )
 inbound_adapter: TypeAdapter[InboundMessage] = TypeAdapter(InboundMessage)
 
@@ -266,6 +271,19 @@ class SharedBalance(_Outbound):
     client_share_5min: float | None = None
 
 
+class QualityLevel(BaseModel):
+    score: float
+    label: Literal["excellent", "good", "poor", "lost", "unknown"]
+
+
+class Quality(_Outbound):
+    """Connection quality of this participant (``you``) and the other one (``peer``)."""
+
+    type: Literal["quality"] = "quality"
+    you: QualityLevel
+    peer: QualityLevel | None = None
+
+
 class Pong(_Outbound):
     type: Literal["pong"] = "pong"
     t: float = 0.0
@@ -297,6 +315,9 @@ OutboundMessage = (
     | ErrorMessage
     | Signals
     | Speaking
+    | AgendaState
+    | SharedBalance
+    | Quality
 )
 
 

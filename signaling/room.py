@@ -70,6 +70,19 @@ class SignalsPort(Protocol):
     def set_muted(self, role: str, muted: bool) -> None: ...
 
 
+class RoomObserver(Protocol):
+    """Operational counters and quality reports; never clinical content."""
+
+    def on_message(self, kind: str) -> None: ...
+
+    def on_error(self, code: str) -> None: ...
+
+    def on_client_stats(self, session_id: str, role: str, stats: m.ClientStats) -> None: ...
+
+
+STATS_MIN_INTERVAL_S = 1.0
+
+
 class ChannelClosed(Exception):
     """The participant's transport went away."""
 
@@ -88,6 +101,7 @@ class Member:
     waiting_since: float = 0.0
     limiter: TokenBucket = field(default_factory=lambda: TokenBucket(50.0, 100.0))
     strikes: int = 0
+    last_stats_at: float = 0.0
     _send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def send(self, message: BaseModel) -> None:
@@ -110,6 +124,7 @@ class Room:
         *,
         status: str = "scheduled",
         signals: SignalsPort | None = None,
+        observer: RoomObserver | None = None,
     ) -> None:
         self.session_id = session_id
         self.hooks = hooks
@@ -121,6 +136,8 @@ class Room:
         self.client: Member | None = None
         self.waiting: dict[int, Member] = {}
         self.signals = signals
+        self.observer = observer
+        self.created_at = time.time()
         self.call = Call(
             media_config,
             on_audio=signals.on_audio if signals else None,
@@ -208,6 +225,8 @@ class Room:
                 member, m.ErrorCode.INVALID, f"Invalid '{kind}': {where}: {first['msg']}.", ref=kind
             )
             return
+        if self.observer is not None:
+            self.observer.on_message(kind)
         try:
             await self._dispatch(member, message)
         except Exception:
@@ -247,6 +266,18 @@ class Room:
             case m.End():
                 if await self._require_therapist(member, "end the session"):
                     await self.end(member.actor)
+            case m.ClientStats():
+                now = time.monotonic()
+                if now - member.last_stats_at < STATS_MIN_INTERVAL_S:
+                    await self._error(
+                        member,
+                        m.ErrorCode.RATE_LIMITED,
+                        "Stats are accepted at most once a second.",
+                        ref="stats",
+                    )
+                elif self._in_call(member) and self.observer is not None:
+                    member.last_stats_at = now
+                    self.observer.on_client_stats(self.session_id, member.role, message)
             case m.AgendaAdd(text=new_text):
                 if self._in_call(member):
                     await self._change_agenda(member, lambda a: a.add(new_text, member.role))
@@ -532,6 +563,8 @@ class Room:
         fatal: bool = False,
         ref: str | None = None,
     ) -> None:
+        if self.observer is not None:
+            self.observer.on_error(code)
         await member.send(m.ErrorMessage(code=code, message=message, fatal=fatal, ref=ref))
 
     async def _send_lobby(self) -> None:
@@ -602,6 +635,11 @@ class Room:
                     client_share_5min=(snap.get("last_5min") or {}).get("client_share"),
                 )
             )
+
+    async def send_quality(self, role: Role, message: m.Quality) -> None:
+        member = self._member(role)
+        if member is not None:
+            await member.send(message)
 
     async def _close_channel(self, member: Member, code: int) -> None:
         with contextlib.suppress(Exception):

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from media.ice import MediaConfig
 
 from .limits import Limits
-from .room import Room, RoomHooks, SignalsPort
+from .room import Room, RoomHooks, RoomObserver, SignalsPort
 
 
 class RoomRegistry:
@@ -18,12 +18,14 @@ class RoomRegistry:
         media_config: MediaConfig,
         limits: Limits,
         signals_for: Callable[[str], SignalsPort | None] | None = None,
+        observer: RoomObserver | None = None,
     ) -> None:
         self.hooks = hooks
         self.media_config = media_config
         self.limits = limits
         self.rooms: dict[str, Room] = {}
         self._signals_for = signals_for
+        self.observer = observer
         self._closing: set[asyncio.Task[None]] = set()
 
     def get(self, session_id: str) -> Room | None:
@@ -40,6 +42,7 @@ class RoomRegistry:
                 self.limits,
                 status=status,
                 signals=signals,
+                observer=self.observer,
             )
             room.on_empty = self._drop
             self.rooms[session_id] = room

@@ -194,3 +194,45 @@ def speech(seconds: float, voice: str = "en-us", gap: float = 0.25) -> np.ndarra
         total += pcm.size + int(gap * SAMPLE_RATE)
         i += 1
     return np.concatenate(parts)[: int(seconds * SAMPLE_RATE)]
+
+
+class NetEmulator:
+    """Packet loss and delay on one peer's outgoing datagrams, in process.
+
+    Wraps the aioice connection's ``sendto`` — the last step before the UDP socket — so RTP,
+    RTCP and everything above it behave as on a lossy network. Start it once connected
+    (dropping the DTLS handshake would only test set-up timeouts).
+    """
+
+    def __init__(self, pc: RTCPeerConnection, seed: int = 1) -> None:
+        import random
+
+        self.loss = 0.0
+        self.delay_s = 0.0
+        self.blackhole = False
+        self.dropped = 0
+        self.sent = 0
+        self._rng = random.Random(seed)
+        transport = pc.getTransceivers()[0].sender.transport
+        assert transport is not None
+        self._conn = transport.transport._connection
+        self._send = self._conn.sendto
+        self._pending: set[asyncio.Task[None]] = set()
+        self._conn.sendto = self._sendto
+
+    async def _sendto(self, data: bytes, component: int) -> None:
+        if self.blackhole or self._rng.random() < self.loss:
+            self.dropped += 1
+            return
+        self.sent += 1
+        if self.delay_s <= 0:
+            await self._send(data, component)
+            return
+        loop = asyncio.get_running_loop()
+
+        def later() -> None:
+            task = asyncio.ensure_future(self._send(data, component))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+        loop.call_later(self.delay_s, later)

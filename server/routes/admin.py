@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel
 from sqlalchemy import select
 
+from signaling.rooms import RoomRegistry
+
 from ..auth import Admin, DbSession
-from ..models import AuditEvent
+from ..db import Database
+from ..models import AuditEvent, TherapySession
+from ..ops import CpuMeter, LoopLagMonitor
+from ..quality import QualityHub
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
 
@@ -48,3 +54,75 @@ async def audit_log(
             for e in rows
         ]
     )
+
+
+def _quality(request: Request) -> QualityHub:
+    hub: QualityHub = request.app.state.quality
+    return hub
+
+
+@router.get("/calls")
+async def live_calls(_admin: Admin, request: Request, db: DbSession) -> dict[str, Any]:
+    """Live calls with their worst current quality. No client labels, no clinical data."""
+    rooms: RoomRegistry = request.app.state.rooms
+    hub = _quality(request)
+    calls = []
+    for session_id, room in list(rooms.rooms.items()):
+        session = await db.get(TherapySession, session_id)
+        if session is None:
+            continue
+        started = session.started_at or session.created_at
+        if started.tzinfo is None:
+            started = started.replace(tzinfo=UTC)
+        present = [r for r in ("therapist", "client") if room._member(r) is not None]
+        calls.append(
+            {
+                "session_id": session_id,
+                "therapist": session.therapist.display_name or f"user {session.therapist_id}",
+                "status": str(session.status),
+                "started_at": started,
+                "duration_s": round((datetime.now(UTC) - started).total_seconds()),
+                "participants": len(present),
+                "waiting": len(room.waiting),
+                "worst_quality": hub.worst(session_id),
+                "relay_mode": getattr(room.call, "relay_mode", "transcode"),
+            }
+        )
+    return {"calls": calls}
+
+
+@router.get("/calls/{session_id}")
+async def call_detail(session_id: str, _admin: Admin, request: Request) -> dict[str, Any]:
+    call = _quality(request).calls.get(session_id[:64])
+    if call is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "No live call with that id.")
+    return {
+        "session_id": call.session_id,
+        "participants": {
+            role: {"score": pq.score, "label": pq.label, "history": list(pq.history)}
+            for role, pq in call.roles.items()
+        },
+    }
+
+
+@router.get("/incidents")
+async def incidents(
+    _admin: Admin, request: Request, limit: int = Query(default=100, ge=1, le=500)
+) -> dict[str, Any]:
+    return {"incidents": list(_quality(request).incidents)[:limit]}
+
+
+@router.get("/health")
+async def health(_admin: Admin, request: Request) -> dict[str, Any]:
+    lag: LoopLagMonitor = request.app.state.loop_lag
+    cpu: CpuMeter = request.app.state.cpu
+    rooms: RoomRegistry = request.app.state.rooms
+    database: Database = request.app.state.database
+    return {
+        "cpu_fraction": cpu.read(),
+        "event_loop_lag_p99_ms": lag.p99_ms(),
+        "event_loop_lag_max_ms": lag.max_ms(),
+        "rooms": len(rooms.rooms),
+        "peer_connections": sum(len(r.call.peers) for r in rooms.rooms.values()),
+        "database": await database.ping(),
+    }

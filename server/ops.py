@@ -1,0 +1,116 @@
+"""Operational metrics (Prometheus) and event-loop lag. Counts and timings, no content."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections import deque
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """One registry per app, so several apps (tests) can live in one process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.active_sessions = Gauge(
+            "rapport_active_sessions", "Sessions with someone connected", registry=r
+        )
+        self.participants = Gauge(
+            "rapport_participants", "Participants in calls", ["role"], registry=r
+        )
+        self.peer_connections = Gauge(
+            "rapport_peer_connections", "Open server peer connections", registry=r
+        )
+        self.quality_labels = Gauge(
+            "rapport_quality_label_participants",
+            "Participants per current quality label",
+            ["label"],
+            registry=r,
+        )
+        self.rtt = Histogram(
+            "rapport_rtt_seconds",
+            "Round-trip time to participants",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6),
+            registry=r,
+        )
+        self.loss = Histogram(
+            "rapport_packet_loss_ratio",
+            "Packet loss per 2 s sample",
+            ["direction"],
+            buckets=(0.001, 0.01, 0.025, 0.05, 0.075, 0.1, 0.2, 0.5),
+            registry=r,
+        )
+        self.jitter = Histogram(
+            "rapport_jitter_seconds",
+            "Audio jitter",
+            ["direction"],
+            buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2),
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "rapport_event_loop_lag_seconds",
+            "Event-loop scheduling lag",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.messages = Counter(
+            "rapport_signaling_messages_total", "Signalling messages received", ["type"], registry=r
+        )
+        self.errors = Counter(
+            "rapport_signaling_errors_total", "Signalling errors sent", ["code"], registry=r
+        )
+
+
+class LoopLagMonitor:
+    """Measures how late the event loop wakes a sleeping task: a direct read of overload."""
+
+    def __init__(self, metrics: Metrics, interval_s: float = 0.25) -> None:
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self.samples: deque[float] = deque(maxlen=480)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(self.interval_s)
+            lag = max(0.0, time.perf_counter() - started - self.interval_s)
+            self.samples.append(lag)
+            self.metrics.loop_lag.observe(lag)
+
+    def p99_ms(self) -> float:
+        if not self.samples:
+            return 0.0
+        ordered = sorted(self.samples)
+        return round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 2)
+
+    def max_ms(self) -> float:
+        return round(max(self.samples, default=0.0) * 1000, 2)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
+
+class CpuMeter:
+    """Process CPU use between two reads, as a fraction of one core."""
+
+    def __init__(self) -> None:
+        self._last = (time.monotonic(), os.times())
+
+    def read(self) -> float:
+        now, times = time.monotonic(), os.times()
+        then, prev = self._last
+        self._last = (now, times)
+        busy = (times.user - prev.user) + (times.system - prev.system)
+        return round(busy / (now - then), 3) if now > then else 0.0

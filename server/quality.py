@@ -1,0 +1,257 @@
+"""Live call quality: samples every peer every 2 s, scores it, tells participants and admins.
+
+Per participant two directions are scored: ``up`` (their media arriving at the server,
+measured by the server's receiver) and ``down`` (the server's media arriving at them, from
+their receiver reports and their own browser's stats). A participant's headline quality is
+the worse of the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from media.quality import (
+    DirectionSample,
+    KindSample,
+    Label,
+    PeerStatsSampler,
+    SmoothedScore,
+    label_for,
+)
+from signaling import messages as m
+from signaling.rooms import RoomRegistry
+
+from .audit import record_now
+from .db import Database
+from .ops import Metrics
+
+log = logging.getLogger("rapport.quality")
+SAMPLE_EVERY_S = 2.0
+HISTORY = 1800  # one hour at 2 s
+
+
+@dataclass
+class ParticipantQuality:
+    sampler: PeerStatsSampler = field(default_factory=PeerStatsSampler)
+    up: SmoothedScore = field(default_factory=SmoothedScore)
+    down: SmoothedScore = field(default_factory=SmoothedScore)
+    client: m.ClientStats | None = None
+    client_at: float = 0.0
+    freezes_seen: int | None = None
+    label: Label | None = None
+    score: float | None = None
+    history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
+
+
+@dataclass
+class CallQuality:
+    session_id: str
+    started: float = field(default_factory=time.time)
+    roles: dict[str, ParticipantQuality] = field(default_factory=dict)
+
+
+class QualityHub:
+    def __init__(self, rooms: RoomRegistry, metrics: Metrics, database: Database) -> None:
+        self.rooms = rooms
+        self.metrics = metrics
+        self.database = database
+        self.calls: dict[str, CallQuality] = {}
+        self.incidents: deque[dict[str, Any]] = deque(maxlen=500)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
+    # RoomObserver
+    def on_message(self, kind: str) -> None:
+        self.metrics.messages.labels(kind).inc()
+
+    def on_error(self, code: str) -> None:
+        self.metrics.errors.labels(code).inc()
+
+    def on_client_stats(self, session_id: str, role: str, stats: m.ClientStats) -> None:
+        call = self.calls.setdefault(session_id, CallQuality(session_id))
+        pq = call.roles.setdefault(role, ParticipantQuality())
+        pq.client = stats
+        pq.client_at = time.monotonic()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(SAMPLE_EVERY_S)
+            try:
+                await self.sample_all()
+            except Exception:
+                log.exception("quality sampling failed")
+
+    async def sample_all(self) -> None:
+        now = time.monotonic()
+        labels: dict[str, int] = dict.fromkeys(("excellent", "good", "poor", "lost"), 0)
+        peers = 0
+        live = set()
+        for session_id, room in list(self.rooms.rooms.items()):
+            call = self.calls.setdefault(session_id, CallQuality(session_id, room.created_at))
+            live.add(session_id)
+            for role, peer in list(room.call.peers.items()):
+                peers += 1
+                pq = call.roles.setdefault(role, ParticipantQuality())
+                try:
+                    report = await peer.pc.getStats()
+                except Exception:
+                    continue
+                up, down = pq.sampler.sample(report, now, lost=peer.media_state == "lost")
+                down = self._with_client(pq, down, now)
+                up_score, _ = pq.up.update(up)
+                down_score, _ = pq.down.update(down)
+                score = min(up_score, down_score)
+                label = label_for(score, up.lost or down.lost)
+                await self._transition(session_id, role, pq, label)
+                pq.score, pq.label = score, label
+                labels[label] += 1
+                self._observe(up, down)
+                pq.history.append(self._point(up, down, up_score, down_score, pq.client))
+            await self._tell_participants(room, call)
+        for session_id in list(self.calls):
+            if session_id not in live:
+                del self.calls[session_id]
+        for name, count in labels.items():
+            self.metrics.quality_labels.labels(name).set(count)
+        self.metrics.peer_connections.set(peers)
+        self.metrics.active_sessions.set(len(self.rooms.rooms))
+        for role in ("therapist", "client"):
+            self.metrics.participants.labels(role).set(
+                sum(1 for r in self.rooms.rooms.values() if r._member(role) is not None)
+            )
+
+    @staticmethod
+    def _with_client(pq: ParticipantQuality, down: DirectionSample, now: float) -> DirectionSample:
+        """Fold the browser's own view (freezes, fps, loss it saw) into the down direction."""
+        stats = pq.client
+        if stats is None or now - pq.client_at > 3 * SAMPLE_EVERY_S:
+            return down
+        freezes = 0
+        if stats.freezes is not None:
+            if pq.freezes_seen is not None:
+                freezes = max(0, stats.freezes - pq.freezes_seen)
+            pq.freezes_seen = stats.freezes
+        kinds = dict(down.kinds)
+        for kind, loss in (("audio", stats.audio_loss_in), ("video", stats.video_loss_in)):
+            base = kinds.get(kind, KindSample())
+            kinds[kind] = KindSample(
+                loss=max(base.loss, loss or 0.0),
+                jitter_ms=base.jitter_ms,
+                bitrate_bps=stats.inbound_bitrate if kind == "video" else base.bitrate_bps,
+                freezes=freezes if kind == "video" else 0,
+                packets=base.packets,
+            )
+        rtt = down.rtt_ms if stats.rtt_ms is None else max(down.rtt_ms or 0.0, stats.rtt_ms)
+        return DirectionSample(
+            rtt_ms=rtt,
+            kinds=kinds,
+            bitrate_bps=down.bitrate_bps,
+            packets_per_s=down.packets_per_s,
+            fps=stats.fps_in,
+            lost=down.lost,
+        )
+
+    def _observe(self, up: DirectionSample, down: DirectionSample) -> None:
+        if up.rtt_ms is not None:
+            self.metrics.rtt.observe(up.rtt_ms / 1000)
+        for direction, sample in (("up", up), ("down", down)):
+            for kind, ks in sample.kinds.items():
+                self.metrics.loss.labels(direction).observe(ks.loss)
+                if kind == "audio" and ks.jitter_ms is not None:
+                    self.metrics.jitter.labels(direction).observe(ks.jitter_ms / 1000)
+
+    @staticmethod
+    def _point(
+        up: DirectionSample,
+        down: DirectionSample,
+        up_score: float,
+        down_score: float,
+        client: m.ClientStats | None,
+    ) -> dict[str, Any]:
+        def loss(sample: DirectionSample) -> float:
+            return round(max((k.loss for k in sample.kinds.values()), default=0.0), 4)
+
+        audio = up.kinds.get("audio")
+        return {
+            "t": time.time(),
+            "rtt_ms": None if up.rtt_ms is None else round(up.rtt_ms, 1),
+            "loss_up": loss(up),
+            "loss_down": loss(down),
+            "jitter_ms": None
+            if audio is None or audio.jitter_ms is None
+            else round(audio.jitter_ms, 1),
+            "bitrate_in": None if up.bitrate_bps is None else round(up.bitrate_bps),
+            "bitrate_out": None if down.bitrate_bps is None else round(down.bitrate_bps),
+            "fps": None if client is None else client.fps_in,
+            "score_up": up_score,
+            "score_down": down_score,
+            "candidate_type": None if client is None else client.candidate_type,
+        }
+
+    async def _transition(
+        self, session_id: str, role: str, pq: ParticipantQuality, label: Label
+    ) -> None:
+        previous = pq.label
+        if previous == label:
+            return
+        bad = ("poor", "lost")
+        if label in bad or (previous in bad and label not in bad):
+            incident = {
+                "at": time.time(),
+                "session_id": session_id,
+                "role": role,
+                "from": previous,
+                "to": label,
+                "score": pq.score,
+            }
+            self.incidents.appendleft(incident)
+            action = "quality_recovered" if label not in bad else f"quality_{label}"
+            await record_now(
+                self.database,
+                action,
+                "system",
+                session_id,
+                f"{role}: {previous or 'start'} -> {label}",
+            )
+
+    async def _tell_participants(self, room: Any, call: CallQuality) -> None:
+        for role in ("therapist", "client"):
+            me = call.roles.get(role)
+            if me is None or me.score is None or me.label is None:
+                continue
+            other = call.roles.get("client" if role == "therapist" else "therapist")
+            peer_level = None
+            if (
+                other is not None
+                and other.score is not None
+                and other.label is not None
+                and room._member("client" if role == "therapist" else "therapist")
+            ):
+                peer_level = m.QualityLevel(score=other.score, label=other.label)
+            await room.send_quality(
+                role, m.Quality(you=m.QualityLevel(score=me.score, label=me.label), peer=peer_level)
+            )
+
+    def worst(self, session_id: str) -> dict[str, Any] | None:
+        call = self.calls.get(session_id)
+        if call is None:
+            return None
+        scored = [(pq.score, pq.label) for pq in call.roles.values() if pq.score is not None]
+        if not scored:
+            return None
+        score, label = min(scored, key=lambda item: item[0] or 0.0)
+        return {"score": score, "label": label}
