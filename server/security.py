@@ -7,6 +7,7 @@ leak live links or sign-ins.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 
 from argon2 import PasswordHasher
@@ -34,6 +35,15 @@ _DUMMY_HASH = _hasher.hash("not-a-real-password")
 
 def burn_verify(password: str) -> None:
     verify_password(_DUMMY_HASH, password)
+
+
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+$")
+
+
+def valid_email(email: str) -> bool:
+    """A deliberately plain check: accounts are created by admins, not by strangers, and
+    internal domains (``.test``, ``.internal``) are legitimate on a self-hosted server."""
+    return len(email) <= 320 and _EMAIL.match(email) is not None
 
 
 def new_token() -> str:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
-from pydantic import BaseModel, EmailStr, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import delete, func, select
 
 from ..audit import record
@@ -17,6 +17,7 @@ from ..security import (
     burn_verify,
     hash_password,
     token_hash,
+    valid_email,
     verify_password,
 )
 from ..settings import Settings
@@ -48,10 +49,17 @@ class UserEnvelope(BaseModel):
 
 class SetupBody(BaseModel):
     token: str = Field(max_length=200)
-    email: EmailStr
+    email: str = Field(max_length=320)
     password: str = Field(min_length=MIN_PASSWORD_LENGTH, max_length=1024)
     display_name: str = Field(default="", max_length=200)
     role: Literal["therapist", "admin"] = "therapist"
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        if not valid_email(value.strip()):
+            raise ValueError("that does not look like an email address")
+        return value.strip().lower()
 
 
 def set_login_cookie(response: Response, settings: Settings, token: str) -> None:

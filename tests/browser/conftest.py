@@ -1,0 +1,238 @@
+"""Fixtures for real-browser tests: the Rapport server as a subprocess, a speech WAV for the fake
+microphone, and Debian chromium driven by Playwright's sync API.
+
+Everything binds 127.0.0.1; nothing reaches outside this machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS_DIR = REPO_ROOT / "test-artifacts"
+CHROMIUM = os.environ.get("RAPPORT_CHROMIUM", "/usr/bin/chromium")
+
+THERAPIST_EMAIL = "therapist@example.test"
+THERAPIST_PASSWORD = "quiet-harbour-2417"
+ADMIN_EMAIL = "admin@example.test"
+ADMIN_PASSWORD = "steady-lantern-9035"
+
+SPEECH_TEXT = (
+    "Hello, thank you for making time today. "
+    '<break time="900ms"/> I have been thinking about what we talked about last week. '
+    '<break time="1200ms"/> Some days were easier than others. '
+    '<break time="800ms"/> I would like to start with how the week went.'
+)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RapportServer:
+    base_url: str
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+    users: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def log_tail(self, max_chars: int = 20_000) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no server log)"
+        return text[-max_chars:]
+
+    def cli(
+        self, *args: str, stdin: str = "", timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "server.cli", *args],
+            input=stdin,
+            cwd=REPO_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+
+_current_server: RapportServer | None = None
+
+
+@pytest.fixture(scope="session")
+def rapport_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RapportServer]:
+    global _current_server
+    tmp = tmp_path_factory.mktemp("rapport-server")
+    port = _free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "RAPPORT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp / 'rapport.db'}",
+        "RAPPORT_PUBLIC_URL": base_url,
+        # JSON form: the server's Settings cannot parse the plain "127.0.0.1" form of a list
+        # (pydantic-settings JSON-decodes list fields before the comma-splitting validator).
+        "RAPPORT_MEDIA_ADDRESSES": '["127.0.0.1"]',
+        "RAPPORT_ALLOW_LOOPBACK_CANDIDATES": "true",
+        "RAPPORT_LOG_JSON": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
+    log_path = tmp / "server.log"
+    log_file = log_path.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+    server = RapportServer(base_url=base_url, env=env, log_path=log_path, proc=proc)
+    _current_server = server
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"server exited with {proc.returncode} before it was ready:\n"
+                    f"{server.log_tail()}"
+                )
+            try:
+                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not healthy within 20 s:\n{server.log_tail()}")
+            time.sleep(0.2)
+
+        for email, password, role, name in (
+            (THERAPIST_EMAIL, THERAPIST_PASSWORD, "therapist", "Dr. Ellis Moreau"),
+            (ADMIN_EMAIL, ADMIN_PASSWORD, "admin", "Sam Admin"),
+        ):
+            # Not a tty, so the CLI reads one line from stdin (a tty would prompt twice).
+            result = server.cli("user", "add", email, "--role", role, "--name", name,
+                                stdin=f"{password}\n")
+            if result.returncode != 0:
+                pytest.fail(
+                    f"`user add {email}` failed ({result.returncode}):\n"
+                    f"{result.stdout}\n{result.stderr}"
+                )
+            server.users[role] = (email, password)
+        yield server
+    finally:
+        _current_server = None
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        log_file.close()
+
+
+@pytest.fixture(scope="session")
+def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 10 s of speech with pauses, 48 kHz mono s16, for Chrome's fake microphone."""
+    for tool in ("espeak-ng", "sox"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    tmp = tmp_path_factory.mktemp("speech")
+    raw = tmp / "raw.wav"
+    out = tmp / "speech-48k.wav"
+    subprocess.run(
+        ["espeak-ng", "-m", "-v", "en-us", "-s", "140", "-a", "160", "-w", str(raw), SPEECH_TEXT],
+        check=True, capture_output=True, timeout=30,
+    )
+    # Resample to 48 kHz mono 16-bit, normalise, and leave a breath of silence at both ends.
+    subprocess.run(
+        ["sox", str(raw), "-r", "48000", "-c", "1", "-b", "16", "-e", "signed-integer", str(out),
+         "norm", "-3", "pad", "0.4", "0.8"],
+        check=True, capture_output=True, timeout=30,
+    )
+    return out
+
+
+def chromium_args(fake_audio: Path) -> list[str]:
+    return [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={fake_audio}",
+        "--autoplay-policy=no-user-gesture-required",
+        "--allow-loopback-in-peer-connection",
+    ]
+
+
+@dataclass
+class Browsers:
+    therapist: object
+    client: object
+
+
+@pytest.fixture(scope="session")
+def browsers(speech_wav: Path) -> Iterator[Browsers]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        # Separate browser processes: each has its own fake devices and its own identity.
+        therapist = pw.chromium.launch(executable_path=CHROMIUM, args=chromium_args(speech_wav))
+        client = pw.chromium.launch(executable_path=CHROMIUM, args=chromium_args(speech_wav))
+        try:
+            yield Browsers(therapist=therapist, client=client)
+        finally:
+            for browser in (therapist, client):
+                with contextlib.suppress(Exception):
+                    browser.close()
+
+
+@pytest.fixture
+def console_log(request: pytest.FixtureRequest) -> list[str]:
+    """Lines from the pages' consoles; attached to the report when a test fails."""
+    lines: list[str] = []
+    request.node.stash[_console_key] = lines
+    return lines
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS_DIR.mkdir(exist_ok=True)
+    return ARTIFACTS_DIR
+
+
+_console_key = pytest.StashKey[list[str]]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and item.get_closest_marker("browser") is not None:
+        lines = item.stash.get(_console_key, None)
+        if lines:
+            report.sections.append(("browser console", "\n".join(lines[-300:])))
+        if _current_server is not None:
+            report.sections.append(("rapport server log", _current_server.log_tail()))
