@@ -10,8 +10,10 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 
 from ..auth import CLIENT_COOKIE, DbSession, OptionalUser, SettingsDep
 from ..invites import InviteProblem, check_invite
-from ..models import TherapySession, UserRole
-from ..security import new_token
+from sqlalchemy import select
+
+from ..models import Checkin, Participant, TherapySession, UserRole
+from ..security import new_token, token_hash
 
 router = APIRouter(include_in_schema=False)
 
@@ -79,9 +81,45 @@ async def room_page(
     return _page(settings.web_dir, "room.html")
 
 
+@router.get("/sessions/{session_id}/summary")
+async def summary_page(
+    session_id: str, request: Request, user: OptionalUser, db: DbSession, settings: SettingsDep
+) -> Response:
+    if user is None:
+        return _to_login(request)
+    if user.role != UserRole.THERAPIST:
+        return message_page("Therapists only", "This page is for therapists.", 403)
+    session = await db.get(TherapySession, session_id[:64])
+    if session is None or session.therapist_id != user.id:
+        return message_page("Session not found", "There is no such session in your list.", 404)
+    return _page(settings.web_dir, "summary.html")
+
+
+async def _checkin_pending(db: DbSession, request: Request, session: TherapySession) -> bool:
+    """A client who took part may still answer the check-in after the session ended."""
+    identity = request.cookies.get(CLIENT_COOKIE)
+    if not identity:
+        return False
+    participant = await db.scalar(
+        select(Participant).where(
+            Participant.session_id == session.id, Participant.identity_hash == token_hash(identity)
+        )
+    )
+    if participant is None or not participant.admitted:
+        return False
+    done = await db.scalar(select(Checkin.id).where(Checkin.session_id == session.id))
+    return done is None
+
+
 @router.get("/join/{token}")
 async def join_page(token: str, request: Request, db: DbSession, settings: SettingsDep) -> Response:
     check = await check_invite(db, token)
+    if (
+        check.problem == InviteProblem.ENDED
+        and check.session is not None
+        and await _checkin_pending(db, request, check.session)
+    ):
+        return _page(settings.web_dir, "join.html")
     if check.problem is not None:
         code = 404 if check.problem == InviteProblem.UNKNOWN else 410
         title = {
