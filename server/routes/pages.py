@@ -7,11 +7,10 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
 
 from ..auth import CLIENT_COOKIE, DbSession, OptionalUser, SettingsDep
 from ..invites import InviteProblem, check_invite
-from sqlalchemy import select
-
 from ..models import Checkin, Participant, TherapySession, UserRole
 from ..security import new_token, token_hash
 
