@@ -72,6 +72,20 @@ class _Downmixer:
         return out
 
 
+# The engine's input per tick, one of nine states, run-length encoded: enough to rebuild the
+# exact engine state after a server restart by replaying it (the engine is deterministic).
+_STATE_CODE = {None: 0, False: 1, True: 2}
+_CODE_STATE: dict[int, bool | None] = {0: None, 1: False, 2: True}
+
+
+def encode_tick(speech: dict[Role, bool | None]) -> int:
+    return _STATE_CODE[speech[Role.THERAPIST]] * 3 + _STATE_CODE[speech[Role.CLIENT]]
+
+
+def decode_tick(code: int) -> dict[Role, bool | None]:
+    return {Role.THERAPIST: _CODE_STATE[code // 3], Role.CLIENT: _CODE_STATE[code % 3]}
+
+
 class LiveSignals:
     """One session's signals. Lives as long as the session, across reconnects."""
 
@@ -96,6 +110,35 @@ class LiveSignals:
         self.frames_dropped = 0
         self.ended = False
         self.latest: Snapshot | None = None
+        self._runs: list[list[int]] = []  # [code, count], the engine's whole input
+
+    @classmethod
+    def restore(
+        cls, session_id: str, runs: list[list[int]], config: SignalConfig | None = None
+    ) -> LiveSignals:
+        """Rebuild a session's engine from its recorded input (after a server restart)."""
+        signals = cls(session_id, config)
+        for code, count in runs:
+            speech = decode_tick(int(code))
+            for _ in range(int(count)):
+                signals.engine.advance(speech)
+            signals._runs.append([int(code), int(count)])
+            signals._ticks += int(count)
+        signals._last_snapshot_tick = signals._ticks
+        if signals._ticks:
+            signals.latest = signals.engine.snapshot()
+        return signals
+
+    def input_runs(self) -> list[list[int]]:
+        with self._lock:
+            return [list(run) for run in self._runs]
+
+    def _record(self, speech: dict[Role, bool | None]) -> None:
+        code = encode_tick(speech)
+        if self._runs and self._runs[-1][0] == code:
+            self._runs[-1][1] += 1
+        else:
+            self._runs.append([code, 1])
 
     # ---------------------------------------------------------------- event-loop side
     def on_audio(self, role: str, frame: AudioFrame) -> None:
@@ -145,6 +188,7 @@ class LiveSignals:
                     voiced = chunk is not None and self._vad[role].is_speech(chunk)
                     speech[role] = voiced and not self._muted[role]
                 events.extend(self.engine.advance(speech))
+                self._record(speech)
                 self._ticks += 1
             return self._publish(events, now, force=False)
 

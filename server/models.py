@@ -85,6 +85,8 @@ class TherapySession(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     timeline: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     agenda: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Run-length encoded per-tick speech states: replayed to resume after a server restart.
+    signal_input: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
 
     therapist: Mapped[User] = relationship(lazy="joined")
 

@@ -19,7 +19,7 @@ from signaling.messages import Signals, Speaking
 from signaling.rooms import RoomRegistry
 
 from .db import Database
-from .models import TherapySession
+from .models import SessionStatus, TherapySession
 
 log = logging.getLogger("rapport.signals")
 PERSIST_EVERY_S = 5.0
@@ -63,6 +63,29 @@ class SignalsHub:
             self._worker.add(signals)
         return signals
 
+    async def prepare(self, session_id: str) -> None:
+        """Before a room opens: resume a live session's engine from its stored input.
+
+        After a restart the in-memory engine is gone; replaying the recorded input rebuilds it
+        exactly, so at most the last persistence interval is lost.
+        """
+        if session_id in self.sessions:
+            return
+        async with self.database.session() as db:
+            row = await db.get(TherapySession, session_id)
+            runs = None if row is None or row.status != SessionStatus.LIVE else row.signal_input
+        if not runs or session_id in self.sessions:
+            return
+        signals = await asyncio.to_thread(LiveSignals.restore, session_id, runs, self.config)
+        if session_id not in self.sessions:
+            self.sessions[session_id] = signals
+            self._worker.add(signals)
+            log.info(
+                "resumed signals for session %s from %d stored ticks",
+                session_id,
+                sum(count for _, count in runs),
+            )
+
     def latest(self, session_id: str) -> dict[str, Any] | None:
         signals = self.sessions.get(session_id)
         if signals is None or signals.latest is None:
@@ -104,11 +127,13 @@ class SignalsHub:
     async def _persist(self, signals: LiveSignals) -> None:
         snapshot = signals.snapshot().to_dict()
         timeline = pack_timeline(signals.timeline())
+        runs = signals.input_runs()
         async with self.database.session() as db:
             row = await db.get(TherapySession, signals.session_id)
             if row is not None:
                 row.metrics = snapshot
                 row.timeline = timeline
+                row.signal_input = runs
                 await db.commit()
 
     async def _persist_loop(self) -> None:

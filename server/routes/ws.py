@@ -63,6 +63,7 @@ async def therapist_socket(ws: WebSocket, session_id: str) -> None:
     if status == SessionStatus.ENDED:
         await _refuse(ws, "session_ended", "This session has ended.", 4410)
         return
+    await ws.app.state.signals.prepare(session_id)
     await ws.accept()
     room = rooms.get_or_create(session_id, status)
     await room.serve(Member(role="therapist", channel=ws, actor=actor))
@@ -106,6 +107,7 @@ async def client_socket(ws: WebSocket, token: str) -> None:
         participant.last_seen_at = utcnow()
         await db.commit()
         session_id, status, participant_id = session.id, str(session.status), participant.id
+    await ws.app.state.signals.prepare(session_id)
     await ws.accept()
     room = rooms.get_or_create(session_id, status)
     await room.serve(
