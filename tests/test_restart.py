@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 
 from media.live import LiveSignals
+from media.signals import Role
 from server.db import Database
 from server.models import TherapySession
-from media.signals import Role
 from tests.conftest import PASSWORD, free_port
 from tests.media_helpers import FakeBrowser, PcmTrack, speech
 from tests.signaling_helpers import Participant, invite_token, login_cookie, new_client_cookie
