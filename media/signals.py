@@ -1,0 +1,1048 @@
+"""The alliance-signal engine: per-frame speech booleans in, events and snapshots out.
+
+This module implements the definitions in design.md ("Alliance-signal definitions") and
+nothing else. It is pure — no I/O, no asyncio, no threads, no wall clock — so the live
+server, the offline analyser and the exact-ground-truth tests all drive the *same* code.
+Time is ``frame index × frame duration``; the session clock starts at the first frame in
+which anyone is present (frames before that are ignored, so a room opened early does not
+accumulate "absent" time).
+
+Decisions the definitions leave open, and what we chose:
+
+* **Finalized vs provisional.** Bridging means a segment's end is known only ``bridge_gap_s``
+  after its last speech frame (and a short candidate is known to survive ``min_segment_s``
+  only after that long). Every per-frame classification (talk, silence, overlap, absence)
+  is *finalized* once both participants' status for that frame is certain, which lags real
+  time by at most ``bridge_gap_s + min_segment_s``. Snapshots add a *provisional tail* for
+  the not-yet-final frames: an open candidate counts as talk up to its last speech frame,
+  the pause after it counts as not-talk. Live totals therefore never lag, but may be
+  corrected by up to half a second (e.g. a pause first shown as silence turns out to be
+  bridged). ``finalize()`` closes everything and the result is exact.
+* **Turns.** ``turns`` counts floor *changes* only: the first qualifying segment of the
+  session takes the floor without counting as a turn. Floor decisions are taken in order of
+  segment start, as early as they are certain: a segment qualifies as soon as it has lasted
+  ``turn_min_s`` (and ``backchannel_max_s``), without waiting for it to end.
+* **Backchannels** are detected regardless of who holds the floor: any segment that starts
+  and ends inside a segment of the other participant (both ends inclusive) and lasts under
+  ``backchannel_max_s``.
+* **Interruption / latency.** The previous floor holder's "last segment" is their latest
+  talk segment that started at or before the new holder's segment start. Latency is
+  ``new start − that segment's end``; it is negative exactly when the new holder started
+  while that segment was still running, which is the interruption test. For an
+  interruption the latency is only known once the interrupted segment ends, so the
+  ``turn_change`` event carries ``latency_s=None`` and the median picks it up later.
+* **Ties.** Segments starting on the same frame are ordered therapist first.
+* **Session end** (``finalize``) and **absence** end an open segment at its last speech frame.
+* ``last_5min`` long silences are the long-silence stretches that overlap the window; turns,
+  interruptions and backchannels are counted by their start time.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+from media.vad import VoiceActivityDetector
+
+__all__ = [
+    "ROLES",
+    "ByRole",
+    "EventKind",
+    "ParticipantAudio",
+    "Role",
+    "SignalConfig",
+    "SignalEngine",
+    "SignalEvent",
+    "Snapshot",
+    "TimelineSecond",
+    "WindowTotals",
+]
+
+
+class Role(StrEnum):
+    THERAPIST = "therapist"
+    CLIENT = "client"
+
+
+#: Canonical order; also the tie-break for segments that start on the same frame.
+ROLES: tuple[Role, Role] = (Role.THERAPIST, Role.CLIENT)
+
+
+def _other(role: Role) -> Role:
+    return Role.CLIENT if role is Role.THERAPIST else Role.THERAPIST
+
+
+@dataclass(frozen=True)
+class SignalConfig:
+    """Thresholds of the definitions. All durations are converted to whole frames once, so
+    comparisons are exact integer tests (0.48 s of 20 ms frames is 24 frames, not 23.99…)."""
+
+    frame_ms: int = 20
+    bridge_gap_s: float = 0.5
+    min_segment_s: float = 0.1
+    long_silence_s: float = 3.0
+    backchannel_max_s: float = 1.0
+    turn_min_s: float = 1.0
+    window_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.frame_ms <= 0:
+            raise ValueError("frame_ms must be positive")
+        for name in (
+            "bridge_gap_s",
+            "min_segment_s",
+            "long_silence_s",
+            "backchannel_max_s",
+            "turn_min_s",
+            "window_s",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+
+    @property
+    def frame_s(self) -> float:
+        return self.frame_ms / 1000.0
+
+    def frames(self, seconds: float) -> int:
+        """Whole frames in ``seconds`` (rounded, so float noise cannot move a threshold)."""
+        return round(seconds * 1000.0 / self.frame_ms)
+
+    @property
+    def bridge_frames(self) -> int:
+        """A pause of fewer than this many non-speech frames is bridged."""
+        return max(1, self.frames(self.bridge_gap_s))
+
+    @property
+    def min_segment_frames(self) -> int:
+        return self.frames(self.min_segment_s)
+
+    @property
+    def long_silence_frames(self) -> int:
+        return max(1, self.frames(self.long_silence_s))
+
+    @property
+    def backchannel_frames(self) -> int:
+        """A backchannel lasts *fewer* than this many frames."""
+        return self.frames(self.backchannel_max_s)
+
+    @property
+    def turn_frames(self) -> int:
+        """A segment of at least this many frames can take the floor."""
+        return max(1, self.frames(self.turn_min_s))
+
+    @property
+    def window_frames(self) -> int:
+        return max(1, self.frames(self.window_s))
+
+
+class EventKind(StrEnum):
+    SPEECH_START = "speech_start"
+    SPEECH_END = "speech_end"
+    TURN_CHANGE = "turn_change"
+    INTERRUPTION = "interruption"
+    BACKCHANNEL = "backchannel"
+    LONG_SILENCE_START = "long_silence_start"
+    LONG_SILENCE_END = "long_silence_end"
+
+
+@dataclass(frozen=True)
+class SignalEvent:
+    """One thing that happened in the session.
+
+    ``t_s`` is when it happened; ``decided_s`` is the session time at which the engine could
+    say so (``decided_s - t_s`` is the engine's lag for this event). ``provisional`` marks
+    events that may be taken back: a ``speech_start`` is emitted on the first speech frame
+    of a candidate, and if the candidate turns out shorter than ``min_segment_s`` a
+    ``speech_end`` with ``details["dropped"] = True`` follows.
+    """
+
+    kind: EventKind
+    t_s: float
+    decided_s: float
+    role: Role | None = None
+    duration_s: float | None = None
+    provisional: bool = False
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": str(self.kind),
+            "t_s": round(self.t_s, 3),
+            "decided_s": round(self.decided_s, 3),
+            "role": None if self.role is None else str(self.role),
+            "duration_s": None if self.duration_s is None else round(self.duration_s, 3),
+            "provisional": self.provisional,
+            "details": {k: _round_any(v) for k, v in self.details.items()},
+        }
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ByRole(Generic[T]):
+    """A value per role; serialises as ``{"therapist": …, "client": …}``."""
+
+    therapist: T
+    client: T
+
+    def __getitem__(self, role: Role | str) -> T:
+        return self.therapist if Role(role) is Role.THERAPIST else self.client
+
+    def to_dict(self, convert: Callable[[T], Any] | None = None) -> dict[str, Any]:
+        conv = convert or (lambda v: v)
+        return {"therapist": conv(self.therapist), "client": conv(self.client)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, T]) -> ByRole[T]:
+        return cls(therapist=data["therapist"], client=data["client"])
+
+
+@dataclass(frozen=True)
+class WindowTotals:
+    """Totals over the trailing ``window_s`` of the session (the panel's "last 5 minutes")."""
+
+    duration_s: float
+    therapist_talk_s: float
+    client_talk_s: float
+    client_share: float | None
+    silence_s: float
+    overlap_s: float
+    long_silences: int
+    turns: int
+    interruptions: ByRole[int]
+    backchannels: int
+    absent_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "duration_s": _r(self.duration_s),
+            "therapist_talk_s": _r(self.therapist_talk_s),
+            "client_talk_s": _r(self.client_talk_s),
+            "client_share": _r_opt(self.client_share, 4),
+            "silence_s": _r(self.silence_s),
+            "overlap_s": _r(self.overlap_s),
+            "long_silences": self.long_silences,
+            "turns": self.turns,
+            "interruptions": self.interruptions.to_dict(),
+            "backchannels": self.backchannels,
+            "absent_s": _r(self.absent_s),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WindowTotals:
+        return cls(
+            duration_s=float(data["duration_s"]),
+            therapist_talk_s=float(data["therapist_talk_s"]),
+            client_talk_s=float(data["client_talk_s"]),
+            client_share=_opt_float(data["client_share"]),
+            silence_s=float(data["silence_s"]),
+            overlap_s=float(data["overlap_s"]),
+            long_silences=int(data["long_silences"]),
+            turns=int(data["turns"]),
+            interruptions=ByRole(
+                therapist=int(data["interruptions"]["therapist"]),
+                client=int(data["interruptions"]["client"]),
+            ),
+            backchannels=int(data["backchannels"]),
+            absent_s=float(data["absent_s"]),
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the therapist's panel shows, for the whole session so far."""
+
+    duration_s: float
+    therapist_talk_s: float
+    client_talk_s: float
+    client_share: float | None
+    silence_s: float
+    overlap_s: float
+    long_silences: int
+    longest_monologue_s: ByRole[float]
+    turns: int
+    interruptions: ByRole[int]
+    backchannels: int
+    median_response_latency_s: ByRole[float | None]
+    absent_s: float
+    last_5min: WindowTotals
+    speaking: tuple[Role, ...]
+    current_silence_s: float
+
+    def talk_s(self, role: Role | str) -> float:
+        return self.therapist_talk_s if Role(role) is Role.THERAPIST else self.client_talk_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "duration_s": _r(self.duration_s),
+            "therapist_talk_s": _r(self.therapist_talk_s),
+            "client_talk_s": _r(self.client_talk_s),
+            "client_share": _r_opt(self.client_share, 4),
+            "silence_s": _r(self.silence_s),
+            "overlap_s": _r(self.overlap_s),
+            "long_silences": self.long_silences,
+            "longest_monologue_s": self.longest_monologue_s.to_dict(_r),
+            "turns": self.turns,
+            "interruptions": self.interruptions.to_dict(),
+            "backchannels": self.backchannels,
+            "median_response_latency_s": self.median_response_latency_s.to_dict(_r_opt),
+            "absent_s": _r(self.absent_s),
+            "last_5min": self.last_5min.to_dict(),
+            "speaking": [str(r) for r in self.speaking],
+            "current_silence_s": _r(self.current_silence_s),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Snapshot:
+        lm = data["longest_monologue_s"]
+        lat = data["median_response_latency_s"]
+        return cls(
+            duration_s=float(data["duration_s"]),
+            therapist_talk_s=float(data["therapist_talk_s"]),
+            client_talk_s=float(data["client_talk_s"]),
+            client_share=_opt_float(data["client_share"]),
+            silence_s=float(data["silence_s"]),
+            overlap_s=float(data["overlap_s"]),
+            long_silences=int(data["long_silences"]),
+            longest_monologue_s=ByRole(
+                therapist=float(lm["therapist"]), client=float(lm["client"])
+            ),
+            turns=int(data["turns"]),
+            interruptions=ByRole(
+                therapist=int(data["interruptions"]["therapist"]),
+                client=int(data["interruptions"]["client"]),
+            ),
+            backchannels=int(data["backchannels"]),
+            median_response_latency_s=ByRole(
+                therapist=_opt_float(lat["therapist"]), client=_opt_float(lat["client"])
+            ),
+            absent_s=float(data["absent_s"]),
+            last_5min=WindowTotals.from_dict(data["last_5min"]),
+            speaking=tuple(Role(r) for r in data["speaking"]),
+            current_silence_s=float(data["current_silence_s"]),
+        )
+
+
+@dataclass(frozen=True)
+class TimelineSecond:
+    """Who talked during one second of the session (majority of that second's frames), and
+    who was absent. Seconds are counted from the session start."""
+
+    second: int
+    therapist: bool
+    client: bool
+    therapist_absent: bool
+    client_absent: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "second": self.second,
+            "therapist": self.therapist,
+            "client": self.client,
+            "therapist_absent": self.therapist_absent,
+            "client_absent": self.client_absent,
+        }
+
+
+def _r(value: float) -> float:
+    return round(value, 3)
+
+
+def _r_opt(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _round_any(value: Any) -> Any:
+    return round(value, 3) if isinstance(value, float) else value
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def share(client_talk: float, therapist_talk: float) -> float | None:
+    """Client share of talk; None when nobody has talked (0/0 is not 50 %)."""
+    total = client_talk + therapist_talk
+    return None if total <= 0 else client_talk / total
+
+
+# --- internal state ------------------------------------------------------------------------
+
+# A frame's joint status packed in 4 bits, so totals and the sliding window are just counts
+# per code (16 integers) instead of per-metric bookkeeping.
+_T_TALK = 1
+_C_TALK = 2
+_T_PRESENT = 4
+_C_PRESENT = 8
+_BOTH_PRESENT = _T_PRESENT | _C_PRESENT
+_CODES = range(16)
+_TALK_CODES = {
+    Role.THERAPIST: tuple(c for c in _CODES if c & _T_TALK),
+    Role.CLIENT: tuple(c for c in _CODES if c & _C_TALK),
+}
+_OVERLAP_CODES = tuple(c for c in _CODES if c & _T_TALK and c & _C_TALK)
+_SILENCE_CODES = tuple(
+    c for c in _CODES if c & _BOTH_PRESENT == _BOTH_PRESENT and not c & (_T_TALK | _C_TALK)
+)
+_ABSENT_CODES = tuple(c for c in _CODES if c & _BOTH_PRESENT != _BOTH_PRESENT)
+
+
+def _is_silence(code: int) -> bool:
+    return code & (_BOTH_PRESENT | _T_TALK | _C_TALK) == _BOTH_PRESENT
+
+
+def _code(t_talk: bool, c_talk: bool, t_present: bool, c_present: bool) -> int:
+    return (
+        (_T_TALK if t_talk else 0)
+        | (_C_TALK if c_talk else 0)
+        | (_T_PRESENT if t_present else 0)
+        | (_C_PRESENT if c_present else 0)
+    )
+
+
+@dataclass(eq=False)
+class _Segment:
+    """A talk-segment candidate; ``end`` is exclusive and, while open, is last speech + 1."""
+
+    role: Role
+    start: int
+    end: int
+    closed: bool = False
+    confirmed: bool = False
+    dropped: bool = False
+    #: Interruptions whose (negative) latency waits for this segment's end: (role, start).
+    latency_waiters: list[tuple[Role, int]] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(eq=False)
+class _Track:
+    """One participant's segmentation state and the per-frame results not yet consumed by
+    the joint (both-participant) stage."""
+
+    role: Role
+    open: _Segment | None = None
+    #: Recent segments (open or kept) for backchannel/interruption look-ups, oldest first.
+    segments: deque[_Segment] = field(default_factory=deque)
+    #: Final in-segment status of frames [joint cursor, resolved_to).
+    status: deque[bool] = field(default_factory=deque)
+    #: Presence of frames [joint cursor, current tick).
+    present: deque[bool] = field(default_factory=deque)
+    resolved_to: int = 0
+    longest: int = 0
+
+
+class _Wait:
+    """Sentinel: a decision needs frames that have not been finalized yet."""
+
+
+_WAIT = _Wait()
+
+
+@dataclass
+class _LongSilence:
+    start: int
+    end: int | None = None
+
+
+class SignalEngine:
+    """Incremental implementation of the alliance-signal definitions for one session.
+
+    Drive it with exactly one ``advance()`` per frame tick; read ``snapshot()`` whenever
+    the panel wants numbers (cost independent of session length); call ``finalize()`` once
+    at the end of the session.
+    """
+
+    def __init__(self, config: SignalConfig | None = None) -> None:
+        self.config = config or SignalConfig()
+        cfg = self.config
+        self._frame_s = cfg.frame_s
+        self._bridge = cfg.bridge_frames
+        self._min_seg = cfg.min_segment_frames
+        self._long = cfg.long_silence_frames
+        self._bc = cfg.backchannel_frames
+        self._turn = cfg.turn_frames
+        self._window = cfg.window_frames
+        self._qualify_open = max(self._turn, self._bc)
+
+        self._started = False
+        self._finalized = False
+        self._tick = 0  # session frames seen
+        self._tracks = {role: _Track(role) for role in ROLES}
+        self._events: list[SignalEvent] = []
+
+        # Joint (finalized) stage.
+        self._cursor = 0
+        self._counts = [0] * 16
+        self._win_codes: deque[int] = deque()
+        self._win_counts = [0] * 16
+        self._silence_run = 0
+        self._long_silences = 0
+        self._long_list: deque[_LongSilence] = deque()
+        self._timeline: list[TimelineSecond] = []
+        self._sec_index = 0
+        self._sec_frames = 0
+        self._sec_counts = [0, 0, 0, 0]  # t talk, c talk, t absent, c absent
+
+        # Floor / turn stage.
+        self._pending: deque[_Segment] = deque()
+        self._floor: Role | None = None
+        self._turns = 0
+        self._interruptions = {role: 0 for role in ROLES}
+        self._backchannels = 0
+        self._latencies: dict[Role, list[int]] = {role: [] for role in ROLES}
+        self._turn_times: deque[int] = deque()
+        self._interruption_times: deque[tuple[int, Role]] = deque()
+        self._bc_times: deque[int] = deque()
+
+    # --- public API ------------------------------------------------------------------------
+
+    @property
+    def frame_s(self) -> float:
+        return self._frame_s
+
+    @property
+    def now_s(self) -> float:
+        """Session time after the frames advanced so far."""
+        return self._tick * self._frame_s
+
+    @property
+    def frames(self) -> int:
+        return self._tick
+
+    @property
+    def floor_holder(self) -> Role | None:
+        """Who holds the floor according to finalized decisions (None before the first)."""
+        return self._floor
+
+    @property
+    def finalized(self) -> bool:
+        return self._finalized
+
+    def advance(self, speech: Mapping[Role, bool | None]) -> list[SignalEvent]:
+        """Feed one frame tick for the whole session and return the events it produced.
+
+        Per role: True = speech frame, False = present but not speaking (also muted),
+        None or missing = absent.
+        """
+        if self._finalized:
+            raise RuntimeError("advance() after finalize()")
+        values = {role: speech.get(role) for role in ROLES}
+        if not self._started:
+            if all(v is None for v in values.values()):
+                return []
+            self._started = True
+        self._events = []
+        k = self._tick
+        self._tick = k + 1
+        for role in ROLES:
+            self._step_track(self._tracks[role], k, values[role])
+        self._process_floor()
+        self._drain_joint()
+        self._evict_window()
+        return self._events
+
+    def finalize(self) -> Snapshot:
+        """Close open segments (end of session) and return the exact final snapshot."""
+        if not self._finalized:
+            self._events = []
+            last = self._tick - 1
+            for role in ROLES:
+                track = self._tracks[role]
+                if track.open is not None:
+                    self._close(track, last)
+            self._process_floor()
+            self._drain_joint()
+            ongoing = self._silence_run
+            self._close_silence_run(self._cursor)
+            self._silence_run = ongoing  # the final snapshot still reports the last silence
+            self._flush_second()
+            self._finalized = True
+            self._evict_window()
+        return self.snapshot()
+
+    def drain_events(self) -> list[SignalEvent]:
+        """Events produced by the last ``advance()``/``finalize()`` call."""
+        return list(self._events)
+
+    def timeline(self) -> list[TimelineSecond]:
+        """All finalized seconds (a second is final once every frame of it is)."""
+        return list(self._timeline)
+
+    def timeline_since(self, second: int) -> list[TimelineSecond]:
+        """Finalized seconds from ``second`` on; poll with the last seen index + 1."""
+        return self._timeline[max(0, second) :]
+
+    def snapshot(self) -> Snapshot:
+        """Current totals: finalized frames plus the provisional tail (see module doc)."""
+        fs = self._frame_s
+        self._evict_window()
+        counts = list(self._counts)
+        win_counts = list(self._win_counts)
+        window_start = max(0, self._tick - self._window)
+        run = self._silence_run
+        extra_long = 0
+        extra_long_in_window = 0
+        for index, code in self._tail_codes():
+            counts[code] += 1
+            if index >= window_start:
+                win_counts[code] += 1
+            if _is_silence(code):
+                run += 1
+                if run == self._long:
+                    extra_long += 1
+                    extra_long_in_window += 1
+            else:
+                run = 0
+
+        def total(cs: list[int], codes: Iterable[int]) -> float:
+            return sum(cs[c] for c in codes) * fs
+
+        t_talk = total(counts, _TALK_CODES[Role.THERAPIST])
+        c_talk = total(counts, _TALK_CODES[Role.CLIENT])
+        wt_talk = total(win_counts, _TALK_CODES[Role.THERAPIST])
+        wc_talk = total(win_counts, _TALK_CODES[Role.CLIENT])
+
+        longest: dict[Role, float] = {}
+        for role in ROLES:
+            track = self._tracks[role]
+            best = track.longest
+            if track.open is not None and track.open.confirmed:
+                best = max(best, track.open.length)
+            longest[role] = best * fs
+
+        window = WindowTotals(
+            duration_s=min(self._tick, self._window) * fs,
+            therapist_talk_s=wt_talk,
+            client_talk_s=wc_talk,
+            client_share=share(wc_talk, wt_talk),
+            silence_s=total(win_counts, _SILENCE_CODES),
+            overlap_s=total(win_counts, _OVERLAP_CODES),
+            long_silences=len(self._long_list) + extra_long_in_window,
+            turns=len(self._turn_times),
+            interruptions=ByRole(
+                therapist=sum(1 for _, r in self._interruption_times if r is Role.THERAPIST),
+                client=sum(1 for _, r in self._interruption_times if r is Role.CLIENT),
+            ),
+            backchannels=len(self._bc_times),
+            absent_s=total(win_counts, _ABSENT_CODES),
+        )
+        return Snapshot(
+            duration_s=self._tick * fs,
+            therapist_talk_s=t_talk,
+            client_talk_s=c_talk,
+            client_share=share(c_talk, t_talk),
+            silence_s=total(counts, _SILENCE_CODES),
+            overlap_s=total(counts, _OVERLAP_CODES),
+            long_silences=self._long_silences + extra_long,
+            longest_monologue_s=ByRole(
+                therapist=longest[Role.THERAPIST], client=longest[Role.CLIENT]
+            ),
+            turns=self._turns,
+            interruptions=ByRole(
+                therapist=self._interruptions[Role.THERAPIST],
+                client=self._interruptions[Role.CLIENT],
+            ),
+            backchannels=self._backchannels,
+            median_response_latency_s=ByRole(
+                therapist=self._median(Role.THERAPIST), client=self._median(Role.CLIENT)
+            ),
+            absent_s=total(counts, _ABSENT_CODES),
+            last_5min=window,
+            speaking=tuple(r for r in ROLES if self._tracks[r].open is not None),
+            current_silence_s=run * fs,
+        )
+
+    # --- per-participant segmentation --------------------------------------------------------
+
+    def _step_track(self, track: _Track, k: int, value: bool | None) -> None:
+        track.present.append(value is not None)
+        seg = track.open
+        if value is True:
+            if seg is None:
+                seg = _Segment(track.role, start=k, end=k + 1)
+                track.open = seg
+                track.segments.append(seg)
+                self._pending.append(seg)
+                self._emit(EventKind.SPEECH_START, k, track.role, provisional=True)
+            else:
+                seg.end = k + 1
+            if not seg.confirmed and seg.length >= self._min_seg:
+                seg.confirmed = True
+            if seg.confirmed:
+                track.status.extend([True] * (seg.end - track.resolved_to))
+                track.resolved_to = seg.end
+        elif seg is not None:
+            # Pause length so far is k + 1 - seg.end frames; absence ends it at once.
+            if value is None or k + 1 - seg.end >= self._bridge:
+                self._close(track, k)
+        else:
+            track.status.append(False)
+            track.resolved_to = k + 1
+
+    def _close(self, track: _Track, k: int) -> None:
+        """End the open candidate; frames up to and including ``k`` become final."""
+        seg = track.open
+        assert seg is not None
+        track.open = None
+        seg.closed = True
+        kept = seg.length >= self._min_seg and seg.length > 0
+        if kept:
+            seg.confirmed = True
+            track.status.extend([True] * (seg.end - track.resolved_to))
+            track.status.extend([False] * (k + 1 - seg.end))
+            track.longest = max(track.longest, seg.length)
+            for role, start in seg.latency_waiters:
+                self._add_latency(role, start - seg.end)
+            seg.latency_waiters.clear()
+        else:
+            seg.dropped = True
+            track.status.extend([False] * (k + 1 - track.resolved_to))
+            if track.segments and track.segments[-1] is seg:
+                track.segments.pop()
+        track.resolved_to = k + 1
+        self._emit(
+            EventKind.SPEECH_END,
+            seg.end,
+            track.role,
+            duration_s=seg.length * self._frame_s,
+            details={"start_s": seg.start * self._frame_s, "dropped": not kept},
+        )
+
+    # --- floor: backchannels, turns, interruptions, latency -----------------------------------
+
+    def _latest_segment(self, role: Role, at_or_before: int) -> _Segment | _Wait | None:
+        """The role's latest kept segment starting at or before a frame; waits while the
+        answer could still be an unconfirmed candidate."""
+        for seg in reversed(self._tracks[role].segments):
+            if seg.start > at_or_before or seg.dropped:
+                continue
+            if not seg.confirmed:
+                return _WAIT
+            return seg
+        return None
+
+    def _is_backchannel(self, seg: _Segment) -> bool | _Wait:
+        """Closed, kept ``seg`` shorter than the backchannel limit: inside the other's?"""
+        host = self._latest_segment(_other(seg.role), seg.start)
+        if host is None:
+            return False
+        if isinstance(host, _Wait):
+            return host
+        if host.end >= seg.end:
+            return True
+        return False if host.closed else _WAIT
+
+    def _process_floor(self) -> None:
+        """Decide pending segments strictly in start order, each as soon as it is certain."""
+        pending = self._pending
+        while pending:
+            seg = pending[0]
+            if seg.dropped:
+                pending.popleft()
+                continue
+            if not seg.closed:
+                if not seg.confirmed or seg.length < self._qualify_open:
+                    break
+                qualifying = True
+            else:
+                backchannel = False
+                if seg.length < self._bc:
+                    bc = self._is_backchannel(seg)
+                    if isinstance(bc, _Wait):
+                        break
+                    backchannel = bc
+                if backchannel:
+                    pending.popleft()
+                    self._backchannels += 1
+                    self._bc_times.append(seg.start)
+                    self._emit(
+                        EventKind.BACKCHANNEL,
+                        seg.start,
+                        seg.role,
+                        duration_s=seg.length * self._frame_s,
+                        details={"during": str(_other(seg.role))},
+                    )
+                    continue
+                qualifying = seg.length >= self._turn
+            if not qualifying:
+                pending.popleft()
+                continue
+            if self._floor is None or self._floor is seg.role:
+                pending.popleft()
+                self._floor = seg.role
+                continue
+            if not self._take_floor(seg):
+                break
+            pending.popleft()
+        self._prune_segments()
+
+    def _take_floor(self, seg: _Segment) -> bool:
+        """Floor change to ``seg.role``; False if the previous holder's status at the
+        change is not final yet."""
+        previous = self._floor
+        assert previous is not None
+        last = self._latest_segment(previous, seg.start)
+        if isinstance(last, _Wait):
+            return False
+        latency: int | None
+        if last is None:
+            interruption, latency = False, None
+        elif last.closed:
+            latency = seg.start - last.end
+            interruption = latency < 0
+        elif last.end > seg.start:
+            interruption, latency = True, None
+            last.latency_waiters.append((seg.role, seg.start))
+        else:
+            return False  # the holder is in a pause that may still be bridged
+        self._floor = seg.role
+        self._turns += 1
+        self._turn_times.append(seg.start)
+        if latency is not None:
+            self._add_latency(seg.role, latency)
+        self._emit(
+            EventKind.TURN_CHANGE,
+            seg.start,
+            seg.role,
+            details={
+                "from": str(previous),
+                "interruption": interruption,
+                "latency_s": None if latency is None else latency * self._frame_s,
+            },
+        )
+        if interruption:
+            self._interruptions[seg.role] += 1
+            self._interruption_times.append((seg.start, seg.role))
+            self._emit(
+                EventKind.INTERRUPTION, seg.start, seg.role, details={"interrupted": str(previous)}
+            )
+        return True
+
+    def _prune_segments(self) -> None:
+        """Forget segments no future look-up can return, keeping memory O(1) per session."""
+        horizon = self._pending[0].start if self._pending else self._tick
+        for track in self._tracks.values():
+            segs = track.segments
+            # segs[1] must be confirmed: an unconfirmed candidate may still be dropped.
+            while len(segs) >= 2 and segs[1].confirmed and segs[1].start <= horizon:
+                segs.popleft()
+
+    def _add_latency(self, role: Role, frames: int) -> None:
+        bisect.insort(self._latencies[role], frames)
+
+    def _median(self, role: Role) -> float | None:
+        values = self._latencies[role]
+        n = len(values)
+        if n == 0:
+            return None
+        mid = n // 2
+        frames = values[mid] if n % 2 else (values[mid - 1] + values[mid]) / 2
+        return frames * self._frame_s
+
+    # --- joint stage: silence, overlap, absence, timeline, window ------------------------------
+
+    def _drain_joint(self) -> None:
+        t = self._tracks[Role.THERAPIST]
+        c = self._tracks[Role.CLIENT]
+        while t.status and c.status:
+            t_talk, c_talk = t.status.popleft(), c.status.popleft()
+            self._consume(_code(t_talk, c_talk, t.present.popleft(), c.present.popleft()))
+
+    def _consume(self, code: int) -> None:
+        index = self._cursor
+        self._cursor = index + 1
+        self._counts[code] += 1
+        self._win_codes.append(code)
+        self._win_counts[code] += 1
+        if _is_silence(code):
+            self._silence_run += 1
+            if self._silence_run == self._long:
+                start = index + 1 - self._long
+                self._long_silences += 1
+                self._long_list.append(_LongSilence(start))
+                self._emit(EventKind.LONG_SILENCE_START, start)
+        else:
+            self._close_silence_run(index)
+        self._add_to_second(index, code)
+
+    def _close_silence_run(self, end: int) -> None:
+        if self._silence_run >= self._long:
+            self._long_list[-1].end = end
+            self._emit(
+                EventKind.LONG_SILENCE_END,
+                end,
+                duration_s=self._silence_run * self._frame_s,
+                details={"start_s": (end - self._silence_run) * self._frame_s},
+            )
+        self._silence_run = 0
+
+    def _add_to_second(self, index: int, code: int) -> None:
+        second = index * self.config.frame_ms // 1000
+        if second != self._sec_index:
+            self._flush_second()
+            self._sec_index = second
+        self._sec_frames += 1
+        acc = self._sec_counts
+        acc[0] += bool(code & _T_TALK)
+        acc[1] += bool(code & _C_TALK)
+        acc[2] += not code & _T_PRESENT
+        acc[3] += not code & _C_PRESENT
+
+    def _flush_second(self) -> None:
+        n = self._sec_frames
+        if n == 0:
+            return
+        acc = self._sec_counts
+        self._timeline.append(
+            TimelineSecond(
+                second=self._sec_index,
+                therapist=2 * acc[0] >= n,
+                client=2 * acc[1] >= n,
+                therapist_absent=2 * acc[2] >= n,
+                client_absent=2 * acc[3] >= n,
+            )
+        )
+        self._sec_frames = 0
+        self._sec_counts = [0, 0, 0, 0]
+
+    def _evict_window(self) -> None:
+        start = self._tick - self._window
+        codes = self._win_codes
+        while codes and self._cursor - len(codes) < start:
+            self._win_counts[codes.popleft()] -= 1
+        while self._turn_times and self._turn_times[0] < start:
+            self._turn_times.popleft()
+        while self._interruption_times and self._interruption_times[0][0] < start:
+            self._interruption_times.popleft()
+        while self._bc_times and self._bc_times[0] < start:
+            self._bc_times.popleft()
+        longs = self._long_list
+        while longs and longs[0].end is not None and longs[0].end <= start:
+            longs.popleft()
+
+    def _tail_codes(self) -> Iterator[tuple[int, int]]:
+        """Provisional codes of frames [cursor, tick): final per-role status where a role
+        has one, else "talking" inside an open candidate up to its last speech frame."""
+        tracks = [self._tracks[r] for r in ROLES]
+        for offset in range(self._tick - self._cursor):
+            index = self._cursor + offset
+            flags = []
+            for track in tracks:
+                if offset < len(track.status):
+                    flags.append(track.status[offset])
+                else:
+                    seg = track.open
+                    flags.append(seg is not None and seg.start <= index < seg.end)
+            t, c = tracks
+            yield index, _code(flags[0], flags[1], t.present[offset], c.present[offset])
+
+    def _emit(
+        self,
+        kind: EventKind,
+        frame: int,
+        role: Role | None = None,
+        *,
+        duration_s: float | None = None,
+        provisional: bool = False,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._events.append(
+            SignalEvent(
+                kind=kind,
+                t_s=frame * self._frame_s,
+                decided_s=self._tick * self._frame_s,
+                role=role,
+                duration_s=duration_s,
+                provisional=provisional,
+                details=dict(details or {}),
+            )
+        )
+
+
+class ParticipantAudio:
+    """Glue for the live path: one ``VoiceActivityDetector`` per role, PCM in, ticks out.
+
+    Audio for the two participants arrives independently and in bursts, while the engine
+    needs both participants' state for the same frame. So ``push`` only runs the VAD and
+    queues its per-frame verdicts; ``tick`` (called by the session's single frame clock)
+    takes one verdict per role. A role is absent until ``set_present(role, True)``; a
+    present role with no queued audio (muted, or packets late) counts as not speaking.
+    The queue is bounded (oldest verdicts dropped) so a stalled clock cannot grow memory.
+    """
+
+    def __init__(
+        self,
+        engine: SignalEngine | None = None,
+        *,
+        sample_rate: int = 48000,
+        aggressiveness: int = 2,
+        max_backlog_frames: int | None = 50,
+    ) -> None:
+        self.engine = engine or SignalEngine()
+        self.sample_rate = sample_rate
+        frame_ms = self.engine.config.frame_ms
+        self.detectors = {
+            role: VoiceActivityDetector(sample_rate, frame_ms, aggressiveness) for role in ROLES
+        }
+        self.frame_samples = self.detectors[Role.THERAPIST].frame_samples
+        self._verdicts: dict[Role, deque[bool]] = {
+            role: deque(maxlen=max_backlog_frames) for role in ROLES
+        }
+        self._partial: dict[Role, np.ndarray] = {
+            role: np.zeros(0, dtype=np.int16) for role in ROLES
+        }
+        self._present = {role: False for role in ROLES}
+        self._muted = {role: False for role in ROLES}
+
+    def set_present(self, role: Role, present: bool) -> None:
+        """Joined/left/reconnecting. Leaving discards queued audio: it belongs to a
+        connection that no longer exists."""
+        self._present[role] = present
+        if not present:
+            self._verdicts[role].clear()
+            self._partial[role] = np.zeros(0, dtype=np.int16)
+
+    def set_muted(self, role: Role, muted: bool) -> None:
+        self._muted[role] = muted
+
+    def push(self, role: Role, samples: np.ndarray) -> int:
+        """Queue mono int16 PCM of any length; returns how many whole frames it completed."""
+        pcm = np.asarray(samples, dtype=np.int16).reshape(-1)
+        if self._partial[role].size:
+            pcm = np.concatenate([self._partial[role], pcm])
+        n = self.frame_samples
+        whole = pcm.size // n
+        detector = self.detectors[role]
+        queue = self._verdicts[role]
+        for i in range(whole):
+            queue.append(detector.is_speech(pcm[i * n : (i + 1) * n]))
+        self._partial[role] = pcm[whole * n :].copy()
+        return whole
+
+    def queued(self, role: Role) -> int:
+        return len(self._verdicts[role])
+
+    def tick(self) -> list[SignalEvent]:
+        """Advance the engine by one frame using one queued verdict per present role."""
+        values: dict[Role, bool | None] = {}
+        for role in ROLES:
+            queue = self._verdicts[role]
+            verdict = queue.popleft() if queue else False
+            if not self._present[role]:
+                values[role] = None
+            elif self._muted[role]:
+                values[role] = False
+            else:
+                values[role] = verdict
+        return self.engine.advance(values)
