@@ -20,8 +20,15 @@ import numpy as np
 from av import AudioFrame
 from av.audio.resampler import AudioResampler
 
-from .signals import EventKind, Role, SignalConfig, SignalEngine, SignalEvent, Snapshot
-from .vad import VoiceActivityDetector
+from .signals import (
+    EventKind,
+    ParticipantAudio,
+    Role,
+    SignalConfig,
+    SignalEngine,
+    SignalEvent,
+    Snapshot,
+)
 
 log = logging.getLogger("rapport.signals")
 
@@ -95,7 +102,8 @@ class LiveSignals:
         self.engine = SignalEngine(self.config)
         self.frame_s = self.config.frame_ms / 1000.0
         frame_samples = SAMPLE_RATE * self.config.frame_ms // 1000
-        self._vad = {r: VoiceActivityDetector(SAMPLE_RATE, self.config.frame_ms) for r in Role}
+        # The same VAD → engine glue the offline analyser uses.
+        self._audio = ParticipantAudio(self.engine, sample_rate=SAMPLE_RATE)
         self._mix = {r: _Downmixer(frame_samples) for r in Role}
         self._queues: dict[Role, deque[np.ndarray]] = {
             r: deque(maxlen=MAX_QUEUED_FRAMES) for r in Role
@@ -154,12 +162,14 @@ class LiveSignals:
     def set_present(self, role: str, present: bool) -> None:
         with self._lock:
             self._present[Role(role)] = present
+            self._audio.set_present(Role(role), present)
             if not present:
                 self._queues[Role(role)].clear()
 
     def set_muted(self, role: str, muted: bool) -> None:
         with self._lock:
             self._muted[Role(role)] = muted
+            self._audio.set_muted(Role(role), muted)
 
     # ---------------------------------------------------------------- worker side
     def step(self, now: float) -> SignalsUpdate | None:
@@ -174,21 +184,15 @@ class LiveSignals:
                 self._clock_base = now - self._ticks * self.frame_s
             target = int((now - self._clock_base - CLOCK_LAG_S) / self.frame_s)
             events: list[SignalEvent] = []
+            for role in Role:
+                queue = self._queues[role]
+                while queue:  # voice activity runs here, on the worker thread
+                    self._audio.push(role, queue.popleft())
             while self._ticks < target:
-                speech: dict[Role, bool | None] = {}
-                for role in Role:
-                    queue = self._queues[role]
-                    if not self._present[role]:
-                        speech[role] = None
-                        continue
-                    chunk = queue.popleft() if queue else None
-                    while len(queue) > 3:  # keep up with real time after a burst
-                        queue.popleft()
-                        self.frames_dropped += 1
-                    voiced = chunk is not None and self._vad[role].is_speech(chunk)
-                    speech[role] = voiced and not self._muted[role]
-                events.extend(self.engine.advance(speech))
-                self._record(speech)
+                for role in Role:  # keep up with real time after a burst
+                    self.frames_dropped += self._audio.trim(role, keep=4)
+                events.extend(self._audio.tick())
+                self._record(self._audio.last_values)
                 self._ticks += 1
             return self._publish(events, now, force=False)
 

@@ -1004,6 +1004,9 @@ class ParticipantAudio:
         }
         self._present = {role: False for role in ROLES}
         self._muted = {role: False for role in ROLES}
+        # The values the last tick fed the engine: the live path records them so a restarted
+        # server can replay a session's input exactly.
+        self.last_values: dict[Role, bool | None] = dict.fromkeys(ROLES)
 
     def set_present(self, role: Role, present: bool) -> None:
         """Joined/left/reconnecting. Leaving discards queued audio: it belongs to a
@@ -1033,6 +1036,16 @@ class ParticipantAudio:
     def queued(self, role: Role) -> int:
         return len(self._verdicts[role])
 
+    def trim(self, role: Role, keep: int) -> int:
+        """Drop the oldest verdicts beyond ``keep`` (catching up with real time after a
+        burst); returns how many were dropped."""
+        queue = self._verdicts[role]
+        dropped = 0
+        while len(queue) > keep:
+            queue.popleft()
+            dropped += 1
+        return dropped
+
     def tick(self) -> list[SignalEvent]:
         """Advance the engine by one frame using one queued verdict per present role."""
         values: dict[Role, bool | None] = {}
@@ -1045,4 +1058,5 @@ class ParticipantAudio:
                 values[role] = False
             else:
                 values[role] = verdict
+        self.last_values = values
         return self.engine.advance(values)

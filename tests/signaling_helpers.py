@@ -73,3 +73,35 @@ def new_client_cookie() -> str:
 
 def invite_token(invite_url: str) -> str:
     return invite_url.rsplit("/join/", 1)[1]
+
+
+async def open_room(
+    ws_base: str, therapist: httpx.AsyncClient, client_label: str = ""
+) -> tuple[dict[str, Any], Participant, Participant, str]:
+    """A session with the therapist joined and a client admitted (no media yet).
+
+    Returns the session JSON, the therapist, the client and the client's identity cookie.
+    """
+    response = await therapist.post("/api/sessions", json={"client_label": client_label})
+    assert response.status_code == 201, response.text
+    session = response.json()
+    t = await Participant.connect(f"{ws_base}/ws/sessions/{session['id']}", login_cookie(therapist))
+    await t.send({"type": "join"})
+    await t.expect("joined")
+    cookie = new_client_cookie()
+    c = await Participant.connect(
+        f"{ws_base}/ws/join/{invite_token(session['invite_url'])}", cookie
+    )
+    await c.send({"type": "join"})
+    participant_id = await next_waiting(t)
+    await t.send({"type": "admit", "participant_id": participant_id})
+    await c.expect("admitted")
+    return session, t, c, cookie
+
+
+async def next_waiting(therapist: Participant) -> int:
+    """The participant id of the first person in the therapist's next non-empty lobby."""
+    lobby = await therapist.expect("lobby")
+    while not lobby["waiting"]:
+        lobby = await therapist.expect("lobby")
+    return int(lobby["waiting"][0]["participant_id"])

@@ -11,7 +11,13 @@ import pytest
 from signaling.agenda import Agenda, AgendaError
 from tests.conftest import LiveServer
 from tests.media_helpers import FakeBrowser, PcmTrack, speech
-from tests.signaling_helpers import Participant, invite_token, login_cookie, new_client_cookie
+from tests.signaling_helpers import (
+    Participant,
+    invite_token,
+    login_cookie,
+    new_client_cookie,
+    next_waiting,
+)
 
 
 def test_agenda_rules() -> None:
@@ -36,10 +42,9 @@ def test_agenda_rules() -> None:
 
 
 async def _room(
-    server: LiveServer,
-    therapist: httpx.AsyncClient,
-    label: str = "R.K.",
+    server: LiveServer, therapist: httpx.AsyncClient, label: str = "R.K."
 ) -> tuple[dict[str, str], Participant, Participant, str]:
+    """An admitted client who was kept out of the agenda while waiting."""
     session = (await therapist.post("/api/sessions", json={"client_label": label})).json()
     t = await Participant.connect(
         f"{server.ws_url}/ws/sessions/{session['id']}", login_cookie(therapist)
@@ -55,10 +60,7 @@ async def _room(
     await c.send({"type": "agenda_add", "text": "sneaky"})
     assert (await c.error())["code"] == "not_admitted"
     assert not c.seen("agenda")
-    lobby = await t.expect("lobby")
-    while not lobby["waiting"]:
-        lobby = await t.expect("lobby")
-    await t.send({"type": "admit", "participant_id": lobby["waiting"][0]["participant_id"]})
+    await t.send({"type": "admit", "participant_id": await next_waiting(t)})
     await c.expect("admitted")
     await c.expect("agenda")
     return session, t, c, cookie

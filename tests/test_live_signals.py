@@ -9,7 +9,7 @@ import numpy as np
 
 from tests.conftest import LiveServer
 from tests.media_helpers import FakeBrowser, PcmTrack, speech
-from tests.signaling_helpers import Participant, invite_token, login_cookie, new_client_cookie
+from tests.signaling_helpers import Participant, invite_token, open_room
 
 SILENCE = np.zeros(48_000, dtype=np.int16)
 
@@ -17,22 +17,7 @@ SILENCE = np.zeros(48_000, dtype=np.int16)
 async def _call(
     server: LiveServer, therapist: httpx.AsyncClient, t_audio: PcmTrack, c_audio: PcmTrack
 ) -> tuple[dict[str, str], Participant, Participant, str]:
-    session = (await therapist.post("/api/sessions", json={})).json()
-    t = await Participant.connect(
-        f"{server.ws_url}/ws/sessions/{session['id']}", login_cookie(therapist)
-    )
-    await t.send({"type": "join"})
-    await t.expect("joined")
-    cookie = new_client_cookie()
-    c = await Participant.connect(
-        f"{server.ws_url}/ws/join/{invite_token(session['invite_url'])}", cookie
-    )
-    await c.send({"type": "join"})
-    lobby = await t.expect("lobby")
-    while not lobby["waiting"]:
-        lobby = await t.expect("lobby")
-    await t.send({"type": "admit", "participant_id": lobby["waiting"][0]["participant_id"]})
-    await c.expect("admitted")
+    session, t, c, cookie = await open_room(server.ws_url, therapist)
     await t.start_media(FakeBrowser(audio=t_audio))
     await c.start_media(FakeBrowser(audio=c_audio))
     return session, t, c, cookie

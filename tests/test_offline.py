@@ -15,12 +15,9 @@ from tests.fixtures.dialogues import (
     SAMPLE_RATE,
     Dialogue,
     generate_dialogue,
-    have_tools,
     read_wav,
     write_wav,
 )
-
-pytestmark = pytest.mark.skipif(not have_tools(), reason="espeak-ng and sox are needed")
 
 
 @pytest.fixture(scope="module")

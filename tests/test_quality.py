@@ -20,7 +20,7 @@ from media.quality import (
 )
 from tests.conftest import LiveServer, until
 from tests.media_helpers import FakeBrowser, NetEmulator
-from tests.signaling_helpers import Participant, invite_token, login_cookie, new_client_cookie
+from tests.signaling_helpers import open_room
 
 CONFIG = MediaConfig(allow_loopback_candidates=True, media_addresses=("127.0.0.1",))
 
@@ -163,21 +163,7 @@ async def test_lost_within_3_s_of_media_stopping() -> None:
 async def test_participants_admins_and_prometheus_see_quality(
     live_server: LiveServer, therapist: httpx.AsyncClient, admin: httpx.AsyncClient
 ) -> None:
-    session = (await therapist.post("/api/sessions", json={"client_label": "secret-label"})).json()
-    t = await Participant.connect(
-        f"{live_server.ws_url}/ws/sessions/{session['id']}", login_cookie(therapist)
-    )
-    await t.send({"type": "join"})
-    await t.expect("joined")
-    c = await Participant.connect(
-        f"{live_server.ws_url}/ws/join/{invite_token(session['invite_url'])}", new_client_cookie()
-    )
-    await c.send({"type": "join"})
-    lobby = await t.expect("lobby")
-    while not lobby["waiting"]:
-        lobby = await t.expect("lobby")
-    await t.send({"type": "admit", "participant_id": lobby["waiting"][0]["participant_id"]})
-    await c.expect("admitted")
+    session, t, c, _ = await open_room(live_server.ws_url, therapist, "secret-label")
     await t.start_media()
     await c.start_media()
     await c.send(

@@ -19,7 +19,7 @@ from server.db import Database
 from server.models import TherapySession
 from tests.conftest import PASSWORD, free_port
 from tests.media_helpers import FakeBrowser, PcmTrack, speech
-from tests.signaling_helpers import Participant, invite_token, login_cookie, new_client_cookie
+from tests.signaling_helpers import Participant, invite_token, login_cookie, open_room
 
 
 def test_replaying_recorded_input_rebuilds_the_engine_exactly() -> None:
@@ -103,22 +103,7 @@ async def test_signals_survive_a_killed_server(tmp_path: Path) -> None:
     try:
         async with httpx.AsyncClient(base_url=base, timeout=10) as http:
             await http.post("/api/login", json={"email": "t@example.test", "password": PASSWORD})
-            session = (await http.post("/api/sessions", json={})).json()
-            t = await Participant.connect(
-                f"ws://127.0.0.1:{port}/ws/sessions/{session['id']}", login_cookie(http)
-            )
-            await t.send({"type": "join"})
-            await t.expect("joined")
-            cookie = new_client_cookie()
-            c = await Participant.connect(
-                f"ws://127.0.0.1:{port}/ws/join/{invite_token(session['invite_url'])}", cookie
-            )
-            await c.send({"type": "join"})
-            lobby = await t.expect("lobby")
-            while not lobby["waiting"]:
-                lobby = await t.expect("lobby")
-            await t.send({"type": "admit", "participant_id": lobby["waiting"][0]["participant_id"]})
-            await c.expect("admitted")
+            session, t, c, cookie = await open_room(f"ws://127.0.0.1:{port}", http)
             await t.start_media()
             await c.start_media(FakeBrowser(audio=PcmTrack(speech(30.0, voice="en+f3"), loop=True)))
             await _metrics_until(http, session["id"], lambda s: s["client_talk_s"] >= 4.0)

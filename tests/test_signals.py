@@ -29,7 +29,6 @@ from tests.fixtures.dialogues import (
     SAMPLE_RATE,
     engine_truth,
     frame_mask,
-    have_tools,
     reference_metrics,
     states_from_values,
     synthesize,
@@ -530,7 +529,6 @@ def test_participant_audio_accepts_odd_chunk_sizes_and_bounds_backlog() -> None:
     assert feed.queued(T) == 0
 
 
-@pytest.mark.skipif(not have_tools(), reason="espeak-ng and sox are needed")
 def test_participant_audio_with_espeak_speech_matches_truth_within_frames() -> None:
     lines = [
         ("Thank you for coming in today, how are you feeling?", "en-us", 160),

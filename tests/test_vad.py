@@ -13,7 +13,6 @@ from tests.fixtures.dialogues import (
     _noise,
     active_rms_db,
     frame_mask,
-    have_tools,
     synthesize,
     synthetic_voice,
 )
@@ -82,7 +81,6 @@ def test_quiet_synthetic_voice_at_minus_35_dbfs_is_detected(kind: str) -> None:
     assert 3.2 <= talk_seconds(speech) <= 4.1
 
 
-@pytest.mark.skipif(not have_tools(), reason="espeak-ng and sox are needed")
 @pytest.mark.parametrize("kind", ["none", "white", "pink", "brown", "hum"])
 def test_quiet_espeak_speech_at_minus_35_dbfs_is_detected(kind: str) -> None:
     rng = np.random.default_rng(11)

@@ -11,8 +11,9 @@ from sqlalchemy import select
 
 from ..auth import CLIENT_COOKIE, DbSession, OptionalUser, SettingsDep
 from ..invites import InviteProblem, check_invite
-from ..models import Checkin, Participant, TherapySession, UserRole
+from ..models import Checkin, Participant, TherapySession, User, UserRole
 from ..security import new_token, token_hash
+from ..settings import Settings
 
 router = APIRouter(include_in_schema=False)
 
@@ -57,41 +58,49 @@ def _to_login(request: Request) -> Response:
     return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
 
 
-@router.get("/sessions")
-async def sessions_page(request: Request, user: OptionalUser, settings: SettingsDep) -> Response:
+def _refuse_non_therapist(request: Request, user: User | None) -> Response | None:
     if user is None:
         return _to_login(request)
     if user.role != UserRole.THERAPIST:
         return message_page("Therapists only", "This page is for therapists.", 403)
-    return _page(settings.web_dir, "sessions.html")
+    return None
+
+
+async def _own_session_page(
+    page: str,
+    session_id: str,
+    request: Request,
+    user: User | None,
+    db: DbSession,
+    settings: Settings,
+) -> Response:
+    """A therapist page about one of their own sessions; other people's ids are not found."""
+    refused = _refuse_non_therapist(request, user)
+    if refused is not None:
+        return refused
+    session = await db.get(TherapySession, session_id[:64])
+    if session is None or user is None or session.therapist_id != user.id:
+        return message_page("Session not found", "There is no such session in your list.", 404)
+    return _page(settings.web_dir, page)
+
+
+@router.get("/sessions")
+async def sessions_page(request: Request, user: OptionalUser, settings: SettingsDep) -> Response:
+    return _refuse_non_therapist(request, user) or _page(settings.web_dir, "sessions.html")
 
 
 @router.get("/sessions/{session_id}")
 async def room_page(
     session_id: str, request: Request, user: OptionalUser, db: DbSession, settings: SettingsDep
 ) -> Response:
-    if user is None:
-        return _to_login(request)
-    if user.role != UserRole.THERAPIST:
-        return message_page("Therapists only", "This page is for therapists.", 403)
-    session = await db.get(TherapySession, session_id[:64])
-    if session is None or session.therapist_id != user.id:
-        return message_page("Session not found", "There is no such session in your list.", 404)
-    return _page(settings.web_dir, "room.html")
+    return await _own_session_page("room.html", session_id, request, user, db, settings)
 
 
 @router.get("/sessions/{session_id}/summary")
 async def summary_page(
     session_id: str, request: Request, user: OptionalUser, db: DbSession, settings: SettingsDep
 ) -> Response:
-    if user is None:
-        return _to_login(request)
-    if user.role != UserRole.THERAPIST:
-        return message_page("Therapists only", "This page is for therapists.", 403)
-    session = await db.get(TherapySession, session_id[:64])
-    if session is None or session.therapist_id != user.id:
-        return message_page("Session not found", "There is no such session in your list.", 404)
-    return _page(settings.web_dir, "summary.html")
+    return await _own_session_page("summary.html", session_id, request, user, db, settings)
 
 
 async def _checkin_pending(db: DbSession, request: Request, session: TherapySession) -> bool:
