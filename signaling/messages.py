@@ -179,6 +179,7 @@ class Joined(_Outbound):
     """Therapist entered the room (or took it over from another tab)."""
 
     type: Literal["joined"] = "joined"
+    sharing_balance: bool = False  # so a reloaded page shows what the client sees
 
 
 class Denied(_Outbound):

@@ -188,12 +188,20 @@ async def test_skipped_checkin_is_recorded_without_scores(
 async def test_balance_is_shared_only_while_the_therapist_shares_it(
     live_server: LiveServer, therapist: httpx.AsyncClient
 ) -> None:
-    _, t, c, _ = await _room(live_server, therapist)
+    session, t, c, _ = await _room(live_server, therapist)
     await t.start_media(FakeBrowser(audio=PcmTrack(speech(20.0), loop=True)))
     await c.start_media()
     await t.expect("signals", timeout=20)
     await t.send({"type": "share_balance", "on": True})
     shared = await c.expect("shared_balance", on=True, timeout=10)
+    # A reloaded therapist tab learns that the client is seeing the bar.
+    again = await Participant.connect(
+        f"{live_server.ws_url}/ws/sessions/{session['id']}", login_cookie(therapist)
+    )
+    await again.send({"type": "join", "takeover": True})
+    assert (await again.expect("joined"))["sharing_balance"] is True
+    await t.close()
+    t = again
     assert set(shared) == {"type", "on", "client_share", "client_share_5min"}
     await t.send({"type": "share_balance", "on": False})
     await c.expect("shared_balance", on=False, timeout=10)

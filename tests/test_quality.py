@@ -166,11 +166,11 @@ async def test_participants_admins_and_prometheus_see_quality(
     session, t, c, _ = await open_room(live_server.ws_url, therapist, "secret-label")
     await t.start_media()
     await c.start_media()
-    await c.send(
-        {"type": "stats", "rtt_ms": 40, "fps_in": 15, "candidate_type": "host", "freezes": 0}
-    )
-    await c.send({"type": "stats", "rtt_ms": 40})
-    assert (await c.error())["code"] == "rate_limited"  # at most one stats message a second
+    report = {"type": "stats", "rtt_ms": 40, "fps_in": 15, "candidate_type": "host", "freezes": 0}
+    for _ in range(4):  # a small burst is tolerated (reports can arrive bunched), a flood not
+        await c.send(report)
+    assert (await c.error())["code"] == "rate_limited"
+    assert len(c.seen("error")) == 0
     await c.send({"type": "stats", "rtt_ms": -5})
     assert (await c.error())["code"] == "invalid_message"
 

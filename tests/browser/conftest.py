@@ -1,5 +1,5 @@
-"""Fixtures for real-browser tests: the Rapport server as a subprocess, a speech WAV for the fake
-microphone, and Debian chromium driven by Playwright's sync API.
+"""Fixtures for real-browser tests: the Rapport server as a subprocess, speech WAVs for the fake
+microphones (a different script per role), and Debian chromium driven by Playwright's sync API.
 
 Everything binds 127.0.0.1; nothing reaches outside this machine.
 """
@@ -28,13 +28,6 @@ THERAPIST_EMAIL = "therapist@example.test"
 THERAPIST_PASSWORD = "quiet-harbour-2417"
 ADMIN_EMAIL = "admin@example.test"
 ADMIN_PASSWORD = "steady-lantern-9035"
-
-SPEECH_TEXT = (
-    "Hello, thank you for making time today. "
-    '<break time="900ms"/> I have been thinking about what we talked about last week. '
-    '<break time="1200ms"/> Some days were easier than others. '
-    '<break time="800ms"/> I would like to start with how the week went.'
-)
 
 
 def _free_port() -> int:
@@ -146,26 +139,81 @@ def rapport_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rapport
         log_file.close()
 
 
+# Each role's fake microphone loops its own 20 s script, four 5 s slots of one utterance each:
+# the therapist speaks briefly (~30 %), the client at length (~60 %). Speech is spread evenly
+# through the loop so any stretch of the call holds about the same share of it.
+SLOT_S = 5.0
+THERAPIST_LINES = (
+    ("en-us", "How did that feel?"),
+    ("en-us", "Tell me more about that."),
+    ("en-us", "What happened next?"),
+    ("en-us", "That sounds hard."),
+)
+CLIENT_LINES = (
+    ("en+f3", "I was worried about it for most of the week, honestly."),
+    ("en+f3", "My sister called and we talked for a really long time."),
+    ("en+f3", "I think I handled the meeting a little better than before."),
+    ("en+f3", "Sometimes I just do not know what to say to people."),
+)
+
+
+@dataclass
+class DialogueWavs:
+    therapist: Path
+    client: Path
+    loop_s: float
+    # Ground truth from the same engine run offline on the clean files (media.offline):
+    # seconds of talk per second of audio, for each role, with the files looping.
+    therapist_rate: float
+    client_rate: float
+
+
+def _script_wav(tmp: Path, name: str, lines: tuple[tuple[str, str], ...]) -> Path:
+    slots = []
+    for i, (voice, text) in enumerate(lines):
+        raw = tmp / f"{name}-{i}-raw.wav"
+        slot = tmp / f"{name}-{i}.wav"
+        subprocess.run(
+            ["espeak-ng", "-v", voice, "-s", "150", "-a", "160", "-w", str(raw), text],
+            check=True, capture_output=True, timeout=30,
+        )
+        # 48 kHz mono s16, normalised, a breath before the words, silence to fill the slot.
+        subprocess.run(
+            ["sox", str(raw), "-r", "48000", "-c", "1", "-b", "16", "-e", "signed-integer",
+             str(slot), "norm", "-3", "pad", "0.3", str(SLOT_S), "trim", "0", str(SLOT_S)],
+            check=True, capture_output=True, timeout=30,
+        )
+        slots.append(str(slot))
+    out = tmp / f"{name}.wav"
+    subprocess.run(["sox", *slots, str(out)], check=True, capture_output=True, timeout=30)
+    return out
+
+
 @pytest.fixture(scope="session")
-def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """About 10 s of speech with pauses, 48 kHz mono s16, for Chrome's fake microphone."""
+def dialogue_wavs(tmp_path_factory: pytest.TempPathFactory) -> DialogueWavs:
     for tool in ("espeak-ng", "sox"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
-    tmp = tmp_path_factory.mktemp("speech")
-    raw = tmp / "raw.wav"
-    out = tmp / "speech-48k.wav"
-    subprocess.run(
-        ["espeak-ng", "-m", "-v", "en-us", "-s", "140", "-a", "160", "-w", str(raw), SPEECH_TEXT],
-        check=True, capture_output=True, timeout=30,
+    import numpy as np
+
+    from media.offline import analyze_pcm, decode_mono_48k
+    from media.signals import Role
+
+    tmp = tmp_path_factory.mktemp("dialogue")
+    therapist = _script_wav(tmp, "therapist", THERAPIST_LINES)
+    client = _script_wav(tmp, "client", CLIENT_LINES)
+    loops = 4
+    pcm = {Role.THERAPIST: decode_mono_48k(therapist), Role.CLIENT: decode_mono_48k(client)}
+    loop_s = pcm[Role.THERAPIST].size / 48000
+    snap = analyze_pcm({role: np.tile(x, loops) for role, x in pcm.items()})
+    total = loop_s * loops
+    return DialogueWavs(
+        therapist=therapist,
+        client=client,
+        loop_s=loop_s,
+        therapist_rate=snap.therapist_talk_s / total,
+        client_rate=snap.client_talk_s / total,
     )
-    # Resample to 48 kHz mono 16-bit, normalise, and leave a breath of silence at both ends.
-    subprocess.run(
-        ["sox", str(raw), "-r", "48000", "-c", "1", "-b", "16", "-e", "signed-integer", str(out),
-         "norm", "-3", "pad", "0.4", "0.8"],
-        check=True, capture_output=True, timeout=30,
-    )
-    return out
 
 
 def chromium_args(fake_audio: Path) -> list[str]:
@@ -192,15 +240,18 @@ class Browsers:
 
 
 @pytest.fixture(scope="session")
-def browsers(speech_wav: Path) -> Iterator[Browsers]:
+def browsers(dialogue_wavs: DialogueWavs) -> Iterator[Browsers]:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        # Separate browser processes: each has its own fake devices and its own identity.
-        therapist = pw.chromium.launch(executable_path=CHROMIUM, args=chromium_args(speech_wav))
-        client = pw.chromium.launch(executable_path=CHROMIUM, args=chromium_args(speech_wav))
+        # Separate browser processes: each has its own fake devices (its own script as the
+        # microphone, since --use-file-for-fake-audio-capture is per process) and identity.
+        therapist = pw.chromium.launch(
+            executable_path=CHROMIUM, args=chromium_args(dialogue_wavs.therapist))
+        client = pw.chromium.launch(
+            executable_path=CHROMIUM, args=chromium_args(dialogue_wavs.client))
         try:
             yield Browsers(therapist=therapist, client=client)
         finally:
@@ -231,7 +282,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     outcome = yield
     report = outcome.get_result()
     if report.failed and item.get_closest_marker("browser") is not None:
-        lines = item.stash.get(_console_key, None)
+        stashed: list[str] = item.stash.get(_console_key, [])
+        lines = list(stashed)
+        # Module-scoped fixtures (a shared call) keep their pages' console in `console_lines`.
+        for value in getattr(item, "funcargs", {}).values():
+            lines.extend(getattr(value, "console_lines", None) or [])
         if lines:
             report.sections.append(("browser console", "\n".join(lines[-300:])))
         if _current_server is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import BrowserContext, Page, expect
+from playwright.sync_api import BrowserContext, Page, ViewportSize, expect
 
 RapportServer = Any  # see conftest.py
 Browsers = Any
@@ -25,8 +25,8 @@ pytestmark = pytest.mark.browser
 WAIT_MS = 30_000
 expect.set_options(timeout=20_000)
 
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 
 # Pages with a live <video> never fire "load" until media arrives (media elements delay the
 # load event), so navigations here wait for DOMContentLoaded only.

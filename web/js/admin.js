@@ -1,6 +1,13 @@
-// Admin page: /admin — audit log (read-only).
+// Admin page: /admin — live calls and their quality, call detail charts, incidents,
+// server health and the audit log. Admins never see clinical content (the API gives none).
 
 import { api, ApiError, byTestId, formatDateTime, h, showMessage, signOut } from "./api.js";
+import { formatClock, lineChart } from "./charts.js";
+import { QUALITY_WORDS } from "./quality.js";
+
+const CALLS_EVERY_MS = 2000;
+const HEALTH_EVERY_MS = 5000;
+const INCIDENTS_EVERY_MS = 10000;
 
 const el = {
   user: byTestId("user-name"),
@@ -8,14 +15,245 @@ const el = {
   error: byTestId("error-message"),
   form: byTestId("audit-filter"),
   session: byTestId("audit-session"),
+  action: byTestId("audit-action"),
   limit: byTestId("audit-limit"),
   summary: byTestId("audit-summary"),
   rows: byTestId("audit-rows"),
+  health: byTestId("health"),
+  healthUpdated: byTestId("health-updated"),
+  callsSummary: byTestId("calls-summary"),
+  callsRows: byTestId("calls-rows"),
+  detail: byTestId("call-detail"),
+  detailTitle: byTestId("detail-title"),
+  detailSummary: byTestId("detail-summary"),
+  detailCharts: byTestId("detail-charts"),
+  detailTable: byTestId("detail-table"),
+  detailClose: byTestId("detail-close"),
+  incidentsSummary: byTestId("incidents-summary"),
+  incidentsRows: byTestId("incidents-rows"),
 };
 
+const state = { detailId: null, stopped: false };
+
+function problem(err) {
+  if (err instanceof ApiError && err.status === 401) return;
+  showMessage(el.error, err instanceof ApiError && err.status === 403
+    ? "This page is for administrators."
+    : err.message);
+}
+
+const shortId = (id) => (id && id.length > 12 ? `${id.slice(0, 8)}…` : id || "");
+
+function qualityBadge(quality) {
+  const label = quality && quality.label ? quality.label : null;
+  const word = label ? QUALITY_WORDS[label] || label : "no data yet";
+  return h("span", { class: `q-badge q-${label || "none"}`, "data-testid": "call-quality", "data-label": label || "none" },
+    h("span", { class: "q-dot", "aria-hidden": "true" }), word,
+    quality && Number.isFinite(quality.score) ? h("span", { class: "hint" }, ` (${Math.round(quality.score)})`) : null);
+}
+
+/** relay_mode is one word, or one per direction ({"therapist->client": "forward", …}). */
+function relayText(mode) {
+  if (!mode) return "–";
+  if (typeof mode === "string") return mode;
+  const entries = Object.entries(mode);
+  const values = new Set(entries.map(([, v]) => v));
+  if (values.size === 1) return [...values][0];
+  return entries.map(([dir, v]) => `${dir.replace("->", " → ")}: ${v}`).join("; ");
+}
+
+// ---------- live calls ----------
+async function loadCalls() {
+  try {
+    const res = await api("/api/admin/calls");
+    const calls = (res && res.calls) || [];
+    // Re-rendering every 2 s must not take the keyboard focus away.
+    const focusedRow = document.activeElement && el.callsRows.contains(document.activeElement)
+      ? document.activeElement.closest("tr").dataset.sessionId
+      : null;
+    el.callsRows.replaceChildren(...calls.map((c) => {
+      const details = h("button", {
+        type: "button", class: "btn btn-secondary btn-small", "data-testid": "call-details",
+        "aria-label": `Details for call ${shortId(c.session_id)}`,
+        "aria-expanded": String(state.detailId === c.session_id),
+        "aria-controls": "call-detail",
+      }, "Details");
+      details.addEventListener("click", () => openDetail(c.session_id));
+      return h("tr", { "data-testid": "call-row", "data-session-id": c.session_id },
+        h("td", { class: "mono", title: c.session_id }, shortId(c.session_id)),
+        h("td", {}, c.therapist || ""),
+        h("td", { "data-testid": "call-duration" }, formatClock(c.duration_s)),
+        h("td", { class: "num", "data-testid": "call-participants" }, String(c.participants ?? 0),
+          c.waiting ? h("span", { class: "hint" }, ` +${c.waiting} waiting`) : null),
+        h("td", {}, qualityBadge(c.worst_quality)),
+        h("td", { "data-testid": "call-relay" }, relayText(c.relay_mode)),
+        h("td", {}, details));
+    }));
+    if (focusedRow) {
+      const again = el.callsRows.querySelector(`tr[data-session-id="${CSS.escape(focusedRow)}"] [data-testid="call-details"]`);
+      if (again) again.focus();
+    }
+    el.callsSummary.textContent = calls.length
+      ? `${calls.length} live call${calls.length === 1 ? "" : "s"}. Updated ${new Date().toLocaleTimeString()}.`
+      : "No live calls right now.";
+  } catch (err) {
+    problem(err);
+  }
+}
+
+// ---------- call detail ----------
+const METRICS = [
+  { key: "rtt_ms", title: "Round-trip time", unit: "ms", fmt: (v) => `${Math.round(v)} ms` },
+  { key: "loss", title: "Packet loss (worse direction)", unit: "%", fmt: (v) => `${v.toFixed(1)}%`,
+    value: (p) => (p.loss_up === null && p.loss_down === null ? null : Math.max(p.loss_up || 0, p.loss_down || 0) * 100) },
+  { key: "jitter_ms", title: "Audio jitter", unit: "ms", fmt: (v) => `${Math.round(v)} ms` },
+  { key: "bitrate_in", title: "Bitrate received by the server", unit: "kbps", fmt: (v) => `${Math.round(v)} kbps`,
+    value: (p) => (p.bitrate_in === null || p.bitrate_in === undefined ? null : p.bitrate_in / 1000) },
+  { key: "bitrate_out", title: "Bitrate sent by the server", unit: "kbps", fmt: (v) => `${Math.round(v)} kbps`,
+    value: (p) => (p.bitrate_out === null || p.bitrate_out === undefined ? null : p.bitrate_out / 1000) },
+  { key: "fps", title: "Frames per second received", unit: "fps", fmt: (v) => `${Math.round(v)} fps` },
+];
+const valueOf = (metric, p) => {
+  const v = metric.value ? metric.value(p) : p[metric.key];
+  return v === null || v === undefined || !Number.isFinite(Number(v)) ? null : Number(v);
+};
+
+function renderDetail(data) {
+  const roles = Object.entries((data && data.participants) || {});
+  const all = roles.flatMap(([, p]) => p.history || []);
+  const t0 = all.length ? Math.min(...all.map((p) => p.t)) : 0;
+  el.detailTitle.textContent = `Call ${shortId(data.session_id)}`;
+  el.detailSummary.textContent = roles.length
+    ? roles.map(([role, p]) => `${role}: ${p.label ? QUALITY_WORDS[p.label] || p.label : "no data"}${Number.isFinite(p.score) ? ` (score ${Math.round(p.score)})` : ""}`).join(" · ")
+    : "No quality samples yet.";
+  el.detailCharts.replaceChildren(...METRICS.map((metric) => {
+    const series = roles.map(([role, p]) => ({
+      name: role,
+      className: `series-${role}`,
+      points: (p.history || []).map((pt) => [pt.t - t0, valueOf(metric, pt)]),
+    }));
+    const summaries = roles.map(([role, p]) => {
+      const vals = (p.history || []).map((pt) => valueOf(metric, pt)).filter((v) => v !== null);
+      if (!vals.length) return `${role}: no data`;
+      return `${role}: latest ${metric.fmt(vals[vals.length - 1])}, highest ${metric.fmt(Math.max(...vals))}`;
+    });
+    return h("figure", { class: "detail-chart", "data-testid": `detail-${metric.key}` },
+      h("figcaption", {}, metric.title, h("span", { class: "hint" }, ` (${metric.unit})`)),
+      lineChart({
+        series,
+        width: 360,
+        height: 150,
+        markers: false,
+        formatX: (v) => formatClock(v),
+        formatY: (v, d) => v.toFixed(d),
+        label: `${metric.title} (${metric.unit}) over the call. ${summaries.join("; ")}.`,
+      }));
+  }));
+  const rows = [];
+  for (const [role, p] of roles) {
+    for (const pt of (p.history || []).slice(-5)) {
+      rows.push(h("tr", {},
+        h("th", { scope: "row" }, role),
+        h("td", {}, formatClock(pt.t - t0)),
+        ...METRICS.map((metric) => {
+          const v = valueOf(metric, pt);
+          return h("td", { class: "num" }, v === null ? "–" : metric.fmt(v));
+        }),
+        h("td", {}, pt.candidate_type || "–")));
+    }
+  }
+  el.detailTable.replaceChildren(h("table", {},
+    h("caption", {}, "The last five samples per participant (every 2 s)"),
+    h("thead", {}, h("tr", {},
+      h("th", { scope: "col" }, "Participant"), h("th", { scope: "col" }, "Time"),
+      ...METRICS.map((m) => h("th", { scope: "col", class: "num" }, m.title)),
+      h("th", { scope: "col" }, "Candidate"))),
+    h("tbody", {}, ...rows)));
+}
+
+async function loadDetail() {
+  const id = state.detailId;
+  if (!id) return;
+  try {
+    const data = await api(`/api/admin/calls/${encodeURIComponent(id)}`);
+    if (id === state.detailId) renderDetail(data);
+  } catch (err) {
+    if (id !== state.detailId) return;
+    if (err instanceof ApiError && err.status === 404) {
+      el.detailSummary.textContent = "This call has ended.";
+      return;
+    }
+    problem(err);
+  }
+}
+
+function openDetail(id) {
+  state.detailId = id;
+  el.detail.hidden = false;
+  el.detailCharts.replaceChildren(h("p", { class: "muted" }, "Loading…"));
+  loadDetail().then(() => el.detailTitle.focus());
+  for (const b of el.callsRows.querySelectorAll('[data-testid="call-details"]')) {
+    b.setAttribute("aria-expanded", String(b.closest("tr").dataset.sessionId === id));
+  }
+}
+
+el.detailTitle.setAttribute("tabindex", "-1");
+el.detail.id = "call-detail";
+el.detailClose.addEventListener("click", () => {
+  const id = state.detailId;
+  state.detailId = null;
+  el.detail.hidden = true;
+  const button = el.callsRows.querySelector(`tr[data-session-id="${CSS.escape(id || "")}"] [data-testid="call-details"]`);
+  if (button) {
+    button.setAttribute("aria-expanded", "false");
+    button.focus();
+  }
+});
+
+// ---------- incidents ----------
+async function loadIncidents() {
+  try {
+    const res = await api("/api/admin/incidents?limit=50");
+    const incidents = (res && res.incidents) || [];
+    el.incidentsRows.replaceChildren(...incidents.map((i) => h("tr", { "data-testid": "incident-row" },
+      h("td", {}, formatDateTime(new Date(i.at * 1000).toISOString())),
+      h("td", { class: "mono", title: i.session_id }, shortId(i.session_id)),
+      h("td", {}, i.role || ""),
+      h("td", {}, `${i.from ? QUALITY_WORDS[i.from] || i.from : "start"} → ${QUALITY_WORDS[i.to] || i.to}`),
+      h("td", { class: "num" }, Number.isFinite(i.score) ? String(Math.round(i.score)) : "–"))));
+    el.incidentsSummary.textContent = incidents.length
+      ? `${incidents.length} recent change${incidents.length === 1 ? "" : "s"} into or out of poor or lost quality, newest first.`
+      : "No incidents since the server started.";
+  } catch (err) {
+    problem(err);
+  }
+}
+
+// ---------- health ----------
+async function loadHealth() {
+  try {
+    const hl = await api("/api/admin/health");
+    const item = (label, value, testid) => h("div", {}, h("dt", {}, label), h("dd", { "data-testid": testid }, value));
+    const ms = (v) => (Number.isFinite(v) ? `${Math.round(v * 10) / 10} ms` : "–");
+    el.health.replaceChildren(
+      item("CPU", Number.isFinite(hl.cpu_fraction) ? `${Math.round(hl.cpu_fraction * 100)}%` : "–", "health-cpu"),
+      item("Event-loop lag (p99)", ms(hl.event_loop_lag_p99_ms), "health-lag-p99"),
+      item("Event-loop lag (max)", ms(hl.event_loop_lag_max_ms), "health-lag-max"),
+      item("Rooms", String(hl.rooms ?? "–"), "health-rooms"),
+      item("Peer connections", String(hl.peer_connections ?? "–"), "health-peers"),
+      item("Database", hl.database ? "reachable" : "not reachable", "health-database"),
+    );
+    el.healthUpdated.textContent = `Updated ${new Date().toLocaleTimeString()}.`;
+  } catch (err) {
+    problem(err);
+  }
+}
+
+// ---------- audit log ----------
 function readQuery() {
   const params = new URLSearchParams(location.search);
   el.session.value = params.get("session_id") || "";
+  el.action.value = params.get("action") || "";
   const limit = params.get("limit");
   if (limit && [...el.limit.options].some((o) => o.value === limit)) el.limit.value = limit;
 }
@@ -23,20 +261,28 @@ function readQuery() {
 function writeQuery() {
   const params = new URLSearchParams();
   if (el.session.value.trim()) params.set("session_id", el.session.value.trim());
+  if (el.action.value.trim()) params.set("action", el.action.value.trim());
   if (el.limit.value !== "200") params.set("limit", el.limit.value);
   const query = params.toString();
   history.replaceState(null, "", query ? `?${query}` : location.pathname);
 }
 
-async function load() {
+let auditRequest = 0;
+
+async function loadAudit() {
+  // Only the newest request may fill the table (an older, slower one must not win the race).
+  const mine = ++auditRequest;
   showMessage(el.error, "");
   const params = new URLSearchParams();
   const sessionId = el.session.value.trim();
+  const action = el.action.value.trim();
   if (sessionId) params.set("session_id", sessionId);
+  if (action) params.set("action", action);
   params.set("limit", el.limit.value);
   el.summary.textContent = "Loading…";
   try {
     const res = await api(`/api/admin/audit?${params}`);
+    if (mine !== auditRequest) return;
     const events = ((res && res.events) || []).slice();
     events.sort((a, b) => String(b.at).localeCompare(String(a.at)));
     el.rows.replaceChildren(...events.map((e) => h("tr", { "data-testid": "audit-row" },
@@ -47,16 +293,14 @@ async function load() {
       h("td", { class: "mono" }, e.actor || ""),
       h("td", {}, e.action || ""),
       h("td", {}, e.detail || ""))));
-    const scope = sessionId ? ` for session ${sessionId}` : "";
+    const scope = `${sessionId ? ` for session ${sessionId}` : ""}${action ? ` with action ${action}` : ""}`;
     el.summary.textContent = events.length
       ? `${events.length} event${events.length === 1 ? "" : "s"}${scope}, newest first.`
       : `No events${scope}.`;
   } catch (err) {
-    if (err instanceof ApiError && err.status === 401) return;
+    if (mine !== auditRequest) return;
     el.summary.textContent = "";
-    showMessage(el.error, err instanceof ApiError && err.status === 403
-      ? "This page is for administrators."
-      : err.message);
+    problem(err);
   }
 }
 
@@ -66,25 +310,52 @@ el.rows.addEventListener("click", (event) => {
   event.preventDefault();
   el.session.value = link.dataset.session;
   writeQuery();
-  load();
+  loadAudit();
 });
 
 el.form.addEventListener("submit", (event) => {
   event.preventDefault();
   writeQuery();
-  load();
+  loadAudit();
 });
 
 el.signOut.addEventListener("click", signOut);
+
+/** Run `fn` now and then every `ms`, skipping a round while the previous one is still out. */
+function every(ms, fn) {
+  let busy = false;
+  const run = async () => {
+    if (busy || state.stopped || document.hidden) return;
+    busy = true;
+    try {
+      await fn();
+    } finally {
+      busy = false;
+    }
+  };
+  run();
+  setInterval(run, ms);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) run(); });
+}
 
 (async () => {
   try {
     const res = await api("/api/me");
     const user = res && res.user;
     if (user) el.user.textContent = user.display_name || user.email;
+    if (user && user.role !== "admin") {
+      showMessage(el.error, "This page is for administrators.");
+      return;
+    }
   } catch {
     return;
   }
   readQuery();
-  await load();
+  every(CALLS_EVERY_MS, async () => {
+    await loadCalls();
+    await loadDetail();
+  });
+  every(HEALTH_EVERY_MS, loadHealth);
+  every(INCIDENTS_EVERY_MS, loadIncidents);
+  await loadAudit();
 })();

@@ -21,7 +21,10 @@ export function detailText(data, fallback = "Something went wrong. Please try ag
         const parts = Array.isArray(d.loc) ? d.loc.filter((p) => p !== "body" && typeof p === "string") : [];
         const field = parts.length ? parts[parts.length - 1].replace(/_/g, " ") : "";
         const label = field ? field[0].toUpperCase() + field.slice(1) : "";
-        return label ? `${label}: ${d.msg}` : d.msg;
+        // pydantic prefixes a validator's own sentence with "Value error, ".
+        let msg = String(d.msg || "").replace(/^Value error,\s*/, "");
+        if (!label && msg) msg = `${msg[0].toUpperCase()}${msg.slice(1)}${/[.!?]$/.test(msg) ? "" : "."}`;
+        return label ? `${label}: ${msg}` : msg;
       })
       .join(" ");
   }

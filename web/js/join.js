@@ -4,6 +4,10 @@ import { byTestId, h, pathParam, showMessage } from "./api.js";
 import { Signaling } from "./signaling.js";
 import { LocalMedia, PeerCall } from "./media.js";
 import { setConnectionStatus, setupDevices, setupMuteButtons, setupRemotePlayback } from "./callui.js";
+import { setupAgenda } from "./agenda.js";
+import { checkinStatus, showCheckin } from "./checkin.js";
+import { measureRoundTrip, QualityIndicator, StatsReporter } from "./quality.js";
+import { formatShare } from "./charts.js";
 
 const token = pathParam("/join/");
 
@@ -36,6 +40,17 @@ const el = {
   muteVideo: byTestId("mute-video"),
   devicesButton: byTestId("devices-button"),
   leave: byTestId("leave-button"),
+  sideStack: byTestId("side-stack"),
+  callPanel: byTestId("call-panel"),
+  agenda: byTestId("agenda"),
+  shared: byTestId("shared-balance"),
+  sharedFill: byTestId("shared-fill"),
+  sharedYou: byTestId("shared-you"),
+  sharedThem: byTestId("shared-them"),
+  precheck: byTestId("precheck"),
+  checkin: byTestId("checkin"),
+  qualityYou: byTestId("quality-you"),
+  qualityPeer: byTestId("quality-peer"),
 };
 
 const local = new LocalMedia();
@@ -51,6 +66,33 @@ const state = {
 
 function showError(message) {
   showMessage(el.error, message, "error");
+}
+
+const sendMessage = (msg) => Boolean(state.signaling && state.signaling.send(msg));
+const agenda = setupAgenda({ root: el.agenda, role: "client", send: sendMessage, onProblem: showError });
+const quality = new QualityIndicator({ youEl: el.qualityYou, peerEl: el.qualityPeer, peerName: "Therapist" });
+const stats = new StatsReporter({
+  getPc: () => (state.call ? state.call.pc : null),
+  send: sendMessage,
+});
+
+/** The side column shows the device panel, the call panel, both, or nothing. */
+function layoutSide() {
+  const any = !el.panel.hidden || !el.callPanel.hidden;
+  el.sideStack.hidden = !any;
+  el.main.classList.toggle("no-side", !any);
+}
+
+// ---------- shared talk balance (only while the therapist shares it) ----------
+function renderShared(msg) {
+  const on = Boolean(msg && msg.on);
+  el.shared.hidden = !on;
+  if (!on) return;
+  const share = msg.client_share;
+  const known = share !== null && share !== undefined;
+  el.sharedFill.style.width = known ? `${Math.max(0, Math.min(100, share * 100))}%` : "0";
+  el.sharedYou.textContent = formatShare(share);
+  el.sharedThem.textContent = known ? formatShare(1 - share) : "–";
 }
 
 function setStageMessage(lead, detail = "") {
@@ -85,7 +127,8 @@ function showEndPanel({ title, detail = "", testid, detailTestid = "end-detail",
   el.endPanel.hidden = false;
   el.controls.hidden = true;
   el.panel.hidden = true;
-  el.main.classList.add("no-side");
+  el.callPanel.hidden = true;
+  layoutSide();
   el.stage.classList.remove("precall");
   setStageMessage("");
   const focusable = el.endActions.querySelector("a, button");
@@ -94,6 +137,9 @@ function showEndPanel({ title, detail = "", testid, detailTestid = "end-detail",
 
 function stopEverything() {
   state.finished = true;
+  stats.stop();
+  quality.clear();
+  precheck.stop();
   if (state.call) state.call.dispose();
   state.call = null;
   local.stop();
@@ -102,11 +148,21 @@ function stopEverything() {
   el.join.disabled = true;
 }
 
-function finishEnded() {
-  if (state.finished && el.endTitle.dataset.testid === "ended-message") return;
+function hideRoom() {
+  el.main.hidden = true;
+  el.controls.hidden = true;
+  showMessage(el.error, "");
+}
+
+function finishEnded(checkin = false) {
+  if (state.finished && (el.endTitle.dataset.testid === "ended-message" || !el.checkin.hidden)) return;
   stopEverything();
   if (state.signaling) state.signaling.close();
   setConnectionStatus(el.conn, "ended");
+  if (checkin) {
+    showCheckin({ view: el.checkin, token, hideRest: hideRoom });
+    return;
+  }
   showEndPanel({
     title: "The session has ended",
     detail: "Thank you. You can close this window now.",
@@ -143,7 +199,7 @@ const playback = setupRemotePlayback(el.remote, el.play);
 el.devicesButton.addEventListener("click", () => {
   const open = el.panel.hidden;
   el.panel.hidden = !open;
-  el.main.classList.toggle("no-side", !open);
+  layoutSide();
   el.devicesButton.setAttribute("aria-expanded", String(open));
   if (open) el.camera.focus();
 });
@@ -182,23 +238,115 @@ el.leave.addEventListener("click", () => {
   else if (sig) sig.close();
 });
 
+// ---------- pre-join connection check ----------
+const precheck = (() => {
+  const items = {
+    camera: byTestId("precheck-camera"),
+    mic: byTestId("precheck-mic"),
+    network: byTestId("precheck-network"),
+  };
+  const timers = new Set();
+  let stopped = false;
+  const set = (key, stateName, text) => {
+    const item = items[key];
+    if (item.dataset.state === stateName && item.querySelector(".pc-text").textContent === text) return;
+    item.dataset.state = stateName;
+    item.querySelector(".pc-text").textContent = text;
+  };
+  const later = (fn, ms) => {
+    const id = setTimeout(() => { timers.delete(id); if (!stopped) fn(); }, ms);
+    timers.add(id);
+  };
+
+  function watchCamera(started) {
+    const track = local.track("video");
+    if (!track) {
+      set("camera", "problem", "We can't find a camera. Check it is plugged in and that this site may use it.");
+      return;
+    }
+    if (local.videoMuted) {
+      set("camera", "warn", "Your camera is turned off. Turn it on so your therapist can see you.");
+    } else if (track.readyState === "live" && el.self.videoWidth > 0 && !track.muted) {
+      set("camera", "ok", "Your camera is working.");
+    } else if (performance.now() - started > 8000) {
+      set("camera", "problem", "We can't see a picture from your camera. Check it isn't covered or used by another app.");
+    }
+    later(() => watchCamera(started), 700);
+  }
+
+  function watchMic(started) {
+    const track = local.track("audio");
+    if (!track) {
+      set("mic", "problem", "We can't find a microphone. Check it is plugged in and that this site may use it.");
+      return;
+    }
+    const meter = devices.meter;
+    const level = Number(el.meter.value) || 0;
+    if (local.audioMuted) {
+      set("mic", "warn", "Your microphone is muted. Unmute it so your therapist can hear you.");
+    } else if (level > 0.15) {
+      set("mic", "ok", "We can hear your microphone.");
+      started = performance.now(); // keep listening: say so if it goes quiet for long
+    } else if (meter.ctx && meter.ctx.state === "suspended") {
+      set("mic", "checking", "Click anywhere on the page, then say something to test your microphone.");
+    } else if (performance.now() - started > 10000) {
+      set("mic", "warn", "We can't hear your microphone — check it isn't muted, and say something.");
+    }
+    later(() => watchMic(started), 400);
+  }
+
+  return {
+    devices() {
+      if (stopped) return;
+      watchCamera(performance.now());
+      watchMic(performance.now());
+    },
+    async network() {
+      if (stopped || !state.signaling) return;
+      set("network", "checking", "Checking your connection to the server…");
+      const rtt = await measureRoundTrip(state.signaling);
+      if (stopped) return;
+      const item = items.network;
+      if (rtt === null) {
+        delete item.dataset.rttMs;
+        set("network", "problem", "We couldn't reach the server. Check your internet connection.");
+        return;
+      }
+      const ms = Math.max(1, Math.round(rtt));
+      item.dataset.rttMs = String(ms);
+      if (ms < 250) set("network", "ok", `Your connection to the server is good (${ms} ms).`);
+      else if (ms < 600) set("network", "warn", `Your connection to the server is a little slow (${ms} ms). The call should still work.`);
+      else set("network", "problem", `Your connection to the server is slow (${ms} ms). Moving closer to your Wi-Fi or closing other downloads can help.`);
+    },
+    stop() {
+      stopped = true;
+      for (const id of timers) clearTimeout(id);
+      timers.clear();
+    },
+  };
+})();
+
 // ---------- call ----------
 let mediaReady = Promise.resolve();
 
 function enterCall() {
   state.phase = "call";
+  precheck.stop();
   el.waiting.hidden = true;
   el.stage.classList.remove("precall");
   el.panel.hidden = true;
-  el.main.classList.add("no-side");
+  el.callPanel.hidden = false;
+  layoutSide();
   el.devicesButton.setAttribute("aria-expanded", "false");
   // The device panel now only switches devices.
   el.join.hidden = true;
   el.nameField.hidden = true;
   el.hint.hidden = true;
+  el.precheck.hidden = true;
   el.checkTitle.textContent = "Camera and microphone";
   el.controls.hidden = false;
   renderCallStage();
+  stats.start();
   startCall();
 }
 
@@ -238,6 +386,19 @@ function connect() {
     setConnectionStatus(el.conn, "idle");
     el.conn.textContent = "Ready";
     el.join.disabled = false;
+    precheck.network();
+  });
+
+  sig.on("agenda", (msg) => {
+    if (!state.finished) agenda.update(msg);
+  });
+
+  sig.on("shared_balance", (msg) => {
+    if (!state.finished) renderShared(msg);
+  });
+
+  sig.on("quality", (msg) => {
+    if (!state.finished) quality.update(msg);
   });
 
   sig.on("waiting", (msg) => {
@@ -281,7 +442,7 @@ function connect() {
     });
   });
 
-  sig.on("ended", () => finishEnded());
+  sig.on("ended", (msg) => finishEnded(Boolean(msg.checkin)));
 
   sig.on("left", () => sig.close());
 
@@ -297,6 +458,10 @@ function connect() {
   });
 
   sig.on("error", (msg) => {
+    if (msg.ref === "stats") {
+      console.warn("stats report refused:", msg.message);
+      return;
+    }
     if (msg.code === "session_ended") {
       finishEnded();
       return;
@@ -342,7 +507,7 @@ function connect() {
   });
 }
 
-function main() {
+async function main() {
   if (!token) {
     showEndPanel({
       title: "This link is incomplete",
@@ -351,9 +516,24 @@ function main() {
     });
     return;
   }
+  // The server serves this page for an ended session only while this browser's check-in is
+  // still open: then there is nothing to join, and the camera stays off.
+  let status = null;
+  try {
+    status = await checkinStatus(token);
+  } catch {
+    status = null;
+  }
+  if (status && status.open) {
+    state.finished = true;
+    setConnectionStatus(el.conn, "ended");
+    showCheckin({ view: el.checkin, token, status, hideRest: hideRoom });
+    return;
+  }
   mediaReady = local.start().then(async (problems) => {
     if (problems.length) showError(problems.join(" "));
     await devices.refresh();
+    precheck.devices();
   });
   connect();
 }

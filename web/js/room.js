@@ -9,6 +9,9 @@ import { LocalMedia, PeerCall } from "./media.js";
 import {
   announcer, setConnectionStatus, setupDevices, setupMuteButtons, setupRemotePlayback,
 } from "./callui.js";
+import { setupAgenda } from "./agenda.js";
+import { setupPanel } from "./panel.js";
+import { QualityIndicator, StatsReporter } from "./quality.js";
 
 const sessionId = pathParam("/sessions/");
 
@@ -31,6 +34,8 @@ const el = {
   side: byTestId("side-panel"),
   peer: byTestId("peer-status"),
   lobby: byTestId("lobby"),
+  lobbySection: byTestId("lobby-section"),
+  linkSection: byTestId("link-section"),
   lobbyEmpty: byTestId("lobby-empty"),
   inviteBox: byTestId("invite-box"),
   inviteUrl: byTestId("invite-url"),
@@ -47,6 +52,9 @@ const el = {
   leave: byTestId("leave-button"),
   end: byTestId("end-button"),
   announcer: byTestId("announcer"),
+  agenda: byTestId("agenda"),
+  qualityYou: byTestId("quality-you"),
+  qualityPeer: byTestId("quality-peer"),
 };
 
 const announce = announcer(el.announcer);
@@ -61,11 +69,33 @@ const state = {
   leaving: false,
   peer: { present: false, everPresent: false },
   lobbyIds: new Set(),
+  linkWanted: false,
 };
 
 function showError(message) {
   showMessage(el.error, message, "error");
 }
+
+const sendMessage = (msg) => Boolean(state.signaling && state.signaling.send(msg));
+
+const panel = setupPanel({ sessionId, send: sendMessage, announce, onProblem: showError });
+const agenda = setupAgenda({
+  root: el.agenda, role: "therapist", send: sendMessage, onProblem: showError, announce,
+});
+const quality = new QualityIndicator({
+  youEl: el.qualityYou,
+  peerEl: el.qualityPeer,
+  peerName: "Client",
+  onChange: (now, before) => {
+    const bad = (label) => label === "poor" || label === "lost";
+    if (bad(now.you) && !bad(before.you)) announce(`Your connection is ${now.you}.`);
+    if (bad(now.peer) && !bad(before.peer)) announce(`Your client's connection is ${now.peer}.`);
+  },
+});
+const stats = new StatsReporter({
+  getPc: () => (state.call ? state.call.pc : null),
+  send: sendMessage,
+});
 
 // ---------- stage text ----------
 function setStageMessage(lead, detail = "") {
@@ -119,6 +149,10 @@ function showEndPanel({ title, detail = "", testid, actions = [] }) {
 
 function stopEverything() {
   state.finished = true;
+  stats.stop();
+  panel.stop();
+  agenda.flush();
+  quality.clear();
   if (state.call) state.call.dispose();
   state.call = null;
   local.stop();
@@ -127,8 +161,14 @@ function stopEverything() {
   renderLobby([]);
 }
 
-function sessionsLink() {
-  return h("a", { class: "btn btn-primary", href: "/sessions" }, "Back to sessions");
+function sessionsLink(kind = "btn-primary") {
+  return h("a", { class: `btn ${kind}`, href: "/sessions" }, "Back to sessions");
+}
+
+function summaryLink() {
+  return h("a", {
+    class: "btn btn-primary", href: `/sessions/${encodeURIComponent(sessionId)}/summary`, "data-testid": "summary-link",
+  }, "View summary");
 }
 
 function finishEnded() {
@@ -140,11 +180,18 @@ function finishEnded() {
     title: "Session ended",
     detail: "The call is over and the client's link no longer works.",
     testid: "ended-message",
-    actions: [sessionsLink()],
+    actions: [summaryLink(), " ", sessionsLink("btn-secondary")],
   });
 }
 
 // ---------- peer status ----------
+function renderLobbySection() {
+  // Once the client is in, an empty waiting room is only noise.
+  el.lobbySection.hidden = state.lobbyIds.size === 0 && state.peer.present;
+  // Likewise the client link, unless the therapist asked for it ("Copy client link").
+  el.linkSection.hidden = state.peer.present && !state.linkWanted;
+}
+
 function renderPeer(p) {
   state.peer.present = Boolean(p.present);
   if (p.present) state.peer.everPresent = true;
@@ -167,6 +214,7 @@ function renderPeer(p) {
   el.peer.textContent = text;
   el.peer.dataset.present = String(Boolean(p.present));
   el.peer.dataset.media = p.media || "none";
+  renderLobbySection();
   renderStage();
 }
 
@@ -214,6 +262,7 @@ function renderLobby(waiting) {
   );
   state.lobbyIds = seen;
   el.lobbyEmpty.hidden = entries.length > 0;
+  renderLobbySection();
   renderStage();
 }
 
@@ -231,6 +280,8 @@ async function copyInvite(url) {
 }
 
 el.copyLink.addEventListener("click", async () => {
+  state.linkWanted = true;
+  renderLobbySection();
   const url = recallInvite(sessionId);
   if (url) {
     showInvite(url);
@@ -365,11 +416,29 @@ function connect() {
     el.takeover.disabled = false;
     showError("");
     renderStage();
+    panel.start();
+    stats.start();
     startCall();
   });
 
   sig.on("answer", (msg) => {
     if (state.call) state.call.handleAnswer(msg.sdp);
+  });
+
+  sig.on("signals", (msg) => {
+    if (!state.finished) panel.onSignals(msg);
+  });
+
+  sig.on("speaking", (msg) => {
+    if (!state.finished) panel.onSpeaking(msg);
+  });
+
+  sig.on("agenda", (msg) => {
+    if (!state.finished) agenda.update(msg);
+  });
+
+  sig.on("quality", (msg) => {
+    if (!state.finished) quality.update(msg);
   });
 
   sig.on("lobby", (msg) => {
@@ -408,6 +477,11 @@ function connect() {
     }
     if (msg.code === "session_ended") {
       finishEnded();
+      return;
+    }
+    if (msg.ref === "stats") {
+      // Our own background quality report was refused; nothing the therapist can act on.
+      console.warn("stats report refused:", msg.message);
       return;
     }
     if (msg.code === "unauthorized") {
@@ -498,6 +572,7 @@ async function main() {
     await devices.refresh();
   });
   renderStage();
+  panel.loadPrefs();
   connect();
 }
 

@@ -46,12 +46,19 @@ function sessionItem(s) {
       h("span", { class: `badge badge-${status}`, "data-testid": "session-status" }, STATUS_LABEL[status] || s.status)),
     h("div", { class: "meta" }, meta.join(", ")),
     h("div", { class: "actions" },
-      h("a", {
-        class: `btn ${s.status === "ended" ? "btn-secondary" : "btn-primary"} btn-small`,
-        href: roomPath(s),
-        "data-testid": "open-room",
-        "aria-label": `${s.status === "ended" ? "View" : "Open room for"} ${label}`,
-      }, s.status === "ended" ? "View" : "Open room")));
+      s.status === "ended"
+        ? h("a", {
+          class: "btn btn-primary btn-small",
+          href: `/sessions/${encodeURIComponent(s.id)}/summary`,
+          "data-testid": "summary-link",
+          "aria-label": `Summary for ${label}`,
+        }, "Summary")
+        : h("a", {
+          class: "btn btn-primary btn-small",
+          href: roomPath(s),
+          "data-testid": "open-room",
+          "aria-label": `Open room for ${label}`,
+        }, "Open room")));
 }
 
 async function loadSessions() {

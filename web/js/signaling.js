@@ -25,6 +25,13 @@ export class Signaling {
     return this;
   }
 
+  /** Remove a handler added with on(). */
+  off(type, handler) {
+    const list = this.handlers.get(type);
+    if (list) this.handlers.set(type, list.filter((fn) => fn !== handler));
+    return this;
+  }
+
   _emit(type, payload) {
     for (const handler of this.handlers.get(type) || []) {
       try {

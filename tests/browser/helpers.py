@@ -1,0 +1,128 @@
+"""Helpers shared by the browser tests: contexts, bounded polling, video probes, axe, pictures."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from playwright.sync_api import BrowserContext, Page, ViewportSize
+
+WAIT_MS = 30_000
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
+PHONE: ViewportSize = {"width": 390, "height": 844}
+WCAG_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
+
+T = TypeVar("T")
+
+# Records the type of every message any WebSocket on the page receives (window.__wsTypes).
+RECORD_WS_JS = """
+(() => {
+  const Original = window.WebSocket;
+  window.__wsTypes = [];
+  class RecordingWebSocket extends Original {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("message", (event) => {
+        let type = "(not json)";
+        try { type = JSON.parse(event.data).type; } catch {}
+        window.__wsTypes.push(type);
+      });
+    }
+  }
+  window.WebSocket = RecordingWebSocket;
+})();
+"""
+
+# Truthy once the <video> has dimensions and is rendering frames.
+VIDEO_PLAYING_JS = """
+([selector, key, minFrames]) => {
+  const v = document.querySelector(selector);
+  if (!v || !v.srcObject || v.videoWidth === 0 || v.readyState < 2 || v.paused) return false;
+  v.__probes = v.__probes || {};
+  let p = v.__probes[key];
+  const total = () => v.getVideoPlaybackQuality().totalVideoFrames;
+  if (!p || p.stream !== v.srcObject) {
+    v.__probes[key] = { stream: v.srcObject, start: total() };
+    return false;
+  }
+  return total() - p.start >= minFrames ? { width: v.videoWidth, height: v.videoHeight } : false;
+}
+"""
+
+
+def new_page(
+    browser: Any,
+    base_url: str,
+    log: list[str],
+    name: str,
+    *,
+    viewport: ViewportSize | None = None,
+    init_script: str | None = None,
+) -> tuple[BrowserContext, Page]:
+    context = browser.new_context(viewport=viewport or DESKTOP, base_url=base_url)
+    context.set_default_timeout(WAIT_MS)
+    if init_script:
+        context.add_init_script(init_script)
+    page = context.new_page()
+    page.on("console", lambda msg: log.append(f"[{name}] {msg.type}: {msg.text}"))
+    page.on("pageerror", lambda err: log.append(f"[{name}] pageerror: {err}"))
+    return context, page
+
+
+def wait_for(
+    probe: Callable[[], T | None],
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+) -> T:
+    """Poll `probe` until it returns something truthy; fail with `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})"
+            )
+        time.sleep(interval)
+
+
+def wait_video(page: Page, key: str, selector: str, min_frames: int = 10) -> Any:
+    return page.wait_for_function(
+        VIDEO_PLAYING_JS, arg=[selector, key, min_frames], polling=200, timeout=WAIT_MS
+    ).json_value()
+
+
+def page_errors(log: list[str]) -> list[str]:
+    return [line for line in log if "pageerror" in line]
+
+
+def shoot(page: Page, artifacts: Path, name: str) -> Path:
+    path = artifacts / f"{name}.png"
+    page.screenshot(path=str(path))
+    return path
+
+
+def axe_violations(page: Page) -> list[dict[str, Any]]:
+    """Run axe-core (vendored by axe-playwright-python) for WCAG 2.0/2.1 A and AA."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(
+        page,
+        options={"runOnly": {"type": "tag", "values": WCAG_TAGS}, "resultTypes": ["violations"]},
+    )
+    violations: list[dict[str, Any]] = results.response["violations"]
+    return violations
+
+
+def describe_violations(violations: list[dict[str, Any]]) -> str:
+    lines = []
+    for v in violations:
+        lines.append(f"{v['id']} ({v['impact']}): {v['help']}")
+        for node in v["nodes"][:5]:
+            lines.append(f"    {node['target']}: {node.get('failureSummary', '')[:300]}")
+    return "\n".join(lines)

@@ -1,0 +1,124 @@
+// The client's four-question check-in after the session (join page).
+// GET /api/join/{token}/checkin → {open, submitted, questions}; POST answers or {skipped: true}.
+
+import { api, ApiError, byTestId, h, showMessage } from "./api.js";
+
+export const CHECKIN_KEYS = ["bond", "goals", "tasks", "overall"];
+// Used only if the server's wording cannot be fetched; the server's texts win.
+const FALLBACK_QUESTIONS = {
+  bond: "I felt heard, understood and respected.",
+  goals: "We worked on what I wanted to work on.",
+  tasks: "The way we worked today suited me.",
+  overall: "Overall, today's session was right for me.",
+};
+
+const checkinPath = (token) => `/api/join/${encodeURIComponent(token)}/checkin`;
+
+/** The check-in status for this browser, or null when it does not apply (not a participant). */
+export async function checkinStatus(token) {
+  try {
+    return await api(checkinPath(token), { redirectOn401: false });
+  } catch (err) {
+    if (err instanceof ApiError && [401, 403, 404].includes(err.status)) return null;
+    throw err;
+  }
+}
+
+function slider(key, question) {
+  const id = `checkin-${key}`;
+  const input = h("input", {
+    type: "range", id, min: "0", max: "10", step: "1", value: "5",
+    "data-testid": id, "aria-describedby": `${id}-anchors`, "aria-valuetext": "5 out of 10",
+  });
+  const output = h("output", { for: id, class: "slider-value", "data-testid": `${id}-value`, "aria-hidden": "true" }, "5");
+  input.addEventListener("input", () => {
+    output.textContent = input.value;
+    input.setAttribute("aria-valuetext", `${input.value} out of 10`);
+  });
+  return h("div", { class: "slider-field" },
+    h("label", { for: id, class: "slider-question" }, question),
+    h("div", { class: "slider-row" }, input, output),
+    h("div", { class: "slider-anchors", id: `${id}-anchors` },
+      h("span", {}, "0 not at all"), h("span", {}, "10 completely")));
+}
+
+/**
+ * Show the check-in in `view` (the [data-testid=checkin] element). `hideRest()` hides the room.
+ * Returns once it is on screen.
+ */
+export async function showCheckin({ view, token, status, hideRest }) {
+  let info = status;
+  if (!info) {
+    try {
+      info = await checkinStatus(token);
+    } catch {
+      info = null;
+    }
+  }
+  const questions = { ...FALLBACK_QUESTIONS, ...((info && info.questions) || {}) };
+  const el = {
+    title: view.querySelector("#checkin-title"),
+    questions: byTestId("checkin-questions", view),
+    form: byTestId("checkin-form", view),
+    sliders: byTestId("checkin-sliders", view),
+    comment: byTestId("checkin-comment", view),
+    error: byTestId("checkin-error", view),
+    submit: byTestId("checkin-submit", view),
+    skip: byTestId("checkin-skip", view),
+    done: byTestId("checkin-done", view),
+  };
+  el.title.setAttribute("data-testid", "ended-message");
+  if (hideRest) hideRest();
+  view.hidden = false;
+
+  const finished = (text) => {
+    el.questions.hidden = true;
+    if (text) byTestId("checkin-done-text", view).textContent = text;
+    el.done.hidden = false;
+    el.done.setAttribute("tabindex", "-1");
+    el.done.focus();
+  };
+
+  if (info && info.submitted) {
+    finished("Your answers are already with your therapist. You can close this window now.");
+    return;
+  }
+  if (info && info.open === false) {
+    el.questions.hidden = true;
+    el.done.hidden = false;
+    byTestId("checkin-done-title", view).textContent = "Thank you";
+    byTestId("checkin-done-text", view).textContent = "You can close this window now.";
+    return;
+  }
+
+  el.sliders.replaceChildren(...CHECKIN_KEYS.map((key) => slider(key, questions[key])));
+  el.title.focus();
+
+  const post = async (body) => {
+    showMessage(el.error, "");
+    el.submit.disabled = true;
+    el.skip.disabled = true;
+    try {
+      await api(checkinPath(token), { method: "POST", body, redirectOn401: false });
+      finished(body.skipped
+        ? "No problem. You can close this window now."
+        : "Your answers are with your therapist. You can close this window now.");
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 409 && /already/i.test(err.message)) {
+        finished(err.message);
+        return;
+      }
+      showMessage(el.error, err.message);
+      el.submit.disabled = false;
+      el.skip.disabled = false;
+    }
+  };
+
+  el.form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const body = { comment: el.comment.value.trim().slice(0, 2000) };
+    for (const key of CHECKIN_KEYS) body[key] = Number(byTestId(`checkin-${key}`, view).value);
+    post(body);
+  });
+  el.skip.addEventListener("click", () => post({ skipped: true }));
+}
