@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,10 +35,10 @@ class Settings(BaseSettings):
     port: int = 8000
     # JSON list of RTCIceServer dicts handed to browsers and to the server's peers. Empty means
     # host candidates only (fine on a LAN or localhost; use TURN across the internet).
-    ice_servers: list[dict[str, Any]] = Field(default_factory=list)
+    ice_servers: Annotated[list[dict[str, Any]], NoDecode] = Field(default_factory=list)
     # Local addresses the media engine gathers candidates on; empty = every interface except
     # loopback (aioice's default). Tests pin this to 127.0.0.1.
-    media_addresses: list[str] = Field(default_factory=list)
+    media_addresses: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Accept loopback ICE candidates from browsers (only sensible for local development/tests).
     allow_loopback_candidates: bool = False
     invite_ttl_hours: float = 24.0

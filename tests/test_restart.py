@@ -51,7 +51,7 @@ def _serve(db: Path, port: int) -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -61,7 +61,8 @@ def _serve(db: Path, port: int) -> subprocess.Popen[bytes]:
         except httpx.HTTPError:
             time.sleep(0.1)
     proc.kill()
-    raise RuntimeError("server did not start")
+    _, err = proc.communicate(timeout=10)
+    raise RuntimeError(f"server did not start: {err.decode(errors='replace')[-2000:]}")
 
 
 async def _metrics_until(
@@ -123,6 +124,8 @@ async def test_signals_survive_a_killed_server(tmp_path: Path) -> None:
             await t.close()
             await c.close()
 
+        port = free_port()  # a fresh port: nothing to wait for from the killed process
+        base = f"http://127.0.0.1:{port}"
         server = _serve(db, port)
         async with httpx.AsyncClient(base_url=base, timeout=10) as http:
             await http.post("/api/login", json={"email": "t@example.test", "password": PASSWORD})
