@@ -1,8 +1,15 @@
 """The media of one session: a peer per present participant and the relay between them.
 
-Video and audio are decoded by aiortc on receipt and re-encoded for the other participant
-(a later step forwards encoded frames instead). Decoded audio is also handed to
-``on_audio`` so the alliance-signal engine can listen without a second decode.
+The relay forwards encoded frames (VP8 video, Opus audio) from one participant's peer to the
+other's without decoding or re-encoding them, and passes the viewer's feedback upstream: a
+keyframe request (PLI/FIR, or a viewer that just joined) becomes a throttled PLI to the
+sending browser, and the viewer's bandwidth estimate (REMB) caps the REMB the server sends to
+the sender. Audio is still decoded once, off the forwarding path, so ``on_audio`` receives
+decoded frames for the alliance-signal engine exactly as before.
+
+When a direction's codecs cannot be forwarded (say one browser offers only H.264 and the
+other gets VP8), that direction falls back to decoding and re-encoding, which is logged and
+shown in ``relay_mode``. ``MediaConfig.relay_mode = "transcode"`` makes every direction do so.
 """
 
 from __future__ import annotations
@@ -11,21 +18,29 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any, Literal
 
 from av import AudioFrame
 from av.frame import Frame
 
+from .forward import FORWARDABLE, EncodedFrame
 from .ice import MediaConfig
-from .peer import MediaState, ParticipantPeer
+from .peer import KINDS, MediaState, ParticipantPeer
 
 log = logging.getLogger("rapport.media")
 
 ROLES = ("therapist", "client")
 AudioSink = Callable[[str, AudioFrame], None]
+RelayMode = Literal["forward", "transcode"]
 
 
 def other_role(role: str) -> str:
     return "client" if role == "therapist" else "therapist"
+
+
+def direction(source_role: str) -> str:
+    """Name of the direction of media leaving ``source_role``, e.g. "therapist->client"."""
+    return f"{source_role}->{other_role(source_role)}"
 
 
 class Call:
@@ -41,6 +56,13 @@ class Call:
         self._on_media_state = on_media_state
         self._watchdog: asyncio.Task[None] | None = None
         self._last_state: dict[str, MediaState] = {}
+        default: RelayMode = "transcode" if config.relay_mode == "transcode" else "forward"
+        # Per direction ("therapist->client", "client->therapist"): "forward" when every
+        # kind of media in it passes through encoded, "transcode" otherwise.
+        self.relay_mode: dict[str, RelayMode] = {direction(r): default for r in ROLES}
+        self._modes: dict[tuple[str, str], RelayMode] = {
+            (r, k): default for r in ROLES for k in KINDS
+        }
         self.closed = False
 
     async def connect(self, role: str, offer_sdp: str) -> str:
@@ -54,8 +76,12 @@ class Call:
         peer = ParticipantPeer(
             role,
             self.config,
-            on_frame=lambda kind, frame: self._route(role, kind, frame),
+            on_frame=lambda kind, frame: self._route_decoded(role, kind, frame),
             on_state=lambda: self._state_changed(role),
+            on_encoded=lambda kind, frame: self._route_encoded(role, kind, frame),
+            on_tap_audio=(lambda frame: self._tap_audio(role, frame)) if self._on_audio else None,
+            on_keyframe_request=lambda kind: self._keyframe_for_viewer(role, kind),
+            on_remb=lambda bps: self._remb_from_viewer(role, bps),
         )
         try:
             answer = await peer.answer(offer_sdp)
@@ -66,6 +92,7 @@ class Call:
         self.peers[role] = peer
         if old is not None:
             await old.close()
+        self._update_modes()
         self._ensure_watchdog()
         self._state_changed(role)
         return answer
@@ -74,19 +101,106 @@ class Call:
         peer = self.peers.pop(role, None)
         if peer is not None:
             await peer.close()
+            source = self.peers.get(other_role(role))
+            if source is not None:
+                source.set_downstream_bitrate(None)  # its viewer's estimate left with it
         self._state_changed(role)
 
     def media_state(self, role: str) -> MediaState:
         peer = self.peers.get(role)
         return "none" if peer is None else peer.media_state
 
-    def _route(self, source_role: str, kind: str, frame: Frame) -> None:
+    def mode(self, source_role: str, kind: str) -> RelayMode:
+        """How ``kind`` media from ``source_role`` reaches the other participant."""
+        return self._modes[(source_role, kind)]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "relay_mode": dict(self.relay_mode),
+            "peers": {role: peer.stats() for role, peer in self.peers.items()},
+        }
+
+    # ----------------------------------------------------------------- relay decisions
+    def _decide(self, source_role: str, kind: str) -> RelayMode:
+        if self.config.relay_mode == "transcode":
+            return "transcode"
+        source = self.peers.get(source_role)
         target = self.peers.get(other_role(source_role))
-        if target is not None:
-            target.outbound[kind].push(frame)
+        src = source.codec(kind) if source is not None else None
+        dst = target.codec(kind) if target is not None else None
+        if src is None or dst is None:
+            # Nobody to relay to (yet), or nothing to relay: keep frames encoded, it is cheap.
+            return "forward" if src is None or src in FORWARDABLE else "transcode"
+        return "forward" if src == dst and src in FORWARDABLE else "transcode"
+
+    def _update_modes(self) -> None:
+        for source_role in ROLES:
+            source = self.peers.get(source_role)
+            for kind in KINDS:
+                mode = self._decide(source_role, kind)
+                previous = self._modes[(source_role, kind)]
+                self._modes[(source_role, kind)] = mode
+                if source is not None:
+                    source.set_forwarding(kind, mode == "forward")
+                if mode != previous and self.config.relay_mode == "forward":
+                    target = self.peers.get(other_role(source_role))
+                    src = source.codec(kind) if source else None
+                    dst = target.codec(kind) if target else None
+                    if mode == "transcode":
+                        log.warning(
+                            "relay %s %s: %s cannot be forwarded as %s; falling back to "
+                            "transcoding",
+                            direction(source_role),
+                            kind,
+                            src,
+                            dst,
+                        )
+                    else:
+                        log.info("relay %s %s: forwarding %s", direction(source_role), kind, src)
+            modes = {self._modes[(source_role, k)] for k in KINDS}
+            self.relay_mode[direction(source_role)] = (
+                "transcode" if "transcode" in modes else "forward"
+            )
+
+    # ----------------------------------------------------------------- routing
+    def _route_encoded(self, source_role: str, kind: str, frame: EncodedFrame) -> None:
+        if self._modes[(source_role, kind)] != "forward":
+            return
+        target = self.peers.get(other_role(source_role))
+        source = self.peers.get(source_role)
+        if target is not None and source is not None:
+            target.outbound[kind].push_encoded(frame, (source.id, frame.epoch))
+
+    def _route_decoded(self, source_role: str, kind: str, frame: Frame) -> None:
+        """aiortc decoded this frame: relay it (transcoding) and let the signals listen."""
+        if self._modes[(source_role, kind)] == "transcode":
+            target = self.peers.get(other_role(source_role))
+            source = self.peers.get(source_role)
+            if target is not None and source is not None:
+                target.outbound[kind].push(frame, (source.id, "decoded"))
         if kind == "audio" and self._on_audio is not None and isinstance(frame, AudioFrame):
             self._on_audio(source_role, frame)
 
+    def _tap_audio(self, source_role: str, frame: AudioFrame) -> None:
+        if self._on_audio is not None and not self.closed:
+            self._on_audio(source_role, frame)
+
+    def _keyframe_for_viewer(self, viewer_role: str, kind: str) -> None:
+        """The viewer lost or lacks a picture: ask the source's browser for a keyframe."""
+        if kind != "video":
+            return
+        source_role = other_role(viewer_role)
+        source = self.peers.get(source_role)
+        if source is not None and self._modes[(source_role, kind)] == "forward":
+            source.request_keyframe(f"viewer {viewer_role}")
+
+    def _remb_from_viewer(self, viewer_role: str, bps: int) -> None:
+        source_role = other_role(viewer_role)
+        source = self.peers.get(source_role)
+        if source is not None and self._modes[(source_role, "video")] == "forward":
+            source.set_downstream_bitrate(bps)
+
+    # ----------------------------------------------------------------- health
     def _state_changed(self, role: str) -> None:
         state = self.media_state(role)
         if self._last_state.get(role) == state:

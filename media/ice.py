@@ -23,6 +23,9 @@ class MediaConfig:
     ice_servers: Sequence[dict[str, Any]] = ()
     allow_loopback_candidates: bool = False
     media_addresses: Sequence[str] = field(default_factory=tuple)
+    # "forward": pass encoded VP8/Opus frames through (no video decode or encode);
+    # "transcode": aiortc decodes and re-encodes everything (the original relay).
+    relay_mode: str = "forward"
 
     def rtc_configuration(self) -> RTCConfiguration:
         # An explicit empty list matters: with None aiortc falls back to a public STUN server.

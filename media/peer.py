@@ -1,32 +1,79 @@
 """The server's side of one browser's peer connection.
 
-Each participant gets one ``RTCPeerConnection``. Everything it receives is read continuously
-(an unread aiortc track grows memory by about 1 MB/s) and handed to ``on_frame``; what it sends
-comes from two ``OutboundTrack``s that the call feeds with the other participant's media.
+Each participant gets one ``RTCPeerConnection``. What it receives either arrives as encoded
+frames (forwarding: ``media.forward`` takes them out of aiortc before its decoder) or as
+decoded frames from aiortc's own decode path (transcoding). Either way every received track
+is read continuously (an unread aiortc track grows memory by about 1 MB/s). What it sends
+comes from two ``OutboundTrack``\\ s that the call feeds with the other participant's media.
+
+In forwarding mode the answer negotiates VP8 and Opus only (``setCodecPreferences``) when the
+browser offers them, so that both legs of a call share a codec and frames can pass through;
+a browser without VP8 gets its own codec and the call transcodes for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame
 from av.frame import Frame
 
+from .forward import (
+    FORWARDABLE,
+    EncodedFrame,
+    ForwardingReceiver,
+    negotiated_mime,
+    watch_sender,
+)
 from .ice import MediaConfig
 from .sdp import SdpError, sanitize_offer
-from .tracks import OutboundTrack
+from .tracks import AudioTap, OutboundTrack
 
 log = logging.getLogger("rapport.media")
 
 MediaState = Literal["none", "connecting", "connected", "lost"]
 FrameSink = Callable[[str, Frame], None]
+EncodedSink = Callable[[str, EncodedFrame], None]
 STALL_AFTER_S = 3.0
+KINDS = ("audio", "video")
+# What the relay forwards, per kind, when the browser offers it.
+PREFERRED = {"video": "video/vp8", "audio": "audio/opus"}
+
+_peer_ids = itertools.count(1)
+
+
+def offered_codecs(sdp: str) -> list[tuple[str, set[str]]]:
+    """(kind, {mime types}) for each media section of an offer, in order."""
+    sections: list[tuple[str, set[str]]] = []
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            sections.append((line[2:].split(" ", 1)[0], set()))
+        elif line.startswith("a=rtpmap:") and sections:
+            parts = line.split(None, 1)
+            if len(parts) == 2:
+                kind, mimes = sections[-1]
+                mimes.add(f"{kind}/{parts[1].split('/')[0]}".lower())
+    return sections
+
+
+def prefer_codec(transceiver: RTCRtpTransceiver, mime: str) -> bool:
+    """Answer with ``mime`` (plus RTX for video) only; False when we do not support it."""
+    capabilities = RTCRtpSender.getCapabilities(transceiver.kind).codecs
+    chosen = [c for c in capabilities if c.mimeType.lower() == mime]
+    if not chosen:
+        return False
+    if transceiver.kind == "video":
+        chosen += [c for c in capabilities if c.mimeType.lower() == "video/rtx"]
+    transceiver.setCodecPreferences(chosen)
+    return True
 
 
 class ParticipantPeer:
@@ -36,13 +83,32 @@ class ParticipantPeer:
         config: MediaConfig,
         on_frame: FrameSink,
         on_state: Callable[[], None] | None = None,
+        *,
+        on_encoded: EncodedSink | None = None,
+        on_tap_audio: Callable[[AudioFrame], None] | None = None,
+        on_keyframe_request: Callable[[str], None] | None = None,
+        on_remb: Callable[[int], None] | None = None,
     ) -> None:
         self.label = label
+        self.id = next(_peer_ids)
         self.pc = RTCPeerConnection(configuration=config.rtc_configuration())
         self._config = config
+        self._forward = config.relay_mode == "forward"
         self._on_frame = on_frame
         self._on_state = on_state or (lambda: None)
-        self.outbound = {"audio": OutboundTrack("audio"), "video": OutboundTrack("video")}
+        self._on_encoded = on_encoded or (lambda kind, frame: None)
+        self._on_tap_audio = on_tap_audio
+        self._on_keyframe_request = on_keyframe_request or (lambda kind: None)
+        self._on_remb = on_remb
+        self.outbound = {
+            "audio": OutboundTrack("audio"),
+            "video": OutboundTrack(
+                "video", on_keyframe_needed=lambda: self._on_keyframe_request("video")
+            ),
+        }
+        self.forwarders: dict[str, ForwardingReceiver] = {}
+        self.codecs: dict[str, str | None] = {}
+        self.tap: AudioTap | None = None
         self._readers: list[asyncio.Task[None]] = []
         self.last_frame_at: dict[str, float] = {}
         self.frames_in: dict[str, int] = {"audio": 0, "video": 0}
@@ -64,11 +130,20 @@ class ParticipantPeer:
         """Apply a browser offer and return the answer; raise ``SdpError`` if unusable."""
         cleaned = sanitize_offer(offer_sdp, self._config)
         try:
+            # One transceiver per kind, created before the offer is applied so that its codec
+            # preferences shape the answer (aiortc fixes the codecs in setRemoteDescription).
+            transceivers: dict[str, RTCRtpTransceiver] = {}
+            for kind, mimes in offered_codecs(cleaned):
+                if kind not in KINDS or kind in transceivers:
+                    continue
+                transceiver = self.pc.addTransceiver(self.outbound[kind], direction="sendrecv")
+                transceivers[kind] = transceiver
+                if self._forward and PREFERRED[kind] in mimes:
+                    prefer_codec(transceiver, PREFERRED[kind])
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=cleaned, type="offer"))
-            kinds = {t.kind for t in self.pc.getTransceivers()}
-            for kind in ("audio", "video"):
-                if kind in kinds:
-                    self.pc.addTrack(self.outbound[kind])
+            for kind, transceiver in transceivers.items():
+                self.codecs[kind] = negotiated_mime(transceiver)
+                self._install(kind, transceiver)
             answer = await self.pc.createAnswer()
             await self.pc.setLocalDescription(answer)
         except SdpError:
@@ -80,6 +155,84 @@ class ParticipantPeer:
             raise SdpError("The offer could not be negotiated.")
         return self.pc.localDescription.sdp
 
+    def _install(self, kind: str, transceiver: RTCRtpTransceiver) -> None:
+        """Hook forwarding into the transceiver when the relay forwards and the codec allows."""
+        if not self._forward:
+            return  # the transcoding relay is stock aiortc
+        watch_sender(
+            transceiver.sender,
+            on_keyframe_request=lambda: self._on_keyframe_request(kind),
+            on_remb=self._on_remb if kind == "video" else None,
+        )
+        if self.codecs.get(kind) not in FORWARDABLE:
+            log.info("peer %s %s codec %s is decoded", self.label, kind, self.codecs.get(kind))
+            return
+        forwarder = ForwardingReceiver(
+            transceiver, on_frame=lambda frame: self._on_encoded_frame(kind, frame)
+        )
+        forwarder.enable()
+        self.forwarders[kind] = forwarder
+        if kind == "audio" and self._on_tap_audio is not None:
+            self.tap = AudioTap(self._on_tap_audio)
+
+    # ----------------------------------------------------------------- relay controls
+    def codec(self, kind: str) -> str | None:
+        """Negotiated mime type for ``kind`` (the same both ways), None if not negotiated."""
+        return self.codecs.get(kind)
+
+    def forwarding(self, kind: str) -> bool:
+        forwarder = self.forwarders.get(kind)
+        return forwarder is not None and forwarder.enabled
+
+    def set_forwarding(self, kind: str, enabled: bool) -> None:
+        """Hand over this peer's received ``kind`` encoded (True) or decoded (False)."""
+        forwarder = self.forwarders.get(kind)
+        if forwarder is None:
+            return
+        if enabled:
+            forwarder.enable()
+        else:
+            forwarder.disable()
+
+    def request_keyframe(self, reason: str = "") -> None:
+        forwarder = self.forwarders.get("video")
+        if forwarder is not None and forwarder.enabled:
+            forwarder.request_keyframe(reason)
+
+    def set_downstream_bitrate(self, bps: int | None) -> None:
+        forwarder = self.forwarders.get("video")
+        if forwarder is not None:
+            forwarder.set_downstream_bitrate(bps)
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "codecs": dict(self.codecs),
+            "frames_in": dict(self.frames_in),
+            "outbound": {
+                kind: {
+                    "sent": t.sent,
+                    "dropped": t.dropped,
+                    "gated": t.gated,
+                    "forwarded": t.sent_packets,
+                    "encoded": t.sent_frames,
+                }
+                for kind, t in self.outbound.items()
+            },
+        }
+        for kind, fw in self.forwarders.items():
+            out[f"{kind}_forwarder"] = {
+                "enabled": fw.enabled,
+                "frames": fw.assembler.frames,
+                "keyframes": fw.assembler.keyframes,
+                "skipped": fw.assembler.frames_skipped,
+                "late_packets": fw.assembler.packets_late,
+                "plis_sent": fw.plis_sent,
+            }
+        if self.tap is not None:
+            out["audio_tap"] = self.tap.stats()
+        return out
+
+    # ----------------------------------------------------------------- receiving
     def check_stall(self, now: float | None = None) -> bool:
         """Mark media lost when no RTP arrived for 3 s on a connected peer; return change.
 
@@ -95,10 +248,29 @@ class ParticipantPeer:
             return True
         return False
 
+    def _arrived(self, kind: str, at: float) -> None:
+        self.frames_in[kind] += 1
+        self.last_frame_at[kind] = at
+        if self._stalled:
+            self._stalled = False
+            self._on_state()
+
+    def _on_encoded_frame(self, kind: str, frame: EncodedFrame) -> None:
+        if self.closed:
+            return
+        self._arrived(kind, frame.arrival)
+        if kind == "audio" and self.tap is not None:
+            self.tap.push(frame)
+        try:
+            self._on_encoded(kind, frame)
+        except Exception:
+            log.exception("encoded frame sink failed")
+
     def _on_track(self, track: MediaStreamTrack) -> None:
         self._readers.append(asyncio.ensure_future(self._read(track)))
 
     async def _read(self, track: MediaStreamTrack) -> None:
+        """Read aiortc's decoded frames (transcoding); when forwarding this just waits."""
         kind = track.kind
         while True:
             try:
@@ -111,12 +283,8 @@ class ParticipantPeer:
                 log.exception("reading %s track failed", kind)
                 continue
             if not isinstance(frame, Frame):
-                continue  # a decoded track yields frames; packets only when forwarding
-            self.frames_in[kind] += 1
-            self.last_frame_at[kind] = time.monotonic()
-            if self._stalled:
-                self._stalled = False
-                self._on_state()
+                continue
+            self._arrived(kind, time.monotonic())
             try:
                 self._on_frame(kind, frame)
             except Exception:
@@ -132,6 +300,10 @@ class ParticipantPeer:
         self.closed = True
         for track in self.outbound.values():
             track.stop()
+        for forwarder in self.forwarders.values():
+            forwarder.close()
+        if self.tap is not None:
+            self.tap.close()
         for task in self._readers:
             task.cancel()
         # aiortc's close can itself raise after a failed negotiation; the peer is gone either way.

@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ice_servers=tuple(settings.ice_servers),
             allow_loopback_candidates=settings.allow_loopback_candidates,
             media_addresses=tuple(settings.media_addresses),
+            relay_mode=settings.relay_mode,
         ),
         Limits(
             max_message_bytes=settings.max_message_bytes,

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from .db import Database
 from .models import User, UserRole
-from .security import MIN_PASSWORD_LENGTH, hash_password
+from .security import MIN_PASSWORD_LENGTH, hash_password, valid_email
 from .settings import Settings
 
 
@@ -82,7 +82,7 @@ def _user_add(args: argparse.Namespace) -> int:
     if len(password) < MIN_PASSWORD_LENGTH:
         print(f"Passwords need at least {MIN_PASSWORD_LENGTH} characters.", file=sys.stderr)
         return 2
-    if "@" not in args.email:
+    if not valid_email(args.email):
         print("That does not look like an email address.", file=sys.stderr)
         return 2
     return asyncio.run(_add_user(args.email, args.role, args.name or "", password))
@@ -102,6 +102,12 @@ def _bench_signals(args: argparse.Namespace) -> int:
     from .bench_signals import main as bench_main
 
     return bench_main(args.onsets, args.json)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import run_from_args
+
+    return run_from_args(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_signals.add_argument("--onsets", type=int, default=10)
     bench_signals.add_argument("--json", help="also write the figures to this JSON file")
     bench_signals.set_defaults(func=_bench_signals)
+
+    from .bench import add_arguments
+
+    bench = sub.add_parser("bench", help="media relay capacity: forwarding vs transcoding")
+    add_arguments(bench)
+    bench.set_defaults(func=_bench)
     return parser
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     media_addresses: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Accept loopback ICE candidates from browsers (only sensible for local development/tests).
     allow_loopback_candidates: bool = False
+    # "forward": relay encoded VP8/Opus frames as they are (no video decode/encode);
+    # "transcode": decode and re-encode everything (the original relay, for comparison).
+    relay_mode: Literal["forward", "transcode"] = "forward"
     invite_ttl_hours: float = 24.0
     login_idle_minutes: float = 60.0
     max_message_bytes: int = 64 * 1024

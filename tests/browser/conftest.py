@@ -119,8 +119,9 @@ def rapport_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rapport
             (ADMIN_EMAIL, ADMIN_PASSWORD, "admin", "Sam Admin"),
         ):
             # Not a tty, so the CLI reads one line from stdin (a tty would prompt twice).
-            result = server.cli("user", "add", email, "--role", role, "--name", name,
-                                stdin=f"{password}\n")
+            result = server.cli(
+                "user", "add", email, "--role", role, "--name", name, stdin=f"{password}\n"
+            )
             if result.returncode != 0:
                 pytest.fail(
                     f"`user add {email}` failed ({result.returncode}):\n"
@@ -175,13 +176,36 @@ def _script_wav(tmp: Path, name: str, lines: tuple[tuple[str, str], ...]) -> Pat
         slot = tmp / f"{name}-{i}.wav"
         subprocess.run(
             ["espeak-ng", "-v", voice, "-s", "150", "-a", "160", "-w", str(raw), text],
-            check=True, capture_output=True, timeout=30,
+            check=True,
+            capture_output=True,
+            timeout=30,
         )
         # 48 kHz mono s16, normalised, a breath before the words, silence to fill the slot.
         subprocess.run(
-            ["sox", str(raw), "-r", "48000", "-c", "1", "-b", "16", "-e", "signed-integer",
-             str(slot), "norm", "-3", "pad", "0.3", str(SLOT_S), "trim", "0", str(SLOT_S)],
-            check=True, capture_output=True, timeout=30,
+            [
+                "sox",
+                str(raw),
+                "-r",
+                "48000",
+                "-c",
+                "1",
+                "-b",
+                "16",
+                "-e",
+                "signed-integer",
+                str(slot),
+                "norm",
+                "-3",
+                "pad",
+                "0.3",
+                str(SLOT_S),
+                "trim",
+                "0",
+                str(SLOT_S),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
         )
         slots.append(str(slot))
     out = tmp / f"{name}.wav"
@@ -249,9 +273,11 @@ def browsers(dialogue_wavs: DialogueWavs) -> Iterator[Browsers]:
         # Separate browser processes: each has its own fake devices (its own script as the
         # microphone, since --use-file-for-fake-audio-capture is per process) and identity.
         therapist = pw.chromium.launch(
-            executable_path=CHROMIUM, args=chromium_args(dialogue_wavs.therapist))
+            executable_path=CHROMIUM, args=chromium_args(dialogue_wavs.therapist)
+        )
         client = pw.chromium.launch(
-            executable_path=CHROMIUM, args=chromium_args(dialogue_wavs.client))
+            executable_path=CHROMIUM, args=chromium_args(dialogue_wavs.client)
+        )
         try:
             yield Browsers(therapist=therapist, client=client)
         finally:

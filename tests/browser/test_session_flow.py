@@ -106,15 +106,17 @@ def _open(
 def wait_video(
     page: Page, key: str, selector: str = REMOTE, min_frames: int = 15
 ) -> dict[str, Any]:
-    handle = page.wait_for_function(VIDEO_ADVANCING_JS, arg=[selector, key, min_frames],
-                                    polling=200, timeout=WAIT_MS)
+    handle = page.wait_for_function(
+        VIDEO_ADVANCING_JS, arg=[selector, key, min_frames], polling=200, timeout=WAIT_MS
+    )
     result: dict[str, Any] = handle.json_value()
     return result
 
 
 def wait_audio(page: Page, key: str, threshold: float = 0.01) -> float:
-    handle = page.wait_for_function(AUDIO_ENERGY_JS, arg=[REMOTE, key, threshold],
-                                    polling=100, timeout=WAIT_MS)
+    handle = page.wait_for_function(
+        AUDIO_ENERGY_JS, arg=[REMOTE, key, threshold], polling=100, timeout=WAIT_MS
+    )
     return float(handle.json_value())
 
 
@@ -122,8 +124,14 @@ def shoot(page: Page, artifacts: Path, name: str) -> None:
     page.screenshot(path=str(artifacts / f"{name}.png"))
 
 
-def login_via_page(page: Page, email: str, password: str, path: str = "/login?next=/sessions",
-                   lands_on: str = "/sessions", artifacts: Path | None = None) -> None:
+def login_via_page(
+    page: Page,
+    email: str,
+    password: str,
+    path: str = "/login?next=/sessions",
+    lands_on: str = "/sessions",
+    artifacts: Path | None = None,
+) -> None:
     page.goto(path, wait_until="domcontentloaded")
     page.get_by_test_id("login-email").fill(email)
     page.get_by_test_id("login-password").fill(password)
@@ -187,8 +195,9 @@ def test_admit_talk_leave_rejoin_end(
         shoot(t, artifacts_dir, "sessions-1280")
 
         t.get_by_test_id("open-created-room").click()
-        t.wait_for_url(re.compile(rf"/sessions/{re.escape(session_id)}$"),
-                       wait_until="domcontentloaded")
+        t.wait_for_url(
+            re.compile(rf"/sessions/{re.escape(session_id)}$"), wait_until="domcontentloaded"
+        )
         expect(t.get_by_test_id("stage-message")).to_contain_text("Waiting for your client")
         wait_video(t, "self", selector=SELF, min_frames=5)
 
@@ -202,7 +211,8 @@ def test_admit_talk_leave_rejoin_end(
         c.get_by_test_id("display-name").fill("Robin")
         c.get_by_test_id("join-button").click()
         expect(c.get_by_test_id("waiting-message")).to_contain_text(
-            "Waiting for your therapist to let you in")
+            "Waiting for your therapist to let you in"
+        )
         shoot(c, artifacts_dir, "client-waiting-1280")
 
         # Therapist admits; both sides play the other's video; the therapist hears the client.
@@ -254,13 +264,22 @@ def test_admit_talk_leave_rejoin_end(
         t.get_by_test_id("end-button").click()
         expect(t.get_by_test_id("ended-message")).to_have_text("Session ended")
         expect(c.get_by_test_id("ended-message")).to_have_text("The session has ended")
-        expect(t.get_by_test_id("ended-message").locator("xpath=..").get_by_role(
-            "link", name="Back to sessions")).to_be_visible()
+        expect(
+            t.get_by_test_id("ended-message")
+            .locator("xpath=..")
+            .get_by_role("link", name="Back to sessions")
+        ).to_be_visible()
         shoot(t, artifacts_dir, "therapist-ended-1280")
         shoot(c, artifacts_dir, "client-ended-1280")
 
-        required = {"session_created", "client_waiting", "client_admitted", "client_left",
-                    "client_rejoined", "session_ended"}
+        required = {
+            "session_created",
+            "client_waiting",
+            "client_admitted",
+            "client_left",
+            "client_rejoined",
+            "session_ended",
+        }
         events = audit_actions(server, session_id, required)
         actions = {e["action"] for e in events}
         assert required <= actions, f"missing {required - actions}; got {sorted(actions)}"
@@ -355,7 +374,8 @@ def test_second_tab_takes_over_the_room(
         second.on("pageerror", lambda err: console_log.append(f"[tab-2] pageerror: {err}"))
         second.goto(room, wait_until="domcontentloaded")
         expect(second.get_by_test_id("takeover-panel")).to_contain_text(
-            "This session is open in another tab")
+            "This session is open in another tab"
+        )
         second.get_by_test_id("takeover-button").click()
         expect(second.get_by_test_id("takeover-panel")).to_be_hidden()
         expect(second.get_by_test_id("stage-message")).to_contain_text("Waiting for your client")

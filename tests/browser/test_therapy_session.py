@@ -187,9 +187,18 @@ def call(rapport_server: Any, browsers: Any, artifacts_dir: Path) -> Iterator[Ca
         expect(t.get_by_test_id("connection-status")).to_have_text("Connected")
         expect(c.get_by_test_id("connection-status")).to_have_text("Connected")
         yield Call(
-            server=server, artifacts=artifacts_dir, t_ctx=t_ctx, t=t, c_ctx=c_ctx, c=c,
-            session_id=session_id, invite_url=invite_url, http=http,
-            connected_at=time.monotonic(), precheck=precheck, console_lines=log,
+            server=server,
+            artifacts=artifacts_dir,
+            t_ctx=t_ctx,
+            t=t,
+            c_ctx=c_ctx,
+            c=c,
+            session_id=session_id,
+            invite_url=invite_url,
+            http=http,
+            connected_at=time.monotonic(),
+            precheck=precheck,
+            console_lines=log,
         )
     finally:
         for ctx in (t_ctx, c_ctx):
@@ -203,9 +212,14 @@ def call(rapport_server: Any, browsers: Any, artifacts_dir: Path) -> Iterator[Ca
 def test_panel_talk_balance_matches_metrics(call: Call) -> None:
     t = call.t
     wait_for(
-        lambda: (m := call.metrics()) is not None and m["duration_s"] >= 12
-        and m["client_share"] is not None and m["therapist_talk_s"] > 0,
-        45, "12 s of signals with both people talking",
+        lambda: (
+            (m := call.metrics()) is not None
+            and m["duration_s"] >= 12
+            and m["client_share"] is not None
+            and m["therapist_talk_s"] > 0
+        ),
+        45,
+        "12 s of signals with both people talking",
     )
 
     def compare() -> tuple[int, int] | None:
@@ -227,8 +241,13 @@ def test_panel_talk_balance_matches_metrics(call: Call) -> None:
     m = call.metrics()
     assert m is not None
     expect(t.get_by_test_id("talk-balance-5min")).to_have_text(re.compile(r"^\d{1,3}%$"))
-    for testid in ("turns", "long-silences", "backchannels", "interruptions-therapist",
-                   "interruptions-client"):
+    for testid in (
+        "turns",
+        "long-silences",
+        "backchannels",
+        "interruptions-therapist",
+        "interruptions-client",
+    ):
         expect(t.get_by_test_id(testid)).to_have_text(re.compile(r"^\d+$"))
     assert abs(int(t.get_by_test_id("turns").inner_text()) - m["turns"]) <= 3
     for testid in ("monologue-therapist", "monologue-client"):
@@ -246,9 +265,14 @@ def test_panel_talk_balance_matches_metrics(call: Call) -> None:
 
     # The 10-minute timeline shows both speakers, with a text alternative.
     box = t.get_by_test_id("timeline")
-    wait_for(lambda: float(box.get_attribute("data-therapist-s") or 0) > 1
-             and float(box.get_attribute("data-client-s") or 0) > 1,
-             15, "both speakers on the timeline")
+    wait_for(
+        lambda: (
+            float(box.get_attribute("data-therapist-s") or 0) > 1
+            and float(box.get_attribute("data-client-s") or 0) > 1
+        ),
+        15,
+        "both speakers on the timeline",
+    )
     assert t.locator('[data-testid="timeline"] .lane-therapist .lane-on').count() > 0
     assert t.locator('[data-testid="timeline"] .lane-client .lane-on').count() > 0
     expect(box.locator("svg")).to_have_attribute("role", "img")
@@ -294,7 +318,8 @@ def test_agenda_is_shared_live(call: Call) -> None:
     expect(t_items).to_contain_text(["My sister's visit", "How the week went"])
     assert focused_testid(t) in {"agenda-up", "agenda-down"}
     active_item = t.evaluate(
-        "() => document.activeElement.closest('[data-testid=agenda-item]').textContent")
+        "() => document.activeElement.closest('[data-testid=agenda-item]').textContent"
+    )
     assert "My sister's visit" in active_item
 
     # Edit the text (Enter saves).
@@ -437,7 +462,9 @@ def test_signals_accuracy_against_offline_truth(call: Call, dialogue_wavs: Any) 
     # Let the call run long enough (both scripts loop every 20 s).
     m = wait_for(
         lambda: (x := call.metrics()) is not None and x["duration_s"] >= ACCURACY_AFTER_S and x,
-        ACCURACY_AFTER_S + 30, f"{ACCURACY_AFTER_S:.0f} s of session", interval=0.5,
+        ACCURACY_AFTER_S + 30,
+        f"{ACCURACY_AFTER_S:.0f} s of session",
+        interval=0.5,
     )
     panel_text = call.t.get_by_test_id("talk-balance").inner_text()
     seconds = call.timeline()
@@ -639,7 +666,8 @@ def test_checkin_by_keyboard_and_the_summary(call: Call) -> None:
             c.keyboard.press("ArrowRight" if value > 5 else "ArrowLeft")
         expect(c.get_by_test_id(f"checkin-{key}-value")).to_have_text(str(value))
         expect(c.get_by_test_id(f"checkin-{key}")).to_have_attribute(
-            "aria-valuetext", f"{value} out of 10")
+            "aria-valuetext", f"{value} out of 10"
+        )
     tab_to(c, "checkin-comment")
     c.keyboard.type("It helped to talk about my sister.")
     tab_to(c, "checkin-submit")
@@ -667,7 +695,8 @@ def test_checkin_by_keyboard_and_the_summary(call: Call) -> None:
     )
     expect(t.get_by_test_id("summary-homework")).to_have_text("Notice one calm moment each day.")
     expect(t.get_by_test_id("summary-share")).to_have_text(
-        f"{round(100 * summary['metrics']['client_share'])}%")
+        f"{round(100 * summary['metrics']['client_share'])}%"
+    )
     assert t.locator('[data-testid="summary-timeline"] .lane-therapist .lane-on').count() > 0
     assert t.locator('[data-testid="summary-timeline"] .lane-client .lane-on').count() > 0
     expect(t.get_by_test_id("trend-share").locator("svg")).to_be_visible()
@@ -677,7 +706,8 @@ def test_checkin_by_keyboard_and_the_summary(call: Call) -> None:
     expect(t.get_by_test_id("signals-all")).to_contain_text("Backchannels")
     expect(t.get_by_test_id("trend-rows").locator("tbody tr")).to_have_count(len(summary["trend"]))
     expect(t.get_by_test_id("timeline-minutes").locator("tbody tr")).to_have_count(
-        -(-len(summary["timeline"]) // 60))
+        -(-len(summary["timeline"]) // 60)
+    )
 
     # Exports.
     res = t.request.get(t.get_by_test_id("export-json").get_attribute("href") or "")
@@ -693,5 +723,6 @@ def test_checkin_by_keyboard_and_the_summary(call: Call) -> None:
     t.goto("/sessions", wait_until="domcontentloaded")
     item = t.locator(f'[data-testid="session-item"][data-session-id="{call.session_id}"]')
     expect(item.get_by_test_id("summary-link")).to_have_attribute(
-        "href", f"/sessions/{call.session_id}/summary")
+        "href", f"/sessions/{call.session_id}/summary"
+    )
     assert not page_errors(call.console_lines), call.console_lines

@@ -1,0 +1,681 @@
+"""Encoded-frame forwarding on top of aiortc's internals (exactly aiortc 1.16.0).
+
+Why this module exists: aiortc's ``RTCRtpReceiver`` always decodes. It reassembles RTP into
+frames in a ``JitterBuffer`` (audio with a 4-frame prefetch, i.e. +80 ms) and decodes them on a
+thread, so a relay built on its public API decodes and re-encodes every video frame (about a
+third of a core per 640×480 stream). Its ``RTCRtpSender`` already packetises ``av.Packet``\\ s
+without encoding; only the receiving side lacks a way to hand over encoded frames.
+
+This is the ONLY module of Rapport that touches aiortc internals, and each touch is small:
+
+* ``RTCRtpReceiver._RTCRtpReceiver__jitter_buffer`` is swapped for a ``FrameAssembler`` with
+  the same ``add(packet) -> (pli_flag, frame)`` contract. aiortc keeps doing everything
+  around it (SRTP, RTX unwrapping, NACKs, receiver reports, its bitrate estimator, and the
+  VP8 depayload into ``packet._data``); the assembler completes each frame on its last packet
+  (RTP marker bit, no prefetch), hands it to a callback and returns ``None`` so aiortc's
+  decoder thread stays idle. Swapping the original buffer back restores aiortc's decode path
+  (the transcoding fallback).
+* ``RTCRtpReceiver._RTCRtpReceiver__remote_bitrate_estimator`` (aiortc's delay-based
+  bandwidth estimator) is fed once per video frame instead of once per packet, which saves
+  CPU without changing its groups (a frame's packets leave the sender together); the
+  forwarder then sends the REMB itself, as min(own estimate, the viewer's estimate).
+  ``_send_rtcp`` and ``_send_rtcp_pli`` send that REMB and (throttled) keyframe requests.
+* ``RTCRtpSender._send_keyframe`` (called on a viewer's PLI or FIR) and
+  ``RTCRtpSender._handle_rtcp_packet`` (REMB) are wrapped to observe the viewer's feedback.
+* ``RTCRtpTransceiver._codecs`` tells which codecs were negotiated.
+
+``check_internals()`` verifies all of the above at import and raises ``ImportError`` with a
+clear message when aiortc changed, so an upgrade fails loudly instead of silently decoding
+again (or silently sending nothing). tests/test_forward.py checks the behaviour end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiortc
+from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.codecs import get_decoder, is_rtx
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RtcpPsfbPacket,
+    RtpPacket,
+    pack_remb_fci,
+    unpack_remb_fci,
+)
+from av.frame import Frame
+
+log = logging.getLogger("rapport.media.forward")
+
+AIORTC_VERSION = "1.16.0"
+# Codecs whose frames the relay forwards as they are (mime types, lower case).
+FORWARDABLE = frozenset({"video/vp8", "audio/opus"})
+KEYFRAME_INTERVAL_S = 0.5  # at most one keyframe request to a sender per interval
+GAP_TIMEOUT_S = 0.15  # how long a missing packet may hold up later frames (NACK/RTX time)
+MAX_BUFFERED_PACKETS = 400  # a video frame of a 640×480 keyframe is ~40 packets
+MAX_LATE_IN_A_ROW = 100  # this many "old" packets in a row means the sender jumped ahead
+REMB_MIN_INTERVAL_S = 0.25
+
+
+class ForwardingUnavailable(ImportError):
+    """aiortc is not the version whose internals this module was written against."""
+
+
+# ---------------------------------------------------------------------------- self-check
+def check_internals() -> list[str]:
+    """Return what no longer matches the aiortc internals this module relies on."""
+    problems: list[str] = []
+    if aiortc.__version__ != AIORTC_VERSION:
+        problems.append(
+            f"aiortc {aiortc.__version__} is installed; media/forward.py patches internals of "
+            f"aiortc {AIORTC_VERSION} only. Re-validate media/forward.py against the new "
+            "version (tests/test_forward.py) before changing the pin in pyproject.toml."
+        )
+
+    def source(obj: Any) -> str:
+        try:
+            return inspect.getsource(obj)
+        except (OSError, TypeError):
+            return ""
+
+    init = source(RTCRtpReceiver.__init__)
+    handle = source(RTCRtpReceiver._handle_rtp_packet)
+    for needle, where in (
+        ("self.__jitter_buffer = JitterBuffer(", init),
+        ("pli_flag, encoded_frame = self.__jitter_buffer.add(packet)", handle),
+        ("packet._data = depayload(codec, packet.payload)", handle),
+        ("if encoded_frame is not None and self.__decoder_thread:", handle),
+        ("self.__remote_bitrate_estimator = RemoteBitrateEstimator()", init),
+        ("remb = self.__remote_bitrate_estimator.add(", handle),
+        ("if self.__rtcp_ssrc is not None and remb is not None:", handle),
+        ("unwrap_rtx(packet", handle),
+    ):
+        if needle not in where:
+            problems.append(f"RTCRtpReceiver no longer contains {needle!r}")
+    for cls, name in (
+        (RTCRtpReceiver, "_send_rtcp"),
+        (RTCRtpReceiver, "_send_rtcp_pli"),
+        (RTCRtpReceiver, "_handle_rtp_packet"),
+        (RTCRtpSender, "_handle_rtcp_packet"),
+    ):
+        if not inspect.iscoroutinefunction(getattr(cls, name, None)):
+            problems.append(f"{cls.__name__}.{name} is missing or no longer a coroutine")
+    if not callable(getattr(RTCRtpSender, "_send_keyframe", None)):
+        problems.append("RTCRtpSender._send_keyframe is missing")
+    sender_rtcp = source(RTCRtpSender._handle_rtcp_packet)
+    if "self._send_keyframe()" not in sender_rtcp:
+        problems.append("RTCRtpSender no longer calls _send_keyframe() on PLI/FIR")
+    next_frame = source(RTCRtpSender._next_encoded_frame)
+    if "self.__encoder.pack(data)" not in next_frame:
+        problems.append("RTCRtpSender no longer packs pre-encoded av.Packets")
+    if "_set_rtcp_ssrc" not in dir(RTCRtpReceiver):
+        problems.append("RTCRtpReceiver._set_rtcp_ssrc is missing")
+    if "self._codecs" not in source(RTCRtpTransceiver.__init__):
+        problems.append("RTCRtpTransceiver._codecs is missing")
+    jb = JitterBuffer(capacity=16, prefetch=4)
+    if not all(hasattr(jb, a) for a in ("_capacity", "_prefetch", "_is_video", "add")):
+        problems.append("JitterBuffer attributes changed")
+    return problems
+
+
+_problems = check_internals()
+if _problems:
+    raise ForwardingUnavailable(
+        "Rapport's forwarding relay cannot run on this aiortc: " + "; ".join(_problems)
+    )
+
+
+# ---------------------------------------------------------------------------- frames
+@dataclass(slots=True)
+class EncodedFrame:
+    """One complete encoded frame as it arrived, ready to be packetised again."""
+
+    kind: str  # "audio" | "video"
+    mime: str  # lower-case mime type, e.g. "video/vp8"
+    data: bytes
+    timestamp: int  # RTP timestamp, unwrapped (keeps growing across 32-bit wraps)
+    clock_rate: int
+    keyframe: bool  # always True for audio
+    arrival: float  # time.monotonic() when the frame became complete
+    epoch: int  # changes when the stream restarts (new SSRC): timestamps are then unrelated
+
+
+FrameSink = Callable[[EncodedFrame], None]
+
+
+def _seq_after(a: int, b: int) -> bool:
+    """``a`` is later than ``b`` in 16-bit sequence space."""
+    return a != b and ((a - b) & 0xFFFF) < 0x8000
+
+
+class _Unwrapper:
+    """Extends 32-bit RTP timestamps to a monotonic-ish int (wraps every ~13 h at 90 kHz)."""
+
+    def __init__(self) -> None:
+        self._raw: int | None = None
+        self._ext = 0
+
+    def __call__(self, ts: int) -> int:
+        if self._raw is None:
+            self._ext = ts
+        else:
+            diff = (ts - self._raw) & 0xFFFFFFFF
+            if diff >= 0x80000000:
+                diff -= 0x100000000
+            self._ext += diff
+        self._raw = ts
+        return self._ext
+
+
+def _vp8_frame_start(packet: RtpPacket) -> bool:
+    """First packet of a VP8 frame: descriptor S bit set and partition id 0 (RFC 7741)."""
+    payload = packet.payload
+    return bool(payload) and (payload[0] & 0x10) != 0 and (payload[0] & 0x0F) == 0
+
+
+def _vp8_keyframe(data: bytes) -> bool:
+    """A VP8 frame (payload header first) is a keyframe when the P bit is 0 (RFC 6386)."""
+    return bool(data) and (data[0] & 0x01) == 0
+
+
+class FrameAssembler:
+    """Stands in for aiortc's JitterBuffer: RTP packets in, complete frames out, no prefetch.
+
+    Audio: every Opus packet is a frame and is delivered at once; late packets are dropped.
+    Video (VP8): a frame is delivered when every packet from its first (descriptor S bit)
+    to its last (marker bit) is present. A missing packet holds later frames back for at
+    most ``GAP_TIMEOUT_S`` so aiortc's NACK can fetch it; after that the assembler skips
+    ahead to the next keyframe and asks for one, because a decoder fed frames with a hole
+    in the reference chain shows corrupted video until the next keyframe anyway.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        codec_for: Callable[[int], RTCRtpCodecParameters | None],
+        deliver: FrameSink,
+        need_keyframe: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
+        on_marker: Callable[[], None] | None = None,
+    ) -> None:
+        self.kind = kind
+        self._codec_for = codec_for
+        self._clock = clock
+        self._on_marker = on_marker
+        self._deliver = deliver
+        self._need_keyframe = need_keyframe
+        self._packets: dict[int, RtpPacket] = {}
+        self._next: int | None = None  # sequence number of the next frame's first packet
+        self._stuck_since: float | None = None
+        self._unwrap = _Unwrapper()
+        self.ssrc: int | None = None
+        self.epoch = 0
+        self.frames = 0
+        self.keyframes = 0
+        self.frames_skipped = 0
+        self.packets_late = 0
+        self._late_in_a_row = 0
+        self.last_keyframe_at = 0.0
+
+    # aiortc's receiver calls this for every depayloaded RTP packet.
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        try:
+            if packet.ssrc != self.ssrc or self._late_in_a_row > MAX_LATE_IN_A_ROW:
+                self._restart(packet.ssrc)
+            if self.kind == "audio":
+                self._add_audio(packet)
+            else:
+                self._add_video(packet)
+                if packet.marker and self._on_marker is not None:
+                    self._on_marker()
+        except Exception:  # never let a malformed packet stop aiortc's receive loop
+            log.exception("frame assembly failed")
+        return False, None
+
+    @property
+    def capacity(self) -> int:
+        return MAX_BUFFERED_PACKETS
+
+    def _restart(self, ssrc: int) -> None:
+        self.ssrc = ssrc
+        self.epoch += 1
+        self._packets.clear()
+        self._next = None
+        self._stuck_since = None
+        self._late_in_a_row = 0
+        self._unwrap = _Unwrapper()
+
+    def _late(self) -> None:
+        self.packets_late += 1
+        self._late_in_a_row += 1
+
+    def _codec(self, packet: RtpPacket) -> RTCRtpCodecParameters | None:
+        return self._codec_for(packet.payload_type)
+
+    def _add_audio(self, packet: RtpPacket) -> None:
+        seq = packet.sequence_number
+        if self._next is not None and not (seq == self._next or _seq_after(seq, self._next)):
+            self._late()
+            return
+        self._late_in_a_row = 0
+        self._next = (seq + 1) & 0xFFFF
+        codec = self._codec(packet)
+        data: bytes = getattr(packet, "_data", b"")
+        if codec is None or not data:
+            return
+        self.frames += 1
+        self._deliver(
+            EncodedFrame(
+                "audio",
+                codec.mimeType.lower(),
+                data,
+                self._unwrap(packet.timestamp),
+                codec.clockRate,
+                True,
+                self._clock(),
+                self.epoch,
+            )
+        )
+
+    def _add_video(self, packet: RtpPacket) -> None:
+        seq = packet.sequence_number
+        if self._next is None:
+            if not (_vp8_frame_start(packet) and _vp8_keyframe(getattr(packet, "_data", b""))):
+                self._packets[seq] = packet  # may complete a keyframe that started earlier
+                self._trim_unsynced()
+                self._need_keyframe()
+                return
+            self._next = seq
+            self._packets = {s: p for s, p in self._packets.items() if not _seq_after(seq, s)}
+        elif not (seq == self._next or _seq_after(seq, self._next)):
+            self._late()  # a retransmission we no longer need, or a duplicate
+            return
+        self._late_in_a_row = 0
+        self._packets[seq] = packet
+        self._drain()
+        if self._packets and self._next is not None:
+            now = self._clock()
+            if self._stuck_since is None:
+                self._stuck_since = now
+            elif (
+                now - self._stuck_since > GAP_TIMEOUT_S or len(self._packets) > MAX_BUFFERED_PACKETS
+            ):
+                self._skip_to_keyframe()
+
+    def _trim_unsynced(self) -> None:
+        if len(self._packets) > MAX_BUFFERED_PACKETS:
+            self._packets.clear()
+
+    def _drain(self) -> None:
+        """Deliver every complete frame at the head of the buffer."""
+        while self._next is not None:
+            seq = self._next
+            first = self._packets.get(seq)
+            if first is None:
+                return
+            if not first.payload:  # padding-only packet between frames
+                del self._packets[seq]
+                self._next = (seq + 1) & 0xFFFF
+                continue
+            if not _vp8_frame_start(first):
+                self._skip_to_keyframe()  # lost the start of this frame
+                return
+            parts: list[RtpPacket] = []
+            while True:
+                packet = self._packets.get(seq)
+                if packet is None:
+                    return  # incomplete: wait for a retransmission
+                if parts and packet.timestamp != first.timestamp:
+                    break  # a sender that does not set the marker bit: the frame ended
+                parts.append(packet)
+                seq = (seq + 1) & 0xFFFF
+                if packet.marker:
+                    break
+                if len(parts) > MAX_BUFFERED_PACKETS:
+                    self._skip_to_keyframe()
+                    return
+            for packet in parts:
+                del self._packets[packet.sequence_number]
+            self._next = seq
+            self._stuck_since = None
+            self._emit(parts)
+
+    def _emit(self, parts: list[RtpPacket]) -> None:
+        first = parts[0]
+        codec = self._codec(first)
+        if codec is None:
+            return
+        data = b"".join(getattr(p, "_data", b"") for p in parts)
+        keyframe = _vp8_keyframe(data)
+        now = self._clock()
+        self.frames += 1
+        if keyframe:
+            self.keyframes += 1
+            self.last_keyframe_at = now
+        self._deliver(
+            EncodedFrame(
+                "video",
+                codec.mimeType.lower(),
+                data,
+                self._unwrap(first.timestamp),
+                codec.clockRate,
+                keyframe,
+                now,
+                self.epoch,
+            )
+        )
+
+    def _skip_to_keyframe(self) -> None:
+        """Give up on the frame at the head; resume at the next buffered keyframe start."""
+        self.frames_skipped += 1
+        self._stuck_since = None
+        starts = sorted(
+            (s for s, p in self._packets.items() if _vp8_frame_start(p) and _vp8_keyframe(p._data)),  # type: ignore[attr-defined]
+            key=lambda s: (s - (s if self._next is None else self._next)) & 0xFFFF,
+        )
+        if starts:
+            self._next = starts[0]
+            self._packets = {s: p for s, p in self._packets.items() if not _seq_after(starts[0], s)}
+            self._drain()
+        else:
+            self._next = None
+            self._packets.clear()
+            self._need_keyframe()
+
+
+# ---------------------------------------------------------------------------- receiver
+class _PerFrameEstimator:
+    """Stands in for aiortc's RemoteBitrateEstimator: aiortc feeds it every packet, it
+    passes one sample per frame on (the frame's last packet's times, the frame's size).
+
+    aiortc's estimator groups packets sent within 5 ms and compares group to group. A
+    sender that bursts each frame (aiortc, most encoders at these rates) makes one group
+    per frame, so per-frame samples give the same delay trend for a quarter of the CPU; a
+    pacing sender gets coarser, per-frame groups, still a sound delay gradient. It returns
+    ``None`` to aiortc, so aiortc never sends REMB on its own while forwarding:
+    ``frame_done`` hands the estimate to the forwarder, which caps it by the viewer's.
+    """
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self._last: tuple[int, int, int] | None = None
+        self._size = 0
+
+    def add(
+        self, arrival_time_ms: int, abs_send_time: int, payload_size: int, ssrc: int
+    ) -> tuple[int, list[int]] | None:
+        self._last = (arrival_time_ms, abs_send_time, ssrc)
+        self._size += payload_size
+        return None
+
+    def frame_done(self) -> tuple[int, list[int]] | None:
+        if self._last is None:
+            return None
+        arrival, send_time, ssrc = self._last
+        size, self._last, self._size = self._size, None, 0
+        result: tuple[int, list[int]] | None = self.real.add(
+            arrival_time_ms=arrival, abs_send_time=send_time, payload_size=size, ssrc=ssrc
+        )
+        return result
+
+
+class ForwardingReceiver:
+    """Makes one aiortc ``RTCRtpReceiver`` hand over encoded frames instead of decoding.
+
+    ``enable()``/``disable()`` switch between forwarding and aiortc's own decode path at
+    any time (the relay falls back to transcoding when codecs do not match). The receiver
+    also sends the sending browser keyframe requests (throttled to one per
+    ``KEYFRAME_INTERVAL_S``, with one trailing request so none is lost) and REMB.
+    """
+
+    def __init__(
+        self,
+        transceiver: RTCRtpTransceiver,
+        on_frame: FrameSink,
+        *,
+        keyframe_interval: float = KEYFRAME_INTERVAL_S,
+    ) -> None:
+        receiver = transceiver.receiver
+        self.kind = transceiver.kind
+        self._receiver = receiver
+        self._keyframe_interval = keyframe_interval
+        self._transceiver = transceiver
+        self._codecs: dict[int, RTCRtpCodecParameters] = {}
+        self.assembler = FrameAssembler(
+            self.kind,
+            self._codec_for,
+            on_frame,
+            lambda: self.request_keyframe("resync"),
+            on_marker=self._frame_sent if self.kind == "video" else None,
+        )
+        self._original_buffer: JitterBuffer = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+        self._original_estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
+        self._estimator = (
+            _PerFrameEstimator(self._original_estimator)
+            if self._original_estimator is not None
+            else None
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._last_pli = -1e9
+        self._pending_pli: asyncio.TimerHandle | None = None
+        self._downstream_bps: int | None = None
+        self._own_bps: int | None = None
+        self._last_remb: tuple[float, int] | None = None
+        self.enabled = False
+        self.keyframe_requests = 0
+        self.plis_sent = 0
+        self.rembs_sent: list[int] = []
+        self.closed = False
+
+    def _codec_for(self, payload_type: int) -> RTCRtpCodecParameters | None:
+        codec = self._codecs.get(payload_type)
+        if codec is None:  # negotiation may have completed after we were installed
+            self._codecs = {
+                c.payloadType: c
+                for c in self._transceiver._codecs
+                if not is_rtx(c) and c.payloadType is not None
+            }
+            codec = self._codecs.get(payload_type)
+        return codec
+
+    # -- mode
+    def enable(self) -> None:
+        if self.enabled or self.closed:
+            return
+        if self.assembler.ssrc is not None:  # forwarded before: start clean at a keyframe
+            self.assembler._restart(self.assembler.ssrc)
+            self.request_keyframe("forwarding resumed")
+        self._receiver._RTCRtpReceiver__jitter_buffer = self.assembler  # type: ignore[attr-defined]
+        if self._estimator is not None:
+            self._receiver._RTCRtpReceiver__remote_bitrate_estimator = self._estimator  # type: ignore[attr-defined]
+        self.enabled = True
+
+    def disable(self) -> None:
+        """Give the packets back to aiortc's jitter buffer and decoder (transcoding)."""
+        if not self.enabled:
+            return
+        original = self._original_buffer
+        fresh = JitterBuffer(
+            capacity=original._capacity, prefetch=original._prefetch, is_video=original._is_video
+        )
+        self._receiver._RTCRtpReceiver__jitter_buffer = fresh  # type: ignore[attr-defined]
+        self._receiver._RTCRtpReceiver__remote_bitrate_estimator = self._original_estimator  # type: ignore[attr-defined]
+        self.enabled = False
+        if self.kind == "video":
+            self.request_keyframe("decoder start")  # the decoder cannot start mid-GOP
+
+    # -- keyframes
+    def request_keyframe(self, reason: str = "") -> None:
+        """Ask the sender for a keyframe, at most once per interval (the rest coalesce)."""
+        if self.kind != "video" or self.closed:
+            return
+        self.keyframe_requests += 1
+        if self._pending_pli is not None:
+            return
+        now = time.monotonic()
+        wait = self._last_pli + self._keyframe_interval - now
+        if wait <= 0:
+            self._send_pli(reason)
+            return
+        asked_at = now
+        loop = asyncio.get_running_loop()
+
+        def _trailing() -> None:
+            self._pending_pli = None
+            # A keyframe that arrived after the request already answered it.
+            if self.assembler.last_keyframe_at < asked_at:
+                self._send_pli(reason + " (deferred)")
+
+        self._pending_pli = loop.call_later(wait, _trailing)
+
+    def _send_pli(self, reason: str) -> None:
+        ssrc = self.assembler.ssrc
+        if ssrc is None or self.closed:
+            return  # nothing received yet: the sender's first frame is a keyframe anyway
+        self._last_pli = time.monotonic()
+        self.plis_sent += 1
+        log.debug("PLI to ssrc %d (%s)", ssrc, reason)
+        self._spawn(self._receiver._send_rtcp_pli(ssrc))
+
+    # -- bandwidth
+    def _frame_sent(self) -> None:
+        """The last packet of a video frame arrived: one estimator sample, maybe a REMB."""
+        if self._estimator is None or not self.enabled:
+            return
+        estimate = self._estimator.frame_done()
+        if estimate is not None:
+            self._own_bps = estimate[0]
+            self._remb(force=True)
+
+    def set_downstream_bitrate(self, bps: int | None) -> None:
+        """The viewer's REMB: the sender must not send more than the viewer can take."""
+        self._downstream_bps = bps
+        if bps is not None and self.kind == "video":
+            self._remb(force=False)
+
+    def _remb(self, force: bool) -> None:
+        """REMB to the sender: min(own estimate, viewer's estimate), whichever are known."""
+        known = [b for b in (self._own_bps, self._downstream_bps) if b is not None]
+        if not known or self.closed:
+            return
+        target = min(known)
+        if not force and self._last_remb is not None:
+            at, sent = self._last_remb
+            if time.monotonic() - at < REMB_MIN_INTERVAL_S and target >= sent * 0.9:
+                return  # no news worth a packet: not lower, and one went out just now
+        self._spawn(self._send_remb(target))
+
+    async def _send_remb(self, bps: int) -> None:
+        rtcp_ssrc = self._receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
+        media_ssrc = self.assembler.ssrc
+        if rtcp_ssrc is None or media_ssrc is None:
+            return
+        packet = RtcpPsfbPacket(
+            fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(bps, [media_ssrc])
+        )
+        self._last_remb = (time.monotonic(), bps)
+        self.rembs_sent.append(bps)
+        del self.rembs_sent[:-20]
+        await self._receiver._send_rtcp(packet)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        self.closed = True
+        if self._pending_pli is not None:
+            self._pending_pli.cancel()
+            self._pending_pli = None
+        for task in self._tasks:
+            task.cancel()
+
+
+# ---------------------------------------------------------------------------- sender
+def watch_sender(
+    sender: RTCRtpSender,
+    on_keyframe_request: Callable[[], None],
+    on_remb: Callable[[int], None] | None = None,
+) -> None:
+    """Report a viewer's PLI/FIR and REMB sent to one of our senders.
+
+    aiortc's handling stays in place (in transcoding it makes its encoder send a keyframe);
+    the callbacks let the relay pass the feedback on to the participant who is the source.
+    """
+    original_keyframe = sender._send_keyframe
+    original_rtcp = sender._handle_rtcp_packet
+
+    def _send_keyframe() -> None:
+        original_keyframe()
+        try:
+            on_keyframe_request()
+        except Exception:
+            log.exception("keyframe request handler failed")
+
+    async def _handle_rtcp_packet(packet: Any) -> None:
+        await original_rtcp(packet)
+        if on_remb is not None and isinstance(packet, RtcpPsfbPacket):
+            if packet.fmt == RTCP_PSFB_APP:
+                try:
+                    bitrate, ssrcs = unpack_remb_fci(packet.fci)
+                except ValueError:
+                    return
+                if sender._ssrc in ssrcs:
+                    on_remb(bitrate)
+
+    sender._send_keyframe = _send_keyframe  # type: ignore[method-assign]
+    sender._handle_rtcp_packet = _handle_rtcp_packet  # type: ignore[method-assign]
+
+
+# ---------------------------------------------------------------------------- helpers
+def negotiated_codec(transceiver: RTCRtpTransceiver) -> RTCRtpCodecParameters | None:
+    """The codec a transceiver sends with (and expects), once negotiated."""
+    return next((c for c in transceiver._codecs if not is_rtx(c)), None)
+
+
+def negotiated_mime(transceiver: RTCRtpTransceiver) -> str | None:
+    codec = negotiated_codec(transceiver)
+    return codec.mimeType.lower() if codec is not None else None
+
+
+class FrameDecoder:
+    """aiortc's own decoder for a codec, fed ``EncodedFrame``\\ s.
+
+    Using aiortc's decoder (not a hand-configured PyAV one) keeps decoded frames exactly
+    what the decode path yields: Opus comes out as 48 kHz s16 stereo frames of 960 samples.
+    """
+
+    def __init__(self, mime: str, clock_rate: int) -> None:
+        kind = mime.split("/")[0]
+        self._decoder = get_decoder(
+            RTCRtpCodecParameters(
+                mimeType=mime, clockRate=clock_rate, channels=2 if kind == "audio" else None
+            )
+        )
+
+    def decode(self, frame: EncodedFrame) -> list[Frame]:
+        return self._decoder.decode(JitterFrame(frame.data, frame.timestamp))
+
+
+__all__ = [
+    "AIORTC_VERSION",
+    "FORWARDABLE",
+    "EncodedFrame",
+    "ForwardingReceiver",
+    "ForwardingUnavailable",
+    "FrameAssembler",
+    "FrameDecoder",
+    "check_internals",
+    "negotiated_codec",
+    "negotiated_mime",
+    "watch_sender",
+]
