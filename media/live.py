@@ -105,7 +105,7 @@ class LiveSignals:
         # The same VAD → engine glue the offline analyser uses.
         self._audio = ParticipantAudio(self.engine, sample_rate=SAMPLE_RATE)
         self._mix = {r: _Downmixer(frame_samples) for r in Role}
-        self._queues: dict[Role, deque[np.ndarray]] = {
+        self._queues: dict[Role, deque[AudioFrame]] = {
             r: deque(maxlen=MAX_QUEUED_FRAMES) for r in Role
         }
         self._present = dict.fromkeys(Role, False)
@@ -150,14 +150,15 @@ class LiveSignals:
 
     # ---------------------------------------------------------------- event-loop side
     def on_audio(self, role: str, frame: AudioFrame) -> None:
-        r = Role(role)
-        chunks = self._mix[r].push(frame)
-        with self._lock:
-            queue = self._queues[r]
-            for chunk in chunks:
-                if len(queue) == queue.maxlen:
-                    self.frames_dropped += 1
-                queue.append(chunk)
+        """Called on the event loop for every decoded frame: only queue it.
+
+        Downmixing and voice activity run on the worker thread, off the media path.
+        """
+        queue = self._queues[Role(role)]
+        # No lock: deque append/popleft are atomic, so the loop never waits for the worker.
+        if len(queue) == queue.maxlen:
+            self.frames_dropped += 1
+        queue.append(frame)
 
     def set_present(self, role: str, present: bool) -> None:
         with self._lock:
@@ -186,8 +187,9 @@ class LiveSignals:
             events: list[SignalEvent] = []
             for role in Role:
                 queue = self._queues[role]
-                while queue:  # voice activity runs here, on the worker thread
-                    self._audio.push(role, queue.popleft())
+                while queue:  # downmix and voice activity run here, on the worker thread
+                    for chunk in self._mix[role].push(queue.popleft()):
+                        self._audio.push(role, chunk)
             while self._ticks < target:
                 for role in Role:  # keep up with real time after a burst
                     self.frames_dropped += self._audio.trim(role, keep=4)
