@@ -99,3 +99,28 @@ def test_analyze_pcm_handles_silent_tracks() -> None:
     snap = analyze_pcm({Role.THERAPIST: zeros, Role.CLIENT: zeros})
     assert snap.silence_s == pytest.approx(2.0)
     assert snap.therapist_talk_s == 0 and snap.client_share is None
+
+
+def test_rapport_analyze_prints_the_snapshot_as_json(dialogue: Dialogue, at_48k: Snapshot) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from media.signals import Role
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "analyze",
+            str(dialogue.wav(Role.THERAPIST)),
+            str(dialogue.wav(Role.CLIENT)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert printed == at_48k.to_dict()  # the command is the same engine, nothing more
