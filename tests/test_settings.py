@@ -30,3 +30,11 @@ def test_secure_cookies_follow_the_public_url(monkeypatch: pytest.MonkeyPatch) -
     assert Settings().cookie_secure is True
     monkeypatch.setenv("RAPPORT_PUBLIC_URL", "http://127.0.0.1:8000")
     assert Settings().cookie_secure is False
+
+
+def test_public_url_follows_the_served_address_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAPPORT_PUBLIC_URL", raising=False)
+    assert Settings(port=8799).public_url == "http://127.0.0.1:8799"
+    assert Settings(host="0.0.0.0", port=9000).public_url == "http://127.0.0.1:9000"
+    monkeypatch.setenv("RAPPORT_PUBLIC_URL", "https://therapy.example.org")
+    assert Settings(port=8799).public_url == "https://therapy.example.org"
