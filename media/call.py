@@ -5,8 +5,7 @@ other's without decoding or re-encoding them, and passes the viewer's feedback u
 keyframe request (PLI/FIR, or a viewer that just joined) becomes a throttled PLI to the
 sending browser, and the viewer's bandwidth estimate (REMB) caps the REMB the server sends to
 the sender. Audio is still decoded once, off the forwarding path, so ``on_audio`` receives
-decoded frames for the alliance-signal engine exactly as before: from the decoder thread when
-forwarding, on the event loop when transcoding, so the sink must be thread-safe.
+decoded frames for the alliance-signal engine exactly as before.
 
 When a direction's codecs cannot be forwarded (say one browser offers only H.264 and the
 other gets VP8), that direction falls back to decoding and re-encoding, which is logged and

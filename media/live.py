@@ -1,9 +1,8 @@
 """The live signal pipeline: decoded call audio in, speaking changes and snapshots out.
 
-The call hands every decoded audio frame to ``LiveSignals.on_audio`` (from the audio decoder
-thread, or the event loop when transcoding); that only queues, lock-free. One
-``SignalWorker`` thread per server downmixes and runs voice activity and the pure engine for
-every session on a 20 ms wall clock, so the event loop never does DSP. The
+The call hands every decoded audio frame to ``LiveSignals.on_audio`` on the event loop; that
+only downmixes and queues. One ``SignalWorker`` thread per server runs voice activity and the
+pure engine for every session on a 20 ms wall clock, so the event loop never does DSP. The
 clock is the wall clock (not the audio): a participant whose audio stops still has their
 time counted, as not speaking, and time with nobody present is not counted at all.
 """

@@ -210,13 +210,18 @@ class _TapWorker:
             time.sleep(TAP_PERIOD_S)
             with self._lock:
                 taps = list(self._taps)
+            batches: dict[asyncio.AbstractEventLoop, list[tuple[AudioTap, list[AudioFrame]]]] = {}
             for tap in taps:
                 try:
                     decoded = tap._decode_pending()
                 except Exception:
                     log.exception("audio tap failed")
                     continue
-                _deliver(tap, decoded)
+                if decoded:
+                    batches.setdefault(tap._loop, []).append((tap, decoded))
+            for loop, items in batches.items():
+                with contextlib.suppress(RuntimeError):  # loop closed at shutdown
+                    loop.call_soon_threadsafe(_deliver, items)
 
 
 def _name_os_thread(name: bytes) -> None:
@@ -227,14 +232,15 @@ def _name_os_thread(name: bytes) -> None:
         ctypes.CDLL(None).prctl(15, name[:15], 0, 0, 0)  # PR_SET_NAME
 
 
-def _deliver(tap: AudioTap, frames: list[AudioFrame]) -> None:
-    for frame in frames:
-        if tap.closed:
-            break
-        try:
-            tap._deliver(frame)
-        except Exception:
-            log.exception("audio sink failed")
+def _deliver(items: list[tuple[AudioTap, list[AudioFrame]]]) -> None:
+    for tap, frames in items:
+        for frame in frames:
+            if tap.closed:
+                break
+            try:
+                tap._deliver(frame)
+            except Exception:
+                log.exception("audio sink failed")
 
 
 _worker: _TapWorker | None = None
@@ -250,10 +256,7 @@ def _tap_worker() -> _TapWorker:
 
 
 class AudioTap:
-    """Decodes forwarded audio once, off the event loop, and delivers it from that thread.
-
-    The sink only queues for the signal worker thread, so a hop through the event loop
-    would add a loop callback per batch and nothing else; sinks must be thread-safe.
+    """Decodes forwarded audio once, off the event loop, and delivers it on the loop.
 
     The queue is bounded and drops the oldest frame under overload (counted in
     ``dropped``): the signal engine tolerates a missing 20 ms frame, a growing backlog
@@ -261,6 +264,7 @@ class AudioTap:
     """
 
     def __init__(self, deliver: Callable[[AudioFrame], None], maxlen: int = 10) -> None:
+        self._loop = asyncio.get_running_loop()
         self._deliver = deliver
         self._pending: deque[EncodedFrame] = deque(maxlen=maxlen)
         self._lock = threading.Lock()
