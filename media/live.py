@@ -109,7 +109,6 @@ class LiveSignals:
             r: deque(maxlen=MAX_QUEUED_FRAMES) for r in Role
         }
         self._present = dict.fromkeys(Role, False)
-        self._muted = dict.fromkeys(Role, False)
         self._lock = threading.Lock()
         self._clock_base: float | None = None
         self._ticks = 0
@@ -169,7 +168,6 @@ class LiveSignals:
 
     def set_muted(self, role: str, muted: bool) -> None:
         with self._lock:
-            self._muted[Role(role)] = muted
             self._audio.set_muted(Role(role), muted)
 
     # ---------------------------------------------------------------- worker side
