@@ -131,7 +131,7 @@ class QualityHub:
         self.metrics.active_sessions.set(len(self.rooms.rooms))
         for role in ("therapist", "client"):
             self.metrics.participants.labels(role).set(
-                sum(1 for r in self.rooms.rooms.values() if r._member(role) is not None)
+                sum(1 for r in self.rooms.rooms.values() if r.member(role) is not None)
             )
 
     @staticmethod
@@ -239,7 +239,7 @@ class QualityHub:
                 other is not None
                 and other.score is not None
                 and other.label is not None
-                and room._member("client" if role == "therapist" else "therapist")
+                and room.member("client" if role == "therapist" else "therapist")
             ):
                 peer_level = m.QualityLevel(score=other.score, label=other.label)
             await room.send_quality(

@@ -255,7 +255,7 @@ class Room:
                     await self._deny(member, pid)
             case m.Mute(audio=audio, video=video):
                 member.audio_muted, member.video_muted = audio, video
-                if self.signals is not None and self._member(member.role) is member:
+                if self.signals is not None and self.member(member.role) is member:
                     self.signals.set_muted(member.role, audio)
                 await self._send_peer_state(member.role)
             case m.Leave():
@@ -588,14 +588,15 @@ class Room:
             media=self.call.media_state(role) if member is not None else "none",
         )
 
-    def _member(self, role: str) -> Member | None:
+    def member(self, role: str) -> Member | None:
+        """The therapist or the admitted client, if in the call."""
         return self.therapist if role == "therapist" else self.client
 
     def _sync_signals(self, role: Role) -> None:
         """Present for the signals = in the call with media flowing; lost media is absence."""
         if self.signals is None:
             return
-        member = self._member(role)
+        member = self.member(role)
         self.signals.set_present(
             role, member is not None and self.call.media_state(role) == "connected"
         )
@@ -634,7 +635,7 @@ class Room:
             )
 
     async def send_quality(self, role: Role, message: m.Quality) -> None:
-        member = self._member(role)
+        member = self.member(role)
         if member is not None:
             await member.send(message)
 

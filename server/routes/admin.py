@@ -74,7 +74,7 @@ async def live_calls(_admin: Admin, request: Request, db: DbSession) -> dict[str
         started = session.started_at or session.created_at
         if started.tzinfo is None:
             started = started.replace(tzinfo=UTC)
-        present = [r for r in ("therapist", "client") if room._member(r) is not None]
+        present = [r for r in ("therapist", "client") if room.member(r) is not None]
         calls.append(
             {
                 "session_id": session_id,
