@@ -18,8 +18,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
+import numpy as np
+from aiortc import RTCStatsReport
 from av import AudioFrame
 from av.frame import Frame
 
@@ -30,8 +33,49 @@ from .peer import KINDS, MediaState, ParticipantPeer
 log = logging.getLogger("rapport.media")
 
 ROLES = ("therapist", "client")
-AudioSink = Callable[[str, AudioFrame], None]
+# A participant's decoded audio: an av frame, or (from a media worker process) 48 kHz mono
+# int16 samples, which is all the signal engine needs and a fifth of the bytes to ship.
+AudioInput = AudioFrame | np.ndarray
+AudioSink = Callable[[str, AudioInput], None]
+MediaStateSink = Callable[[str, MediaState], None]
 RelayMode = Literal["forward", "transcode"]
+
+
+@dataclass
+class PeerReport:
+    """One participant's peer as the quality hub samples it."""
+
+    role: str
+    media_state: MediaState
+    rtc: RTCStatsReport
+
+
+class CallHandle(Protocol):
+    """What a room needs of its call, whether the peers live in this process or a worker's."""
+
+    relay_mode: dict[str, RelayMode]
+
+    async def connect(self, role: str, offer_sdp: str) -> str: ...
+
+    async def disconnect(self, role: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def media_state(self, role: str) -> MediaState: ...
+
+    @property
+    def peer_count(self) -> int: ...
+
+    async def peer_reports(self) -> list[PeerReport]: ...
+
+    async def relay_stats(self) -> dict[str, Any]: ...
+
+
+class MediaUnavailable(RuntimeError):
+    """The media engine serving this call went away (a worker process died); retry."""
+
+
+CallFactory = Callable[[str, AudioSink | None, MediaStateSink | None], CallHandle]
 
 
 def other_role(role: str) -> str:
@@ -44,11 +88,13 @@ def direction(source_role: str) -> str:
 
 
 class Call:
+    """The in-process call; ``media.pool.RemoteCall`` is the same behind a worker process."""
+
     def __init__(
         self,
         config: MediaConfig,
         on_audio: AudioSink | None = None,
-        on_media_state: Callable[[str, MediaState], None] | None = None,
+        on_media_state: MediaStateSink | None = None,
     ) -> None:
         self.config = config
         self.peers: dict[str, ParticipantPeer] = {}
@@ -114,11 +160,28 @@ class Call:
         """How ``kind`` media from ``source_role`` reaches the other participant."""
         return self._modes[(source_role, kind)]
 
+    @property
+    def peer_count(self) -> int:
+        return len(self.peers)
+
     def stats(self) -> dict[str, Any]:
         return {
             "relay_mode": dict(self.relay_mode),
             "peers": {role: peer.stats() for role, peer in self.peers.items()},
         }
+
+    async def relay_stats(self) -> dict[str, Any]:
+        return self.stats()
+
+    async def peer_reports(self) -> list[PeerReport]:
+        reports = []
+        for role, peer in list(self.peers.items()):
+            try:
+                rtc = await peer.pc.getStats()
+            except Exception:  # a peer closing under our feet has no stats; skip it this round
+                continue
+            reports.append(PeerReport(role, peer.media_state, rtc))
+        return reports
 
     # ----------------------------------------------------------------- relay decisions
     def _decide(self, source_role: str, kind: str) -> RelayMode:

@@ -52,23 +52,32 @@ class SignalsUpdate:
     at_monotonic: float
 
 
-class _Downmixer:
-    """Turns any decoded audio frame into 48 kHz mono int16 frames of the engine's size."""
+class MonoPcm:
+    """Turns any decoded audio frame into 48 kHz mono int16 samples."""
 
-    def __init__(self, frame_samples: int) -> None:
-        self.frame_samples = frame_samples
+    def __init__(self) -> None:
         self._resampler: AudioResampler | None = None
-        self._pending = np.zeros(0, dtype=np.int16)
 
-    def push(self, frame: AudioFrame) -> list[np.ndarray]:
+    def mono(self, frame: AudioFrame) -> np.ndarray:
         if frame.sample_rate == SAMPLE_RATE and frame.format.name == "s16":
             data = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
-            mono = data.mean(axis=1).astype(np.int16) if data.shape[1] > 1 else data[:, 0]
-        else:
-            if self._resampler is None:
-                self._resampler = AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-            parts = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
-            mono = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+            return data.mean(axis=1).astype(np.int16) if data.shape[1] > 1 else data[:, 0]
+        if self._resampler is None:
+            self._resampler = AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        parts = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+
+
+class _Downmixer(MonoPcm):
+    """Cuts decoded audio (a frame, or mono samples already) into the engine's frame size."""
+
+    def __init__(self, frame_samples: int) -> None:
+        super().__init__()
+        self.frame_samples = frame_samples
+        self._pending = np.zeros(0, dtype=np.int16)
+
+    def push(self, frame: AudioFrame | np.ndarray) -> list[np.ndarray]:
+        mono = frame if isinstance(frame, np.ndarray) else self.mono(frame)
         if mono.size == self.frame_samples and not self._pending.size:
             return [mono.copy()]
         self._pending = np.concatenate([self._pending, mono])
@@ -105,7 +114,7 @@ class LiveSignals:
         # The same VAD → engine glue the offline analyser uses.
         self._audio = ParticipantAudio(self.engine, sample_rate=SAMPLE_RATE)
         self._mix = {r: _Downmixer(frame_samples) for r in Role}
-        self._queues: dict[Role, deque[AudioFrame]] = {
+        self._queues: dict[Role, deque[AudioFrame | np.ndarray]] = {
             r: deque(maxlen=MAX_QUEUED_FRAMES) for r in Role
         }
         self._present = dict.fromkeys(Role, False)
@@ -148,8 +157,8 @@ class LiveSignals:
             self._runs.append([code, 1])
 
     # ---------------------------------------------------------------- event-loop side
-    def on_audio(self, role: str, frame: AudioFrame) -> None:
-        """Called on the event loop for every decoded frame: only queue it.
+    def on_audio(self, role: str, frame: AudioFrame | np.ndarray) -> None:
+        """Called on the event loop for every decoded frame (or mono samples): only queue it.
 
         Downmixing and voice activity run on the worker thread, off the media path.
         """

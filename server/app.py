@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import func, select
 
 from media.ice import MediaConfig, restrict_host_addresses
+from media.pool import MediaWorkerPool
 from signaling.limits import Limits
 from signaling.rooms import RoomRegistry
 
@@ -60,6 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 flush=True,
             )
         app.state.draining = False
+        if pool is not None:
+            await pool.start()
         signals.start()
         loop_lag.start()
         quality.start()
@@ -68,6 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await quality.stop()
         await loop_lag.stop()
         await app.state.rooms.close_all()
+        if pool is not None:
+            await pool.close()
         await signals.close()
         await database.dispose()
 
@@ -76,19 +81,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.database = database
     signals = SignalsHub(database)
     app.state.signals = signals
+    media_config = MediaConfig(
+        ice_servers=tuple(settings.ice_servers),
+        allow_loopback_candidates=settings.allow_loopback_candidates,
+        media_addresses=tuple(settings.media_addresses),
+        relay_mode=settings.relay_mode,
+    )
+    workers = settings.media_worker_count
+    pool = MediaWorkerPool(media_config, workers, log_level=settings.log_level) if workers else None
+    app.state.media_pool = pool
     app.state.rooms = RoomRegistry(
         DatabaseRoomHooks(database, signals),
-        MediaConfig(
-            ice_servers=tuple(settings.ice_servers),
-            allow_loopback_candidates=settings.allow_loopback_candidates,
-            media_addresses=tuple(settings.media_addresses),
-            relay_mode=settings.relay_mode,
-        ),
+        media_config,
         Limits(
             max_message_bytes=settings.max_message_bytes,
             messages_per_second=settings.max_messages_per_second,
         ),
         signals_for=signals.for_session,
+        call_factory=pool.call if pool is not None else None,
     )
     signals.rooms = app.state.rooms
     metrics = Metrics()

@@ -66,6 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mode", choices=MODES, default="forward", help="relay mode without --compare"
     )
+    parser.add_argument(
+        "--media-workers",
+        type=int,
+        default=None,
+        help="media worker processes of the bench's server (default: the server's, one per "
+        "core; 0: media in the server process)",
+    )
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument(
         "--loadgens", type=int, default=0, help="load-generator processes (0: auto)"
@@ -85,11 +92,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------------- probes
+def _stat_fields(pid: int) -> list[str]:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return raw[raw.rindex(")") + 2 :].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (every thread), from /proc (getrusage only sees children)."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2 :].split()
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process and every live descendant: the server and its media workers."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                children.setdefault(int(_stat_fields(int(entry.name))[1]), []).append(
+                    int(entry.name)
+                )
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += cpu_seconds(current)
+        todo += children.get(current, [])
+    return total
 
 
 def udp_rcvbuf_errors() -> int:
@@ -168,13 +197,17 @@ def serve_child() -> int:
         modes: dict[str, int] = {"forward": 0, "transcode": 0}
         drops = 0
         for room in app.state.rooms.rooms.values():
-            stats = room.call.stats()
+            stats = await room.call.relay_stats()
             for mode in stats["relay_mode"].values():
                 modes[mode] = modes.get(mode, 0) + 1
             for peer in stats["peers"].values():
                 drops += sum(o["dropped"] for o in peer["outbound"].values())
+        pool = app.state.media_pool
+        workers = await pool.health(reset_lag=reset) if pool is not None else []
         return {
             "pid": os.getpid(),
+            "media_workers": len(workers),
+            "worker_loop_lag_p99_ms": [w.get("loop_lag_p99_ms") for w in workers],
             "loop_lag_ms": {
                 "samples": len(samples),
                 "p50": percentile(samples, 0.5),
@@ -281,6 +314,8 @@ async def run_once(
                 "RAPPORT_LOG_LEVEL": "warning",
                 "PYTHONUNBUFFERED": "1",
             }
+            if args.media_workers is not None:
+                env["RAPPORT_MEDIA_WORKERS"] = str(args.media_workers)
             server_log = (workdir / "server.log").open("wb")
             logs.append(server_log)
             server = await asyncio.create_subprocess_exec(
@@ -371,7 +406,7 @@ async def run_once(
             )
             await proc.stdin.drain()
         await asyncio.sleep(max(0.0, start - time.monotonic()))
-        cpu0 = cpu_seconds(server_pid) if server_pid else None
+        cpu0 = tree_cpu_seconds(server_pid) if server_pid else None
         wall0 = time.monotonic()
         rcvbuf0 = udp_rcvbuf_errors()
         loadgen_cpu0 = sum(cpu_seconds(p.pid) for p in procs)
@@ -379,7 +414,7 @@ async def run_once(
             await asyncio.to_thread(_http_json, stats_url + "?reset=1")
         load_before = os.getloadavg()[0]
         await asyncio.sleep(max(0.0, until - time.monotonic()))
-        cpu1 = cpu_seconds(server_pid) if server_pid else None
+        cpu1 = tree_cpu_seconds(server_pid) if server_pid else None
         wall1 = time.monotonic()
         rcvbuf1 = udp_rcvbuf_errors()
         loadgen_cpu1 = sum(cpu_seconds(p.pid) for p in procs)
@@ -461,6 +496,9 @@ def summarise(
     frame_loss = 1 - (received["audio"] + received["video"]) / total_sent if total_sent else None
     per_session = cpu / started if cpu is not None and started else None
     lag = (server_stats or {}).get("loop_lag_ms", {})
+    # The worst event loop of the server's processes: signalling's, or a media worker's.
+    lags = [lag.get("p99"), *(server_stats or {}).get("worker_loop_lag_p99_ms", [])]
+    lag_p99 = max((v for v in lags if v is not None), default=None)
     meets = (
         started == sessions
         and frame_loss is not None
@@ -483,7 +521,9 @@ def summarise(
         },
         "streams_unmatched": unmatched,
         "udp_rcvbuf_errors": rcvbuf,
-        "loop_lag_p99_ms": None if lag.get("p99") is None else round(lag["p99"], 3),
+        "loop_lag_p99_ms": None if lag_p99 is None else round(lag_p99, 3),
+        "server_loop_lag_p99_ms": None if lag.get("p99") is None else round(lag["p99"], 3),
+        "media_workers": (server_stats or {}).get("media_workers"),
         "loop_lag_max_ms": None if lag.get("max") is None else round(lag["max"], 3),
         "relay_directions": (server_stats or {}).get("relay_directions"),
         "server_outbound_drops": (server_stats or {}).get("outbound_drops"),

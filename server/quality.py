@@ -103,14 +103,11 @@ class QualityHub:
         for session_id, room in list(self.rooms.rooms.items()):
             call = self.calls.setdefault(session_id, CallQuality(session_id, room.created_at))
             live.add(session_id)
-            for role, peer in list(room.call.peers.items()):
-                peers += 1
+            peers += room.call.peer_count
+            for peer in await room.call.peer_reports():
+                role = peer.role
                 pq = call.roles.setdefault(role, ParticipantQuality())
-                try:
-                    report = await peer.pc.getStats()
-                except Exception:
-                    continue
-                up, down = pq.sampler.sample(report, now, lost=peer.media_state == "lost")
+                up, down = pq.sampler.sample(peer.rtc, now, lost=peer.media_state == "lost")
                 down = self._with_client(pq, down, now)
                 up_score, _ = pq.up.update(up)
                 down_score, _ = pq.down.update(down)

@@ -7,6 +7,7 @@ servers with different settings in one process.
 from __future__ import annotations
 
 import json
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -44,6 +45,9 @@ class Settings(BaseSettings):
     # "forward": relay encoded VP8/Opus frames as they are (no video decode/encode);
     # "transcode": decode and re-encode everything (the original relay, for comparison).
     relay_mode: Literal["forward", "transcode"] = "forward"
+    # Media worker processes; each session's call is pinned to one. None: one per core.
+    # 0 runs the media in the server process itself (one core at most; handy for debugging).
+    media_workers: int | None = Field(default=None, ge=0, le=256)
     invite_ttl_hours: float = 24.0
     login_idle_minutes: float = 60.0
     max_message_bytes: int = 64 * 1024
@@ -72,6 +76,12 @@ class Settings(BaseSettings):
             host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
             self.public_url = f"http://{host}:{self.port}"
         return self
+
+    @property
+    def media_worker_count(self) -> int:
+        if self.media_workers is not None:
+            return self.media_workers
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
     @cached_property
     def cookie_secure(self) -> bool:

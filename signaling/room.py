@@ -17,10 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from av import AudioFrame
 from pydantic import BaseModel, ValidationError
 
-from media.call import Call
+from media.call import AudioInput, Call, CallFactory, CallHandle, MediaUnavailable
 from media.ice import MediaConfig
 from media.peer import MediaState
 from media.sdp import SdpError
@@ -63,7 +62,7 @@ class RoomHooks(Protocol):
 class SignalsPort(Protocol):
     """The live alliance signals of a session, as the room feeds them."""
 
-    def on_audio(self, role: str, frame: AudioFrame) -> None: ...
+    def on_audio(self, role: str, frame: AudioInput) -> None: ...
 
     def set_present(self, role: str, present: bool) -> None: ...
 
@@ -122,6 +121,7 @@ class Room:
         status: str = "scheduled",
         signals: SignalsPort | None = None,
         observer: RoomObserver | None = None,
+        call_factory: CallFactory | None = None,
     ) -> None:
         self.session_id = session_id
         self.hooks = hooks
@@ -135,10 +135,11 @@ class Room:
         self.signals = signals
         self.observer = observer
         self.created_at = time.time()
-        self.call = Call(
-            media_config,
-            on_audio=signals.on_audio if signals else None,
-            on_media_state=self._media_changed,
+        on_audio = signals.on_audio if signals else None
+        self.call: CallHandle = (
+            call_factory(session_id, on_audio, self._media_changed)
+            if call_factory is not None
+            else Call(media_config, on_audio=on_audio, on_media_state=self._media_changed)
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self.agenda: Agenda | None = None
@@ -488,6 +489,14 @@ class Room:
             answer = await self.call.connect(member.role, sdp)
         except SdpError as exc:
             await self._error(member, m.ErrorCode.BAD_SDP, str(exc), ref="offer")
+            return
+        except MediaUnavailable:
+            await self._error(
+                member,
+                m.ErrorCode.MEDIA_FAILED,
+                "The media server restarted; reconnecting should work.",
+                ref="offer",
+            )
             return
         await member.send(m.Answer(sdp=answer))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from media.call import CallFactory
 from media.ice import MediaConfig
 
 from .limits import Limits
@@ -19,8 +20,10 @@ class RoomRegistry:
         limits: Limits,
         signals_for: Callable[[str], SignalsPort | None] | None = None,
         observer: RoomObserver | None = None,
+        call_factory: CallFactory | None = None,
     ) -> None:
         self.hooks = hooks
+        self.call_factory = call_factory
         self.media_config = media_config
         self.limits = limits
         self.rooms: dict[str, Room] = {}
@@ -43,6 +46,7 @@ class RoomRegistry:
                 status=status,
                 signals=signals,
                 observer=self.observer,
+                call_factory=self.call_factory,
             )
             room.on_empty = self._drop
             self.rooms[session_id] = room

@@ -64,9 +64,11 @@ def make_settings(tmp_path: Path, port: int, **overrides: object) -> Settings:
 
 
 @pytest.fixture
-def live_server(tmp_path: Path) -> Iterator[LiveServer]:
+def live_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LiveServer]:
+    """A server as deployed: media in one worker process unless a test asks otherwise
+    (``@pytest.mark.parametrize("live_server", [0, 2], indirect=True)``; 0 = in-process)."""
     port = free_port()
-    settings = make_settings(tmp_path, port)
+    settings = make_settings(tmp_path, port, media_workers=getattr(request, "param", 1))
     app = create_app(settings)
     config = uvicorn.Config(
         app,

@@ -6,6 +6,7 @@ import asyncio
 
 import httpx
 import numpy as np
+import pytest
 
 from tests.conftest import LiveServer
 from tests.media_helpers import FakeBrowser, PcmTrack, speech
@@ -33,6 +34,7 @@ async def _signals_until(t: Participant, predicate, timeout: float = 20.0) -> di
     return await asyncio.wait_for(_wait(), timeout)
 
 
+@pytest.mark.parametrize("live_server", [0, 2], indirect=True, ids=["in-process", "2-workers"])
 async def test_therapist_gets_live_signals_and_client_never_does(
     live_server: LiveServer, therapist: httpx.AsyncClient
 ) -> None:

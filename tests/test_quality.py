@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import httpx
@@ -189,6 +190,11 @@ async def test_participants_admins_and_prometheus_see_quality(
     assert any(point["fps"] == 15 for point in history)
     health = (await admin.get("/api/admin/health")).json()
     assert health["peer_connections"] == 2 and health["database"] is True
+    # The call runs in the server's one media worker, and the admin can see that.
+    assert calls[0]["media_worker"] == 0
+    [worker] = health["media_workers"]
+    assert worker["alive"] and worker["calls"] == 1 and worker["peers"] == 2
+    assert worker["pid"] != os.getpid() and health["media_worker_restarts"] == 0
     for path in ("/api/admin/calls", "/api/admin/health", "/api/admin/incidents"):
         assert (await therapist.get(path)).status_code == 403
     for path in (

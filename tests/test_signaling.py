@@ -49,6 +49,7 @@ async def _audit(admin: httpx.AsyncClient, session_id: str) -> list[str]:
     return [e["action"] for e in reversed(events["events"])]
 
 
+@pytest.mark.parametrize("live_server", [0, 2], indirect=True, ids=["in-process", "2-workers"])
 async def test_full_flow_waiting_admit_media_leave_rejoin_end(
     live_server: LiveServer, therapist: httpx.AsyncClient, admin: httpx.AsyncClient
 ) -> None:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel
 from sqlalchemy import select
 
+from media.pool import MediaWorkerPool
 from signaling.rooms import RoomRegistry
 
 from ..auth import Admin, DbSession
@@ -86,6 +87,8 @@ async def live_calls(_admin: Admin, request: Request, db: DbSession) -> dict[str
                 "waiting": len(room.waiting),
                 "worst_quality": hub.worst(session_id),
                 "relay_mode": getattr(room.call, "relay_mode", "transcode"),
+                # Which media worker process carries the call (None: the server process).
+                "media_worker": getattr(room.call, "worker_index", None),
             }
         )
     return {"calls": calls}
@@ -118,11 +121,14 @@ async def health(_admin: Admin, request: Request) -> dict[str, Any]:
     cpu: CpuMeter = request.app.state.cpu
     rooms: RoomRegistry = request.app.state.rooms
     database: Database = request.app.state.database
+    pool: MediaWorkerPool | None = request.app.state.media_pool
     return {
         "cpu_fraction": cpu.read(),
         "event_loop_lag_p99_ms": lag.p99_ms(),
         "event_loop_lag_max_ms": lag.max_ms(),
         "rooms": len(rooms.rooms),
-        "peer_connections": sum(len(r.call.peers) for r in rooms.rooms.values()),
+        "peer_connections": sum(r.call.peer_count for r in rooms.rooms.values()),
         "database": await database.ping(),
+        "media_workers": await pool.health() if pool is not None else [],
+        "media_worker_restarts": pool.restarts if pool is not None else 0,
     }

@@ -433,6 +433,11 @@ def test_connection_quality_for_participants_and_admin(call: Call, browsers: Any
         expect(m.get_by_test_id("detail-summary")).to_contain_text(LABEL)
         expect(m.get_by_test_id("health-rooms")).to_have_text(re.compile(r"^\d+$"))
         expect(m.get_by_test_id("health-database")).to_have_text("reachable")
+        # The server runs its default: one media worker process per core, all running.
+        expect(m.get_by_test_id("health-workers")).to_have_text(
+            re.compile(r"^(\d+) of \1 running \(CPU ")
+        )
+        expect(row.get_by_test_id("call-relay")).to_contain_text(re.compile(r"worker \d"))
         expect(m.get_by_test_id("incidents-summary")).not_to_have_text("Loading…")
         m.get_by_test_id("audit-session").fill(call.session_id)
         m.get_by_test_id("audit-action").fill("client_admitted")

@@ -86,7 +86,11 @@ async function loadCalls() {
         h("td", { class: "num", "data-testid": "call-participants" }, String(c.participants ?? 0),
           c.waiting ? h("span", { class: "hint" }, ` +${c.waiting} waiting`) : null),
         h("td", {}, qualityBadge(c.worst_quality)),
-        h("td", { "data-testid": "call-relay" }, relayText(c.relay_mode)),
+        h(
+          "td",
+          { "data-testid": "call-relay" },
+          relayText(c.relay_mode) + (Number.isInteger(c.media_worker) ? ` · worker ${c.media_worker}` : ""),
+        ),
         h("td", {}, details));
     }));
     if (focusedRow) {
@@ -230,6 +234,15 @@ async function loadIncidents() {
 }
 
 // ---------- health ----------
+/** "2 of 2 running (CPU 31 %, 12 %)", plus restarts since start; media in-process when none. */
+function workersText(workers, restarts) {
+  if (!workers.length) return "none (media runs in the server process)";
+  const running = workers.filter((w) => w.alive);
+  const cpu = running.map((w) => `${Math.round((w.cpu_fraction || 0) * 100)} %`).join(", ");
+  const text = `${running.length} of ${workers.length} running (CPU ${cpu || "–"})`;
+  return restarts ? `${text}, ${restarts} restart${restarts === 1 ? "" : "s"}` : text;
+}
+
 async function loadHealth() {
   try {
     const hl = await api("/api/admin/health");
@@ -242,6 +255,7 @@ async function loadHealth() {
       item("Rooms", String(hl.rooms ?? "–"), "health-rooms"),
       item("Peer connections", String(hl.peer_connections ?? "–"), "health-peers"),
       item("Database", hl.database ? "reachable" : "not reachable", "health-database"),
+      item("Media workers", workersText(hl.media_workers || [], hl.media_worker_restarts || 0), "health-workers"),
     );
     el.healthUpdated.textContent = `Updated ${new Date().toLocaleTimeString()}.`;
   } catch (err) {

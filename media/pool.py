@@ -1,0 +1,375 @@
+"""Media worker processes, seen from the server: the pool and the calls that live in them.
+
+``MediaWorkerPool`` starts N ``media.worker`` processes (one per core by default) and gives
+each new call to the worker with the fewest calls; the call stays pinned there. A
+``RemoteCall`` looks to the room exactly like an in-process ``media.call.Call``
+(``CallHandle``): connect returns the SDP answer, media states and decoded audio arrive as
+callbacks on the server's event loop.
+
+When a worker dies, its calls report their media as lost (the browsers notice too and
+re-offer after a few seconds), the pool starts a replacement, and a call's next connect goes
+to a live worker. A connect that was in flight when its worker died is retried once on
+another, so a participant normally never sees the crash as an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import wire
+from .call import (
+    ROLES,
+    AudioSink,
+    MediaStateSink,
+    MediaUnavailable,
+    PeerReport,
+    RelayMode,
+    direction,
+)
+from .ice import MediaConfig
+from .peer import MediaState
+from .sdp import SdpError
+
+log = logging.getLogger("rapport.media.pool")
+
+REQUEST_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+RESPAWN_BACKOFF_S = 1.0
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+class _Worker:
+    """One worker process and the socket to it."""
+
+    def __init__(self, pool: MediaWorkerPool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.proc: asyncio.subprocess.Process | None = None
+        self.pid: int | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.alive = False
+        self.calls: dict[str, RemoteCall] = {}
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._ids = itertools.count(1)
+        self._reader_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        parent, child = socket.socketpair()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p
+        )
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "media.worker",
+                "--fd",
+                str(child.fileno()),
+                pass_fds=(child.fileno(),),
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            child.close()
+        reader, self.writer = await asyncio.open_connection(sock=parent)
+        self.writer.write(wire.encode(("init", self.pool.config, self.pool.log_level)))
+        self.alive = True
+        self._reader_task = asyncio.ensure_future(self._read(reader))
+        await asyncio.wait_for(asyncio.shield(self.ready), START_TIMEOUT_S)
+
+    async def request(self, op: str, *args: Any, within: float = REQUEST_TIMEOUT_S) -> Any:
+        await asyncio.shield(self.ready)
+        if not self.alive or self.writer is None:
+            raise MediaUnavailable(f"media worker {self.index} is not running")
+        request_id = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            self.writer.write(wire.encode((op, request_id, *args)))
+            return await asyncio.wait_for(asyncio.shield(future), within)
+        except TimeoutError as exc:
+            raise MediaUnavailable(f"media worker {self.index} did not answer {op}") from exc
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                self._dispatch(await wire.read(reader))
+        except (asyncio.IncompleteReadError, ConnectionError, wire.WireError):
+            pass
+        except Exception:
+            log.exception("media worker %d sent something unreadable", self.index)
+        finally:
+            await self._gone()
+
+    def _dispatch(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "audio":
+            _, call_id, role, pcm = message
+            call = self.calls.get(call_id)
+            if call is not None:
+                call.deliver_audio(role, np.frombuffer(pcm, dtype=np.int16))
+        elif kind == "state":
+            _, call_id, role, state = message
+            call = self.calls.get(call_id)
+            if call is not None:
+                call.set_state(role, state)
+        elif kind in ("ok", "err"):
+            future = self._pending.get(message[1])
+            if future is None or future.done():
+                return
+            if kind == "ok":
+                future.set_result(message[2])
+            elif message[2] == "sdp":
+                future.set_exception(SdpError(message[3]))
+            else:
+                future.set_exception(RuntimeError(f"media worker error: {message[3]}"))
+        elif kind == "log":
+            entry = dict(message[1])
+            entry["msg"] = f"[media worker {self.index}] {entry['msg']}"
+            record = logging.makeLogRecord(entry)
+            logging.getLogger(record.name).handle(record)
+        elif kind == "ready":
+            self.pid = message[1]
+            if not self.ready.done():
+                self.ready.set_result(None)
+
+    async def _gone(self) -> None:
+        self.alive = False
+        if self.writer is not None:
+            self.writer.close()
+        code = None
+        if self.proc is not None:
+            with contextlib.suppress(Exception):
+                code = await asyncio.wait_for(self.proc.wait(), STOP_TIMEOUT_S)
+        error = MediaUnavailable(f"media worker {self.index} exited")
+        if not self.ready.done():
+            self.ready.set_exception(error)
+            self.ready.exception()  # retrieved: nobody may be waiting
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        calls = list(self.calls.values())
+        self.calls.clear()
+        for call in calls:
+            call.worker_lost()
+        self.pool.worker_exited(self, code, len(calls))
+
+    async def stop(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.proc is not None:
+            try:
+                await asyncio.wait_for(self.proc.wait(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._reader_task is not None:
+            with contextlib.suppress(BaseException):
+                await self._reader_task
+
+
+class MediaWorkerPool:
+    def __init__(self, config: MediaConfig, size: int, *, log_level: str = "info") -> None:
+        if size < 1:
+            raise ValueError("a pool needs at least one worker")
+        self.config = config
+        self.size = size
+        self.log_level = log_level
+        self.workers: list[_Worker] = []
+        self.restarts = 0
+        self.closing = False
+        self._respawning: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Start every worker in parallel; returns once all are ready."""
+        self.workers = [_Worker(self, i) for i in range(self.size)]
+        await asyncio.gather(*(w.start() for w in self.workers))
+        log.info(
+            "media workers ready: %s", ", ".join(f"{w.index}=pid {w.pid}" for w in self.workers)
+        )
+
+    def call(
+        self,
+        session_id: str,
+        on_audio: AudioSink | None = None,
+        on_media_state: MediaStateSink | None = None,
+    ) -> RemoteCall:
+        return RemoteCall(self, session_id, on_audio, on_media_state)
+
+    def pick(self) -> _Worker:
+        """The live worker with the fewest calls (a dead one only when none is alive)."""
+        if not self.workers:
+            raise MediaUnavailable("media workers are not started")
+        live = [w for w in self.workers if w.alive] or self.workers
+        return min(live, key=lambda w: (len(w.calls), w.index))
+
+    def worker_exited(self, worker: _Worker, code: int | None, calls: int) -> None:
+        if self.closing:
+            return
+        log.error(
+            "media worker %d (pid %s) exited with code %s; %d call(s) lost their media; "
+            "starting a replacement",
+            worker.index,
+            worker.pid,
+            code,
+            calls,
+        )
+        task = asyncio.ensure_future(self._respawn(worker))
+        self._respawning.add(task)
+        task.add_done_callback(self._respawning.discard)
+
+    async def _respawn(self, dead: _Worker) -> None:
+        if not dead.ready.done() or dead.ready.exception() is not None:
+            await asyncio.sleep(RESPAWN_BACKOFF_S)  # it died starting: do not spin
+        if self.closing or self.workers[dead.index] is not dead:
+            return
+        replacement = _Worker(self, dead.index)
+        self.workers[dead.index] = replacement
+        self.restarts += 1
+        try:
+            await replacement.start()
+        except Exception:
+            log.exception("media worker %d could not be restarted", dead.index)
+
+    async def health(self, reset_lag: bool = False) -> list[dict[str, Any]]:
+        out = []
+        for worker in list(self.workers):
+            entry: dict[str, Any] = {"index": worker.index, "pid": worker.pid}
+            try:
+                entry.update(await worker.request("health", reset_lag, within=5.0))
+                entry["alive"] = True
+            except Exception:
+                entry["alive"] = False
+            out.append(entry)
+        return out
+
+    async def close(self) -> None:
+        self.closing = True
+        for task in list(self._respawning):
+            task.cancel()
+        await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)
+
+
+class RemoteCall:
+    """A call whose peers live in a media worker process (see ``media.call.CallHandle``)."""
+
+    _ids = itertools.count(1)
+
+    def __init__(
+        self,
+        pool: MediaWorkerPool,
+        session_id: str,
+        on_audio: AudioSink | None,
+        on_media_state: MediaStateSink | None,
+    ) -> None:
+        self.pool = pool
+        # Unique per room: a session's next room must not collide with the closing one.
+        self.id = f"{session_id}#{next(self._ids)}"
+        self._on_audio = on_audio
+        self._on_media_state = on_media_state
+        default: RelayMode = "transcode" if pool.config.relay_mode == "transcode" else "forward"
+        self.relay_mode: dict[str, RelayMode] = {direction(r): default for r in ROLES}
+        self._states: dict[str, MediaState] = {}
+        self._peers = 0
+        self.closed = False
+        self.worker = pool.pick()
+        self.worker.calls[self.id] = self
+
+    @property
+    def worker_index(self) -> int:
+        return self.worker.index
+
+    def _live_worker(self) -> _Worker:
+        if not self.worker.alive and self.worker.ready.done():
+            self.worker.calls.pop(self.id, None)
+            self.worker = self.pool.pick()  # re-pinned: this call has no peers anywhere now
+            self.worker.calls[self.id] = self
+        return self.worker
+
+    async def connect(self, role: str, offer_sdp: str) -> str:
+        if role not in ROLES:
+            raise ValueError(role)
+        for attempt in range(2):
+            worker = self._live_worker()
+            try:
+                answer, modes, peers = await worker.request(
+                    "connect", self.id, role, offer_sdp, self._on_audio is not None
+                )
+            except MediaUnavailable:
+                if attempt:
+                    raise
+                await asyncio.sleep(0)  # let the pool notice the death and pick again
+                continue
+            self.relay_mode, self._peers = modes, peers
+            return str(answer)
+        raise MediaUnavailable("no media worker answered")  # pragma: no cover
+
+    async def disconnect(self, role: str) -> None:
+        if self.worker.alive:
+            with contextlib.suppress(MediaUnavailable):
+                modes, peers = await self.worker.request("disconnect", self.id, role)
+                if modes:
+                    self.relay_mode, self._peers = modes, peers
+        self.set_state(role, "none")
+
+    async def close(self) -> None:
+        self.closed = True
+        if self.worker.alive:
+            with contextlib.suppress(MediaUnavailable):
+                await self.worker.request("close", self.id)
+        self.worker.calls.pop(self.id, None)
+        self._peers = 0
+
+    def media_state(self, role: str) -> MediaState:
+        return self._states.get(role, "none")
+
+    @property
+    def peer_count(self) -> int:
+        return self._peers
+
+    async def peer_reports(self) -> list[PeerReport]:
+        if not self._peers or not self.worker.alive:
+            return []
+        try:
+            return list(await self.worker.request("reports", self.id, within=5.0))
+        except MediaUnavailable:
+            return []
+
+    async def relay_stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {}
+        if self.worker.alive:
+            with contextlib.suppress(MediaUnavailable):
+                stats = await self.worker.request("stats", self.id, within=5.0)
+        return stats or {"relay_mode": dict(self.relay_mode), "peers": {}}
+
+    # ------------------------------------------------------------------ from the worker
+    def deliver_audio(self, role: str, pcm: np.ndarray) -> None:
+        if self._on_audio is not None and not self.closed:
+            self._on_audio(role, pcm)
+
+    def set_state(self, role: str, state: MediaState) -> None:
+        if self._states.get(role, "none") == state:
+            return
+        self._states[role] = state
+        if self._on_media_state is not None and not self.closed:
+            self._on_media_state(role, state)
+
+    def worker_lost(self) -> None:
+        self._peers = 0
+        for role, state in list(self._states.items()):
+            self.set_state(role, "lost" if state in ("connected", "lost") else "none")

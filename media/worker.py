@@ -1,0 +1,239 @@
+"""A media worker process: the calls of the sessions pinned to it, on its own core.
+
+Python runs one thread of bytecode at a time, and relaying media is mostly Python per packet,
+so a single server process tops out at one core. ``media.pool.MediaWorkerPool`` starts one of
+these per core (``python -m media.worker --fd N``, N being its end of a socketpair) and pins
+each session's call to one of them; the server process keeps signalling, the database and the
+signal engine.
+
+The worker hosts ordinary ``media.call.Call`` objects and answers the pool's requests
+(connect, disconnect, close, stats, reports, health). It pushes three kinds of events: a
+participant's media state, their decoded audio as 48 kHz mono int16 (only when the server
+asked for it, for the alliance signals), and log records, so the server's log stays the one
+stream with one format. Audio is dropped, and counted, rather than queued without bound when
+the server falls behind. The worker exits when its socket closes: a server that dies, even
+by SIGKILL, leaves no orphan holding media ports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections import deque
+from typing import Any
+
+from av import AudioFrame
+
+from . import wire
+from .call import AudioInput, Call, PeerReport
+from .ice import MediaConfig, restrict_host_addresses
+from .live import MonoPcm
+from .peer import MediaState
+from .sdp import SdpError
+
+log = logging.getLogger("rapport.media.worker")
+
+MAX_AUDIO_BACKLOG_BYTES = 512 * 1024  # ~2.5 s of one participant's audio; then drop
+LAG_SAMPLE_S = 0.05
+
+
+class _LogForwarder(logging.Handler):
+    """Sends each log record to the server, which re-emits it through its own handlers."""
+
+    def __init__(self, worker: WorkerServer) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            entry = {
+                "name": record.name,
+                "levelno": record.levelno,
+                "levelname": record.levelname,
+                "msg": record.getMessage(),
+                "created": record.created,
+                "exc_text": self.format(record) if record.exc_info else None,
+            }
+            self.worker.send(("log", entry))
+        except Exception:  # logging must never take the media down
+            self.handleError(record)
+
+
+class WorkerServer:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.config = MediaConfig()
+        self.calls: dict[str, Call] = {}
+        self._pcm: dict[tuple[str, str], MonoPcm] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.audio_dropped = 0
+        self._lag: deque[float] = deque(maxlen=1200)
+        self._cpu_last = (time.monotonic(), time.process_time())
+
+    # ------------------------------------------------------------------ outbound
+    def send(self, message: Any, *, droppable: bool = False) -> bool:
+        if self.writer.is_closing():
+            return False
+        transport = self.writer.transport
+        if droppable and transport.get_write_buffer_size() > MAX_AUDIO_BACKLOG_BYTES:
+            self.audio_dropped += 1
+            return False
+        self.writer.write(wire.encode(message))
+        return True
+
+    def _audio(self, call_id: str, role: str, frame: AudioInput) -> None:
+        if isinstance(frame, AudioFrame):
+            pcm = self._pcm.setdefault((call_id, role), MonoPcm()).mono(frame)
+        else:
+            pcm = frame
+        self.send(("audio", call_id, role, pcm.tobytes()), droppable=True)
+
+    def _state(self, call_id: str, role: str, state: MediaState) -> None:
+        self.send(("state", call_id, role, state))
+
+    # ------------------------------------------------------------------ requests
+    async def run(self) -> None:
+        kind, config, level = await wire.read(self.reader)
+        if kind != "init":
+            raise wire.WireError(f"expected init, got {kind!r}")
+        self.config = config
+        self._configure_logging(level)
+        restrict_host_addresses(config.media_addresses)
+        lag_task = asyncio.ensure_future(self._sample_lag())
+        self.send(("ready", os.getpid()))
+        try:
+            while True:
+                try:
+                    message = await wire.read(self.reader)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    break  # the server is gone
+                task = asyncio.ensure_future(self._handle(message))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        finally:
+            lag_task.cancel()
+            for call in list(self.calls.values()):
+                with contextlib.suppress(Exception):
+                    await call.close()
+            self.calls.clear()
+
+    def _configure_logging(self, level: str) -> None:
+        root = logging.getLogger()
+        root.handlers[:] = [_LogForwarder(self)]
+        root.setLevel(level.upper())
+        for noisy in ("aiortc", "aioice"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    async def _handle(self, message: tuple[Any, ...]) -> None:
+        op, request_id, *args = message
+        handler = getattr(self, f"op_{op}", None)
+        if handler is None:
+            self.send(("err", request_id, "internal", f"unknown request {op!r}"))
+            return
+        try:
+            result = await handler(*args)
+        except SdpError as exc:
+            self.send(("err", request_id, "sdp", str(exc)))
+        except Exception as exc:
+            log.exception("media worker request %s failed", op)
+            self.send(("err", request_id, "internal", type(exc).__name__))
+        else:
+            self.send(("ok", request_id, result))
+
+    def _call(self, call_id: str, want_audio: bool) -> Call:
+        call = self.calls.get(call_id)
+        if call is None:
+            call = Call(
+                self.config,
+                on_audio=(lambda role, frame: self._audio(call_id, role, frame))
+                if want_audio
+                else None,
+                on_media_state=lambda role, state: self._state(call_id, role, state),
+            )
+            self.calls[call_id] = call
+        return call
+
+    async def op_connect(
+        self, call_id: str, role: str, sdp: str, want_audio: bool
+    ) -> tuple[str, dict[str, str], int]:
+        call = self._call(call_id, want_audio)
+        answer = await call.connect(role, sdp)
+        return answer, dict(call.relay_mode), call.peer_count
+
+    async def op_disconnect(self, call_id: str, role: str) -> tuple[dict[str, str], int]:
+        call = self.calls.get(call_id)
+        if call is None:
+            return {}, 0
+        await call.disconnect(role)
+        self._pcm.pop((call_id, role), None)
+        return dict(call.relay_mode), call.peer_count
+
+    async def op_close(self, call_id: str) -> None:
+        call = self.calls.pop(call_id, None)
+        for key in [k for k in self._pcm if k[0] == call_id]:
+            del self._pcm[key]
+        if call is not None:
+            await call.close()
+
+    async def op_reports(self, call_id: str) -> list[PeerReport]:
+        call = self.calls.get(call_id)
+        return [] if call is None else await call.peer_reports()
+
+    async def op_stats(self, call_id: str) -> dict[str, Any]:
+        call = self.calls.get(call_id)
+        return {} if call is None else await call.relay_stats()
+
+    async def op_health(self, reset_lag: bool = False) -> dict[str, Any]:
+        now, cpu = time.monotonic(), time.process_time()
+        then, cpu_then = self._cpu_last
+        self._cpu_last = (now, cpu)
+        lags = sorted(self._lag)
+        if reset_lag:
+            self._lag.clear()
+        return {
+            "pid": os.getpid(),
+            "calls": len(self.calls),
+            "peers": sum(c.peer_count for c in self.calls.values()),
+            "cpu_seconds": round(cpu, 3),
+            "cpu_fraction": round((cpu - cpu_then) / (now - then), 3) if now > then else 0.0,
+            "loop_lag_p99_ms": round(lags[int(0.99 * (len(lags) - 1))] * 1000, 2) if lags else None,
+            "audio_dropped": self.audio_dropped,
+        }
+
+    async def _sample_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(LAG_SAMPLE_S)
+            self._lag.append(max(0.0, loop.time() - start - LAG_SAMPLE_S))
+
+
+async def serve(fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        await WorkerServer(reader, writer).run()
+    finally:
+        writer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m media.worker")
+    parser.add_argument("--fd", type=int, required=True, help="this worker's end of a socketpair")
+    args = parser.parse_args(argv)
+    # Ctrl-C reaches the whole process group: let the server close its calls in order and
+    # then close our socket, which is what ends this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    asyncio.run(serve(args.fd))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

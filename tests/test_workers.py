@@ -1,0 +1,200 @@
+"""Media worker processes: calls pinned to real worker processes, loopback peers, no browser.
+
+Each test starts a real ``MediaWorkerPool`` (``python -m media.worker`` children joined by a
+socketpair) with media bound to 127.0.0.1, and drives it with aiortc peers in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+from aiortc.stats import RTCInboundRtpStreamStats
+
+from media.call import MediaUnavailable
+from media.ice import MediaConfig
+from media.pool import MediaWorkerPool, RemoteCall
+from media.sdp import SdpError
+from tests.conftest import until
+from tests.media_helpers import ColorTrack, FakeBrowser, ToneTrack
+
+CONFIG = MediaConfig(allow_loopback_candidates=True, media_addresses=("127.0.0.1",))
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[MediaWorkerPool]:
+    pool = MediaWorkerPool(CONFIG, 2)
+    await pool.start()
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def _join(call: RemoteCall, role: str, browser: FakeBrowser) -> None:
+    await browser.accept(await call.connect(role, await browser.offer()))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it has exited all the same.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+async def test_call_in_a_worker_relays_media_and_delivers_mono_audio(
+    pool: MediaWorkerPool,
+) -> None:
+    audio: dict[str, list[np.ndarray]] = {"therapist": [], "client": []}
+    states: list[tuple[str, str]] = []
+    call = pool.call(
+        "s1",
+        on_audio=lambda role, pcm: audio[role].append(pcm),
+        on_media_state=lambda role, state: states.append((role, state)),
+    )
+    therapist = FakeBrowser(ToneTrack(440), ColorTrack((220, 30, 30)))
+    client = FakeBrowser(ToneTrack(660), ColorTrack((30, 30, 220)))
+    try:
+        await _join(call, "therapist", therapist)
+        await _join(call, "client", client)
+        await client.wait_for("video", 10)
+        await therapist.wait_for("video", 10)
+        await until(lambda: len(audio["client"]) > 20 and len(audio["therapist"]) > 20)
+        # The peers live in the worker, not here.
+        assert call.worker.pid != os.getpid() and call.worker.pid is not None
+        assert call.relay_mode == {"therapist->client": "forward", "client->therapist": "forward"}
+        assert call.peer_count == 2
+        await until(lambda: call.media_state("client") == "connected")
+        assert ("client", "connected") in states
+        # 48 kHz mono int16, 20 ms a frame, carrying the client's tone.
+        pcm = np.concatenate(audio["client"][-20:])
+        assert pcm.dtype == np.int16 and audio["client"][-1].size == 960
+        spectrum = np.abs(np.fft.rfft(pcm.astype(np.float64)))
+        peak_hz = np.argmax(spectrum) * 48_000 / pcm.size
+        assert abs(peak_hz - 660) < 15
+        # Quality reports cross the process boundary as aiortc's own stats objects.
+        reports = {r.role: r for r in await call.peer_reports()}
+        assert set(reports) == {"therapist", "client"}
+        inbound = [
+            s for s in reports["client"].rtc.values() if isinstance(s, RTCInboundRtpStreamStats)
+        ]
+        assert inbound and max(s.packetsReceived for s in inbound) > 0
+        stats = await call.relay_stats()
+        assert stats["peers"]["client"]["outbound"]["video"]["forwarded"] > 0
+    finally:
+        await therapist.close()
+        await client.close()
+        await call.close()
+
+
+async def test_sessions_spread_over_workers_and_stay_pinned(pool: MediaWorkerPool) -> None:
+    first, second = pool.call("a"), pool.call("b")
+    assert {first.worker.index, second.worker.index} == {0, 1}
+    browsers = [FakeBrowser(), FakeBrowser()]
+    try:
+        await _join(first, "therapist", browsers[0])
+        await _join(first, "client", browsers[1])
+        pinned = first.worker.pid
+        health = {h["index"]: h for h in await pool.health()}
+        assert health[first.worker.index]["peers"] == 2
+        assert health[second.worker.index]["peers"] == 0
+        assert all(h["alive"] for h in health.values())
+        await first.disconnect("client")
+        await _join(first, "client", browsers[1])  # a rejoin stays in the same worker
+        assert first.worker.pid == pinned
+    finally:
+        for browser in browsers:
+            await browser.close()
+        await first.close()
+        await second.close()
+
+
+async def test_bad_offer_is_an_sdp_error_and_the_call_goes_on(pool: MediaWorkerPool) -> None:
+    call = pool.call("s-bad")
+    therapist, client = FakeBrowser(), FakeBrowser(ToneTrack(440), ColorTrack((0, 200, 0)))
+    try:
+        await _join(call, "therapist", therapist)
+        await _join(call, "client", client)
+        await therapist.wait_for("video", 5)
+        for bad in ("v=0\r\nthis is not sdp", "x" * 1000, ""):
+            with pytest.raises(SdpError):
+                await call.connect("client", bad)
+        seen = len(therapist.received["video"])
+        await therapist.wait_for("video", seen + 10)
+        assert call.peer_count == 2
+    finally:
+        await therapist.close()
+        await client.close()
+        await call.close()
+
+
+async def test_a_dead_worker_is_replaced_and_the_call_reconnects(
+    pool: MediaWorkerPool, caplog: pytest.LogCaptureFixture
+) -> None:
+    states: list[tuple[str, str]] = []
+    call = pool.call("s-crash", on_media_state=lambda role, state: states.append((role, state)))
+    therapist = FakeBrowser(ToneTrack(440), ColorTrack((200, 0, 0)))
+    client = FakeBrowser(ToneTrack(660), ColorTrack((0, 0, 200)))
+    try:
+        await _join(call, "therapist", therapist)
+        await _join(call, "client", client)
+        await until(lambda: call.media_state("client") == "connected", timeout=10)
+        dead_pid = call.worker.pid
+        assert dead_pid is not None
+        with caplog.at_level(logging.ERROR, logger="rapport.media.pool"):
+            os.kill(dead_pid, signal.SIGKILL)
+            await until(lambda: call.media_state("client") == "lost", timeout=10)
+        assert call.peer_count == 0
+        assert any("exited" in r.getMessage() for r in caplog.records)
+        await until(lambda: all(w.alive for w in pool.workers), timeout=30)
+        assert pool.restarts == 1 and dead_pid not in {w.pid for w in pool.workers}
+        # The browsers re-offer; the call lands on a live worker and media flows again.
+        for old in (therapist, client):
+            await old.close()
+        therapist = FakeBrowser(ToneTrack(440), ColorTrack((200, 0, 0)))
+        client = FakeBrowser(ToneTrack(660), ColorTrack((0, 0, 200)))
+        await _join(call, "therapist", therapist)
+        await _join(call, "client", client)
+        await client.wait_for("video", 10)
+        assert call.worker.alive and call.worker.pid != dead_pid
+        await until(lambda: call.media_state("client") == "connected", timeout=10)
+    finally:
+        await therapist.close()
+        await client.close()
+        await call.close()
+
+
+async def test_workers_exit_when_the_server_goes_away() -> None:
+    pool = MediaWorkerPool(CONFIG, 1)
+    await pool.start()
+    pid = pool.workers[0].pid
+    assert pid is not None and _alive(pid)
+    # Closing the server's end of the socket is what a killed server does too.
+    assert pool.workers[0].writer is not None
+    pool.closing = True
+    pool.workers[0].writer.close()
+    await until(lambda: not _alive(pid), timeout=10)
+    await pool.close()
+    with pytest.raises(MediaUnavailable):
+        await pool.call("late").connect("therapist", "v=0")
+
+
+async def test_worker_logs_reach_the_server_log(
+    pool: MediaWorkerPool, caplog: pytest.LogCaptureFixture
+) -> None:
+    call = pool.call("s-log")
+    with caplog.at_level(logging.INFO):
+        try:
+            with pytest.raises(SdpError):
+                # aiortc rejects this offer; the worker logs why (by exception type only).
+                await call.connect("therapist", "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\n")
+            await until(lambda: any("[media worker" in r.getMessage() for r in caplog.records))
+        finally:
+            await call.close()
