@@ -119,10 +119,10 @@ class _Worker:
     def _dispatch(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "audio":
-            _, call_id, role, pcm = message
-            call = self.calls.get(call_id)
-            if call is not None:
-                call.deliver_audio(role, np.frombuffer(pcm, dtype=np.int16))
+            for call_id, role, pcm in message[1]:
+                call = self.calls.get(call_id)
+                if call is not None:
+                    call.deliver_audio(role, np.frombuffer(pcm, dtype=np.int16))
         elif kind == "state":
             _, call_id, role, state = message
             call = self.calls.get(call_id)
