@@ -182,7 +182,9 @@ def _summary(latencies: list[float], onsets: int) -> dict[str, Any]:
     }
 
 
-def run(onsets: int = 10, gap_s: float = 2.5, burst_s: float = 1.5) -> dict[str, Any]:
+def run(
+    onsets: int = 10, gap_s: float = 2.5, burst_s: float = 1.5, media_workers: int | None = None
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="rapport-bench-") as tmp:
         port = _free_port()
         settings = Settings(
@@ -193,6 +195,7 @@ def run(onsets: int = 10, gap_s: float = 2.5, burst_s: float = 1.5) -> dict[str,
             media_addresses=["127.0.0.1"],
             allow_loopback_candidates=True,
             log_json=False,
+            media_workers=media_workers,
         )
 
         async def seed() -> None:
@@ -219,17 +222,20 @@ def run(onsets: int = 10, gap_s: float = 2.5, burst_s: float = 1.5) -> dict[str,
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.02)
         try:
-            return asyncio.run(_run(f"http://127.0.0.1:{port}", onsets, gap_s, burst_s))
+            result = asyncio.run(_run(f"http://127.0.0.1:{port}", onsets, gap_s, burst_s))
+            result["media_workers"] = settings.media_worker_count
+            return result
         finally:
             server.should_exit = True
             thread.join(timeout=15)
 
 
-def main(onsets: int, json_path: str | None) -> int:
-    result = run(onsets=onsets)
+def main(onsets: int, json_path: str | None, media_workers: int | None = None) -> int:
+    result = run(onsets=onsets, media_workers=media_workers)
     lat = result["speaking_latency_ms"]
     print("Speaking indicator: speech onset at the client → 'speaking' on the therapist's socket")
     print(f"  onsets {result['onsets']}, detected {result['detected']}")
+    print(f"  media workers: {result['media_workers']}")
     print(f"  p50 {lat['p50']} ms   p95 {lat['p95']} ms   max {lat['max']} ms   (budget 400 ms)")
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))

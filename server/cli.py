@@ -101,7 +101,7 @@ def _analyze(args: argparse.Namespace) -> int:
 def _bench_signals(args: argparse.Namespace) -> int:
     from .bench_signals import main as bench_main
 
-    return bench_main(args.onsets, args.json)
+    return bench_main(args.onsets, args.json, args.media_workers)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -137,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_signals.add_argument("--onsets", type=int, default=10)
     bench_signals.add_argument("--json", help="also write the figures to this JSON file")
+    bench_signals.add_argument(
+        "--media-workers",
+        type=int,
+        default=None,
+        help="media worker processes (default: one per core; 0: media in the server process)",
+    )
     bench_signals.set_defaults(func=_bench_signals)
 
     from .bench import add_arguments

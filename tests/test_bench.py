@@ -51,6 +51,8 @@ def test_bench_compare_writes_the_contract(tmp_path: Path) -> None:
             "--warmup",
             "1",
             "--compare",
+            "--media-workers",
+            "2",
             "--json",
             str(out),
         ],
@@ -77,8 +79,10 @@ def test_bench_compare_writes_the_contract(tmp_path: Path) -> None:
             assert _number(value) >= 0
         assert 0 <= _number(run["frame_loss"]) <= 1
         assert _number(run["loop_lag_p99_ms"]) >= 0
-        # The server really relayed in this mode, both directions.
+        # The server really relayed in this mode, both directions, in its worker processes
+        # (whose CPU and event loops the figures include).
         assert run["relay_directions"][mode] == 2, run["relay_directions"]
+        assert run["media_workers"] == 2
 
 
 def test_summary_of_load_generator_results() -> None:

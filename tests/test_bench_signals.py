@@ -24,7 +24,10 @@ def test_synthetic_voice_is_speech_after_silence() -> None:
 def test_bench_signals_reports_latency(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "-m", "server.cli", "bench-signals", "--onsets", "2", "--json", str(out)],
+        [
+            *[sys.executable, "-m", "server.cli", "bench-signals", "--onsets", "2"],
+            *["--json", str(out), "--media-workers", "1"],
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -32,6 +35,7 @@ def test_bench_signals_reports_latency(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     figures = json.loads(out.read_text())
     assert figures["onsets"] == figures["detected"] == 2
+    assert figures["media_workers"] == 1  # measured through a media worker process
     latency = figures["speaking_latency_ms"]
     assert 0 < latency["p50"] <= latency["p95"] <= latency["max"]
     assert "p50" in result.stdout
