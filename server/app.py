@@ -130,8 +130,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> Response:
-        ok = await database.ping() and not getattr(app.state, "draining", False)
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+        media = pool is None or any(w.alive for w in pool.workers)
+        ok = media and await database.ping() and not getattr(app.state, "draining", False)
+        return JSONResponse({"ready": ok, "media": media}, status_code=200 if ok else 503)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:

@@ -156,7 +156,7 @@ async def test_health_and_security_headers(live_server: LiveServer) -> None:
     async with httpx.AsyncClient(base_url=live_server.url) as http:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         ready = await http.get("/readyz")
-        assert ready.status_code == 200 and ready.json() == {"ready": True}
+        assert ready.status_code == 200 and ready.json() == {"ready": True, "media": True}
         page = await http.get("/login")
         assert page.headers["referrer-policy"] == "no-referrer"
         assert page.headers["x-frame-options"] == "DENY"
