@@ -884,6 +884,16 @@ def _vp8_picture_id(payload: bytes) -> tuple[int, bool] | None:
     return payload[2], False
 
 
+def packetize_vp8(data: bytes, picture_id: int, max_payload: int = 1300) -> list[bytes]:
+    """A VP8 frame as RTP payloads: each behind a payload descriptor carrying a 15-bit
+    picture id, S bit on the first (RFC 7741), at most ``max_payload`` bytes each (what
+    aiortc's packetiser makes)."""
+    pid = bytes((0x80 | (picture_id >> 8) & 0x7F, picture_id & 0xFF))
+    first, rest = b"\x90\x80" + pid, b"\x80\x80" + pid
+    size = max_payload - len(first)
+    return [(rest if pos else first) + data[pos : pos + size] for pos in range(0, len(data), size)]
+
+
 def _with_picture_id(payload: bytes, picture_id: int) -> bytes:
     found = _vp8_picture_id(payload)
     if found is None:
@@ -1025,6 +1035,7 @@ __all__ = [
     "forwarded_frames",
     "negotiated_codec",
     "negotiated_mime",
+    "packetize_vp8",
     "send_forwarded",
     "watch_sender",
 ]

@@ -625,3 +625,10 @@ async def test_tapped_audio_gives_the_same_signals_as_the_transcoding_path() -> 
         results[name] = snapshot.to_dict()["therapist_talk_s"]
     assert results["forward"] >= 2.0
     assert abs(results["forward"] - results["transcode"]) <= 0.04, results
+
+
+def test_vp8_packetiser_matches_aiortc() -> None:
+    rng = np.random.default_rng(1)
+    for size in (1, 500, 1296, 1297, 5000, 40_000):
+        data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        assert forward.packetize_vp8(data, 1234) == Vp8Encoder._packetize(data, 1234)
