@@ -35,13 +35,16 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiortc
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
-from aiortc.codecs import get_decoder, is_rtx
+from aiortc import clock as aiortc_clock
+from aiortc import rate as aiortc_rate
+from aiortc.codecs import get_decoder, get_encoder, is_rtx
+from aiortc.codecs.vpx import vp8_depayload
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import (
@@ -67,6 +70,33 @@ REMB_MIN_INTERVAL_S = 0.25
 
 class ForwardingUnavailable(ImportError):
     """aiortc is not the version whose internals this module was written against."""
+
+
+# ---------------------------------------------------------------------------- clock
+# aiortc reads the wall clock through datetime for every RTP packet: once per packet
+# received (arrival time, ms) and twice per packet sent (abs-send-time, sender report
+# time). These give the same values from time.time_ns(), without the datetime objects.
+_NTP_EPOCH_OFFSET_S = 2_208_988_800  # 1900-01-01 (NTP) to 1970-01-01 (Unix)
+_ORIGINAL_CLOCK: dict[str, Callable[[], int]] = {
+    "current_ms": aiortc_clock.current_ms,
+    "current_ntp_time": aiortc_clock.current_ntp_time,
+}
+
+
+def _fast_current_ms() -> int:
+    """``aiortc.clock.current_ms``: milliseconds since the NTP epoch."""
+    return time.time_ns() // 1_000_000 + _NTP_EPOCH_OFFSET_S * 1000
+
+
+def _fast_current_ntp_time() -> int:
+    """``aiortc.clock.current_ntp_time``: 32.32 fixed-point NTP time, microsecond steps."""
+    seconds, ns = divmod(time.time_ns(), 1_000_000_000)
+    return ((seconds + _NTP_EPOCH_OFFSET_S) << 32) | ((ns // 1000) << 32) // 1_000_000
+
+
+def _install_fast_clock() -> None:
+    aiortc_clock.current_ms = _fast_current_ms
+    aiortc_clock.current_ntp_time = _fast_current_ntp_time
 
 
 # ---------------------------------------------------------------------------- self-check
@@ -123,6 +153,56 @@ def check_internals() -> list[str]:
     jb = JitterBuffer(capacity=16, prefetch=4)
     if not all(hasattr(jb, a) for a in ("_capacity", "_prefetch", "_is_video", "add")):
         problems.append("JitterBuffer attributes changed")
+    # The sender's encoder slot, which forward_frames() fills with a _ForwardingEncoder.
+    sender_init = source(RTCRtpSender.__init__)
+    run_rtp = source(RTCRtpSender._run_rtp)
+    for needle, where in (
+        ("self.__encoder: Optional[Encoder] = None", sender_init),
+        ("if self.__encoder is None:", next_frame),
+        ("self.__encoder.encode, data, force_keyframe", next_frame),
+        ('hasattr(self.__encoder, "target_bitrate")', sender_rtcp),
+        ("for i, payload in enumerate(enc_frame.payloads):", run_rtp),
+        ("timestamp = uint32_add(timestamp_origin, enc_frame.timestamp)", run_rtp),
+    ):
+        if needle not in where:
+            problems.append(f"RTCRtpSender no longer contains {needle!r}")
+    # aiortc's wall clock, replaced by equivalent cheaper functions (_install_fast_clock).
+    for name, needle in (
+        ("current_ms", "int(delta.total_seconds() * 1000)"),
+        ("current_ntp_time", "datetime_to_ntp(current_datetime())"),
+    ):
+        original = _ORIGINAL_CLOCK.get(name)
+        if original is None or needle not in source(original):
+            problems.append(f"aiortc.clock.{name} changed")
+    if abs(_fast_current_ms() - _ORIGINAL_CLOCK["current_ms"]()) > 50:
+        problems.append("aiortc.clock.current_ms disagrees with its replacement")
+    if abs(_fast_current_ntp_time() - _ORIGINAL_CLOCK["current_ntp_time"]()) > (1 << 32) // 20:
+        problems.append("aiortc.clock.current_ntp_time disagrees with its replacement")
+    # The bitrate estimator's parts that _PerFrameEstimator swaps for cheaper equivalents.
+    estimator = aiortc_rate.RemoteBitrateEstimator()
+    counter = getattr(estimator, "incoming_bitrate", None)
+    if type(counter) is not aiortc_rate.RateCounter or not all(
+        hasattr(counter, a) for a in ("_window_size", "_scale")
+    ):
+        problems.append("RemoteBitrateEstimator.incoming_bitrate is no longer a RateCounter")
+    counter_source = source(aiortc_rate.RateCounter)
+    for needle in (
+        "new_origin_ms = now_ms - self._window_size + 1",
+        "active_window_size = now_ms - self._origin_ms + 1",
+        "return round(self._scale * self._total.value / active_window_size)",
+    ):
+        if needle not in counter_source:
+            problems.append(f"RateCounter no longer contains {needle!r}")
+    overuse = getattr(estimator, "estimator", None)
+    period = source(aiortc_rate.OveruseEstimator.update_min_frame_period)
+    if (
+        type(overuse) is not aiortc_rate.OveruseEstimator
+        or not isinstance(getattr(overuse, "ts_delta_hist", None), list)
+        or "self.ts_delta_hist.pop(0)" not in period
+        or "min_frame_period = self.update_min_frame_period(" not in source(overuse.update)
+        or aiortc_rate.MIN_FRAME_PERIOD_HISTORY_LENGTH != 60
+    ):
+        problems.append("OveruseEstimator.update_min_frame_period changed")
     return problems
 
 
@@ -131,21 +211,70 @@ if _problems:
     raise ForwardingUnavailable(
         "Rapport's forwarding relay cannot run on this aiortc: " + "; ".join(_problems)
     )
+_install_fast_clock()
 
 
 # ---------------------------------------------------------------------------- frames
-@dataclass(slots=True)
 class EncodedFrame:
-    """One complete encoded frame as it arrived, ready to be packetised again."""
+    """One complete encoded frame as it arrived, ready to be sent on.
 
-    kind: str  # "audio" | "video"
-    mime: str  # lower-case mime type, e.g. "video/vp8"
-    data: bytes
-    timestamp: int  # RTP timestamp, unwrapped (keeps growing across 32-bit wraps)
-    clock_rate: int
-    keyframe: bool  # always True for audio
-    arrival: float  # time.monotonic() when the frame became complete
-    epoch: int  # changes when the stream restarts (new SSRC): timestamps are then unrelated
+    ``payloads`` are the frame's RTP payloads exactly as they arrived (for VP8 each still
+    starts with its payload descriptor; for Opus the one payload is the frame): the relay
+    sends them on as they are, rewriting only RTP headers. ``data`` is the bare bitstream
+    (VP8 descriptors stripped), computed on first use since forwarding never needs it.
+    """
+
+    __slots__ = (
+        "_data",
+        "arrival",
+        "clock_rate",
+        "epoch",
+        "keyframe",
+        "kind",
+        "mime",
+        "payloads",
+        "timestamp",
+    )
+
+    def __init__(
+        self,
+        kind: str,  # "audio" | "video"
+        mime: str,  # lower-case mime type, e.g. "video/vp8"
+        data: bytes | None,
+        timestamp: int,  # RTP timestamp, unwrapped (keeps growing across 32-bit wraps)
+        clock_rate: int,
+        keyframe: bool,  # always True for audio
+        arrival: float,  # time.monotonic() when the frame became complete
+        epoch: int,  # changes when the stream restarts (new SSRC): timestamps are unrelated
+        payloads: tuple[bytes, ...] | None = None,
+    ) -> None:
+        if data is None and payloads is None:
+            raise ValueError("an encoded frame needs data or payloads")
+        self.kind = kind
+        self.mime = mime
+        self._data = data
+        self.timestamp = timestamp
+        self.clock_rate = clock_rate
+        self.keyframe = keyframe
+        self.arrival = arrival
+        self.epoch = epoch
+        self.payloads = payloads
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            payloads = self.payloads or ()
+            if self.mime == "video/vp8":
+                self._data = b"".join(vp8_depayload(p) for p in payloads)
+            else:
+                self._data = b"".join(payloads)
+        return self._data
+
+    def __repr__(self) -> str:
+        return (
+            f"EncodedFrame({self.kind}, {self.mime}, ts={self.timestamp}, "
+            f"keyframe={self.keyframe}, epoch={self.epoch})"
+        )
 
 
 FrameSink = Callable[[EncodedFrame], None]
@@ -178,12 +307,36 @@ class _Unwrapper:
 def _vp8_frame_start(packet: RtpPacket) -> bool:
     """First packet of a VP8 frame: descriptor S bit set and partition id 0 (RFC 7741)."""
     payload = packet.payload
-    return bool(payload) and (payload[0] & 0x10) != 0 and (payload[0] & 0x0F) == 0
+    return bool(payload) and (payload[0] & 0x1F) == 0x10
 
 
-def _vp8_keyframe(data: bytes) -> bool:
-    """A VP8 frame (payload header first) is a keyframe when the P bit is 0 (RFC 6386)."""
-    return bool(data) and (data[0] & 0x01) == 0
+def _vp8_descriptor_size(payload: bytes) -> int:
+    """Length of the VP8 payload descriptor at the start of an RTP payload (RFC 7741 4.2)."""
+    if not payload[0] & 0x80:
+        return 1
+    if len(payload) < 2:
+        return len(payload)
+    ext = payload[1]
+    size = 2
+    if ext & 0x80:  # I: picture id, 7 or 15 bits
+        size += 2 if len(payload) > 2 and payload[2] & 0x80 else 1
+    if ext & 0x40:  # L: TL0PICIDX
+        size += 1
+    if ext & 0x30:  # T and/or K: one byte
+        size += 1
+    return size
+
+
+def _vp8_keyframe_payload(payload: bytes) -> bool:
+    """A frame's first RTP payload carries a keyframe: its VP8 P bit is 0 (RFC 6386 9.1)."""
+    if not payload:
+        return False
+    size = _vp8_descriptor_size(payload)
+    return len(payload) > size and (payload[size] & 0x01) == 0
+
+
+def _vp8_keyframe_start(packet: RtpPacket) -> bool:
+    return _vp8_frame_start(packet) and _vp8_keyframe_payload(packet.payload)
 
 
 class FrameAssembler:
@@ -268,7 +421,7 @@ class FrameAssembler:
         self._late_in_a_row = 0
         self._next = (seq + 1) & 0xFFFF
         codec = self._codec(packet)
-        data: bytes = getattr(packet, "_data", b"")
+        data: bytes = getattr(packet, "_data", b"") or packet.payload  # Opus: the same bytes
         if codec is None or not data:
             return
         self.frames += 1
@@ -282,13 +435,14 @@ class FrameAssembler:
                 True,
                 self._clock(),
                 self.epoch,
+                (data,),
             )
         )
 
     def _add_video(self, packet: RtpPacket) -> None:
         seq = packet.sequence_number
         if self._next is None:
-            if not (_vp8_frame_start(packet) and _vp8_keyframe(getattr(packet, "_data", b""))):
+            if not _vp8_keyframe_start(packet):
                 self._packets[seq] = packet  # may complete a keyframe that started earlier
                 self._trim_unsynced()
                 self._need_keyframe()
@@ -353,8 +507,8 @@ class FrameAssembler:
         codec = self._codec(first)
         if codec is None:
             return
-        data = b"".join(getattr(p, "_data", b"") for p in parts)
-        keyframe = _vp8_keyframe(data)
+        payloads = tuple([p.payload for p in parts])
+        keyframe = _vp8_keyframe_payload(first.payload)
         now = self._clock()
         self.frames += 1
         if keyframe:
@@ -364,12 +518,13 @@ class FrameAssembler:
             EncodedFrame(
                 "video",
                 codec.mimeType.lower(),
-                data,
+                None,
                 self._unwrap(first.timestamp),
                 codec.clockRate,
                 keyframe,
                 now,
                 self.epoch,
+                payloads,
             )
         )
 
@@ -378,7 +533,7 @@ class FrameAssembler:
         self.frames_skipped += 1
         self._stuck_since = None
         starts = sorted(
-            (s for s, p in self._packets.items() if _vp8_frame_start(p) and _vp8_keyframe(p._data)),  # type: ignore[attr-defined]
+            (s for s, p in self._packets.items() if _vp8_keyframe_start(p)),
             key=lambda s: (s - (s if self._next is None else self._next)) & 0xFFFF,
         )
         if starts:
@@ -408,6 +563,7 @@ class _PerFrameEstimator:
         self.real = real
         self._last: tuple[int, int, int] | None = None
         self._size = 0
+        _speed_up_estimator(real)
 
     def add(
         self, arrival_time_ms: int, abs_send_time: int, payload_size: int, ssrc: int
@@ -425,6 +581,72 @@ class _PerFrameEstimator:
             arrival_time_ms=arrival, abs_send_time=send_time, payload_size=size, ssrc=ssrc
         )
         return result
+
+
+class _FastRateCounter:
+    """aiortc's ``RateCounter`` (bytes over a sliding window of ``window_size`` ms) with the
+    same results, minus its per-millisecond bucket loop: it keeps one entry per sample.
+
+    aiortc's counter clears one 1 ms bucket per loop iteration whenever time moves on, so
+    at one sample per video frame each call walks ~33 buckets, twice per frame.
+    """
+
+    def __init__(self, window_size: int, scale: int = 8000) -> None:
+        self._window_size = window_size
+        self._scale = scale
+        self.reset()
+
+    def reset(self) -> None:
+        self._samples: deque[tuple[int, int]] = deque()
+        self._origin_ms: int | None = None
+        self._count = 0
+        self._value = 0
+
+    def _erase_old(self, now_ms: int) -> None:
+        new_origin_ms = now_ms - self._window_size + 1
+        if self._origin_ms is not None and self._origin_ms < new_origin_ms:
+            self._origin_ms = new_origin_ms
+            samples = self._samples
+            while samples and samples[0][0] < new_origin_ms:
+                _, value = samples.popleft()
+                self._count -= 1
+                self._value -= value
+
+    def add(self, value: int, now_ms: int) -> None:
+        if self._origin_ms is None:
+            self._origin_ms = now_ms
+        else:
+            self._erase_old(now_ms)
+        self._samples.append((now_ms, value))
+        self._count += 1
+        self._value += value
+
+    def rate(self, now_ms: int) -> int | None:
+        if self._origin_ms is not None:
+            self._erase_old(now_ms)
+            active_window_size = now_ms - self._origin_ms + 1
+            if self._count > 0 and active_window_size > 1:
+                return round(self._scale * self._value / active_window_size)
+        return None
+
+
+def _speed_up_estimator(estimator: Any) -> None:
+    """Swap the two hot loops of an aiortc ``RemoteBitrateEstimator`` for equivalents."""
+    counter = estimator.incoming_bitrate
+    if isinstance(counter, aiortc_rate.RateCounter):
+        estimator.incoming_bitrate = _FastRateCounter(counter._window_size, counter._scale)
+    overuse = estimator.estimator
+    history: list[float] = overuse.ts_delta_hist
+
+    def update_min_frame_period(ts_delta: float) -> float:
+        """``OveruseEstimator.update_min_frame_period`` with the minimum taken in C."""
+        if len(history) >= aiortc_rate.MIN_FRAME_PERIOD_HISTORY_LENGTH:
+            del history[0]
+        min_frame_period = min(ts_delta, min(history)) if history else ts_delta
+        history.append(ts_delta)
+        return min_frame_period
+
+    overuse.update_min_frame_period = update_min_frame_period
 
 
 class ForwardingReceiver:
@@ -636,6 +858,140 @@ def watch_sender(
     sender._handle_rtcp_packet = _handle_rtcp_packet  # type: ignore[method-assign]
 
 
+class ForwardedPayloads:
+    """An encoded frame on its way out: RTP payloads to send as they are, at ``timestamp``.
+
+    ``OutboundTrack.recv`` returns this instead of an ``av.Packet`` to a sender prepared by
+    ``send_forwarded``; aiortc's sender then only puts RTP headers on the payloads.
+    """
+
+    __slots__ = ("payloads", "source", "timestamp")
+
+    def __init__(self, payloads: Sequence[bytes], timestamp: int, source: object) -> None:
+        self.payloads = payloads
+        self.timestamp = timestamp  # RTP time on the outbound track's own timeline
+        self.source = source  # who sent it: picture ids restart when it changes
+
+
+def _vp8_picture_id(payload: bytes) -> tuple[int, bool] | None:
+    """(picture id, 15-bit?) from a VP8 payload descriptor, None when it carries none."""
+    if len(payload) < 3 or not payload[0] & 0x80 or not payload[1] & 0x80:
+        return None
+    if payload[2] & 0x80:
+        if len(payload) < 4:
+            return None
+        return ((payload[2] & 0x7F) << 8) | payload[3], True
+    return payload[2], False
+
+
+def packetize_vp8(data: bytes, picture_id: int, max_payload: int = 1300) -> list[bytes]:
+    """A VP8 frame as RTP payloads: each behind a payload descriptor carrying a 15-bit
+    picture id, S bit on the first (RFC 7741), at most ``max_payload`` bytes each (what
+    aiortc's packetiser makes)."""
+    pid = bytes((0x80 | (picture_id >> 8) & 0x7F, picture_id & 0xFF))
+    first, rest = b"\x90\x80" + pid, b"\x80\x80" + pid
+    size = max_payload - len(first)
+    return [(rest if pos else first) + data[pos : pos + size] for pos in range(0, len(data), size)]
+
+
+def _with_picture_id(payload: bytes, picture_id: int) -> bytes:
+    found = _vp8_picture_id(payload)
+    if found is None:
+        return payload
+    if found[1]:
+        return (
+            payload[:2] + bytes((0x80 | (picture_id >> 8) & 0x7F, picture_id & 0xFF)) + payload[4:]
+        )
+    return payload[:2] + bytes((picture_id & 0x7F,)) + payload[3:]
+
+
+class _ForwardingEncoder:
+    """Sits in an aiortc ``RTCRtpSender``'s encoder slot.
+
+    ``ForwardedPayloads`` go out as they arrived, one RTP packet per payload: no
+    depayloading, reassembling and re-packetising of each frame. VP8 picture ids are
+    renumbered so that the outbound stream counts on across a change of source, as the
+    ids aiortc's own packetiser gave it did. Anything else (decoded frames when the relay
+    transcodes, ``av.Packet``\\ s) goes to aiortc's own encoder for the codec, created on
+    first use, as it would have been without this.
+    """
+
+    def __init__(self, transceiver: RTCRtpTransceiver) -> None:
+        self._transceiver = transceiver
+        self._real: Any = None
+        self._source: object = None
+        self._picture_offset = 0
+        self._last_picture_id: int | None = None
+        self.forwarded = 0
+
+    def _encoder(self) -> Any:
+        if self._real is None:
+            codec = negotiated_codec(self._transceiver)
+            if codec is None:
+                raise RuntimeError("nothing negotiated to encode with")
+            self._real = get_encoder(codec)
+        return self._real
+
+    def pack(self, item: Any) -> tuple[list[bytes], int]:
+        if isinstance(item, ForwardedPayloads):
+            self.forwarded += 1
+            payloads = item.payloads
+            if payloads and self._transceiver.kind == "video":
+                payloads = self._renumber(item)
+            return list(payloads), item.timestamp
+        result: tuple[list[bytes], int] = self._encoder().pack(item)
+        return result
+
+    def encode(self, frame: Frame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        result: tuple[list[bytes], int] = self._encoder().encode(frame, force_keyframe)
+        return result
+
+    @property
+    def target_bitrate(self) -> int:
+        return int(self._encoder().target_bitrate)  # AttributeError for Opus, as aiortc's
+
+    @target_bitrate.setter
+    def target_bitrate(self, bitrate: int) -> None:
+        encoder = self._encoder()
+        if hasattr(encoder, "target_bitrate"):
+            encoder.target_bitrate = bitrate
+
+    def _renumber(self, item: ForwardedPayloads) -> Sequence[bytes]:
+        found = _vp8_picture_id(item.payloads[0])
+        if found is None:
+            return item.payloads
+        picture_id, wide = found
+        mask = 0x7FFF if wide else 0x7F
+        if item.source != self._source or self._last_picture_id is None:
+            self._source = item.source
+            last = self._last_picture_id
+            self._picture_offset = 0 if last is None else (last + 1 - picture_id) & mask
+        out = (picture_id + self._picture_offset) & mask
+        self._last_picture_id = out
+        if out == picture_id:
+            return item.payloads
+        return [_with_picture_id(p, out) for p in item.payloads]
+
+
+def forwarded_frames(sender: RTCRtpSender) -> int:
+    """How many frames ``sender`` sent as forwarded payloads (0 unless ``send_forwarded``)."""
+    encoder = sender._RTCRtpSender__encoder  # type: ignore[attr-defined]
+    return encoder.forwarded if isinstance(encoder, _ForwardingEncoder) else 0
+
+
+def send_forwarded(sender: RTCRtpSender, transceiver: RTCRtpTransceiver) -> None:
+    """Let ``sender`` take ``ForwardedPayloads`` from its track (and everything else too).
+
+    Call it before the sender starts (i.e. before the local description is applied).
+    """
+    current = sender._RTCRtpSender__encoder  # type: ignore[attr-defined]
+    if isinstance(current, _ForwardingEncoder):
+        return
+    encoder = _ForwardingEncoder(transceiver)
+    encoder._real = current
+    sender._RTCRtpSender__encoder = encoder  # type: ignore[attr-defined]
+
+
 # ---------------------------------------------------------------------------- helpers
 def negotiated_codec(transceiver: RTCRtpTransceiver) -> RTCRtpCodecParameters | None:
     """The codec a transceiver sends with (and expects), once negotiated."""
@@ -670,12 +1026,16 @@ __all__ = [
     "AIORTC_VERSION",
     "FORWARDABLE",
     "EncodedFrame",
+    "ForwardedPayloads",
     "ForwardingReceiver",
     "ForwardingUnavailable",
     "FrameAssembler",
     "FrameDecoder",
     "check_internals",
+    "forwarded_frames",
     "negotiated_codec",
     "negotiated_mime",
+    "packetize_vp8",
+    "send_forwarded",
     "watch_sender",
 ]

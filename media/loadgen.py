@@ -56,7 +56,15 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from .forward import EncodedFrame, ForwardingReceiver, FrameDecoder, watch_sender
+from .forward import (
+    EncodedFrame,
+    ForwardedPayloads,
+    ForwardingReceiver,
+    FrameDecoder,
+    packetize_vp8,
+    send_forwarded,
+    watch_sender,
+)
 from .ice import restrict_host_addresses
 
 log = logging.getLogger("rapport.loadgen")
@@ -241,22 +249,36 @@ def load_or_make_clip(path: Path | None, width: int = 640, height: int = 480) ->
 
 
 # ---------------------------------------------------------------------------- sending
+def packetize(kind: str, frames: list[bytes]) -> list[list[bytes]]:
+    """Each frame as the RTP payloads a browser sends: VP8 split behind payload descriptors
+    carrying the frame's index as picture id (RFC 7741), Opus one payload per frame."""
+    if kind != "video":
+        return [[data] for data in frames]
+    return [packetize_vp8(data, index & 0x7FFF) for index, data in enumerate(frames)]
+
+
 class PacedPacketTrack(MediaStreamTrack):
     """Sends a clip's encoded frames on a slot clock, recording when each one left.
 
     Slot ``i`` is due at ``start + i * period`` and carries RTP time ``i * ticks``; skipped
     slots (video anchors) advance the clock but send nothing. A keyframe request restarts
     the video loop at its keyframe, as a real encoder would send one.
+
+    Frames are packetised once, up front: the sender (prepared by
+    ``media.forward.send_forwarded``) only puts RTP headers on the payloads. Each pass of
+    the loop starts at the keyframe and counts as a new source, so the sender renumbers
+    picture ids to keep counting on.
     """
 
     def __init__(self, kind: str, frames: list[bytes], keyframes: list[bool] | None = None) -> None:
         super().__init__()
         self.kind = kind
         self._frames = frames
+        self._payloads = packetize(kind, frames)
+        self._pass = 0
         self._keyframes = keyframes or [True] * len(frames)
         self.period = 1 / VIDEO_FPS if kind == "video" else AUDIO_TICKS / 48_000
         self.ticks = VIDEO_TICKS if kind == "video" else AUDIO_TICKS
-        self._time_base = fractions.Fraction(1, 90_000 if kind == "video" else 48_000)
         self._slot = 0
         self._index = 0
         self._start: float | None = None
@@ -266,6 +288,7 @@ class PacedPacketTrack(MediaStreamTrack):
     def request_keyframe(self) -> None:
         self.keyframe_requests += 1
         self._index = 0
+        self._pass += 1
 
     def _skipped(self, slot: int) -> bool:
         return (
@@ -273,7 +296,7 @@ class PacedPacketTrack(MediaStreamTrack):
             and slot % VIDEO_ANCHOR_EVERY >= VIDEO_ANCHOR_EVERY - VIDEO_ANCHOR_SKIP
         )
 
-    async def recv(self) -> av.Packet:
+    async def recv(self) -> ForwardedPayloads:  # type: ignore[override]
         if self.readyState != "live":
             raise MediaStreamError
         if self._start is None:
@@ -288,15 +311,14 @@ class PacedPacketTrack(MediaStreamTrack):
         slot = self._slot
         self._slot += 1
         if self.kind == "video":
-            data = self._frames[self._index % len(self._frames)]
+            index = self._index % len(self._frames)
+            if index == 0 and self._index:
+                self._pass += 1
             self._index += 1
         else:
-            data = self._frames[slot % len(self._frames)]
-        packet = av.Packet(data)
-        packet.pts = slot * self.ticks
-        packet.time_base = self._time_base
+            index = slot % len(self._frames)
         self.sent[slot * self.ticks] = time.monotonic()
-        return packet
+        return ForwardedPayloads(self._payloads[index], slot * self.ticks, self._pass)
 
 
 # ---------------------------------------------------------------------------- receiving
@@ -361,6 +383,7 @@ class LoadPeer:
         for kind in ("audio", "video"):
             transceiver = self.pc.addTransceiver(self.tracks[kind], direction="sendrecv")
             _prefer(transceiver, "video/vp8" if kind == "video" else "audio/opus")
+            send_forwarded(transceiver.sender, transceiver)
             self.transceivers[kind] = transceiver
 
     def _hook(self) -> None:

@@ -31,6 +31,7 @@ from .forward import (
     EncodedFrame,
     ForwardingReceiver,
     negotiated_mime,
+    send_forwarded,
     watch_sender,
 )
 from .ice import MediaConfig
@@ -164,6 +165,10 @@ class ParticipantPeer:
             on_keyframe_request=lambda: self._on_keyframe_request(kind),
             on_remb=self._on_remb if kind == "video" else None,
         )
+        # Forwarded frames leave as the RTP payloads they arrived in (decoded ones, when
+        # this direction transcodes, still go through aiortc's encoder).
+        send_forwarded(transceiver.sender, transceiver)
+        self.outbound[kind].send_payloads = True
         if self.codecs.get(kind) not in FORWARDABLE:
             log.info("peer %s %s codec %s is decoded", self.label, kind, self.codecs.get(kind))
             return

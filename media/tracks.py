@@ -26,7 +26,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, Packet
 from av.frame import Frame
 
-from .forward import EncodedFrame, FrameDecoder
+from .forward import EncodedFrame, ForwardedPayloads, FrameDecoder
 
 log = logging.getLogger("rapport.media")
 
@@ -82,6 +82,9 @@ class OutboundTrack(MediaStreamTrack):
         self.sent = 0
         self.sent_packets = 0  # encoded frames handed to the sender (forwarding)
         self.sent_frames = 0  # decoded frames handed to the sender (transcoding)
+        # Set when the sender was prepared by media.forward.send_forwarded: encoded frames
+        # then leave as their RTP payloads, not as av.Packets to be packetised again.
+        self.send_payloads = False
 
     def push(self, frame: Frame, source: object = None) -> None:
         """A decoded frame: aiortc's sender will encode it."""
@@ -102,7 +105,8 @@ class OutboundTrack(MediaStreamTrack):
         self._items.append((item, source))
         self._ready.set()
 
-    async def recv(self) -> Frame | Packet:
+    async def recv(self) -> Frame | Packet | ForwardedPayloads:  # type: ignore[override]
+        # ForwardedPayloads only reach a sender prepared by media.forward.send_forwarded.
         self._started = True
         while True:
             while not self._items:
@@ -124,11 +128,14 @@ class OutboundTrack(MediaStreamTrack):
                         self._ask_keyframe()
                         continue
                 self._need_keyframe = False
-                packet = Packet(item.data)
-                packet.pts = self._restamp(item.timestamp, item.clock_rate, source)
-                packet.time_base = _time_base(self.clock)
                 self.sent += 1
                 self.sent_packets += 1
+                timestamp = self._restamp(item.timestamp, item.clock_rate, source)
+                if self.send_payloads and item.payloads is not None:
+                    return ForwardedPayloads(item.payloads, timestamp, source)
+                packet = Packet(item.data)
+                packet.pts = timestamp
+                packet.time_base = _time_base(self.clock)
                 return packet
             self._need_keyframe = False  # aiortc's encoder starts with a keyframe itself
             self._restamp_frame(item, source)

@@ -18,15 +18,17 @@ import aiortc
 import numpy as np
 import pytest
 from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc import clock as aiortc_clock
+from aiortc import rate as aiortc_rate
 from aiortc.codecs.opus import OpusDecoder, OpusEncoder
-from aiortc.codecs.vpx import Vp8Decoder, Vp8Encoder
+from aiortc.codecs.vpx import Vp8Decoder, Vp8Encoder, VpxPayloadDescriptor
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci, unpack_remb_fci
 from av import AudioFrame, Packet, VideoFrame
 
 from media import forward
 from media.call import Call
-from media.forward import EncodedFrame, FrameAssembler
+from media.forward import EncodedFrame, ForwardedPayloads, FrameAssembler
 from media.ice import MediaConfig
 from media.loadgen import LoadPeer, make_clip
 from media.offline import analyze_pcm
@@ -108,6 +110,43 @@ def test_aiortc_internals_self_check_passes_and_detects_changes(
 
     monkeypatch.setattr(aiortc, "__version__", "1.17.0")
     assert any("aiortc 1.17.0 is installed" in p for p in forward.check_internals())
+
+
+def test_replaced_aiortc_clock_gives_the_same_times() -> None:
+    assert aiortc_clock.current_ms is forward._fast_current_ms
+    original = forward._ORIGINAL_CLOCK
+    assert abs(aiortc_clock.current_ms() - original["current_ms"]()) <= 5
+    ntp = aiortc_clock.current_ntp_time()
+    assert abs(ntp - original["current_ntp_time"]()) < (1 << 32) // 200  # 5 ms
+    assert (
+        abs(aiortc_clock.current_ms() - ((ntp >> 32) * 1000 + ((ntp & 0xFFFFFFFF) * 1000 >> 32)))
+        <= 5
+    )
+
+
+def test_fast_bitrate_estimator_parts_match_aiortc() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        ours, theirs = forward._FastRateCounter(1000, 8000), aiortc_rate.RateCounter(1000, 8000)
+        now = int(rng.integers(0, 10**9))
+        for _ in range(300):
+            now += int(rng.choice([0, 1, 2, 5, 33, 34, 100, 700, 1500, 3000]))
+            value = int(rng.integers(0, 5000))
+            ours.add(value, now)
+            theirs.add(value, now)
+            if rng.random() < 0.01:
+                ours.reset()
+                theirs.reset()
+            assert ours.rate(now) == theirs.rate(now)
+    # The whole estimator, sped up, returns exactly what aiortc's returns.
+    fast, stock = aiortc_rate.RemoteBitrateEstimator(), aiortc_rate.RemoteBitrateEstimator()
+    forward._speed_up_estimator(fast)
+    now, send = 10**6, 0
+    for _ in range(3000):
+        now += int(rng.choice([30, 33, 34, 36, 50, 80]))
+        send = (send + int(rng.choice([33, 34])) * 262) & 0xFFFFFF
+        size = int(rng.integers(500, 40_000))
+        assert fast.add(now, send, size, 5) == stock.add(now, send, size, 5)
 
 
 # ---------------------------------------------------------------------------- units
@@ -205,6 +244,58 @@ def test_audio_packets_are_frames_delivered_at_once_and_late_ones_dropped() -> N
         assembler.add(packet)
     assert [f.timestamp // 960 for f in frames] == [10, 11, 13, 14]
     assert assembler.packets_late == 1
+
+
+def test_vp8_keyframes_are_found_behind_any_payload_descriptor() -> None:
+    for descriptor in (
+        VpxPayloadDescriptor(1, 0),
+        VpxPayloadDescriptor(1, 0, picture_id=5),
+        VpxPayloadDescriptor(1, 0, picture_id=300),
+        VpxPayloadDescriptor(1, 0, picture_id=300, tl0picidx=7, tid=(1, 1), keyidx=3),
+        VpxPayloadDescriptor(1, 0, picture_id=9, keyidx=1),
+    ):
+        head = bytes(descriptor)
+        assert forward._vp8_descriptor_size(head + KEY) == len(head)
+        assert forward._vp8_keyframe_payload(head + KEY)
+        assert not forward._vp8_keyframe_payload(head + DELTA)
+        assert not forward._vp8_keyframe_payload(head)  # truncated: no VP8 header
+    assert not forward._vp8_keyframe_payload(b"")
+
+
+def test_video_frames_keep_their_rtp_payloads_as_they_arrived() -> None:
+    assembler, frames, _, _ = make_assembler()
+    packets = vp8_packets(7, 0, KEY, 3)
+    for packet in packets:
+        assembler.add(packet)
+    assert frames[0].payloads == tuple(p.payload for p in packets)
+    assert frames[0].data == KEY  # the bare bitstream, for whoever wants to decode it
+
+
+class _Transceiver:
+    kind = "video"
+    _codecs = (VP8,)
+
+
+def test_forwarded_payloads_go_out_as_they_are_with_picture_ids_counting_on() -> None:
+    encoder = forward._ForwardingEncoder(_Transceiver())  # type: ignore[arg-type]
+
+    def frame(picture_id: int, source: str, parts: int = 2) -> list[bytes]:
+        first = bytes(VpxPayloadDescriptor(1, 0, picture_id=picture_id)) + KEY
+        rest = bytes(VpxPayloadDescriptor(0, 0, picture_id=picture_id)) + bytes(30)
+        payloads, ts = encoder.pack(ForwardedPayloads([first] + [rest] * (parts - 1), 90, source))
+        assert ts == 90
+        return payloads
+
+    sent = frame(1000, "a")
+    assert forward._vp8_picture_id(sent[0]) == (1000, True)  # first source: untouched
+    assert forward._vp8_picture_id(frame(1001, "a")[1]) == (1001, True)
+    # Another source (a reconnect) numbers its frames from anywhere: the viewer still sees
+    # picture ids counting on, and every other byte as it arrived.
+    again = frame(20, "b", parts=3)
+    assert [forward._vp8_picture_id(p) for p in again] == [(1002, True)] * 3
+    assert again[0][4:] == KEY and again[1][4:] == bytes(30)
+    assert forward._vp8_picture_id(frame(21, "b")[0]) == (1003, True)
+    assert encoder.forwarded == 4
 
 
 def encoded(ts: int, keyframe: bool, epoch: int = 1) -> EncodedFrame:
@@ -324,6 +415,10 @@ async def test_forwarding_path_never_decodes_or_encodes_video(
         await until(lambda: all(a.frames > 30 for a in receivers))
         await until(lambda: len(tapped) > 40)
         if config is FORWARD:
+            # The server sends every frame on as the RTP payloads it arrived in.
+            for peer in call.peers.values():
+                for sender in peer.pc.getSenders():
+                    assert forward.forwarded_frames(sender) > 0, sender.kind
             assert calls.counts["Vp8Decoder.decode"] == 0
             assert calls.counts["Vp8Encoder.encode"] == 0
             assert calls.counts["OpusEncoder.encode"] == 0
@@ -334,6 +429,8 @@ async def test_forwarding_path_never_decodes_or_encodes_video(
             assert calls.counts["Vp8Encoder.encode"] > 0
             assert calls.counts["OpusEncoder.encode"] > 0
             assert set(call.relay_mode.values()) == {"transcode"}
+            for peer in call.peers.values():
+                assert all(forward.forwarded_frames(s) == 0 for s in peer.pc.getSenders())
     finally:
         await therapist.close()
         await client.close()
@@ -528,3 +625,10 @@ async def test_tapped_audio_gives_the_same_signals_as_the_transcoding_path() -> 
         results[name] = snapshot.to_dict()["therapist_talk_s"]
     assert results["forward"] >= 2.0
     assert abs(results["forward"] - results["transcode"]) <= 0.04, results
+
+
+def test_vp8_packetiser_matches_aiortc() -> None:
+    rng = np.random.default_rng(1)
+    for size in (1, 500, 1296, 1297, 5000, 40_000):
+        data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        assert forward.packetize_vp8(data, 1234) == Vp8Encoder._packetize(data, 1234)
