@@ -29,7 +29,7 @@ from av import AudioFrame, Packet, VideoFrame
 from media import forward
 from media.call import Call
 from media.forward import EncodedFrame, ForwardedPayloads, FrameAssembler
-from media.ice import MediaConfig
+from media.ice import MediaConfig, restrict_host_addresses
 from media.loadgen import LoadPeer, make_clip
 from media.offline import analyze_pcm
 from media.signals import Role
@@ -404,6 +404,7 @@ def small_clip() -> Any:
 async def test_forwarding_path_never_decodes_or_encodes_video(
     config: MediaConfig, small_clip: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    restrict_host_addresses(["127.0.0.1"])  # as FakeBrowser does: this test may run alone
     calls = CodecCalls(monkeypatch)
     tapped: list[int] = []
     call = Call(config, on_audio=lambda role, frame: tapped.append(1))
