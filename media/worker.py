@@ -34,6 +34,7 @@ from . import wire
 from .call import AudioInput, Call, PeerReport
 from .ice import MediaConfig, restrict_host_addresses
 from .live import MonoPcm
+from .loops import use_uvloop
 from .peer import MediaState
 from .sdp import SdpError
 
@@ -241,23 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C reaches the whole process group: let the server close its calls in order and
     # then close our socket, which is what ends this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _use_uvloop()
+    use_uvloop()
     asyncio.run(serve(args.fd))
     return 0
-
-
-def _use_uvloop() -> None:
-    """Run on uvloop when it is installed, as the server does under uvicorn.
-
-    Its datagram and timer paths are cheaper than asyncio's own loop: ``rapport bench``, N=4,
-    two workers, back to back: server CPU 0.70-0.72 cores on asyncio's loop, 0.60-0.64 on
-    uvloop.
-    """
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 if __name__ == "__main__":
