@@ -185,7 +185,7 @@ class OutboundTrack(MediaStreamTrack):
 
 
 # ---------------------------------------------------------------------------- audio tap
-TAP_PERIOD_S = 0.01
+TAP_PERIOD_S = 0.02
 
 
 class _TapWorker:
@@ -193,8 +193,10 @@ class _TapWorker:
 
     Polling on a short period instead of waking per frame keeps the cost flat as sessions
     grow: a handful of thread wake-ups and loop callbacks per period for the whole process,
-    instead of one of each per 20 ms audio frame per participant. The signal engine reads
-    audio 60 ms behind the wall clock, so 10 ms of batching is invisible to it.
+    instead of one of each per 20 ms audio frame per participant. 20 ms, one Opus frame: with
+    media workers every batch also wakes the server process, and going from 10 to 20 ms cut
+    server CPU per session 0.155 -> 0.139 (bench, N=4, two workers, back to back) while the
+    speaking indicator moved from p50/p95 72/92 ms to 84/84 ms (budget 400 ms).
     """
 
     def __init__(self) -> None:
