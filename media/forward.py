@@ -100,6 +100,13 @@ def _install_fast_clock() -> None:
 
 
 # ---------------------------------------------------------------------------- self-check
+def _missing(owner: str, *checks: tuple[str, str]) -> list[str]:
+    """One problem per (needle, source) pair whose needle no longer is in the source."""
+    return [
+        f"{owner} no longer contains {needle!r}" for needle, where in checks if needle not in where
+    ]
+
+
 def check_internals() -> list[str]:
     """Return what no longer matches the aiortc internals this module relies on."""
     problems: list[str] = []
@@ -118,7 +125,8 @@ def check_internals() -> list[str]:
 
     init = source(RTCRtpReceiver.__init__)
     handle = source(RTCRtpReceiver._handle_rtp_packet)
-    for needle, where in (
+    problems += _missing(
+        "RTCRtpReceiver",
         ("self.__jitter_buffer = JitterBuffer(", init),
         ("pli_flag, encoded_frame = self.__jitter_buffer.add(packet)", handle),
         ("packet._data = depayload(codec, packet.payload)", handle),
@@ -127,9 +135,7 @@ def check_internals() -> list[str]:
         ("remb = self.__remote_bitrate_estimator.add(", handle),
         ("if self.__rtcp_ssrc is not None and remb is not None:", handle),
         ("unwrap_rtx(packet", handle),
-    ):
-        if needle not in where:
-            problems.append(f"RTCRtpReceiver no longer contains {needle!r}")
+    )
     for cls, name in (
         (RTCRtpReceiver, "_send_rtcp"),
         (RTCRtpReceiver, "_send_rtcp_pli"),
@@ -156,16 +162,15 @@ def check_internals() -> list[str]:
     # The sender's encoder slot, which forward_frames() fills with a _ForwardingEncoder.
     sender_init = source(RTCRtpSender.__init__)
     run_rtp = source(RTCRtpSender._run_rtp)
-    for needle, where in (
+    problems += _missing(
+        "RTCRtpSender",
         ("self.__encoder: Optional[Encoder] = None", sender_init),
         ("if self.__encoder is None:", next_frame),
         ("self.__encoder.encode, data, force_keyframe", next_frame),
         ('hasattr(self.__encoder, "target_bitrate")', sender_rtcp),
         ("for i, payload in enumerate(enc_frame.payloads):", run_rtp),
         ("timestamp = uint32_add(timestamp_origin, enc_frame.timestamp)", run_rtp),
-    ):
-        if needle not in where:
-            problems.append(f"RTCRtpSender no longer contains {needle!r}")
+    )
     # aiortc's wall clock, replaced by equivalent cheaper functions (_install_fast_clock).
     for name, needle in (
         ("current_ms", "int(delta.total_seconds() * 1000)"),
@@ -186,13 +191,12 @@ def check_internals() -> list[str]:
     ):
         problems.append("RemoteBitrateEstimator.incoming_bitrate is no longer a RateCounter")
     counter_source = source(aiortc_rate.RateCounter)
-    for needle in (
-        "new_origin_ms = now_ms - self._window_size + 1",
-        "active_window_size = now_ms - self._origin_ms + 1",
-        "return round(self._scale * self._total.value / active_window_size)",
-    ):
-        if needle not in counter_source:
-            problems.append(f"RateCounter no longer contains {needle!r}")
+    problems += _missing(
+        "RateCounter",
+        ("new_origin_ms = now_ms - self._window_size + 1", counter_source),
+        ("active_window_size = now_ms - self._origin_ms + 1", counter_source),
+        ("return round(self._scale * self._total.value / active_window_size)", counter_source),
+    )
     overuse = getattr(estimator, "estimator", None)
     period = source(aiortc_rate.OveruseEstimator.update_min_frame_period)
     if (
