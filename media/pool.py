@@ -46,6 +46,8 @@ REQUEST_TIMEOUT_S = 30.0
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 RESPAWN_BACKOFF_S = 1.0
+WATCH_EVERY_S = 5.0  # how often each worker is pinged
+HUNG_AFTER_S = 15.0  # a worker that does not answer a ping this long is killed and replaced
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
@@ -184,16 +186,27 @@ class _Worker:
 
 
 class MediaWorkerPool:
-    def __init__(self, config: MediaConfig, size: int, *, log_level: str = "info") -> None:
+    def __init__(
+        self,
+        config: MediaConfig,
+        size: int,
+        *,
+        log_level: str = "info",
+        watch_every_s: float = WATCH_EVERY_S,
+        hung_after_s: float = HUNG_AFTER_S,
+    ) -> None:
         if size < 1:
             raise ValueError("a pool needs at least one worker")
         self.config = config
         self.size = size
         self.log_level = log_level
+        self.watch_every_s = watch_every_s
+        self.hung_after_s = hung_after_s
         self.workers: list[_Worker] = []
         self.restarts = 0
         self.closing = False
         self._respawning: set[asyncio.Task[None]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start every worker in parallel; returns once all are ready."""
@@ -202,6 +215,33 @@ class MediaWorkerPool:
         log.info(
             "media workers ready: %s", ", ".join(f"{w.index}=pid {w.pid}" for w in self.workers)
         )
+        self._watchdog = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        """Kill a worker that stops answering, so it is replaced like one that crashed.
+
+        A worker stuck in a loop or a deadlock would otherwise hold its calls frozen (media
+        stops, yet nothing reports it dead) until every participant gave up.
+        """
+        while not self.closing:
+            await asyncio.sleep(self.watch_every_s)
+            await asyncio.gather(*(self._check(w) for w in list(self.workers)))
+
+    async def _check(self, worker: _Worker) -> None:
+        if not worker.alive or not worker.ready.done():
+            return
+        try:
+            await worker.request("ping", within=self.hung_after_s)
+        except MediaUnavailable:
+            if worker.alive and not self.closing and worker.proc is not None:
+                log.error(
+                    "media worker %d (pid %s) did not answer for %.0f s; killing it",
+                    worker.index,
+                    worker.pid,
+                    self.hung_after_s,
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    worker.proc.kill()
 
     def call(
         self,
@@ -260,7 +300,7 @@ class MediaWorkerPool:
 
     async def close(self) -> None:
         self.closing = True
-        for task in list(self._respawning):
+        for task in [*self._respawning, *([self._watchdog] if self._watchdog else [])]:
             task.cancel()
         await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)
 

@@ -201,6 +201,9 @@ class WorkerServer:
         call = self.calls.get(call_id)
         return {} if call is None else await call.relay_stats()
 
+    async def op_ping(self) -> int:
+        return os.getpid()
+
     async def op_health(self, reset_lag: bool = False) -> dict[str, Any]:
         now, cpu = time.monotonic(), time.process_time()
         then, cpu_then = self._cpu_last

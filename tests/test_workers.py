@@ -198,3 +198,28 @@ async def test_worker_logs_reach_the_server_log(
             await until(lambda: any("[media worker" in r.getMessage() for r in caplog.records))
         finally:
             await call.close()
+
+
+async def test_a_hung_worker_is_killed_and_replaced(caplog: pytest.LogCaptureFixture) -> None:
+    pool = MediaWorkerPool(CONFIG, 1, watch_every_s=0.3, hung_after_s=1.0)
+    await pool.start()
+    states: list[tuple[str, str]] = []
+    call = pool.call("s-hung", on_media_state=lambda role, state: states.append((role, state)))
+    therapist, client = FakeBrowser(ToneTrack(440)), FakeBrowser(ToneTrack(660))
+    try:
+        await _join(call, "therapist", therapist)
+        await _join(call, "client", client)
+        await until(lambda: call.media_state("client") == "connected", timeout=10)
+        hung = pool.workers[0].pid
+        assert hung is not None
+        with caplog.at_level(logging.ERROR, logger="rapport.media.pool"):
+            os.kill(hung, signal.SIGSTOP)  # alive, but answering nothing
+            await until(lambda: pool.restarts == 1 and pool.workers[0].alive, timeout=20)
+        assert any("did not answer" in r.getMessage() for r in caplog.records)
+        assert pool.workers[0].pid != hung and not _alive(hung)
+        assert call.media_state("client") == "lost"
+    finally:
+        await therapist.close()
+        await client.close()
+        await call.close()
+        await pool.close()
