@@ -90,7 +90,14 @@ class _Worker:
         self.writer.write(wire.encode(("init", self.pool.config, self.pool.log_level)))
         self.alive = True
         self._reader_task = asyncio.ensure_future(self._read(reader))
-        await asyncio.wait_for(asyncio.shield(self.ready), START_TIMEOUT_S)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.ready), START_TIMEOUT_S)
+        except TimeoutError:
+            # Never ready: kill it, so its end of the socket closes and everyone waiting on
+            # ``ready`` hears MediaUnavailable instead of waiting forever.
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            raise
 
     async def request(self, op: str, *args: Any, within: float = REQUEST_TIMEOUT_S) -> Any:
         await asyncio.shield(self.ready)
