@@ -7,6 +7,7 @@ servers with different settings in one process.
 from __future__ import annotations
 
 import json
+import math
 import os
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +22,25 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def default_database_url() -> str:
     data_dir = Path.cwd() / "data"
     return f"sqlite+aiosqlite:///{data_dir / 'rapport.db'}"
+
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def usable_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota.
+
+    In a container started with ``--cpus=2`` on a 16-core host the affinity still lists 16
+    CPUs; one media worker per listed CPU would then be 16 processes sharing two cores.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota visible: the affinity is all we know
+    return max(1, cores)
 
 
 class IceServer(dict[str, Any]):
@@ -81,7 +101,7 @@ class Settings(BaseSettings):
     def media_worker_count(self) -> int:
         if self.media_workers is not None:
             return self.media_workers
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        return usable_cores()
 
     @cached_property
     def cookie_secure(self) -> bool:

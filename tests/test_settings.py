@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
-from server.settings import Settings
+from server.settings import Settings, usable_cores
 
 
 @pytest.mark.parametrize("value", ["127.0.0.1", "127.0.0.1, ::1", '["127.0.0.1", "::1"]'])
@@ -38,3 +41,17 @@ def test_public_url_follows_the_served_address_unless_set(monkeypatch: pytest.Mo
     assert Settings(host="0.0.0.0", port=9000).public_url == "http://127.0.0.1:9000"
     monkeypatch.setenv("RAPPORT_PUBLIC_URL", "https://therapy.example.org")
     assert Settings(port=8799).public_url == "https://therapy.example.org"
+
+
+def test_default_media_workers_follow_the_cpu_quota(tmp_path: Path) -> None:
+    affinity = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    assert usable_cores(tmp_path / "missing") == affinity
+    cpu_max.write_text("max 100000\n")
+    assert usable_cores(cpu_max) == affinity
+    cpu_max.write_text("50000 100000\n")  # half a core still gets one worker
+    assert usable_cores(cpu_max) == 1
+    cpu_max.write_text(f"{(affinity + 5) * 100000} 100000\n")  # a quota above the CPUs
+    assert usable_cores(cpu_max) == affinity
+    assert Settings(media_workers=0).media_worker_count == 0
+    assert Settings().media_worker_count == usable_cores()
