@@ -87,6 +87,15 @@ def direction(source_role: str) -> str:
     return f"{source_role}->{other_role(source_role)}"
 
 
+def configured_mode(config: MediaConfig) -> RelayMode:
+    return "transcode" if config.relay_mode == "transcode" else "forward"
+
+
+def initial_relay_modes(config: MediaConfig) -> dict[str, RelayMode]:
+    """Each direction's mode before any peer negotiated: what the deployment asks for."""
+    return {direction(r): configured_mode(config) for r in ROLES}
+
+
 class Call:
     """The in-process call; ``media.pool.RemoteCall`` is the same behind a worker process."""
 
@@ -102,10 +111,10 @@ class Call:
         self._on_media_state = on_media_state
         self._watchdog: asyncio.Task[None] | None = None
         self._last_state: dict[str, MediaState] = {}
-        default: RelayMode = "transcode" if config.relay_mode == "transcode" else "forward"
+        default = configured_mode(config)
         # Per direction ("therapist->client", "client->therapist"): "forward" when every
         # kind of media in it passes through encoded, "transcode" otherwise.
-        self.relay_mode: dict[str, RelayMode] = {direction(r): default for r in ROLES}
+        self.relay_mode = initial_relay_modes(config)
         self._modes: dict[tuple[str, str], RelayMode] = {
             (r, k): default for r in ROLES for k in KINDS
         }

@@ -34,7 +34,7 @@ from .call import (
     MediaUnavailable,
     PeerReport,
     RelayMode,
-    direction,
+    initial_relay_modes,
 )
 from .ice import MediaConfig
 from .peer import MediaState
@@ -329,8 +329,7 @@ class RemoteCall:
         self.id = f"{session_id}#{next(self._ids)}"
         self._on_audio = on_audio
         self._on_media_state = on_media_state
-        default: RelayMode = "transcode" if pool.config.relay_mode == "transcode" else "forward"
-        self.relay_mode: dict[str, RelayMode] = {direction(r): default for r in ROLES}
+        self.relay_mode: dict[str, RelayMode] = initial_relay_modes(pool.config)
         self._states: dict[str, MediaState] = {}
         self._peers = 0
         self.closed = False

@@ -25,7 +25,6 @@ import os
 import signal
 import socket
 import time
-from collections import deque
 from typing import Any
 
 from av import AudioFrame
@@ -34,7 +33,7 @@ from . import wire
 from .call import AudioInput, Call, PeerReport
 from .ice import MediaConfig, restrict_host_addresses
 from .live import MonoPcm
-from .loops import use_uvloop
+from .loops import LoopLagSampler, use_uvloop
 from .peer import MediaState
 from .sdp import SdpError
 
@@ -76,7 +75,7 @@ class WorkerServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.audio_dropped = 0
         self._audio_batch: list[tuple[str, str, bytes]] = []
-        self._lag: deque[float] = deque(maxlen=1200)
+        self._lag = LoopLagSampler(LAG_SAMPLE_S, keep=1200)
         self._cpu_last = (time.monotonic(), time.process_time())
 
     # ------------------------------------------------------------------ outbound
@@ -117,7 +116,7 @@ class WorkerServer:
         self.config = config
         self._configure_logging(level)
         restrict_host_addresses(config.media_addresses)
-        lag_task = asyncio.ensure_future(self._sample_lag())
+        self._lag.start()
         self.send(("ready", os.getpid()))
         try:
             while True:
@@ -129,7 +128,7 @@ class WorkerServer:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         finally:
-            lag_task.cancel()
+            await self._lag.stop()
             for call in list(self.calls.values()):
                 with contextlib.suppress(Exception):
                     await call.close()
@@ -208,25 +207,18 @@ class WorkerServer:
         now, cpu = time.monotonic(), time.process_time()
         then, cpu_then = self._cpu_last
         self._cpu_last = (now, cpu)
-        lags = sorted(self._lag)
+        p99 = self._lag.p99_ms() if self._lag.samples else None
         if reset_lag:
-            self._lag.clear()
+            self._lag.samples.clear()
         return {
             "pid": os.getpid(),
             "calls": len(self.calls),
             "peers": sum(c.peer_count for c in self.calls.values()),
             "cpu_seconds": round(cpu, 3),
             "cpu_fraction": round((cpu - cpu_then) / (now - then), 3) if now > then else 0.0,
-            "loop_lag_p99_ms": round(lags[int(0.99 * (len(lags) - 1))] * 1000, 2) if lags else None,
+            "loop_lag_p99_ms": p99,
             "audio_dropped": self.audio_dropped,
         }
-
-    async def _sample_lag(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            start = loop.time()
-            await asyncio.sleep(LAG_SAMPLE_S)
-            self._lag.append(max(0.0, loop.time() - start - LAG_SAMPLE_S))
 
 
 async def serve(fd: int) -> None:

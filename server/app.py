@@ -21,7 +21,7 @@ from signaling.rooms import RoomRegistry
 from .db import Database
 from .hooks import DatabaseRoomHooks
 from .models import SetupToken, User
-from .ops import CpuMeter, LoopLagMonitor, Metrics
+from .ops import CpuMeter, Metrics, loop_lag_monitor
 from .quality import QualityHub
 from .routes import admin, auth, checkin, pages, preferences, sessions, summary, ws
 from .security import new_token, token_hash
@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     quality = QualityHub(app.state.rooms, metrics, database)
     app.state.rooms.observer = quality
-    loop_lag = LoopLagMonitor(metrics)
+    loop_lag = loop_lag_monitor(metrics)
     app.state.metrics = metrics
     app.state.quality = quality
     app.state.loop_lag = loop_lag

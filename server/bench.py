@@ -155,36 +155,12 @@ def _http_json(url: str, timeout: float = 5.0) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- server child
-class LoopLag:
-    """Samples how late a 50 ms sleep wakes up: the event loop's scheduling lag.
-
-    50 ms, like the media workers' own probe: a 10 ms probe cost the server ~0.02 CPU s/s,
-    which the bench would then have counted as relay CPU.
-    """
-
-    PERIOD_S = 0.05
-
-    def __init__(self) -> None:
-        self.samples: list[float] = []
-        self._task: asyncio.Task[None] | None = None
-
-    def ensure_started(self) -> None:
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._run())
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            start = loop.time()
-            await asyncio.sleep(self.PERIOD_S)
-            self.samples.append(loop.time() - start - self.PERIOD_S)
-            del self.samples[:-200_000]
-
-
 def serve_child() -> int:
     """The server as ``rapport serve`` runs it, plus ``/_bench/stats`` for the bench."""
     import uvicorn
     from fastapi import FastAPI
+
+    from media.loops import LoopLagSampler
 
     from .app import create_app
     from .logs import configure
@@ -193,10 +169,12 @@ def serve_child() -> int:
     settings = Settings()
     configure(settings.log_level, settings.log_json)
     app: FastAPI = create_app(settings)
-    lag = LoopLag()
+    # Finer than the server's own 0.25 s sampler, to resolve a 20 s window; 50 ms, not 10:
+    # a 10 ms probe cost the server ~0.02 CPU s/s, which the bench counted as relay CPU.
+    lag = LoopLagSampler(0.05, keep=200_000)
 
     async def bench_stats(reset: bool = False) -> dict[str, Any]:
-        lag.ensure_started()
+        lag.start()
         samples = [s * 1000 for s in lag.samples]
         if reset:
             lag.samples.clear()

@@ -9,13 +9,14 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel
 from sqlalchemy import select
 
+from media.loops import LoopLagSampler
 from media.pool import MediaWorkerPool
 from signaling.rooms import RoomRegistry
 
 from ..auth import Admin, DbSession
 from ..db import Database
 from ..models import AuditEvent, TherapySession
-from ..ops import CpuMeter, LoopLagMonitor
+from ..ops import CpuMeter
 from ..quality import QualityHub
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
@@ -117,7 +118,7 @@ async def incidents(
 
 @router.get("/health")
 async def health(_admin: Admin, request: Request) -> dict[str, Any]:
-    lag: LoopLagMonitor = request.app.state.loop_lag
+    lag: LoopLagSampler = request.app.state.loop_lag
     cpu: CpuMeter = request.app.state.cpu
     rooms: RoomRegistry = request.app.state.rooms
     database: Database = request.app.state.database
