@@ -91,7 +91,10 @@ class WorkerServer:
 
     def _audio(self, call_id: str, role: str, frame: AudioInput) -> None:
         if isinstance(frame, AudioFrame):
-            pcm = self._pcm.setdefault((call_id, role), MonoPcm()).mono(frame)
+            converter = self._pcm.get((call_id, role))
+            if converter is None:  # not setdefault: no throw-away object per frame
+                converter = self._pcm[(call_id, role)] = MonoPcm()
+            pcm = converter.mono(frame)
         else:
             pcm = frame
         # Frames decoded together (the tap decodes every call's audio in one pass) travel
