@@ -1,0 +1,113 @@
+"""Rapport's media layer, and the only names ``signaling`` and ``server`` may import from it.
+
+Four systems live below this package, each in its own subpackage:
+
+- ``media.relay``: one aiortc peer per participant, the relay between them, SDP and ICE
+  checks, and call-quality scoring;
+- ``media.workers``: the worker processes that host calls, one per core, and their typed
+  request/event protocol;
+- ``media.alliance``: voice activity and the pure alliance-signal engine, the live feed that
+  runs it on decoded audio, and offline analysis of recorded tracks;
+- ``media.aiortc_compat``: every touch of aiortc's private internals (forwarding hooks and
+  speed patches), imported only when a process actually forwards media.
+
+``tests/test_code_quality.py`` enforces the boundary: ``signaling`` and ``server`` import
+``from media import …`` names listed in ``__all__`` (plus ``media.loops``'s neutral helpers
+through this module), never a submodule. The names resolve lazily so that importing
+``media`` (or ``server.app``) loads no media code and patches nothing until it is used: a
+server whose calls all run in worker processes never imports aiortc's internals at all.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# name -> module that defines it
+_API: dict[str, str] = {
+    # the relay: what a room needs to host a call
+    "AudioInput": "media.relay.call",
+    "Call": "media.relay.call",
+    "CallFactory": "media.relay.call",
+    "CallHandle": "media.relay.call",
+    "MediaUnavailable": "media.relay.call",
+    "MediaConfig": "media.relay.ice",
+    "restrict_host_addresses": "media.relay.ice",
+    "MediaState": "media.relay.peer",
+    "SdpError": "media.relay.sdp",
+    # call quality (pure scoring of getStats samples)
+    "DirectionSample": "media.relay.quality",
+    "KindSample": "media.relay.quality",
+    "Label": "media.relay.quality",
+    "PeerStatsSampler": "media.relay.quality",
+    "SmoothedScore": "media.relay.quality",
+    "label_for": "media.relay.quality",
+    # worker processes
+    "MediaWorkerPool": "media.workers.pool",
+    # alliance signals
+    "SignalConfig": "media.alliance.engine",
+    "LiveSignals": "media.alliance.live",
+    "SignalsUpdate": "media.alliance.live",
+    "SignalThread": "media.alliance.live",
+    "analyze_files": "media.alliance.offline",
+    # event-loop health, shared by the server and every worker
+    "LoopLagSampler": "media.loops",
+}
+
+__all__ = [
+    "AudioInput",
+    "Call",
+    "CallFactory",
+    "CallHandle",
+    "DirectionSample",
+    "KindSample",
+    "Label",
+    "LiveSignals",
+    "LoopLagSampler",
+    "MediaConfig",
+    "MediaState",
+    "MediaUnavailable",
+    "MediaWorkerPool",
+    "PeerStatsSampler",
+    "SdpError",
+    "SignalConfig",
+    "SignalThread",
+    "SignalsUpdate",
+    "SmoothedScore",
+    "analyze_files",
+    "label_for",
+    "restrict_host_addresses",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'media' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:
+    from media.alliance.engine import SignalConfig
+    from media.alliance.live import LiveSignals, SignalsUpdate, SignalThread
+    from media.alliance.offline import analyze_files
+    from media.loops import LoopLagSampler
+    from media.relay.call import AudioInput, Call, CallFactory, CallHandle, MediaUnavailable
+    from media.relay.ice import MediaConfig, restrict_host_addresses
+    from media.relay.peer import MediaState
+    from media.relay.quality import (
+        DirectionSample,
+        KindSample,
+        Label,
+        PeerStatsSampler,
+        SmoothedScore,
+        label_for,
+    )
+    from media.relay.sdp import SdpError
+    from media.workers.pool import MediaWorkerPool

@@ -13,20 +13,19 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import func, select
 
-from media.ice import MediaConfig, restrict_host_addresses
-from media.pool import MediaWorkerPool
+from media import MediaConfig, MediaWorkerPool, restrict_host_addresses
 from signaling.limits import Limits
 from signaling.rooms import RoomRegistry
 
+from .alliance_hub import SignalsHub
 from .db import Database
 from .hooks import DatabaseRoomHooks
 from .models import SetupToken, User
 from .ops import CpuMeter, Metrics, loop_lag_monitor
-from .quality import QualityHub
+from .quality_hub import QualityHub
 from .routes import admin, auth, checkin, pages, preferences, sessions, summary, ws
 from .security import new_token, token_hash
 from .settings import Settings
-from .signals import SignalsHub
 
 log = logging.getLogger("rapport")
 

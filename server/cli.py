@@ -91,7 +91,7 @@ def _user_add(args: argparse.Namespace) -> int:
 def _analyze(args: argparse.Namespace) -> int:
     import json
 
-    from media.offline import analyze_files
+    from media import analyze_files
 
     snapshot = analyze_files(args.therapist, args.client)
     print(json.dumps(snapshot.to_dict(), indent=2))
@@ -99,13 +99,13 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _bench_signals(args: argparse.Namespace) -> int:
-    from .bench_signals import main as bench_main
+    from server.bench.relay.signals import main as bench_main
 
     return bench_main(args.onsets, args.json, args.media_workers)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import run_from_args
+    from server.bench.relay.relay import run_from_args
 
     return run_from_args(args)
 
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_signals.set_defaults(func=_bench_signals)
 
-    from .bench import add_arguments
+    from server.bench.relay.relay import add_arguments
 
     bench = sub.add_parser("bench", help="media relay capacity: forwarding vs transcoding")
     add_arguments(bench)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from .alliance_hub import SignalsHub
 from .audit import record
 from .db import Database
 from .models import Participant, SessionStatus, TherapySession
-from .signals import SignalsHub
 
 
 class DatabaseRoomHooks:

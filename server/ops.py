@@ -7,7 +7,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from media.loops import LoopLagSampler
+from media import LoopLagSampler
 
 
 class Metrics:

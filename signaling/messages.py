@@ -234,7 +234,7 @@ class Replaced(_Outbound):
 
 
 class Signals(_Outbound):
-    """Therapist only: the live alliance-signal snapshot (see media/signals.py)."""
+    """Therapist only: the live alliance-signal snapshot (see media/alliance/engine.py)."""
 
     type: Literal["signals"] = "signals"
     snapshot: dict[str, Any]

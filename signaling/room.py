@@ -19,10 +19,16 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from media.call import AudioInput, Call, CallFactory, CallHandle, MediaUnavailable
-from media.ice import MediaConfig
-from media.peer import MediaState
-from media.sdp import SdpError
+from media import (
+    AudioInput,
+    Call,
+    CallFactory,
+    CallHandle,
+    MediaConfig,
+    MediaState,
+    MediaUnavailable,
+    SdpError,
+)
 
 from . import messages as m
 from .agenda import Agenda, AgendaError

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from media.call import CallFactory
-from media.ice import MediaConfig
+from media import CallFactory, MediaConfig
 
 from .limits import Limits
 from .room import Room, RoomHooks, RoomObserver, SignalsPort

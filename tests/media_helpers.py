@@ -11,7 +11,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
 
-from media.ice import restrict_host_addresses
+from media.relay.ice import restrict_host_addresses
 
 SAMPLE_RATE = 48_000
 SAMPLES = 960  # 20 ms, what browsers and aiortc use for Opus

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from media.offline import analyze_files
+from media.alliance.offline import analyze_files
 from tests.fixtures.accuracy_report import METRICS, Result
 from tests.fixtures.dialogues import generate_dialogue
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from media.loadgen import (
+from server.bench.loadgen import (
     AUDIO_LOOP_FRAMES,
     AUDIO_TICKS,
     VIDEO_ANCHOR_EVERY,
@@ -24,7 +24,7 @@ from media.loadgen import (
     VIDEO_TICKS,
     match_stream,
 )
-from server.bench import percentile, summarise
+from server.bench.relay import percentile, summarise
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from media.synthetic import voiced_speech
-from media.vad import VoiceActivityDetector
+from media.alliance.vad import VoiceActivityDetector
+from server.bench.synthetic import voiced_speech
 
 
 def test_synthetic_voice_is_speech_after_silence() -> None:

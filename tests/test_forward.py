@@ -1,8 +1,8 @@
-"""The forwarding relay: encoded frames through media.call.Call, loopback peers, no browser.
+"""The forwarding relay: encoded frames through media.relay.call.Call, loopback peers, no browser.
 
 FakeBrowser peers (tests/media_helpers.py) encode and decode like a browser does, so a picture
 or a tone arriving at the far end proves the forwarded bitstream decodes. LoadPeer peers
-(media/loadgen.py) send pre-encoded frames and never decode video, so any VP8 codec call seen
+(server/bench/loadgen.py) send pre-encoded frames and never decode video, so any VP8 codec call seen
 in the process while they talk through the relay was made by the server.
 """
 
@@ -27,13 +27,13 @@ from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci, 
 from av import AudioFrame, Packet, VideoFrame
 
 from media import forward
-from media.call import Call
-from media.forward import EncodedFrame, ForwardedPayloads, FrameAssembler
-from media.ice import MediaConfig, restrict_host_addresses
-from media.loadgen import LoadPeer, make_clip
-from media.offline import analyze_pcm
-from media.signals import Role
-from media.tracks import OutboundTrack
+from media.alliance.engine import Role
+from media.alliance.offline import analyze_pcm
+from media.relay.call import Call
+from media.relay.forward import EncodedFrame, ForwardedPayloads, FrameAssembler
+from media.relay.ice import MediaConfig, restrict_host_addresses
+from media.relay.tracks import OutboundTrack
+from server.bench.loadgen import LoadPeer, make_clip
 from tests.media_helpers import ColorTrack, FakeBrowser, PcmTrack, ToneTrack, speech
 
 FORWARD = MediaConfig(allow_loopback_candidates=True, media_addresses=("127.0.0.1",))

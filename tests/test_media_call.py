@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from av import AudioFrame, VideoFrame
 
-from media.call import Call
-from media.ice import MediaConfig
-from media.sdp import SdpError
+from media.relay.call import Call
+from media.relay.ice import MediaConfig
+from media.relay.sdp import SdpError
 from tests.media_helpers import ColorTrack, FakeBrowser, ToneTrack
 
 CONFIG = MediaConfig(allow_loopback_candidates=True, media_addresses=("127.0.0.1",))

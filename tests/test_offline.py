@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from media.offline import analyze_files, analyze_pcm, decode_mono_48k
-from media.signals import Role, Snapshot
+from media.alliance.engine import Role, Snapshot
+from media.alliance.offline import analyze_files, analyze_pcm, decode_mono_48k
 from tests.fixtures.dialogues import (
     SAMPLE_RATE,
     Dialogue,
@@ -106,7 +106,7 @@ def test_rapport_analyze_prints_the_snapshot_as_json(dialogue: Dialogue, at_48k:
     import subprocess
     import sys
 
-    from media.signals import Role
+    from media.alliance.engine import Role
 
     result = subprocess.run(
         [

@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from media.ice import MediaConfig
+from media.relay.ice import MediaConfig
 from signaling import messages as m
 from signaling.room import Member, Room
 

@@ -9,9 +9,9 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from media.call import Call
-from media.ice import MediaConfig
-from media.quality import (
+from media.relay.call import Call
+from media.relay.ice import MediaConfig
+from media.relay.quality import (
     DirectionSample,
     KindSample,
     PeerStatsSampler,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from media.live import LiveSignals
-from media.signals import Role
+from media.alliance.engine import Role
+from media.alliance.live import LiveSignals
 from server.db import Database
 from server.models import TherapySession
 from tests.conftest import PASSWORD, free_port

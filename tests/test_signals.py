@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from media.signals import (
+from media.alliance.engine import (
     ROLES,
     EventKind,
     ParticipantAudio,

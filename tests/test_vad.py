@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from media.signals import Role, SignalEngine
-from media.vad import SILENCE_DBFS, VoiceActivityDetector, downmix, frame_dbfs
+from media.alliance.engine import Role, SignalEngine
+from media.alliance.vad import SILENCE_DBFS, VoiceActivityDetector, downmix, frame_dbfs
 from tests.fixtures.dialogues import (
     FRAME_SAMPLES,
     SAMPLE_RATE,

@@ -1,6 +1,6 @@
 """Media worker processes: calls pinned to real worker processes, loopback peers, no browser.
 
-Each test starts a real ``MediaWorkerPool`` (``python -m media.worker`` children joined by a
+Each test starts a real ``MediaWorkerPool`` (``python -m media.workers.worker`` children joined by a
 socketpair) with media bound to 127.0.0.1, and drives it with aiortc peers in this process.
 """
 
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from aiortc.stats import RTCInboundRtpStreamStats
 
-from media.call import MediaUnavailable
-from media.ice import MediaConfig
-from media.pool import MediaWorkerPool, RemoteCall
-from media.sdp import SdpError
+from media.relay.call import MediaUnavailable
+from media.relay.ice import MediaConfig
+from media.relay.sdp import SdpError
+from media.workers.pool import MediaWorkerPool, RemoteCall
 from tests.conftest import until
 from tests.media_helpers import ColorTrack, FakeBrowser, ToneTrack
 
@@ -148,7 +148,7 @@ async def test_a_dead_worker_is_replaced_and_the_call_reconnects(
         await until(lambda: call.media_state("client") == "connected", timeout=10)
         dead_pid = call.worker.pid
         assert dead_pid is not None
-        with caplog.at_level(logging.ERROR, logger="rapport.media.pool"):
+        with caplog.at_level(logging.ERROR, logger="rapport.media.workers.pool"):
             os.kill(dead_pid, signal.SIGKILL)
             await until(lambda: call.media_state("client") == "lost", timeout=10)
         assert call.peer_count == 0
@@ -212,7 +212,7 @@ async def test_a_hung_worker_is_killed_and_replaced(caplog: pytest.LogCaptureFix
         await until(lambda: call.media_state("client") == "connected", timeout=10)
         hung = pool.workers[0].pid
         assert hung is not None
-        with caplog.at_level(logging.ERROR, logger="rapport.media.pool"):
+        with caplog.at_level(logging.ERROR, logger="rapport.media.workers.pool"):
             os.kill(hung, signal.SIGSTOP)  # alive, but answering nothing
             await until(lambda: pool.restarts == 1 and pool.workers[0].alive, timeout=20)
         assert any("did not answer" in r.getMessage() for r in caplog.records)

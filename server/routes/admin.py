@@ -9,15 +9,14 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from media.loops import LoopLagSampler
-from media.pool import MediaWorkerPool
+from media import LoopLagSampler, MediaWorkerPool
 from signaling.rooms import RoomRegistry
 
 from ..auth import Admin, DbSession
 from ..db import Database
 from ..models import AuditEvent, TherapySession
 from ..ops import CpuMeter
-from ..quality import QualityHub
+from ..quality_hub import QualityHub
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
 

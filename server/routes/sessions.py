@@ -9,12 +9,12 @@ from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from ..alliance_hub import SignalsHub, unpack_timeline
 from ..audit import record
 from ..auth import DbSession, SettingsDep, Therapist
 from ..models import SessionStatus, TherapySession, User
 from ..security import new_session_id, new_token, token_hash
 from ..settings import Settings
-from ..signals import SignalsHub, unpack_timeline
 
 router = APIRouter(prefix="/api/sessions", tags=["sessions"])
 

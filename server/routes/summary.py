@@ -11,10 +11,10 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import Response
 from sqlalchemy import func, select
 
+from ..alliance_hub import SignalsHub, unpack_timeline
 from ..auth import DbSession, SettingsDep, Therapist
 from ..checkins import checkin_out
 from ..models import Checkin, TherapySession, User
-from ..signals import SignalsHub, unpack_timeline
 from .sessions import own_session, session_out
 
 router = APIRouter(prefix="/api", tags=["summary"])

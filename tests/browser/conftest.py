@@ -163,7 +163,7 @@ class DialogueWavs:
     therapist: Path
     client: Path
     loop_s: float
-    # Ground truth from the same engine run offline on the clean files (media.offline):
+    # Ground truth from the same engine run offline on the clean files (media.alliance.offline):
     # seconds of talk per second of audio, for each role, with the files looping.
     therapist_rate: float
     client_rate: float
@@ -220,8 +220,8 @@ def dialogue_wavs(tmp_path_factory: pytest.TempPathFactory) -> DialogueWavs:
             pytest.skip(f"{tool} is not installed")
     import numpy as np
 
-    from media.offline import analyze_pcm, decode_mono_48k
-    from media.signals import Role
+    from media.alliance.engine import Role
+    from media.alliance.offline import analyze_pcm, decode_mono_48k
 
     tmp = tmp_path_factory.mktemp("dialogue")
     therapist = _script_wav(tmp, "therapist", THERAPIST_LINES)

@@ -1,12 +1,12 @@
 """A media worker process: the calls of the sessions pinned to it, on its own core.
 
 Python runs one thread of bytecode at a time, and relaying media is mostly Python per packet,
-so a single server process tops out at one core. ``media.pool.MediaWorkerPool`` starts one of
-these per core (``python -m media.worker --fd N``, N being its end of a socketpair) and pins
-each session's call to one of them; the server process keeps signalling, the database and the
-signal engine.
+so a single server process tops out at one core. ``media.workers.pool.MediaWorkerPool``
+starts one of these per core (``python -m media.workers.worker --fd N``, N being its end of a
+socketpair) and pins each session's call to one of them; the server process keeps
+signalling, the database and the signal engine.
 
-The worker hosts ordinary ``media.call.Call`` objects and answers the pool's requests
+The worker hosts ordinary ``media.relay.call.Call`` objects and answers the pool's requests
 (connect, disconnect, close, stats, reports, health). It pushes three kinds of events: a
 participant's media state, their decoded audio as 48 kHz mono int16 (only when the server
 asked for it, for the alliance signals; batched per event-loop iteration), and log records,
@@ -29,15 +29,16 @@ from typing import Any
 
 from av import AudioFrame
 
-from . import wire
-from .call import AudioInput, Call, PeerReport
-from .ice import MediaConfig, restrict_host_addresses
-from .live import MonoPcm
-from .loops import LoopLagSampler, use_uvloop
-from .peer import MediaState
-from .sdp import SdpError
+from media.alliance.live import MonoPcm
+from media.loops import LoopLagSampler, use_uvloop
+from media.relay.call import AudioInput, Call, PeerReport
+from media.relay.ice import MediaConfig, restrict_host_addresses
+from media.relay.peer import MediaState
+from media.relay.sdp import SdpError
 
-log = logging.getLogger("rapport.media.worker")
+from . import wire
+
+log = logging.getLogger("rapport.media.workers.worker")
 
 MAX_AUDIO_BACKLOG_BYTES = 512 * 1024  # ~2.5 s of one participant's audio; then drop
 LAG_SAMPLE_S = 0.05
@@ -234,7 +235,7 @@ async def serve(fd: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m media.worker")
+    parser = argparse.ArgumentParser(prog="python -m media.workers.worker")
     parser.add_argument("--fd", type=int, required=True, help="this worker's end of a socketpair")
     args = parser.parse_args(argv)
     # Ctrl-C reaches the whole process group: let the server close its calls in order and

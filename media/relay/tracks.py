@@ -82,7 +82,7 @@ class OutboundTrack(MediaStreamTrack):
         self.sent = 0
         self.sent_packets = 0  # encoded frames handed to the sender (forwarding)
         self.sent_frames = 0  # decoded frames handed to the sender (transcoding)
-        # Set when the sender was prepared by media.forward.send_forwarded: encoded frames
+        # Set when the sender was prepared by media.relay.forward.send_forwarded: encoded frames
         # then leave as their RTP payloads, not as av.Packets to be packetised again.
         self.send_payloads = False
 
@@ -106,7 +106,7 @@ class OutboundTrack(MediaStreamTrack):
         self._ready.set()
 
     async def recv(self) -> Frame | Packet | ForwardedPayloads:  # type: ignore[override]
-        # ForwardedPayloads only reach a sender prepared by media.forward.send_forwarded.
+        # ForwardedPayloads only reach a sender prepared by media.relay.forward.send_forwarded.
         self._started = True
         while True:
             while not self._items:

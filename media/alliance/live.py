@@ -1,7 +1,7 @@
 """The live signal pipeline: decoded call audio in, speaking changes and snapshots out.
 
 The call hands every decoded audio frame to ``LiveSignals.on_audio`` on the event loop; that
-only downmixes and queues. One ``SignalWorker`` thread per server runs voice activity and the
+only downmixes and queues. One ``SignalThread`` thread per server runs voice activity and the
 pure engine for every session on a 20 ms wall clock, so the event loop never does DSP. The
 clock is the wall clock (not the audio): a participant whose audio stops still has their
 time counted, as not speaking, and time with nobody present is not counted at all.
@@ -20,7 +20,7 @@ import numpy as np
 from av import AudioFrame
 from av.audio.resampler import AudioResampler
 
-from .signals import (
+from .engine import (
     EventKind,
     ParticipantAudio,
     Role,
@@ -254,7 +254,7 @@ class LiveSignals:
 Publisher = Callable[[SignalsUpdate], None]
 
 
-class SignalWorker:
+class SignalThread:
     """One thread stepping every live session every 20 ms."""
 
     def __init__(self, publish: Publisher, tick_s: float = 0.02) -> None:

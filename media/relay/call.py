@@ -97,7 +97,7 @@ def initial_relay_modes(config: MediaConfig) -> dict[str, RelayMode]:
 
 
 class Call:
-    """The in-process call; ``media.pool.RemoteCall`` is the same behind a worker process."""
+    """The in-process call; ``media.workers.pool.RemoteCall`` is the same behind a worker."""
 
     def __init__(
         self,

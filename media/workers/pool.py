@@ -1,8 +1,8 @@
 """Media worker processes, seen from the server: the pool and the calls that live in them.
 
-``MediaWorkerPool`` starts N ``media.worker`` processes (one per core by default) and gives
+``MediaWorkerPool`` starts N ``media.workers.worker`` processes (one per core by default) and gives
 each new call to the worker with the fewest calls; the call stays pinned there. A
-``RemoteCall`` looks to the room exactly like an in-process ``media.call.Call``
+``RemoteCall`` looks to the room exactly like an in-process ``media.relay.call.Call``
 (``CallHandle``): connect returns the SDP answer, media states and decoded audio arrive as
 callbacks on the server's event loop.
 
@@ -26,8 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from . import wire
-from .call import (
+from media.relay.call import (
     ROLES,
     AudioSink,
     MediaStateSink,
@@ -36,11 +35,13 @@ from .call import (
     RelayMode,
     initial_relay_modes,
 )
-from .ice import MediaConfig
-from .peer import MediaState
-from .sdp import SdpError
+from media.relay.ice import MediaConfig
+from media.relay.peer import MediaState
+from media.relay.sdp import SdpError
 
-log = logging.getLogger("rapport.media.pool")
+from . import wire
+
+log = logging.getLogger("rapport.media.workers.pool")
 
 REQUEST_TIMEOUT_S = 30.0
 START_TIMEOUT_S = 60.0
@@ -77,7 +78,7 @@ class _Worker:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "media.worker",
+                "media.workers.worker",
                 "--fd",
                 str(child.fileno()),
                 pass_fds=(child.fileno(),),
@@ -313,7 +314,7 @@ class MediaWorkerPool:
 
 
 class RemoteCall:
-    """A call whose peers live in a media worker process (see ``media.call.CallHandle``)."""
+    """A call whose peers live in a media worker process (see ``media.relay.call.CallHandle``)."""
 
     _ids = itertools.count(1)
 

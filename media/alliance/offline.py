@@ -14,7 +14,14 @@ from os import PathLike
 import av
 import numpy as np
 
-from media.signals import ROLES, ParticipantAudio, Role, SignalConfig, SignalEngine, Snapshot
+from media.alliance.engine import (
+    ROLES,
+    ParticipantAudio,
+    Role,
+    SignalConfig,
+    SignalEngine,
+    Snapshot,
+)
 
 __all__ = ["LIVE_SAMPLE_RATE", "analyze_files", "analyze_pcm", "decode_mono_48k"]
 

@@ -1,7 +1,7 @@
 """The server's side of one browser's peer connection.
 
 Each participant gets one ``RTCPeerConnection``. What it receives either arrives as encoded
-frames (forwarding: ``media.forward`` takes them out of aiortc before its decoder) or as
+frames (forwarding: ``media.relay.forward`` takes them out of aiortc before its decoder) or as
 decoded frames from aiortc's own decode path (transcoding). Either way every received track
 is read continuously (an unread aiortc track grows memory by about 1 MB/s). What it sends
 comes from two ``OutboundTrack``\\ s that the call feeds with the other participant's media.

@@ -2,7 +2,7 @@
 
 A load generator must not be the bottleneck it measures, so these aiortc peers never encode
 or decode video: they send a few seconds of 640×480@30 VP8 (about 1 Mbps) and of speech-like
-Opus, encoded once at start-up and looped, and they receive through ``media.forward`` (frames
+Opus, encoded once at start-up and looped, and they receive through ``media.relay.forward`` (frames
 are assembled, timed and dropped, never decoded; only audio is decoded, which is cheap, to
 read its level).
 
@@ -19,7 +19,7 @@ and only adds a per-stream offset, which a pattern in the media pins down:
 
 Arrival times settle the remaining whole periods (latency is far below one period). The same
 measurement over a direct peer-to-peer pair in the same process is the baseline that
-``rapport bench`` subtracts. Run as ``python -m media.loadgen`` (driven by the bench over
+``rapport bench`` subtracts. Run as ``python -m server.bench.loadgen`` (driven by the bench over
 stdin/stdout JSON lines).
 """
 
@@ -56,7 +56,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from .forward import (
+from media.relay.forward import (
     EncodedFrame,
     ForwardedPayloads,
     ForwardingReceiver,
@@ -65,7 +65,7 @@ from .forward import (
     send_forwarded,
     watch_sender,
 )
-from .ice import restrict_host_addresses
+from media.relay.ice import restrict_host_addresses
 
 log = logging.getLogger("rapport.loadgen")
 
@@ -265,7 +265,7 @@ class PacedPacketTrack(MediaStreamTrack):
     the video loop at its keyframe, as a real encoder would send one.
 
     Frames are packetised once, up front: the sender (prepared by
-    ``media.forward.send_forwarded``) only puts RTP headers on the payloads. Each pass of
+    ``media.relay.forward.send_forwarded``) only puts RTP headers on the payloads. Each pass of
     the loop starts at the keyframe and counts as a new source, so the sender renumbers
     picture ids to keep counting on.
     """
@@ -810,7 +810,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m media.loadgen", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m server.bench.loadgen", description=__doc__)
     parser.add_argument("--url", required=True, help="Rapport base URL (127.0.0.1 only)")
     parser.add_argument("--email", required=True, help="therapist account; password on stdin")
     parser.add_argument("--sessions", type=int, default=1)

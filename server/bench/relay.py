@@ -2,7 +2,7 @@
 
 Each run starts a real Rapport server in a subprocess (127.0.0.1 only, a throw-away SQLite
 database, ``RAPPORT_RELAY_MODE`` set to the mode under test) or targets a running one, and
-drives N two-party sessions from separate load-generator processes (``media.loadgen``):
+drives N two-party sessions from separate load-generator processes (``server.bench.loadgen``):
 they sign in, create sessions and admit clients through the real HTTP API and WebSocket
 protocol, then send pre-encoded 640×480@30 VP8 (~1 Mbps) and Opus both ways.
 
@@ -12,7 +12,7 @@ Measured over a window after set-up and warm-up:
   ``/proc/<pid>/stat``) divided by N; ``sessions_per_core`` is its inverse;
 * server-added latency p50/p95 for audio and video: sender-to-receiver latency through the
   server minus the same measurement over a direct aiortc pair run in the same process at the
-  same time (see media/loadgen.py for how frames are matched);
+  same time (see server/bench/loadgen.py for how frames are matched);
 * frame loss; UDP receive-buffer drops (``RcvbufErrors`` in ``/proc/net/snmp``, machine-wide);
 * event-loop lag p99 of the server, from an internal endpoint that only the bench's own
   server child has (``/_bench/stats``, bound to 127.0.0.1 like the rest of it).
@@ -161,10 +161,9 @@ def serve_child() -> int:
     from fastapi import FastAPI
 
     from media.loops import LoopLagSampler
-
-    from .app import create_app
-    from .logs import configure
-    from .settings import Settings
+    from server.app import create_app
+    from server.logs import configure
+    from server.settings import Settings
 
     settings = Settings()
     configure(settings.log_level, settings.log_json)
@@ -305,7 +304,7 @@ async def run_once(
             server = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "server.bench",
+                "server.bench.relay",
                 "--serve-child",
                 cwd=REPO_ROOT,
                 env=env,
@@ -342,7 +341,7 @@ async def run_once(
             cmd = [
                 sys.executable,
                 "-m",
-                "media.loadgen",
+                "server.bench.loadgen",
                 "--url",
                 base_url,
                 "--email",
@@ -603,7 +602,7 @@ def default_clip_path() -> Path:
 
 
 async def run_all(args: argparse.Namespace) -> dict[str, Any]:
-    from media.loadgen import load_or_make_clip
+    from server.bench.loadgen import load_or_make_clip
 
     sweep = sorted({int(x) for x in str(args.sessions).split(",") if x.strip()})
     if not sweep or min(sweep) < 1:
@@ -662,4 +661,4 @@ def run_from_args(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     if sys.argv[1:] == ["--serve-child"]:
         sys.exit(serve_child())
-    sys.exit("usage: rapport bench ... (python -m server.bench --serve-child is internal)")
+    sys.exit("usage: rapport bench ... (python -m server.bench.relay --serve-child is internal)")

@@ -13,8 +13,7 @@ import contextlib
 import logging
 from typing import Any
 
-from media.live import LiveSignals, SignalsUpdate, SignalWorker
-from media.signals import SignalConfig
+from media import LiveSignals, SignalConfig, SignalsUpdate, SignalThread
 from signaling.messages import Signals, Speaking
 from signaling.rooms import RoomRegistry
 
@@ -46,7 +45,7 @@ class SignalsHub:
         self.sessions: dict[str, LiveSignals] = {}
         self.rooms: RoomRegistry | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._worker = SignalWorker(self._from_worker)
+        self._worker = SignalThread(self._from_worker)
         self._persister: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._persisted_at: dict[str, float] = {}

@@ -48,7 +48,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from media.vad import VoiceActivityDetector
+from media.alliance.vad import VoiceActivityDetector
 
 __all__ = [
     "ROLES",

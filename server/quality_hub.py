@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from media.quality import (
+from media import (
     DirectionSample,
     KindSample,
     Label,

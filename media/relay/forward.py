@@ -56,7 +56,7 @@ from aiortc.rtp import (
 )
 from av.frame import Frame
 
-log = logging.getLogger("rapport.media.forward")
+log = logging.getLogger("rapport.media.relay.forward")
 
 AIORTC_VERSION = "1.16.0"
 # Codecs whose frames the relay forwards as they are (mime types, lower case).
@@ -112,9 +112,10 @@ def check_internals() -> list[str]:
     problems: list[str] = []
     if aiortc.__version__ != AIORTC_VERSION:
         problems.append(
-            f"aiortc {aiortc.__version__} is installed; media/forward.py patches internals of "
-            f"aiortc {AIORTC_VERSION} only. Re-validate media/forward.py against the new "
-            "version (tests/test_forward.py) before changing the pin in pyproject.toml."
+            f"aiortc {aiortc.__version__} is installed; media/relay/forward.py patches "
+            f"internals of aiortc {AIORTC_VERSION} only. Re-validate media/relay/forward.py "
+            "against the new version (tests/test_forward.py) before changing the pin in "
+            "pyproject.toml."
         )
 
     def source(obj: Any) -> str:

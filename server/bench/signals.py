@@ -27,14 +27,13 @@ import websockets
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
-from media.ice import restrict_host_addresses
-from media.synthetic import ScheduledSpeechTrack, SilenceTrack
-
-from .app import create_app
-from .db import Database
-from .models import User, UserRole
-from .security import hash_password
-from .settings import Settings
+from media.relay.ice import restrict_host_addresses
+from server.app import create_app
+from server.bench.synthetic import ScheduledSpeechTrack, SilenceTrack
+from server.db import Database
+from server.models import User, UserRole
+from server.security import hash_password
+from server.settings import Settings
 
 PASSWORD = "bench-password-0123"
 
