@@ -99,13 +99,13 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _bench_signals(args: argparse.Namespace) -> int:
-    from server.bench.relay.signals import main as bench_main
+    from server.bench.signals import main as bench_main
 
     return bench_main(args.onsets, args.json, args.media_workers)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from server.bench.relay.relay import run_from_args
+    from server.bench.relay import run_from_args
 
     return run_from_args(args)
 
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_signals.set_defaults(func=_bench_signals)
 
-    from server.bench.relay.relay import add_arguments
+    from server.bench.relay import add_arguments
 
     bench = sub.add_parser("bench", help="media relay capacity: forwarding vs transcoding")
     add_arguments(bench)
