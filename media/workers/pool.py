@@ -21,8 +21,9 @@ import logging
 import os
 import socket
 import sys
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -40,6 +41,27 @@ from media.relay.peer import MediaState
 from media.relay.sdp import SdpError
 
 from . import wire
+from .messages import (
+    AudioBatch,
+    Close,
+    Connect,
+    Disconnect,
+    ErrorKind,
+    Failed,
+    GetHealth,
+    GetReports,
+    GetStats,
+    Init,
+    LogEntry,
+    MediaStateChanged,
+    Message,
+    Ok,
+    P,
+    Payload,
+    Ping,
+    Ready,
+    Request,
+)
 
 log = logging.getLogger("rapport.media.workers.pool")
 
@@ -64,7 +86,8 @@ class _Worker:
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.alive = False
         self.calls: dict[str, RemoteCall] = {}
-        self._pending: dict[int, asyncio.Future[Any]] = {}
+        # request id -> (the caller's future, the request class, which names the payload)
+        self._pending: dict[int, tuple[asyncio.Future[Payload], type[Request[Any]]]] = {}
         self._ids = itertools.count(1)
         self._reader_task: asyncio.Task[None] | None = None
 
@@ -88,7 +111,7 @@ class _Worker:
         finally:
             child.close()
         reader, self.writer = await asyncio.open_connection(sock=parent)
-        self.writer.write(wire.encode(("init", self.pool.config, self.pool.log_level)))
+        self.writer.write(wire.encode(Init(self.pool.config, self.pool.log_level)))
         self.alive = True
         self._reader_task = asyncio.ensure_future(self._read(reader))
         try:
@@ -100,63 +123,110 @@ class _Worker:
                 self.proc.kill()
             raise
 
-    async def request(self, op: str, *args: Any, within: float = REQUEST_TIMEOUT_S) -> Any:
+    async def request(self, request: Request[P], *, within: float = REQUEST_TIMEOUT_S) -> P:
+        """Sends ``request`` under a fresh id and returns the worker's payload for it.
+
+        Raises ``SdpError``, ``MediaUnavailable`` (worker dead, or no answer ``within``
+        seconds) or ``RuntimeError``, as ``Failed.kind`` and the worker's fate say.
+        """
         await asyncio.shield(self.ready)
         if not self.alive or self.writer is None:
             raise MediaUnavailable(f"media worker {self.index} is not running")
-        request_id = next(self._ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
+        request = replace(request, request_id=next(self._ids))
+        future: asyncio.Future[Payload] = asyncio.get_running_loop().create_future()
+        self._pending[request.request_id] = (future, type(request))
         try:
-            self.writer.write(wire.encode((op, request_id, *args)))
-            return await asyncio.wait_for(asyncio.shield(future), within)
+            self.writer.write(wire.encode(request))
+            payload = await asyncio.wait_for(asyncio.shield(future), within)
         except TimeoutError as exc:
-            raise MediaUnavailable(f"media worker {self.index} did not answer {op}") from exc
+            name = type(request).__name__
+            raise MediaUnavailable(f"media worker {self.index} did not answer {name}") from exc
         finally:
-            self._pending.pop(request_id, None)
+            self._pending.pop(request.request_id, None)
+        # _reply checked the payload against ``request.reply``, which is ``P`` at runtime.
+        return cast(P, payload)
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
+        """Reads until the worker is gone. A bad frame, or a message that fails in handling,
+        is logged and skipped: the worker and every call on it are still fine, and dropping
+        the connection would cost them their media. Only broken framing ends the reading."""
         try:
             while True:
-                self._dispatch(await wire.read(reader))
-        except (asyncio.IncompleteReadError, ConnectionError, wire.WireError):
+                try:
+                    message = await wire.read(reader)
+                except wire.BadMessage as exc:
+                    log.error("media worker %d sent a bad frame, skipped: %s", self.index, exc)
+                    continue
+                try:
+                    self._dispatch(message)
+                except Exception:
+                    log.exception(
+                        "media worker %d: handling its %s failed",
+                        self.index,
+                        type(message).__name__,
+                    )
+        except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except wire.WireError as exc:
+            log.error("media worker %d broke the framing (%s); dropping it", self.index, exc)
         except Exception:
             log.exception("media worker %d sent something unreadable", self.index)
         finally:
             await self._gone()
 
-    def _dispatch(self, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "audio":
-            for call_id, role, pcm in message[1]:
+    def _dispatch(self, message: Message) -> None:
+        match message:
+            case AudioBatch(chunks=chunks):
+                for call_id, role, pcm in chunks:
+                    call = self.calls.get(call_id)
+                    if call is not None:
+                        call.deliver_audio(role, np.frombuffer(pcm, dtype=np.int16))
+            case MediaStateChanged(call_id=call_id, role=role, state=state):
                 call = self.calls.get(call_id)
                 if call is not None:
-                    call.deliver_audio(role, np.frombuffer(pcm, dtype=np.int16))
-        elif kind == "state":
-            _, call_id, role, state = message
-            call = self.calls.get(call_id)
-            if call is not None:
-                call.set_state(role, state)
-        elif kind in ("ok", "err"):
-            future = self._pending.get(message[1])
-            if future is None or future.done():
-                return
-            if kind == "ok":
-                future.set_result(message[2])
-            elif message[2] == "sdp":
-                future.set_exception(SdpError(message[3]))
-            else:
-                future.set_exception(RuntimeError(f"media worker error: {message[3]}"))
-        elif kind == "log":
-            entry = dict(message[1])
-            entry["msg"] = f"[media worker {self.index}] {entry['msg']}"
-            record = logging.makeLogRecord(entry)
-            logging.getLogger(record.name).handle(record)
-        elif kind == "ready":
-            self.pid = message[1]
-            if not self.ready.done():
-                self.ready.set_result(None)
+                    call.set_state(role, state)
+            case Ok() | Failed():
+                self._reply(message)
+            case LogEntry():
+                entry = asdict(message)
+                entry["msg"] = f"[media worker {self.index}] {message.msg}"
+                record = logging.makeLogRecord(entry)
+                logging.getLogger(record.name).handle(record)
+            case Ready(pid=pid):
+                self.pid = pid
+                if not self.ready.done():
+                    self.ready.set_result(None)
+            case _:
+                log.error(
+                    "media worker %d sent a %s, which only the server sends; ignored",
+                    self.index,
+                    type(message).__name__,
+                )
+
+    def _reply(self, reply: Ok | Failed) -> None:
+        pending = self._pending.get(reply.request_id)
+        if pending is None or pending[0].done():
+            return  # its caller timed out and gave up: nobody is waiting
+        future, sent = pending
+        match reply:
+            case Ok(payload=payload) if isinstance(payload, sent.reply):
+                future.set_result(payload)
+            case Ok(payload=payload):
+                log.error(
+                    "media worker %d answered %s with %s",
+                    self.index,
+                    sent.__name__,
+                    type(payload).__name__,
+                )
+                future.set_exception(RuntimeError(f"media worker error: bad answer to {sent}"))
+            case Failed(kind=ErrorKind.SDP, detail=detail):
+                future.set_exception(SdpError(detail))
+            case Failed(kind=ErrorKind.MEDIA_UNAVAILABLE, detail=detail):
+                future.set_exception(MediaUnavailable(f"media worker {self.index}: {detail}"))
+            case Failed(kind=kind, detail=detail):
+                if kind is ErrorKind.BAD_REQUEST:
+                    log.error("media worker %d refused %s: %s", self.index, sent.__name__, detail)
+                future.set_exception(RuntimeError(f"media worker error: {detail}"))
 
     async def _gone(self) -> None:
         self.alive = False
@@ -170,7 +240,7 @@ class _Worker:
         if not self.ready.done():
             self.ready.set_exception(error)
             self.ready.exception()  # retrieved: nobody may be waiting
-        for future in self._pending.values():
+        for future, _ in self._pending.values():
             if not future.done():
                 future.set_exception(error)
         calls = list(self.calls.values())
@@ -239,7 +309,7 @@ class MediaWorkerPool:
         if not worker.alive or not worker.ready.done():
             return
         try:
-            await worker.request("ping", within=self.hung_after_s)
+            await worker.request(Ping(), within=self.hung_after_s)
         except MediaUnavailable:
             if worker.alive and not self.closing and worker.proc is not None:
                 log.error(
@@ -299,7 +369,7 @@ class MediaWorkerPool:
         for worker in list(self.workers):
             entry: dict[str, Any] = {"index": worker.index, "pid": worker.pid}
             try:
-                entry.update(await worker.request("health", reset_lag, within=5.0))
+                entry.update(asdict(await worker.request(GetHealth(reset_lag), within=5.0)))
                 entry["alive"] = True
             except Exception:
                 entry["alive"] = False
@@ -354,31 +424,31 @@ class RemoteCall:
         for attempt in range(2):
             worker = self._live_worker()
             try:
-                answer, modes, peers = await worker.request(
-                    "connect", self.id, role, offer_sdp, self._on_audio is not None
+                answer = await worker.request(
+                    Connect(self.id, role, offer_sdp, want_audio=self._on_audio is not None)
                 )
             except MediaUnavailable:
                 if attempt:
                     raise
                 await asyncio.sleep(0)  # let the pool notice the death and pick again
                 continue
-            self.relay_mode, self._peers = modes, peers
-            return str(answer)
+            self.relay_mode, self._peers = answer.relay_mode, answer.peer_count
+            return answer.sdp
         raise MediaUnavailable("no media worker answered")  # pragma: no cover
 
     async def disconnect(self, role: str) -> None:
         if self.worker.alive:
             with contextlib.suppress(MediaUnavailable):
-                modes, peers = await self.worker.request("disconnect", self.id, role)
-                if modes:
-                    self.relay_mode, self._peers = modes, peers
+                left = await self.worker.request(Disconnect(self.id, role))
+                if left.found:
+                    self.relay_mode, self._peers = left.relay_mode, left.peer_count
         self.set_state(role, "none")
 
     async def close(self) -> None:
         self.closed = True
         if self.worker.alive:
             with contextlib.suppress(MediaUnavailable):
-                await self.worker.request("close", self.id)
+                await self.worker.request(Close(self.id))
         self.worker.calls.pop(self.id, None)
         self._peers = 0
 
@@ -393,7 +463,7 @@ class RemoteCall:
         if not self._peers or not self.worker.alive:
             return []
         try:
-            return list(await self.worker.request("reports", self.id, within=5.0))
+            return list((await self.worker.request(GetReports(self.id), within=5.0)).reports)
         except MediaUnavailable:
             return []
 
@@ -401,7 +471,7 @@ class RemoteCall:
         stats: dict[str, Any] = {}
         if self.worker.alive:
             with contextlib.suppress(MediaUnavailable):
-                stats = await self.worker.request("stats", self.id, within=5.0)
+                stats = (await self.worker.request(GetStats(self.id), within=5.0)).stats
         return stats or {"relay_mode": dict(self.relay_mode), "peers": {}}
 
     # ------------------------------------------------------------------ from the worker

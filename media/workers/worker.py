@@ -7,12 +7,14 @@ socketpair) and pins each session's call to one of them; the server process keep
 signalling, the database and the signal engine.
 
 The worker hosts ordinary ``media.relay.call.Call`` objects and answers the pool's requests
-(connect, disconnect, close, stats, reports, health). It pushes three kinds of events: a
-participant's media state, their decoded audio as 48 kHz mono int16 (only when the server
-asked for it, for the alliance signals; batched per event-loop iteration), and log records,
-so the server's log stays the one stream with one format. Audio is dropped, and counted,
-rather than queued without bound when the server falls behind. The worker exits when its
-socket closes: a server that dies, even by SIGKILL, leaves no orphan holding media ports.
+(``media.workers.messages``: connect, disconnect, close, stats, reports, ping, health), each
+with ``Ok`` or a ``Failed`` whose kind tells a bad offer from a bug. It pushes three kinds of
+events besides ``Ready``: a participant's media state, their decoded audio as 48 kHz mono
+int16 (only when the server asked for it, for the alliance signals; batched per event-loop
+iteration), and log records, so the server's log stays the one stream with one format.
+Audio is dropped, and counted, rather than queued without bound when the server falls
+behind. The worker exits when its socket closes: a server that dies, even by SIGKILL,
+leaves no orphan holding media ports.
 """
 
 from __future__ import annotations
@@ -31,12 +33,40 @@ from av import AudioFrame
 
 from media.alliance.live import MonoPcm
 from media.loops import LoopLagSampler, use_uvloop
-from media.relay.call import AudioInput, Call, PeerReport
+from media.relay.call import AudioInput, Call, MediaUnavailable
 from media.relay.ice import MediaConfig, restrict_host_addresses
 from media.relay.peer import MediaState
 from media.relay.sdp import SdpError
 
 from . import wire
+from .messages import (
+    Answer,
+    AudioBatch,
+    Close,
+    Closed,
+    Connect,
+    Disconnect,
+    ErrorKind,
+    Failed,
+    FromWorker,
+    GetHealth,
+    GetReports,
+    GetStats,
+    Init,
+    Left,
+    LogEntry,
+    MediaStateChanged,
+    Ok,
+    Payload,
+    PcmChunk,
+    PeerReports,
+    Ping,
+    Pong,
+    Ready,
+    RelayStats,
+    Request,
+    WorkerHealth,
+)
 
 log = logging.getLogger("rapport.media.workers.worker")
 
@@ -53,17 +83,22 @@ class _LogForwarder(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            entry = {
-                "name": record.name,
-                "levelno": record.levelno,
-                "levelname": record.levelname,
-                "msg": record.getMessage(),
-                "created": record.created,
-                "exc_text": self.format(record) if record.exc_info else None,
-            }
-            self.worker.send(("log", entry))
+            self.worker.send(
+                LogEntry(
+                    name=record.name,
+                    levelno=record.levelno,
+                    levelname=record.levelname,
+                    msg=record.getMessage(),
+                    created=record.created,
+                    exc_text=self.format(record) if record.exc_info else None,
+                )
+            )
         except Exception:  # logging must never take the media down
             self.handleError(record)
+
+
+class _BadRequest(Exception):
+    """A request class this worker has no handler for: the two ends' code disagrees."""
 
 
 class WorkerServer:
@@ -75,12 +110,12 @@ class WorkerServer:
         self._pcm: dict[tuple[str, str], MonoPcm] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.audio_dropped = 0
-        self._audio_batch: list[tuple[str, str, bytes]] = []
+        self._audio_batch: list[PcmChunk] = []
         self._lag = LoopLagSampler(LAG_SAMPLE_S, keep=1200)
         self._cpu_last = (time.monotonic(), time.process_time())
 
     # ------------------------------------------------------------------ outbound
-    def send(self, message: Any, *, droppable: bool = False) -> bool:
+    def send(self, message: FromWorker, *, droppable: bool = False) -> bool:
         if self.writer.is_closing():
             return False
         transport = self.writer.transport
@@ -106,31 +141,46 @@ class WorkerServer:
 
     def _flush_audio(self) -> None:
         batch, self._audio_batch = self._audio_batch, []
-        if batch and not self.send(("audio", batch), droppable=True):
+        if batch and not self.send(AudioBatch(tuple(batch)), droppable=True):
             self.audio_dropped += len(batch) - 1  # send() counted the message once
 
     def _state(self, call_id: str, role: str, state: MediaState) -> None:
-        self.send(("state", call_id, role, state))
+        self.send(MediaStateChanged(call_id, role, state))
 
     # ------------------------------------------------------------------ requests
     async def run(self) -> None:
-        kind, config, level = await wire.read(self.reader)
-        if kind != "init":
-            raise wire.WireError(f"expected init, got {kind!r}")
-        self.config = config
-        self._configure_logging(level)
-        restrict_host_addresses(config.media_addresses)
+        init = await wire.read(self.reader)
+        if not isinstance(init, Init):
+            raise wire.WireError(f"expected Init, got {type(init).__name__}")
+        self.config = init.config
+        self._configure_logging(init.log_level)
+        restrict_host_addresses(init.config.media_addresses)
         self._lag.start()
-        self.send(("ready", os.getpid()))
+        self.send(Ready(os.getpid()))
         try:
             while True:
                 try:
                     message = await wire.read(self.reader)
                 except (asyncio.IncompleteReadError, ConnectionError):
                     break  # the server is gone
-                task = asyncio.ensure_future(self._handle(message))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                except wire.BadMessage as exc:
+                    # One bad frame; the stream is still in step, and the calls here are fine.
+                    log.error("media worker dropped a frame from the server: %s", exc)
+                    continue
+                except wire.WireError as exc:
+                    # Framing lost: exit, so the server sees the socket close and replaces us.
+                    log.error("media worker cannot read the server any more: %s", exc)
+                    break
+                match message:
+                    case Request():
+                        task = asyncio.ensure_future(self._handle(message))
+                        self._tasks.add(task)
+                        task.add_done_callback(self._tasks.discard)
+                    case _:
+                        log.error(
+                            "media worker ignored a %s from the server: not a request",
+                            type(message).__name__,
+                        )
         finally:
             await self._lag.stop()
             for call in list(self.calls.values()):
@@ -145,21 +195,45 @@ class WorkerServer:
         for noisy in ("aiortc", "aioice"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    async def _handle(self, message: tuple[Any, ...]) -> None:
-        op, request_id, *args = message
-        handler = getattr(self, f"op_{op}", None)
-        if handler is None:
-            self.send(("err", request_id, "internal", f"unknown request {op!r}"))
-            return
+    async def _handle(self, request: Request[Any]) -> None:
+        """Serves one request and answers it, whatever happens: the server's caller is waiting
+        on exactly this id, and an exception lost here would leave it hanging until timeout."""
+        name = type(request).__name__
         try:
-            result = await handler(*args)
+            payload = await self._serve(request)
         except SdpError as exc:
-            self.send(("err", request_id, "sdp", str(exc)))
+            self.send(Failed(request.request_id, ErrorKind.SDP, str(exc)))
+        except MediaUnavailable as exc:
+            self.send(Failed(request.request_id, ErrorKind.MEDIA_UNAVAILABLE, str(exc)))
+        except _BadRequest:
+            log.error("media worker has no handler for %s", name)
+            self.send(Failed(request.request_id, ErrorKind.BAD_REQUEST, f"unknown request {name}"))
         except Exception as exc:
-            log.exception("media worker request %s failed", op)
-            self.send(("err", request_id, "internal", type(exc).__name__))
+            log.exception("media worker request %s failed", name)
+            self.send(Failed(request.request_id, ErrorKind.INTERNAL, type(exc).__name__))
         else:
-            self.send(("ok", request_id, result))
+            self.send(Ok(request.request_id, payload))
+
+    async def _serve(self, request: Request[Any]) -> Payload:
+        match request:
+            case Connect():
+                return await self._connect(request)
+            case Disconnect():
+                return await self._disconnect(request)
+            case Close():
+                return await self._close(request)
+            case GetReports():
+                call = self.calls.get(request.call_id)
+                return PeerReports(() if call is None else tuple(await call.peer_reports()))
+            case GetStats():
+                call = self.calls.get(request.call_id)
+                return RelayStats({} if call is None else await call.relay_stats())
+            case Ping():
+                return Pong(os.getpid())
+            case GetHealth():
+                return self._health(request.reset_lag)
+            case _:
+                raise _BadRequest(type(request).__name__)
 
     def _call(self, call_id: str, want_audio: bool) -> Call:
         call = self.calls.get(call_id)
@@ -174,55 +248,43 @@ class WorkerServer:
             self.calls[call_id] = call
         return call
 
-    async def op_connect(
-        self, call_id: str, role: str, sdp: str, want_audio: bool
-    ) -> tuple[str, dict[str, str], int]:
-        call = self._call(call_id, want_audio)
-        answer = await call.connect(role, sdp)
-        return answer, dict(call.relay_mode), call.peer_count
+    async def _connect(self, request: Connect) -> Answer:
+        call = self._call(request.call_id, request.want_audio)
+        answer = await call.connect(request.role, request.sdp)
+        return Answer(answer, dict(call.relay_mode), call.peer_count)
 
-    async def op_disconnect(self, call_id: str, role: str) -> tuple[dict[str, str], int]:
-        call = self.calls.get(call_id)
+    async def _disconnect(self, request: Disconnect) -> Left:
+        call = self.calls.get(request.call_id)
         if call is None:
-            return {}, 0
-        await call.disconnect(role)
-        self._pcm.pop((call_id, role), None)
-        return dict(call.relay_mode), call.peer_count
+            return Left(found=False, relay_mode={}, peer_count=0)
+        await call.disconnect(request.role)
+        self._pcm.pop((request.call_id, request.role), None)
+        return Left(found=True, relay_mode=dict(call.relay_mode), peer_count=call.peer_count)
 
-    async def op_close(self, call_id: str) -> None:
-        call = self.calls.pop(call_id, None)
-        for key in [k for k in self._pcm if k[0] == call_id]:
+    async def _close(self, request: Close) -> Closed:
+        call = self.calls.pop(request.call_id, None)
+        for key in [k for k in self._pcm if k[0] == request.call_id]:
             del self._pcm[key]
         if call is not None:
             await call.close()
+        return Closed()
 
-    async def op_reports(self, call_id: str) -> list[PeerReport]:
-        call = self.calls.get(call_id)
-        return [] if call is None else await call.peer_reports()
-
-    async def op_stats(self, call_id: str) -> dict[str, Any]:
-        call = self.calls.get(call_id)
-        return {} if call is None else await call.relay_stats()
-
-    async def op_ping(self) -> int:
-        return os.getpid()
-
-    async def op_health(self, reset_lag: bool = False) -> dict[str, Any]:
+    def _health(self, reset_lag: bool) -> WorkerHealth:
         now, cpu = time.monotonic(), time.process_time()
         then, cpu_then = self._cpu_last
         self._cpu_last = (now, cpu)
         p99 = self._lag.p99_ms() if self._lag.samples else None
         if reset_lag:
             self._lag.samples.clear()
-        return {
-            "pid": os.getpid(),
-            "calls": len(self.calls),
-            "peers": sum(c.peer_count for c in self.calls.values()),
-            "cpu_seconds": round(cpu, 3),
-            "cpu_fraction": round((cpu - cpu_then) / (now - then), 3) if now > then else 0.0,
-            "loop_lag_p99_ms": p99,
-            "audio_dropped": self.audio_dropped,
-        }
+        return WorkerHealth(
+            pid=os.getpid(),
+            calls=len(self.calls),
+            peers=sum(c.peer_count for c in self.calls.values()),
+            cpu_seconds=round(cpu, 3),
+            cpu_fraction=round((cpu - cpu_then) / (now - then), 3) if now > then else 0.0,
+            loop_lag_p99_ms=p99,
+            audio_dropped=self.audio_dropped,
+        )
 
 
 async def serve(fd: int) -> None:
