@@ -6,9 +6,12 @@ socketpair) with media bound to 127.0.0.1, and drives it with aiortc peers in th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import pickle
 import signal
+import struct
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -18,6 +21,8 @@ from aiortc.stats import RTCInboundRtpStreamStats
 from media.relay.call import MediaUnavailable
 from media.relay.ice import MediaConfig
 from media.relay.sdp import SdpError
+from media.workers import wire
+from media.workers.messages import Ready
 from media.workers.pool import MediaWorkerPool, RemoteCall
 from tests.conftest import until
 from tests.media_helpers import ColorTrack, FakeBrowser, ToneTrack
@@ -223,3 +228,64 @@ async def test_a_hung_worker_is_killed_and_replaced(caplog: pytest.LogCaptureFix
         await client.close()
         await call.close()
         await pool.close()
+
+
+def _raw_frame(body: bytes) -> bytes:
+    """A frame as any sender could build it, bypassing ``wire.encode``'s type check."""
+    return struct.pack("!I", len(body)) + body
+
+
+# Two bad frames every protocol version can be sent: bytes that are no pickle at all, and a
+# pickle of something that is not a message (here the old tuple protocol's ``state`` event).
+BAD_FRAMES = (
+    _raw_frame(b"\x80\x05garbage that is not a pickle"),
+    _raw_frame(pickle.dumps(("state", "no-such-call", "client", "connected"))),
+)
+
+
+async def test_bad_frames_from_a_worker_are_logged_and_the_worker_kept(
+    pool: MediaWorkerPool, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = pool.workers[0]
+    pid = worker.pid
+    assert worker.writer is not None
+    # The pool's end of the socket, handed bytes exactly as if the worker had written them.
+    protocol = worker.writer.transport.get_protocol()
+    with caplog.at_level(logging.ERROR, logger="rapport.media.workers.pool"):
+        for frame in BAD_FRAMES:
+            protocol.data_received(frame)  # type: ignore[attr-defined]
+        await asyncio.sleep(0.2)
+        health = {h["index"]: h for h in await pool.health()}
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("worker 0 sent a bad frame" in e and "undecodable" in e for e in errors), errors
+    assert any("unknown message type tuple" in e for e in errors), errors
+    # Neither frame cost the worker: same process, still answering, nothing restarted.
+    assert worker.alive and pool.workers[0] is worker and health[0]["alive"]
+    assert health[0]["pid"] == pid and pool.restarts == 0
+    call = pool.call("s-after-bad-frames")
+    browser = FakeBrowser()
+    try:
+        await _join(call, "therapist", browser)
+        assert call.peer_count == 1
+    finally:
+        await browser.close()
+        await call.close()
+
+
+async def test_bad_frames_to_a_worker_are_logged_and_the_worker_serves_on(
+    pool: MediaWorkerPool, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = pool.workers[1]
+    pid = worker.pid
+    assert worker.writer is not None
+    with caplog.at_level(logging.ERROR):
+        for frame in (*BAD_FRAMES, wire.encode(Ready(1))):  # Ready is the worker's to send
+            worker.writer.write(frame)
+        await until(lambda: sum("[media worker 1]" in r.getMessage() for r in caplog.records) >= 3)
+        health = {h["index"]: h for h in await pool.health()}
+    errors = [r.getMessage() for r in caplog.records if "[media worker 1]" in r.getMessage()]
+    assert any("dropped a frame from the server: undecodable" in e for e in errors), errors
+    assert any("unknown message type tuple" in e for e in errors), errors
+    assert any("ignored a Ready from the server: not a request" in e for e in errors), errors
+    assert worker.alive and health[1]["alive"] and health[1]["pid"] == pid
+    assert pool.restarts == 0
