@@ -173,6 +173,7 @@ async def test_pool_reader_skips_bad_frames_and_still_answers_requests(
         b"\x00\x00\x00\x04junk",
         _frame(("ok", sent.request_id, 4242)),  # right id, old shape: must not answer it
         wire.encode(m.Connect("s", "client", "v=0", want_audio=False)),  # wrong direction
+        wire.encode(m.AudioBatch((("s", "client"),))),  # type: ignore[arg-type]  # malformed
         wire.encode(m.Ok(sent.request_id, m.Pong(4242))),
     )
     with caplog.at_level(logging.ERROR, logger="rapport.media.workers.pool"):
@@ -182,6 +183,7 @@ async def test_pool_reader_skips_bad_frames_and_still_answers_requests(
     assert any("worker 3 sent a bad frame" in e and "undecodable" in e for e in errors)
     assert any("unknown message type tuple" in e for e in errors)
     assert any("sent a Connect, which only the server sends" in e for e in errors)
+    assert any("worker 3: handling its AudioBatch failed" in e for e in errors)
     assert pool.exited == [3]  # only because the stream then ended
 
 

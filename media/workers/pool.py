@@ -10,6 +10,10 @@ When a worker dies, its calls report their media as lost (the browsers notice to
 re-offer after a few seconds), the pool starts a replacement, and a call's next connect goes
 to a live worker. A connect that was in flight when its worker died is retried once on
 another, so a participant normally never sees the crash as an error.
+
+The two ends speak ``media.workers.messages``: typed requests with ids, replies that echo
+them, and events. A frame that is not one of those messages is logged and skipped, never
+a reason to drop a worker: its calls are fine, and dropping it would cost them their media.
 """
 
 from __future__ import annotations
