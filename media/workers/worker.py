@@ -31,7 +31,7 @@ from av import AudioFrame
 
 from media.alliance.live import MonoPcm
 from media.loops import LoopLagSampler, use_uvloop
-from media.relay.call import AudioInput, Call, PeerReport
+from media.relay.call import AudioInput, Call, PeerReport, prepare_process
 from media.relay.ice import MediaConfig, restrict_host_addresses
 from media.relay.peer import MediaState
 from media.relay.sdp import SdpError
@@ -120,6 +120,12 @@ class WorkerServer:
         self.config = config
         self._configure_logging(level)
         restrict_host_addresses(config.media_addresses)
+        try:
+            # Media runs here: speed patches in, and forwarding checked before the first call.
+            prepare_process(config)
+        except Exception:
+            log.critical("media worker cannot run this relay mode", exc_info=True)
+            raise
         self._lag.start()
         self.send(("ready", os.getpid()))
         try:
