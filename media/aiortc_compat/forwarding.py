@@ -72,7 +72,7 @@ from .speed import speed_up_estimator
 
 require()  # before anything below can be installed into an aiortc it was not written for
 
-log = logging.getLogger("rapport.media.relay.forward")
+log = logging.getLogger("rapport.media.aiortc_compat")
 
 KEYFRAME_INTERVAL_S = 0.5  # at most one keyframe request to a sender per interval
 GAP_TIMEOUT_S = 0.15  # how long a missing packet may hold up later frames (NACK/RTX time)
