@@ -169,3 +169,50 @@ def test_transcoding_call_survives_a_mismatched_aiortc_and_forwarding_refuses(
         assert "aiortc 0.0 is installed" in message
     else:
         assert "OveruseEstimator.update_min_frame_period changed" in message
+
+
+# Spellings of aiortc's private internals that Rapport uses; none may appear outside
+# media/aiortc_compat (server/bench is tooling and goes through the compat package too).
+PRIVATE = (
+    "_RTCRtpReceiver__",
+    "_RTCRtpSender__",
+    "._codecs",
+    "._send_keyframe",
+    "._handle_rtcp_packet",
+    "._send_rtcp",
+    "aiortc.clock",
+    "aiortc.rate",
+    "aiortc import clock",
+    "aiortc import rate",
+    "JitterBuffer(",
+)
+
+
+def test_aiortc_internals_are_touched_only_in_the_compat_package() -> None:
+    for package in ("media", "server", "signaling"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            rel = path.relative_to(ROOT)
+            if rel.parts[:2] == ("media", "aiortc_compat"):
+                continue
+            text = path.read_text()
+            found = [name for name in PRIVATE if name in text]
+            assert not found, f"{rel} touches aiortc internals {found}"
+
+
+def test_relay_imports_the_compat_package_only_inside_functions() -> None:
+    """A module-level import would load the hooks (and their check) into every relay."""
+    import ast
+
+    for path in sorted((ROOT / "media").rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if rel.parts[:2] == ("media", "aiortc_compat"):
+            continue
+        for node in ast.parse(path.read_text()).body:  # module level only
+            if isinstance(node, ast.If):  # TYPE_CHECKING blocks import for annotations only
+                continue
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not any("aiortc_compat" in n for n in names), rel  # relative ones too
