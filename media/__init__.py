@@ -8,8 +8,9 @@ Four systems live below this package, each in its own subpackage:
   request/event protocol;
 - ``media.alliance``: voice activity and the pure alliance-signal engine, the live feed that
   runs it on decoded audio, and offline analysis of recorded tracks;
-- ``media.aiortc_compat``: every touch of aiortc's private internals (forwarding hooks and
-  speed patches), imported only when a process actually forwards media.
+- ``media.aiortc_compat``: every touch of aiortc's private internals. Its forwarding hooks
+  are imported only by code that forwards; its speed patches are installed by an explicit
+  call where media runs (an in-process ``Call``, a media worker), never on import.
 
 ``tests/test_code_quality.py`` enforces the boundary: ``signaling`` and ``server`` import
 ``from media import …`` names listed in ``__all__`` (plus ``media.loops``'s neutral helpers

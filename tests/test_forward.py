@@ -26,11 +26,13 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci, unpack_remb_fci
 from av import AudioFrame, Packet, VideoFrame
 
-from media import forward
+from media.aiortc_compat import forwarding, guard, speed
+from media.aiortc_compat.forwarding import FrameAssembler
 from media.alliance.engine import Role
 from media.alliance.offline import analyze_pcm
+from media.relay import frames
 from media.relay.call import Call
-from media.relay.forward import EncodedFrame, ForwardedPayloads, FrameAssembler
+from media.relay.frames import EncodedFrame, ForwardedPayloads
 from media.relay.ice import MediaConfig, restrict_host_addresses
 from media.relay.tracks import OutboundTrack
 from server.bench.loadgen import LoadPeer, make_clip
@@ -98,23 +100,24 @@ async def pair() -> AsyncIterator[tuple[FakeBrowser, FakeBrowser]]:
 def test_aiortc_internals_self_check_passes_and_detects_changes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert aiortc.__version__ == forward.AIORTC_VERSION == "1.16.0"
-    assert forward.check_internals() == []
+    assert aiortc.__version__ == guard.AIORTC_VERSION == forwarding.AIORTC_VERSION == "1.16.0"
+    assert guard.check_internals() == []
 
     async def changed(self: Any, packet: Any, arrival_time_ms: int) -> None:
         """An aiortc that no longer feeds a jitter buffer."""
 
     monkeypatch.setattr(RTCRtpReceiver, "_handle_rtp_packet", changed)
-    problems = forward.check_internals()
+    problems = guard.check_internals()
     assert any("jitter_buffer" in p for p in problems), problems
 
     monkeypatch.setattr(aiortc, "__version__", "1.17.0")
-    assert any("aiortc 1.17.0 is installed" in p for p in forward.check_internals())
+    assert any("aiortc 1.17.0 is installed" in p for p in guard.check_internals())
 
 
 def test_replaced_aiortc_clock_gives_the_same_times() -> None:
-    assert aiortc_clock.current_ms is forward._fast_current_ms
-    original = forward._ORIGINAL_CLOCK
+    assert speed.install()  # explicit: importing media never patches aiortc (test_aiortc_compat)
+    assert aiortc_clock.current_ms is speed.fast_current_ms
+    original = speed.ORIGINAL_CLOCK
     assert abs(aiortc_clock.current_ms() - original["current_ms"]()) <= 5
     ntp = aiortc_clock.current_ntp_time()
     assert abs(ntp - original["current_ntp_time"]()) < (1 << 32) // 200  # 5 ms
@@ -127,7 +130,7 @@ def test_replaced_aiortc_clock_gives_the_same_times() -> None:
 def test_fast_bitrate_estimator_parts_match_aiortc() -> None:
     rng = np.random.default_rng(5)
     for _ in range(30):
-        ours, theirs = forward._FastRateCounter(1000, 8000), aiortc_rate.RateCounter(1000, 8000)
+        ours, theirs = speed.FastRateCounter(1000, 8000), aiortc_rate.RateCounter(1000, 8000)
         now = int(rng.integers(0, 10**9))
         for _ in range(300):
             now += int(rng.choice([0, 1, 2, 5, 33, 34, 100, 700, 1500, 3000]))
@@ -140,7 +143,7 @@ def test_fast_bitrate_estimator_parts_match_aiortc() -> None:
             assert ours.rate(now) == theirs.rate(now)
     # The whole estimator, sped up, returns exactly what aiortc's returns.
     fast, stock = aiortc_rate.RemoteBitrateEstimator(), aiortc_rate.RemoteBitrateEstimator()
-    forward._speed_up_estimator(fast)
+    speed.speed_up_estimator(fast)
     now, send = 10**6, 0
     for _ in range(3000):
         now += int(rng.choice([30, 33, 34, 36, 50, 80]))
@@ -255,11 +258,11 @@ def test_vp8_keyframes_are_found_behind_any_payload_descriptor() -> None:
         VpxPayloadDescriptor(1, 0, picture_id=9, keyidx=1),
     ):
         head = bytes(descriptor)
-        assert forward._vp8_descriptor_size(head + KEY) == len(head)
-        assert forward._vp8_keyframe_payload(head + KEY)
-        assert not forward._vp8_keyframe_payload(head + DELTA)
-        assert not forward._vp8_keyframe_payload(head)  # truncated: no VP8 header
-    assert not forward._vp8_keyframe_payload(b"")
+        assert frames.vp8_descriptor_size(head + KEY) == len(head)
+        assert frames.vp8_keyframe_payload(head + KEY)
+        assert not frames.vp8_keyframe_payload(head + DELTA)
+        assert not frames.vp8_keyframe_payload(head)  # truncated: no VP8 header
+    assert not frames.vp8_keyframe_payload(b"")
 
 
 def test_video_frames_keep_their_rtp_payloads_as_they_arrived() -> None:
@@ -277,7 +280,7 @@ class _Transceiver:
 
 
 def test_forwarded_payloads_go_out_as_they_are_with_picture_ids_counting_on() -> None:
-    encoder = forward._ForwardingEncoder(_Transceiver())  # type: ignore[arg-type]
+    encoder = forwarding._ForwardingEncoder(_Transceiver())  # type: ignore[arg-type]
 
     def frame(picture_id: int, source: str, parts: int = 2) -> list[bytes]:
         first = bytes(VpxPayloadDescriptor(1, 0, picture_id=picture_id)) + KEY
@@ -287,14 +290,14 @@ def test_forwarded_payloads_go_out_as_they_are_with_picture_ids_counting_on() ->
         return payloads
 
     sent = frame(1000, "a")
-    assert forward._vp8_picture_id(sent[0]) == (1000, True)  # first source: untouched
-    assert forward._vp8_picture_id(frame(1001, "a")[1]) == (1001, True)
+    assert frames.vp8_picture_id(sent[0]) == (1000, True)  # first source: untouched
+    assert frames.vp8_picture_id(frame(1001, "a")[1]) == (1001, True)
     # Another source (a reconnect) numbers its frames from anywhere: the viewer still sees
     # picture ids counting on, and every other byte as it arrived.
     again = frame(20, "b", parts=3)
-    assert [forward._vp8_picture_id(p) for p in again] == [(1002, True)] * 3
+    assert [frames.vp8_picture_id(p) for p in again] == [(1002, True)] * 3
     assert again[0][4:] == KEY and again[1][4:] == bytes(30)
-    assert forward._vp8_picture_id(frame(21, "b")[0]) == (1003, True)
+    assert frames.vp8_picture_id(frame(21, "b")[0]) == (1003, True)
     assert encoder.forwarded == 4
 
 
@@ -351,6 +354,10 @@ async def test_forwarding_carries_video_and_audio_both_ways(
         assert max(rms(f) for f in therapist.received["audio"][-20:]) > 1000
         assert max(rms(f) for f in client.received["audio"][-20:]) > 1000
         assert call.relay_mode == {"therapist->client": "forward", "client->therapist": "forward"}
+        for peer in call.peers.values():
+            # Codecs read from the answer SDP are the ones aiortc negotiated (its private list).
+            for transceiver in peer.pc.getTransceivers():
+                assert peer.codec(transceiver.kind) == forwarding.negotiated_mime(transceiver)
         for role in ("therapist", "client"):
             out = call.peers[role].stats()["outbound"]
             assert out["video"]["forwarded"] > 0 and out["video"]["encoded"] == 0
@@ -419,7 +426,7 @@ async def test_forwarding_path_never_decodes_or_encodes_video(
             # The server sends every frame on as the RTP payloads it arrived in.
             for peer in call.peers.values():
                 for sender in peer.pc.getSenders():
-                    assert forward.forwarded_frames(sender) > 0, sender.kind
+                    assert forwarding.forwarded_frames(sender) > 0, sender.kind
             assert calls.counts["Vp8Decoder.decode"] == 0
             assert calls.counts["Vp8Encoder.encode"] == 0
             assert calls.counts["OpusEncoder.encode"] == 0
@@ -431,7 +438,7 @@ async def test_forwarding_path_never_decodes_or_encodes_video(
             assert calls.counts["OpusEncoder.encode"] > 0
             assert set(call.relay_mode.values()) == {"transcode"}
             for peer in call.peers.values():
-                assert all(forward.forwarded_frames(s) == 0 for s in peer.pc.getSenders())
+                assert all(forwarding.forwarded_frames(s) == 0 for s in peer.pc.getSenders())
     finally:
         await therapist.close()
         await client.close()
@@ -450,7 +457,7 @@ async def test_viewer_pli_reaches_the_sending_browser(
         asked = count_keyframe_requests(video_sender(therapist))
         forwarder = call.peers["therapist"].forwarders["video"]
         keyframes_before = forwarder.assembler.keyframes
-        await asyncio.sleep(forward.KEYFRAME_INTERVAL_S)  # let any join-time request pass
+        await asyncio.sleep(forwarding.KEYFRAME_INTERVAL_S)  # let any join-time request pass
         # The client's browser reports picture loss to the server...
         receiver = video_receiver(client)
         ssrc = receiver.getSynchronizationSources()[0].source
@@ -477,7 +484,7 @@ async def test_keyframe_requests_are_throttled(pair: tuple[FakeBrowser, FakeBrow
         peer = call.peers["therapist"]
         for _ in range(20):
             peer.request_keyframe("test storm")
-        await asyncio.sleep(forward.KEYFRAME_INTERVAL_S * 2.5)
+        await asyncio.sleep(forwarding.KEYFRAME_INTERVAL_S * 2.5)
         # 20 requests within a moment: one now (or one deferred), at most one trailing.
         assert 1 <= asked[0] <= 2
     finally:
@@ -632,4 +639,4 @@ def test_vp8_packetiser_matches_aiortc() -> None:
     rng = np.random.default_rng(1)
     for size in (1, 500, 1296, 1297, 5000, 40_000):
         data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
-        assert forward.packetize_vp8(data, 1234) == Vp8Encoder._packetize(data, 1234)
+        assert frames.packetize_vp8(data, 1234) == Vp8Encoder._packetize(data, 1234)

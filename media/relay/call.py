@@ -10,6 +10,10 @@ decoded frames for the alliance-signal engine exactly as before.
 When a direction's codecs cannot be forwarded (say one browser offers only H.264 and the
 other gets VP8), that direction falls back to decoding and re-encoding, which is logged and
 shown in ``relay_mode``. ``MediaConfig.relay_mode = "transcode"`` makes every direction do so.
+
+Forwarding depends on aiortc internals (``media.aiortc_compat``), which are loaded only when a
+call forwards: building a forwarding ``Call`` on an aiortc they do not fit raises
+``ForwardingUnavailable`` at once, while a transcoding ``Call`` never loads them.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from aiortc import RTCStatsReport
 from av import AudioFrame
 from av.frame import Frame
 
-from .forward import FORWARDABLE, EncodedFrame
+from .frames import FORWARDABLE, EncodedFrame
 from .ice import MediaConfig
 from .peer import KINDS, MediaState, ParticipantPeer
 
@@ -96,6 +100,26 @@ def initial_relay_modes(config: MediaConfig) -> dict[str, RelayMode]:
     return {direction(r): configured_mode(config) for r in ROLES}
 
 
+def prepare_process(config: MediaConfig) -> None:
+    """Ready this process to run media as ``config`` asks; called where media really runs.
+
+    The aiortc speed patches change aiortc for the whole process, so they go in here (an
+    in-process ``Call``, a media worker at start) rather than on import: a server whose calls
+    all run in workers keeps aiortc as shipped. They are an optimisation, so any failure is
+    logged and the call runs on aiortc's own clock. Forwarding, by contrast, is loaded (and
+    its aiortc check run) only when ``config`` forwards, and fails loudly: a relay that was
+    asked to forward must not quietly fall back to decoding every frame.
+    """
+    try:
+        from media.aiortc_compat import speed
+
+        speed.install()
+    except Exception:
+        log.warning("aiortc speed patches unavailable; using aiortc's own", exc_info=True)
+    if configured_mode(config) == "forward":
+        import media.aiortc_compat.forwarding  # noqa: F401  (raises ForwardingUnavailable)
+
+
 class Call:
     """The in-process call; ``media.workers.pool.RemoteCall`` is the same behind a worker."""
 
@@ -105,6 +129,7 @@ class Call:
         on_audio: AudioSink | None = None,
         on_media_state: MediaStateSink | None = None,
     ) -> None:
+        prepare_process(config)
         self.config = config
         self.peers: dict[str, ParticipantPeer] = {}
         self._on_audio = on_audio

@@ -1,14 +1,19 @@
 """The server's side of one browser's peer connection.
 
 Each participant gets one ``RTCPeerConnection``. What it receives either arrives as encoded
-frames (forwarding: ``media.relay.forward`` takes them out of aiortc before its decoder) or as
-decoded frames from aiortc's own decode path (transcoding). Either way every received track
-is read continuously (an unread aiortc track grows memory by about 1 MB/s). What it sends
-comes from two ``OutboundTrack``\\ s that the call feeds with the other participant's media.
+frames (forwarding: ``media.aiortc_compat.forwarding`` takes them out of aiortc before its
+decoder) or as decoded frames from aiortc's own decode path (transcoding). Either way every
+received track is read continuously (an unread aiortc track grows memory by about 1 MB/s).
+What it sends comes from two ``OutboundTrack``\\ s that the call feeds with the other
+participant's media.
 
 In forwarding mode the answer negotiates VP8 and Opus only (``setCodecPreferences``) when the
 browser offers them, so that both legs of a call share a codec and frames can pass through;
 a browser without VP8 gets its own codec and the call transcodes for it.
+
+The forwarding hooks live in ``media.aiortc_compat``, the one package that touches aiortc's
+private internals, and are imported here only when this peer forwards: a transcoding peer is
+stock aiortc behind its public API, so it keeps working on an aiortc the hooks do not fit.
 """
 
 from __future__ import annotations
@@ -19,24 +24,20 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 from av.frame import Frame
 
-from .forward import (
-    FORWARDABLE,
-    EncodedFrame,
-    ForwardingReceiver,
-    negotiated_mime,
-    send_forwarded,
-    watch_sender,
-)
+from .frames import FORWARDABLE, EncodedFrame
 from .ice import MediaConfig
 from .sdp import SdpError, sanitize_offer
 from .tracks import AudioTap, OutboundTrack
+
+if TYPE_CHECKING:
+    from media.aiortc_compat.forwarding import ForwardingReceiver
 
 log = logging.getLogger("rapport.media")
 
@@ -63,6 +64,37 @@ def offered_codecs(sdp: str) -> list[tuple[str, set[str]]]:
                 kind, mimes = sections[-1]
                 mimes.add(f"{kind}/{parts[1].split('/')[0]}".lower())
     return sections
+
+
+def answered_codecs(sdp: str) -> dict[str, str | None]:
+    """{mid: mime type} of the codec each media section of an answer sends with.
+
+    aiortc lists a transceiver's negotiated codecs in the m= line in its own order, so the
+    first payload type that is not RTX is the codec it sends and expects. Reading it from the
+    answer instead of the transceiver's private codec list keeps the transcoding path off
+    aiortc's internals.
+    """
+    found: dict[str, str | None] = {}
+    sections: list[tuple[str, list[str], dict[str, str], str | None]] = []
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            fields = line[2:].split()
+            sections.append((fields[0], fields[3:], {}, None))
+        elif not sections:
+            continue
+        elif line.startswith("a=rtpmap:"):
+            parts = line[len("a=rtpmap:") :].split(None, 1)
+            if len(parts) == 2:
+                sections[-1][2][parts[0]] = parts[1].split("/")[0]
+        elif line.startswith("a=mid:"):
+            kind, fmt, names, _ = sections[-1]
+            sections[-1] = (kind, fmt, names, line[len("a=mid:") :].strip())
+    for kind, fmt, names, mid in sections:
+        if mid is None:
+            continue
+        name = next((names[pt] for pt in fmt if names.get(pt, "rtx").lower() != "rtx"), None)
+        found[mid] = f"{kind}/{name}".lower() if name is not None else None
+    return found
 
 
 def prefer_codec(transceiver: RTCRtpTransceiver, mime: str) -> bool:
@@ -142,10 +174,13 @@ class ParticipantPeer:
                 if self._forward and PREFERRED[kind] in mimes:
                     prefer_codec(transceiver, PREFERRED[kind])
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=cleaned, type="offer"))
-            for kind, transceiver in transceivers.items():
-                self.codecs[kind] = negotiated_mime(transceiver)
-                self._install(kind, transceiver)
             answer = await self.pc.createAnswer()
+            answered = answered_codecs(answer.sdp)
+            for kind, transceiver in transceivers.items():
+                mid = transceiver.mid
+                self.codecs[kind] = answered.get(mid) if mid is not None else None
+                self._install(kind, transceiver)
+            # The hooks are in before the senders start, which setLocalDescription does.
             await self.pc.setLocalDescription(answer)
         except SdpError:
             raise
@@ -160,6 +195,13 @@ class ParticipantPeer:
         """Hook forwarding into the transceiver when the relay forwards and the codec allows."""
         if not self._forward:
             return  # the transcoding relay is stock aiortc
+        # Only here, in forwarding: raises ForwardingUnavailable on an aiortc it does not fit.
+        from media.aiortc_compat.forwarding import (
+            ForwardingReceiver,
+            send_forwarded,
+            watch_sender,
+        )
+
         watch_sender(
             transceiver.sender,
             on_keyframe_request=lambda: self._on_keyframe_request(kind),

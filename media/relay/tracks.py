@@ -26,7 +26,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, Packet
 from av.frame import Frame
 
-from .forward import EncodedFrame, ForwardedPayloads, FrameDecoder
+from .frames import EncodedFrame, ForwardedPayloads, FrameDecoder
 
 log = logging.getLogger("rapport.media")
 
@@ -82,8 +82,9 @@ class OutboundTrack(MediaStreamTrack):
         self.sent = 0
         self.sent_packets = 0  # encoded frames handed to the sender (forwarding)
         self.sent_frames = 0  # decoded frames handed to the sender (transcoding)
-        # Set when the sender was prepared by media.relay.forward.send_forwarded: encoded frames
-        # then leave as their RTP payloads, not as av.Packets to be packetised again.
+        # Set when the sender was prepared by media.aiortc_compat.forwarding.send_forwarded:
+        # encoded frames then leave as their RTP payloads, not as av.Packets to be packetised
+        # again.
         self.send_payloads = False
 
     def push(self, frame: Frame, source: object = None) -> None:
@@ -106,7 +107,7 @@ class OutboundTrack(MediaStreamTrack):
         self._ready.set()
 
     async def recv(self) -> Frame | Packet | ForwardedPayloads:  # type: ignore[override]
-        # ForwardedPayloads only reach a sender prepared by media.relay.forward.send_forwarded.
+        # ForwardedPayloads only reach a sender prepared by send_forwarded (aiortc_compat).
         self._started = True
         while True:
             while not self._items:

@@ -33,7 +33,7 @@ from av import AudioFrame
 
 from media.alliance.live import MonoPcm
 from media.loops import LoopLagSampler, use_uvloop
-from media.relay.call import AudioInput, Call, MediaUnavailable
+from media.relay.call import AudioInput, Call, MediaUnavailable, prepare_process
 from media.relay.ice import MediaConfig, restrict_host_addresses
 from media.relay.peer import MediaState
 from media.relay.sdp import SdpError
@@ -155,6 +155,12 @@ class WorkerServer:
         self.config = init.config
         self._configure_logging(init.log_level)
         restrict_host_addresses(init.config.media_addresses)
+        try:
+            # Media runs here: speed patches in, and forwarding checked before the first call.
+            prepare_process(init.config)
+        except Exception:
+            log.critical("media worker cannot run this relay mode", exc_info=True)
+            raise
         self._lag.start()
         self.send(Ready(os.getpid()))
         try:

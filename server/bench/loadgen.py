@@ -2,9 +2,10 @@
 
 A load generator must not be the bottleneck it measures, so these aiortc peers never encode
 or decode video: they send a few seconds of 640×480@30 VP8 (about 1 Mbps) and of speech-like
-Opus, encoded once at start-up and looped, and they receive through ``media.relay.forward`` (frames
-are assembled, timed and dropped, never decoded; only audio is decoded, which is cheap, to
-read its level).
+Opus, encoded once at start-up and looped, and they receive through
+``media.aiortc_compat.forwarding`` (frames are assembled, timed and dropped, never decoded; only
+audio is decoded, which is cheap, to read its level). The process installs aiortc's speed
+patches (``media.aiortc_compat.speed``) when it starts, as the server's media processes do.
 
 Latency is measured end to end without trusting any clock but this process's: each sender
 records when it handed every frame to aiortc (keyed by the frame's RTP time), and each
@@ -56,15 +57,9 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from media.relay.forward import (
-    EncodedFrame,
-    ForwardedPayloads,
-    ForwardingReceiver,
-    FrameDecoder,
-    packetize_vp8,
-    send_forwarded,
-    watch_sender,
-)
+from media.aiortc_compat import speed
+from media.aiortc_compat.forwarding import ForwardingReceiver, send_forwarded, watch_sender
+from media.relay.frames import EncodedFrame, ForwardedPayloads, FrameDecoder, packetize_vp8
 from media.relay.ice import restrict_host_addresses
 
 log = logging.getLogger("rapport.loadgen")
@@ -265,9 +260,9 @@ class PacedPacketTrack(MediaStreamTrack):
     the video loop at its keyframe, as a real encoder would send one.
 
     Frames are packetised once, up front: the sender (prepared by
-    ``media.relay.forward.send_forwarded``) only puts RTP headers on the payloads. Each pass of
-    the loop starts at the keyframe and counts as a new source, so the sender renumbers
-    picture ids to keep counting on.
+    ``media.aiortc_compat.forwarding.send_forwarded``) only puts RTP headers on the payloads.
+    Each pass of the loop starts at the keyframe and counts as a new source, so the sender
+    renumbers picture ids to keep counting on.
     """
 
     def __init__(self, kind: str, frames: list[bytes], keyframes: list[bool] | None = None) -> None:
@@ -748,6 +743,7 @@ def _summarise(results: list[StreamResult]) -> dict[str, Any]:
 
 async def run(args: argparse.Namespace) -> int:
     restrict_host_addresses(["127.0.0.1"])
+    speed.install()  # media runs in this process: the same aiortc as the server's workers
     clip = load_or_make_clip(Path(args.clip) if args.clip else None)
     api = Api(args.url)
     await api.post(

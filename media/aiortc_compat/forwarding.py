@@ -1,4 +1,4 @@
-"""Encoded-frame forwarding on top of aiortc's internals (exactly aiortc 1.16.0).
+"""Encoded-frame forwarding hooked into aiortc's internals (exactly aiortc 1.16.0).
 
 Why this module exists: aiortc's ``RTCRtpReceiver`` always decodes. It reassembles RTP into
 frames in a ``JitterBuffer`` (audio with a 4-frame prefetch, i.e. +80 ms) and decodes them on a
@@ -6,7 +6,8 @@ thread, so a relay built on its public API decodes and re-encodes every video fr
 third of a core per 640×480 stream). Its ``RTCRtpSender`` already packetises ``av.Packet``\\ s
 without encoding; only the receiving side lacks a way to hand over encoded frames.
 
-This is the ONLY module of Rapport that touches aiortc internals, and each touch is small:
+Every functional touch of aiortc internals is here, and each is small (the speed patches are
+in ``media.aiortc_compat.speed``; the byte-level VP8/RTP work in ``media.relay.frames``):
 
 * ``RTCRtpReceiver._RTCRtpReceiver__jitter_buffer`` is swapped for a ``FrameAssembler`` with
   the same ``add(packet) -> (pli_flag, frame)`` contract. aiortc keeps doing everything
@@ -22,29 +23,26 @@ This is the ONLY module of Rapport that touches aiortc internals, and each touch
   ``_send_rtcp`` and ``_send_rtcp_pli`` send that REMB and (throttled) keyframe requests.
 * ``RTCRtpSender._send_keyframe`` (called on a viewer's PLI or FIR) and
   ``RTCRtpSender._handle_rtcp_packet`` (REMB) are wrapped to observe the viewer's feedback.
+* ``RTCRtpSender._RTCRtpSender__encoder`` is filled with a ``_ForwardingEncoder`` that sends
+  forwarded RTP payloads as they are.
 * ``RTCRtpTransceiver._codecs`` tells which codecs were negotiated.
 
-``check_internals()`` verifies all of the above at import and raises ``ImportError`` with a
-clear message when aiortc changed, so an upgrade fails loudly instead of silently decoding
-again (or silently sending nothing). tests/test_forward.py checks the behaviour end to end.
+Importing this module runs ``media.aiortc_compat.guard.require()``, which raises
+``ForwardingUnavailable`` (an ``ImportError``) naming what changed, so an aiortc upgrade fails
+loudly instead of silently decoding again (or silently sending nothing). Only code that
+forwards imports it. tests/test_forward.py checks the behaviour end to end.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-import aiortc
-from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
-from aiortc import clock as aiortc_clock
-from aiortc import rate as aiortc_rate
-from aiortc.codecs import get_decoder, get_encoder, is_rtx
-from aiortc.codecs.vpx import vp8_depayload
+from aiortc import RTCRtpSender, RTCRtpTransceiver
+from aiortc.codecs import get_encoder, is_rtx
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import (
@@ -56,11 +54,26 @@ from aiortc.rtp import (
 )
 from av.frame import Frame
 
-log = logging.getLogger("rapport.media.relay.forward")
+from media.relay.frames import (
+    EncodedFrame,
+    ForwardedPayloads,
+    FrameSink,
+    PictureIdRenumberer,
+    Unwrapper,
+    seq_after,
+    vp8_frame_start,
+    vp8_keyframe_payload,
+    vp8_keyframe_start,
+)
 
-AIORTC_VERSION = "1.16.0"
-# Codecs whose frames the relay forwards as they are (mime types, lower case).
-FORWARDABLE = frozenset({"video/vp8", "audio/opus"})
+from .guard import ForwardingUnavailable, require
+from .pin import AIORTC_VERSION
+from .speed import speed_up_estimator
+
+require()  # before anything below can be installed into an aiortc it was not written for
+
+log = logging.getLogger("rapport.media.aiortc_compat")
+
 KEYFRAME_INTERVAL_S = 0.5  # at most one keyframe request to a sender per interval
 GAP_TIMEOUT_S = 0.15  # how long a missing packet may hold up later frames (NACK/RTX time)
 MAX_BUFFERED_PACKETS = 400  # a video frame of a 640×480 keyframe is ~40 packets
@@ -68,282 +81,7 @@ MAX_LATE_IN_A_ROW = 100  # this many "old" packets in a row means the sender jum
 REMB_MIN_INTERVAL_S = 0.25
 
 
-class ForwardingUnavailable(ImportError):
-    """aiortc is not the version whose internals this module was written against."""
-
-
-# ---------------------------------------------------------------------------- clock
-# aiortc reads the wall clock through datetime for every RTP packet: once per packet
-# received (arrival time, ms) and twice per packet sent (abs-send-time, sender report
-# time). These give the same values from time.time_ns(), without the datetime objects.
-_NTP_EPOCH_OFFSET_S = 2_208_988_800  # 1900-01-01 (NTP) to 1970-01-01 (Unix)
-_ORIGINAL_CLOCK: dict[str, Callable[[], int]] = {
-    "current_ms": aiortc_clock.current_ms,
-    "current_ntp_time": aiortc_clock.current_ntp_time,
-}
-
-
-def _fast_current_ms() -> int:
-    """``aiortc.clock.current_ms``: milliseconds since the NTP epoch."""
-    return time.time_ns() // 1_000_000 + _NTP_EPOCH_OFFSET_S * 1000
-
-
-def _fast_current_ntp_time() -> int:
-    """``aiortc.clock.current_ntp_time``: 32.32 fixed-point NTP time, microsecond steps."""
-    seconds, ns = divmod(time.time_ns(), 1_000_000_000)
-    return ((seconds + _NTP_EPOCH_OFFSET_S) << 32) | ((ns // 1000) << 32) // 1_000_000
-
-
-def _install_fast_clock() -> None:
-    aiortc_clock.current_ms = _fast_current_ms
-    aiortc_clock.current_ntp_time = _fast_current_ntp_time
-
-
-# ---------------------------------------------------------------------------- self-check
-def _missing(owner: str, *checks: tuple[str, str]) -> list[str]:
-    """One problem per (needle, source) pair whose needle no longer is in the source."""
-    return [
-        f"{owner} no longer contains {needle!r}" for needle, where in checks if needle not in where
-    ]
-
-
-def check_internals() -> list[str]:
-    """Return what no longer matches the aiortc internals this module relies on."""
-    problems: list[str] = []
-    if aiortc.__version__ != AIORTC_VERSION:
-        problems.append(
-            f"aiortc {aiortc.__version__} is installed; media/relay/forward.py patches "
-            f"internals of aiortc {AIORTC_VERSION} only. Re-validate media/relay/forward.py "
-            "against the new version (tests/test_forward.py) before changing the pin in "
-            "pyproject.toml."
-        )
-
-    def source(obj: Any) -> str:
-        try:
-            return inspect.getsource(obj)
-        except (OSError, TypeError):
-            return ""
-
-    init = source(RTCRtpReceiver.__init__)
-    handle = source(RTCRtpReceiver._handle_rtp_packet)
-    problems += _missing(
-        "RTCRtpReceiver",
-        ("self.__jitter_buffer = JitterBuffer(", init),
-        ("pli_flag, encoded_frame = self.__jitter_buffer.add(packet)", handle),
-        ("packet._data = depayload(codec, packet.payload)", handle),
-        ("if encoded_frame is not None and self.__decoder_thread:", handle),
-        ("self.__remote_bitrate_estimator = RemoteBitrateEstimator()", init),
-        ("remb = self.__remote_bitrate_estimator.add(", handle),
-        ("if self.__rtcp_ssrc is not None and remb is not None:", handle),
-        ("unwrap_rtx(packet", handle),
-    )
-    for cls, name in (
-        (RTCRtpReceiver, "_send_rtcp"),
-        (RTCRtpReceiver, "_send_rtcp_pli"),
-        (RTCRtpReceiver, "_handle_rtp_packet"),
-        (RTCRtpSender, "_handle_rtcp_packet"),
-    ):
-        if not inspect.iscoroutinefunction(getattr(cls, name, None)):
-            problems.append(f"{cls.__name__}.{name} is missing or no longer a coroutine")
-    if not callable(getattr(RTCRtpSender, "_send_keyframe", None)):
-        problems.append("RTCRtpSender._send_keyframe is missing")
-    sender_rtcp = source(RTCRtpSender._handle_rtcp_packet)
-    if "self._send_keyframe()" not in sender_rtcp:
-        problems.append("RTCRtpSender no longer calls _send_keyframe() on PLI/FIR")
-    next_frame = source(RTCRtpSender._next_encoded_frame)
-    if "self.__encoder.pack(data)" not in next_frame:
-        problems.append("RTCRtpSender no longer packs pre-encoded av.Packets")
-    if "_set_rtcp_ssrc" not in dir(RTCRtpReceiver):
-        problems.append("RTCRtpReceiver._set_rtcp_ssrc is missing")
-    if "self._codecs" not in source(RTCRtpTransceiver.__init__):
-        problems.append("RTCRtpTransceiver._codecs is missing")
-    jb = JitterBuffer(capacity=16, prefetch=4)
-    if not all(hasattr(jb, a) for a in ("_capacity", "_prefetch", "_is_video", "add")):
-        problems.append("JitterBuffer attributes changed")
-    # The sender's encoder slot, which forward_frames() fills with a _ForwardingEncoder.
-    sender_init = source(RTCRtpSender.__init__)
-    run_rtp = source(RTCRtpSender._run_rtp)
-    problems += _missing(
-        "RTCRtpSender",
-        ("self.__encoder: Optional[Encoder] = None", sender_init),
-        ("if self.__encoder is None:", next_frame),
-        ("self.__encoder.encode, data, force_keyframe", next_frame),
-        ('hasattr(self.__encoder, "target_bitrate")', sender_rtcp),
-        ("for i, payload in enumerate(enc_frame.payloads):", run_rtp),
-        ("timestamp = uint32_add(timestamp_origin, enc_frame.timestamp)", run_rtp),
-    )
-    # aiortc's wall clock, replaced by equivalent cheaper functions (_install_fast_clock).
-    for name, needle in (
-        ("current_ms", "int(delta.total_seconds() * 1000)"),
-        ("current_ntp_time", "datetime_to_ntp(current_datetime())"),
-    ):
-        original = _ORIGINAL_CLOCK.get(name)
-        if original is None or needle not in source(original):
-            problems.append(f"aiortc.clock.{name} changed")
-    if abs(_fast_current_ms() - _ORIGINAL_CLOCK["current_ms"]()) > 50:
-        problems.append("aiortc.clock.current_ms disagrees with its replacement")
-    if abs(_fast_current_ntp_time() - _ORIGINAL_CLOCK["current_ntp_time"]()) > (1 << 32) // 20:
-        problems.append("aiortc.clock.current_ntp_time disagrees with its replacement")
-    # The bitrate estimator's parts that _PerFrameEstimator swaps for cheaper equivalents.
-    estimator = aiortc_rate.RemoteBitrateEstimator()
-    counter = getattr(estimator, "incoming_bitrate", None)
-    if type(counter) is not aiortc_rate.RateCounter or not all(
-        hasattr(counter, a) for a in ("_window_size", "_scale")
-    ):
-        problems.append("RemoteBitrateEstimator.incoming_bitrate is no longer a RateCounter")
-    counter_source = source(aiortc_rate.RateCounter)
-    problems += _missing(
-        "RateCounter",
-        ("new_origin_ms = now_ms - self._window_size + 1", counter_source),
-        ("active_window_size = now_ms - self._origin_ms + 1", counter_source),
-        ("return round(self._scale * self._total.value / active_window_size)", counter_source),
-    )
-    overuse = getattr(estimator, "estimator", None)
-    period = source(aiortc_rate.OveruseEstimator.update_min_frame_period)
-    if (
-        type(overuse) is not aiortc_rate.OveruseEstimator
-        or not isinstance(getattr(overuse, "ts_delta_hist", None), list)
-        or "self.ts_delta_hist.pop(0)" not in period
-        or "min_frame_period = self.update_min_frame_period(" not in source(overuse.update)
-        or aiortc_rate.MIN_FRAME_PERIOD_HISTORY_LENGTH != 60
-    ):
-        problems.append("OveruseEstimator.update_min_frame_period changed")
-    return problems
-
-
-_problems = check_internals()
-if _problems:
-    raise ForwardingUnavailable(
-        "Rapport's forwarding relay cannot run on this aiortc: " + "; ".join(_problems)
-    )
-_install_fast_clock()
-
-
 # ---------------------------------------------------------------------------- frames
-class EncodedFrame:
-    """One complete encoded frame as it arrived, ready to be sent on.
-
-    ``payloads`` are the frame's RTP payloads exactly as they arrived (for VP8 each still
-    starts with its payload descriptor; for Opus the one payload is the frame): the relay
-    sends them on as they are, rewriting only RTP headers. ``data`` is the bare bitstream
-    (VP8 descriptors stripped), computed on first use since forwarding never needs it.
-    """
-
-    __slots__ = (
-        "_data",
-        "arrival",
-        "clock_rate",
-        "epoch",
-        "keyframe",
-        "kind",
-        "mime",
-        "payloads",
-        "timestamp",
-    )
-
-    def __init__(
-        self,
-        kind: str,  # "audio" | "video"
-        mime: str,  # lower-case mime type, e.g. "video/vp8"
-        data: bytes | None,
-        timestamp: int,  # RTP timestamp, unwrapped (keeps growing across 32-bit wraps)
-        clock_rate: int,
-        keyframe: bool,  # always True for audio
-        arrival: float,  # time.monotonic() when the frame became complete
-        epoch: int,  # changes when the stream restarts (new SSRC): timestamps are unrelated
-        payloads: tuple[bytes, ...] | None = None,
-    ) -> None:
-        if data is None and payloads is None:
-            raise ValueError("an encoded frame needs data or payloads")
-        self.kind = kind
-        self.mime = mime
-        self._data = data
-        self.timestamp = timestamp
-        self.clock_rate = clock_rate
-        self.keyframe = keyframe
-        self.arrival = arrival
-        self.epoch = epoch
-        self.payloads = payloads
-
-    @property
-    def data(self) -> bytes:
-        if self._data is None:
-            payloads = self.payloads or ()
-            if self.mime == "video/vp8":
-                self._data = b"".join(vp8_depayload(p) for p in payloads)
-            else:
-                self._data = b"".join(payloads)
-        return self._data
-
-    def __repr__(self) -> str:
-        return (
-            f"EncodedFrame({self.kind}, {self.mime}, ts={self.timestamp}, "
-            f"keyframe={self.keyframe}, epoch={self.epoch})"
-        )
-
-
-FrameSink = Callable[[EncodedFrame], None]
-
-
-def _seq_after(a: int, b: int) -> bool:
-    """``a`` is later than ``b`` in 16-bit sequence space."""
-    return a != b and ((a - b) & 0xFFFF) < 0x8000
-
-
-class _Unwrapper:
-    """Extends 32-bit RTP timestamps to a monotonic-ish int (wraps every ~13 h at 90 kHz)."""
-
-    def __init__(self) -> None:
-        self._raw: int | None = None
-        self._ext = 0
-
-    def __call__(self, ts: int) -> int:
-        if self._raw is None:
-            self._ext = ts
-        else:
-            diff = (ts - self._raw) & 0xFFFFFFFF
-            if diff >= 0x80000000:
-                diff -= 0x100000000
-            self._ext += diff
-        self._raw = ts
-        return self._ext
-
-
-def _vp8_frame_start(packet: RtpPacket) -> bool:
-    """First packet of a VP8 frame: descriptor S bit set and partition id 0 (RFC 7741)."""
-    payload = packet.payload
-    return bool(payload) and (payload[0] & 0x1F) == 0x10
-
-
-def _vp8_descriptor_size(payload: bytes) -> int:
-    """Length of the VP8 payload descriptor at the start of an RTP payload (RFC 7741 4.2)."""
-    if not payload[0] & 0x80:
-        return 1
-    if len(payload) < 2:
-        return len(payload)
-    ext = payload[1]
-    size = 2
-    if ext & 0x80:  # I: picture id, 7 or 15 bits
-        size += 2 if len(payload) > 2 and payload[2] & 0x80 else 1
-    if ext & 0x40:  # L: TL0PICIDX
-        size += 1
-    if ext & 0x30:  # T and/or K: one byte
-        size += 1
-    return size
-
-
-def _vp8_keyframe_payload(payload: bytes) -> bool:
-    """A frame's first RTP payload carries a keyframe: its VP8 P bit is 0 (RFC 6386 9.1)."""
-    if not payload:
-        return False
-    size = _vp8_descriptor_size(payload)
-    return len(payload) > size and (payload[size] & 0x01) == 0
-
-
-def _vp8_keyframe_start(packet: RtpPacket) -> bool:
-    return _vp8_frame_start(packet) and _vp8_keyframe_payload(packet.payload)
-
-
 class FrameAssembler:
     """Stands in for aiortc's JitterBuffer: RTP packets in, complete frames out, no prefetch.
 
@@ -373,7 +111,7 @@ class FrameAssembler:
         self._packets: dict[int, RtpPacket] = {}
         self._next: int | None = None  # sequence number of the next frame's first packet
         self._stuck_since: float | None = None
-        self._unwrap = _Unwrapper()
+        self._unwrap = Unwrapper()
         self.ssrc: int | None = None
         self.epoch = 0
         self.frames = 0
@@ -409,7 +147,7 @@ class FrameAssembler:
         self._next = None
         self._stuck_since = None
         self._late_in_a_row = 0
-        self._unwrap = _Unwrapper()
+        self._unwrap = Unwrapper()
 
     def _late(self) -> None:
         self.packets_late += 1
@@ -420,7 +158,7 @@ class FrameAssembler:
 
     def _add_audio(self, packet: RtpPacket) -> None:
         seq = packet.sequence_number
-        if self._next is not None and not (seq == self._next or _seq_after(seq, self._next)):
+        if self._next is not None and not (seq == self._next or seq_after(seq, self._next)):
             self._late()
             return
         self._late_in_a_row = 0
@@ -447,14 +185,14 @@ class FrameAssembler:
     def _add_video(self, packet: RtpPacket) -> None:
         seq = packet.sequence_number
         if self._next is None:
-            if not _vp8_keyframe_start(packet):
+            if not vp8_keyframe_start(packet.payload):
                 self._packets[seq] = packet  # may complete a keyframe that started earlier
                 self._trim_unsynced()
                 self._need_keyframe()
                 return
             self._next = seq
-            self._packets = {s: p for s, p in self._packets.items() if not _seq_after(seq, s)}
-        elif not (seq == self._next or _seq_after(seq, self._next)):
+            self._packets = {s: p for s, p in self._packets.items() if not seq_after(seq, s)}
+        elif not (seq == self._next or seq_after(seq, self._next)):
             self._late()  # a retransmission we no longer need, or a duplicate
             return
         self._late_in_a_row = 0
@@ -484,7 +222,7 @@ class FrameAssembler:
                 del self._packets[seq]
                 self._next = (seq + 1) & 0xFFFF
                 continue
-            if not _vp8_frame_start(first):
+            if not vp8_frame_start(first.payload):
                 self._skip_to_keyframe()  # lost the start of this frame
                 return
             parts: list[RtpPacket] = []
@@ -513,7 +251,7 @@ class FrameAssembler:
         if codec is None:
             return
         payloads = tuple([p.payload for p in parts])
-        keyframe = _vp8_keyframe_payload(first.payload)
+        keyframe = vp8_keyframe_payload(first.payload)
         now = self._clock()
         self.frames += 1
         if keyframe:
@@ -538,12 +276,12 @@ class FrameAssembler:
         self.frames_skipped += 1
         self._stuck_since = None
         starts = sorted(
-            (s for s, p in self._packets.items() if _vp8_keyframe_start(p)),
+            (s for s, p in self._packets.items() if vp8_keyframe_start(p.payload)),
             key=lambda s: (s - (s if self._next is None else self._next)) & 0xFFFF,
         )
         if starts:
             self._next = starts[0]
-            self._packets = {s: p for s, p in self._packets.items() if not _seq_after(starts[0], s)}
+            self._packets = {s: p for s, p in self._packets.items() if not seq_after(starts[0], s)}
             self._drain()
         else:
             self._next = None
@@ -568,7 +306,7 @@ class _PerFrameEstimator:
         self.real = real
         self._last: tuple[int, int, int] | None = None
         self._size = 0
-        _speed_up_estimator(real)
+        speed_up_estimator(real)
 
     def add(
         self, arrival_time_ms: int, abs_send_time: int, payload_size: int, ssrc: int
@@ -586,72 +324,6 @@ class _PerFrameEstimator:
             arrival_time_ms=arrival, abs_send_time=send_time, payload_size=size, ssrc=ssrc
         )
         return result
-
-
-class _FastRateCounter:
-    """aiortc's ``RateCounter`` (bytes over a sliding window of ``window_size`` ms) with the
-    same results, minus its per-millisecond bucket loop: it keeps one entry per sample.
-
-    aiortc's counter clears one 1 ms bucket per loop iteration whenever time moves on, so
-    at one sample per video frame each call walks ~33 buckets, twice per frame.
-    """
-
-    def __init__(self, window_size: int, scale: int = 8000) -> None:
-        self._window_size = window_size
-        self._scale = scale
-        self.reset()
-
-    def reset(self) -> None:
-        self._samples: deque[tuple[int, int]] = deque()
-        self._origin_ms: int | None = None
-        self._count = 0
-        self._value = 0
-
-    def _erase_old(self, now_ms: int) -> None:
-        new_origin_ms = now_ms - self._window_size + 1
-        if self._origin_ms is not None and self._origin_ms < new_origin_ms:
-            self._origin_ms = new_origin_ms
-            samples = self._samples
-            while samples and samples[0][0] < new_origin_ms:
-                _, value = samples.popleft()
-                self._count -= 1
-                self._value -= value
-
-    def add(self, value: int, now_ms: int) -> None:
-        if self._origin_ms is None:
-            self._origin_ms = now_ms
-        else:
-            self._erase_old(now_ms)
-        self._samples.append((now_ms, value))
-        self._count += 1
-        self._value += value
-
-    def rate(self, now_ms: int) -> int | None:
-        if self._origin_ms is not None:
-            self._erase_old(now_ms)
-            active_window_size = now_ms - self._origin_ms + 1
-            if self._count > 0 and active_window_size > 1:
-                return round(self._scale * self._value / active_window_size)
-        return None
-
-
-def _speed_up_estimator(estimator: Any) -> None:
-    """Swap the two hot loops of an aiortc ``RemoteBitrateEstimator`` for equivalents."""
-    counter = estimator.incoming_bitrate
-    if isinstance(counter, aiortc_rate.RateCounter):
-        estimator.incoming_bitrate = _FastRateCounter(counter._window_size, counter._scale)
-    overuse = estimator.estimator
-    history: list[float] = overuse.ts_delta_hist
-
-    def update_min_frame_period(ts_delta: float) -> float:
-        """``OveruseEstimator.update_min_frame_period`` with the minimum taken in C."""
-        if len(history) >= aiortc_rate.MIN_FRAME_PERIOD_HISTORY_LENGTH:
-            del history[0]
-        min_frame_period = min(ts_delta, min(history)) if history else ts_delta
-        history.append(ts_delta)
-        return min_frame_period
-
-    overuse.update_min_frame_period = update_min_frame_period
 
 
 class ForwardingReceiver:
@@ -863,70 +535,22 @@ def watch_sender(
     sender._handle_rtcp_packet = _handle_rtcp_packet  # type: ignore[method-assign]
 
 
-class ForwardedPayloads:
-    """An encoded frame on its way out: RTP payloads to send as they are, at ``timestamp``.
-
-    ``OutboundTrack.recv`` returns this instead of an ``av.Packet`` to a sender prepared by
-    ``send_forwarded``; aiortc's sender then only puts RTP headers on the payloads.
-    """
-
-    __slots__ = ("payloads", "source", "timestamp")
-
-    def __init__(self, payloads: Sequence[bytes], timestamp: int, source: object) -> None:
-        self.payloads = payloads
-        self.timestamp = timestamp  # RTP time on the outbound track's own timeline
-        self.source = source  # who sent it: picture ids restart when it changes
-
-
-def _vp8_picture_id(payload: bytes) -> tuple[int, bool] | None:
-    """(picture id, 15-bit?) from a VP8 payload descriptor, None when it carries none."""
-    if len(payload) < 3 or not payload[0] & 0x80 or not payload[1] & 0x80:
-        return None
-    if payload[2] & 0x80:
-        if len(payload) < 4:
-            return None
-        return ((payload[2] & 0x7F) << 8) | payload[3], True
-    return payload[2], False
-
-
-def packetize_vp8(data: bytes, picture_id: int, max_payload: int = 1300) -> list[bytes]:
-    """A VP8 frame as RTP payloads: each behind a payload descriptor carrying a 15-bit
-    picture id, S bit on the first (RFC 7741), at most ``max_payload`` bytes each (what
-    aiortc's packetiser makes)."""
-    pid = bytes((0x80 | (picture_id >> 8) & 0x7F, picture_id & 0xFF))
-    first, rest = b"\x90\x80" + pid, b"\x80\x80" + pid
-    size = max_payload - len(first)
-    return [(rest if pos else first) + data[pos : pos + size] for pos in range(0, len(data), size)]
-
-
-def _with_picture_id(payload: bytes, picture_id: int) -> bytes:
-    found = _vp8_picture_id(payload)
-    if found is None:
-        return payload
-    if found[1]:
-        return (
-            payload[:2] + bytes((0x80 | (picture_id >> 8) & 0x7F, picture_id & 0xFF)) + payload[4:]
-        )
-    return payload[:2] + bytes((picture_id & 0x7F,)) + payload[3:]
-
-
 class _ForwardingEncoder:
     """Sits in an aiortc ``RTCRtpSender``'s encoder slot.
 
     ``ForwardedPayloads`` go out as they arrived, one RTP packet per payload: no
     depayloading, reassembling and re-packetising of each frame. VP8 picture ids are
-    renumbered so that the outbound stream counts on across a change of source, as the
-    ids aiortc's own packetiser gave it did. Anything else (decoded frames when the relay
-    transcodes, ``av.Packet``\\ s) goes to aiortc's own encoder for the codec, created on
-    first use, as it would have been without this.
+    renumbered (``media.relay.frames.PictureIdRenumberer``) so that the outbound stream
+    counts on across a change of source, as the ids aiortc's own packetiser gave it did.
+    Anything else (decoded frames when the relay transcodes, ``av.Packet``\\ s) goes to
+    aiortc's own encoder for the codec, created on first use, as it would have been without
+    this.
     """
 
     def __init__(self, transceiver: RTCRtpTransceiver) -> None:
         self._transceiver = transceiver
         self._real: Any = None
-        self._source: object = None
-        self._picture_offset = 0
-        self._last_picture_id: int | None = None
+        self._renumber = PictureIdRenumberer()
         self.forwarded = 0
 
     def _encoder(self) -> Any:
@@ -961,22 +585,6 @@ class _ForwardingEncoder:
         if hasattr(encoder, "target_bitrate"):
             encoder.target_bitrate = bitrate
 
-    def _renumber(self, item: ForwardedPayloads) -> Sequence[bytes]:
-        found = _vp8_picture_id(item.payloads[0])
-        if found is None:
-            return item.payloads
-        picture_id, wide = found
-        mask = 0x7FFF if wide else 0x7F
-        if item.source != self._source or self._last_picture_id is None:
-            self._source = item.source
-            last = self._last_picture_id
-            self._picture_offset = 0 if last is None else (last + 1 - picture_id) & mask
-        out = (picture_id + self._picture_offset) & mask
-        self._last_picture_id = out
-        if out == picture_id:
-            return item.payloads
-        return [_with_picture_id(p, out) for p in item.payloads]
-
 
 def forwarded_frames(sender: RTCRtpSender) -> int:
     """How many frames ``sender`` sent as forwarded payloads (0 unless ``send_forwarded``)."""
@@ -1008,39 +616,15 @@ def negotiated_mime(transceiver: RTCRtpTransceiver) -> str | None:
     return codec.mimeType.lower() if codec is not None else None
 
 
-class FrameDecoder:
-    """aiortc's own decoder for a codec, fed ``EncodedFrame``\\ s.
-
-    Using aiortc's decoder (not a hand-configured PyAV one) keeps decoded frames exactly
-    what the decode path yields: Opus comes out as 48 kHz s16 stereo frames of 960 samples.
-    """
-
-    def __init__(self, mime: str, clock_rate: int) -> None:
-        kind = mime.split("/")[0]
-        self._decoder = get_decoder(
-            RTCRtpCodecParameters(
-                mimeType=mime, clockRate=clock_rate, channels=2 if kind == "audio" else None
-            )
-        )
-
-    def decode(self, frame: EncodedFrame) -> list[Frame]:
-        return self._decoder.decode(JitterFrame(frame.data, frame.timestamp))
-
-
 __all__ = [
     "AIORTC_VERSION",
-    "FORWARDABLE",
-    "EncodedFrame",
-    "ForwardedPayloads",
+    "KEYFRAME_INTERVAL_S",
     "ForwardingReceiver",
     "ForwardingUnavailable",
     "FrameAssembler",
-    "FrameDecoder",
-    "check_internals",
     "forwarded_frames",
     "negotiated_codec",
     "negotiated_mime",
-    "packetize_vp8",
     "send_forwarded",
     "watch_sender",
 ]
