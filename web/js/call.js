@@ -6,7 +6,7 @@
 // callbacks, and adds its own signalling handlers.
 //
 // UI state lives here in JS (`page.state`) and is shown on the stage element as
-// `data-state` (see STAGE_STATES); data-testid attributes are fixed identifiers and are never
+// `data-state` (values below); data-testid attributes are fixed identifiers and are never
 // changed or read as state.
 
 import { byTestId, h, showMessage } from "./api.js";
@@ -16,14 +16,13 @@ import { setConnectionStatus, setupDevices, setupMuteButtons, setupRemotePlaybac
 import { setupAgenda } from "./agenda.js";
 import { QualityIndicator, StatsReporter } from "./quality.js";
 
-/**
- * Values of the stage's data-state. Live phases are set by the pages; the final ones by
- * `finish()` / `showEnd()`, and they stay: nothing more happens on the page after them.
- */
-export const STAGE_STATES = Object.freeze({
-  live: ["opening", "precall", "joining", "waiting", "lobby", "takeover", "connecting", "call"],
-  final: ["ended", "left", "denied", "replaced", "fatal", "disconnected"],
-});
+// The stage's data-state, one of:
+// - live (set by the pages): "opening" (therapist, before the room answers), "precall" (client
+//   device check), "joining", "waiting" (for the other person: the waiting room, or they are
+//   away), "lobby" (therapist: someone to admit), "takeover" (therapist: open in another tab),
+//   "connecting" (client: media not up yet), "call";
+// - final (set by finish() / showEnd(), and they stay: nothing more happens on the page):
+//   "ended", "left", "denied", "replaced", "fatal", "disconnected".
 
 /** A button that reloads the page: rejoining or reconnecting starts the page afresh. */
 export function reloadButton(testid, label) {
@@ -143,7 +142,7 @@ export function createCallPage(options) {
     el.stageMessage.replaceChildren(h("p", { class: "lead" }, lead), detail ? h("p", {}, detail) : null);
   }
 
-  /** Cover the stage with a final message; `kind` is one of STAGE_STATES.final. */
+  /** Cover the stage with a final message; `kind` is one of the final states. */
   function showEnd(kind, { title, detail = "", actions = [] }) {
     state.ending = kind;
     el.endTitle.textContent = title;
