@@ -1,12 +1,20 @@
-"""HTML pages. The pages are static files; access checks happen here before serving them."""
+"""HTML pages. Access checks happen here; the pages are Jinja2 templates in web/templates/.
+
+The templates only compose shared chrome (base.html and the layouts that extend it) with each
+page's markup: nothing about the user or the session is rendered into them, so the browser
+code fetches everything it shows. No build step: templates are read (and re-read when they
+change) at request time.
+"""
 
 from __future__ import annotations
 
-import html
+from functools import lru_cache
+from pathlib import Path
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader
 from sqlalchemy import select
 
 from ..auth import CLIENT_COOKIE, DbSession, OptionalUser, SettingsDep
@@ -18,23 +26,24 @@ from ..settings import Settings
 router = APIRouter(include_in_schema=False)
 
 
-def message_page(title: str, text: str, status_code: int) -> HTMLResponse:
+@lru_cache(maxsize=8)
+def _templates(web_dir: Path) -> Environment:
+    """One template environment per web directory (settings may point tests elsewhere)."""
+    return Environment(loader=FileSystemLoader(web_dir / "templates"), autoescape=True)
+
+
+def _render(web_dir: Path, name: str, **context: str) -> str:
+    return _templates(Path(web_dir)).get_template(name).render(**context)
+
+
+def message_page(web_dir: Path, title: str, text: str, status_code: int) -> HTMLResponse:
     """A plain, friendly page for dead ends (bad links, ended sessions)."""
-    body = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title)} · Rapport</title>
-<link rel="stylesheet" href="/static/css/app.css"></head>
-<body><main class="message-page" data-testid="message-page">
-<h1>{html.escape(title)}</h1><p data-testid="message-text">{html.escape(text)}</p>
-</main></body></html>"""
+    body = _render(web_dir, "message.html", title=title, text=text)
     return HTMLResponse(body, status_code=status_code)
 
 
-def _page(settings_dir: object, name: str) -> FileResponse:
-    return FileResponse(
-        f"{settings_dir}/{name}", media_type="text/html", headers={"Cache-Control": "no-store"}
-    )
+def _page(web_dir: Path, name: str) -> HTMLResponse:
+    return HTMLResponse(_render(web_dir, name), headers={"Cache-Control": "no-store"})
 
 
 @router.get("/")
@@ -58,11 +67,15 @@ def _to_login(request: Request) -> Response:
     return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
 
 
-def _refuse_non_therapist(request: Request, user: User | None) -> Response | None:
+def _refuse_non_therapist(
+    request: Request, user: User | None, settings: Settings
+) -> Response | None:
     if user is None:
         return _to_login(request)
     if user.role != UserRole.THERAPIST:
-        return message_page("Therapists only", "This page is for therapists.", 403)
+        return message_page(
+            settings.web_dir, "Therapists only", "This page is for therapists.", 403
+        )
     return None
 
 
@@ -75,18 +88,22 @@ async def _own_session_page(
     settings: Settings,
 ) -> Response:
     """A therapist page about one of their own sessions; other people's ids are not found."""
-    refused = _refuse_non_therapist(request, user)
+    refused = _refuse_non_therapist(request, user, settings)
     if refused is not None:
         return refused
     session = await db.get(TherapySession, session_id[:64])
     if session is None or user is None or session.therapist_id != user.id:
-        return message_page("Session not found", "There is no such session in your list.", 404)
+        return message_page(
+            settings.web_dir, "Session not found", "There is no such session in your list.", 404
+        )
     return _page(settings.web_dir, page)
 
 
 @router.get("/sessions")
 async def sessions_page(request: Request, user: OptionalUser, settings: SettingsDep) -> Response:
-    return _refuse_non_therapist(request, user) or _page(settings.web_dir, "sessions.html")
+    return _refuse_non_therapist(request, user, settings) or _page(
+        settings.web_dir, "sessions.html"
+    )
 
 
 @router.get("/sessions/{session_id}")
@@ -135,7 +152,7 @@ async def join_page(token: str, request: Request, db: DbSession, settings: Setti
             InviteProblem.EXPIRED: "Link expired",
             InviteProblem.ENDED: "Session ended",
         }[check.problem]
-        return message_page(title, check.message, code)
+        return message_page(settings.web_dir, title, check.message, code)
     response = _page(settings.web_dir, "join.html")
     if not request.cookies.get(CLIENT_COOKIE):
         # The browser's identity for this and later visits: lets a refresh rejoin without a
@@ -157,5 +174,7 @@ async def admin_page(request: Request, user: OptionalUser, settings: SettingsDep
     if user is None:
         return _to_login(request)
     if user.role != UserRole.ADMIN:
-        return message_page("Admins only", "This page is for administrators.", 403)
+        return message_page(
+            settings.web_dir, "Admins only", "This page is for administrators.", 403
+        )
     return _page(settings.web_dir, "admin.html")

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from playwright.sync_api import BrowserContext, Page, ViewportSize
+from playwright.sync_api import BrowserContext, Locator, Page, ViewportSize
 
 WAIT_MS = 30_000
 DESKTOP: ViewportSize = {"width": 1280, "height": 800}
@@ -126,3 +126,18 @@ def describe_violations(violations: list[dict[str, Any]]) -> str:
         for node in v["nodes"][:5]:
             lines.append(f"    {node['target']}: {node.get('failureSummary', '')[:300]}")
     return "\n".join(lines)
+
+
+def stage_in(page: Page, state: str) -> Locator:
+    """The call stage while it is in `state` (its data-state: waiting, call, ended, left, ...)."""
+    return page.locator(f'[data-testid="stage"][data-state="{state}"]')
+
+
+def end_title(page: Page, state: str) -> Locator:
+    """The end panel's title, only while the stage shows the final `state` (ended, left, ...)."""
+    return stage_in(page, state).get_by_test_id("end-title")
+
+
+def end_detail(page: Page, state: str) -> Locator:
+    """The end panel's detail line, only while the stage shows the final `state`."""
+    return stage_in(page, state).get_by_test_id("end-detail")

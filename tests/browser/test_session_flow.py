@@ -16,6 +16,8 @@ import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, ViewportSize, expect
 
+from .helpers import end_detail, end_title, stage_in
+
 RapportServer = Any  # see conftest.py
 Browsers = Any
 
@@ -198,7 +200,9 @@ def test_admit_talk_leave_rejoin_end(
         t.wait_for_url(
             re.compile(rf"/sessions/{re.escape(session_id)}$"), wait_until="domcontentloaded"
         )
-        expect(t.get_by_test_id("stage-message")).to_contain_text("Waiting for your client")
+        expect(stage_in(t, "waiting").get_by_test_id("stage-message")).to_contain_text(
+            "Waiting for your client"
+        )
         wait_video(t, "self", selector=SELF, min_frames=5)
 
         # Client: device check, then the waiting room.
@@ -246,7 +250,7 @@ def test_admit_talk_leave_rejoin_end(
 
         # Client leaves; the therapist sees it.
         c.get_by_test_id("leave-button").click()
-        expect(c.get_by_test_id("left-message")).to_have_text("You left the session")
+        expect(end_title(c, "left")).to_have_text("You left the session")
         expect(t.get_by_test_id("peer-status")).to_contain_text("left")
 
         # Rejoin (reload) with the same browser identity: no second admission.
@@ -262,12 +266,12 @@ def test_admit_talk_leave_rejoin_end(
 
         # Therapist ends the session; both see it.
         t.get_by_test_id("end-button").click()
-        expect(t.get_by_test_id("ended-message")).to_have_text("Session ended")
-        expect(c.get_by_test_id("ended-message")).to_have_text("The session has ended")
+        expect(end_title(t, "ended")).to_have_text("Session ended")
+        # The client took part, so the check-in replaces the room.
+        expect(c.get_by_test_id("checkin-title")).to_be_visible()
+        expect(c.get_by_test_id("checkin-title")).to_have_text("The session has ended")
         expect(
-            t.get_by_test_id("ended-message")
-            .locator("xpath=..")
-            .get_by_role("link", name="Back to sessions")
+            end_title(t, "ended").locator("xpath=..").get_by_role("link", name="Back to sessions")
         ).to_be_visible()
         shoot(t, artifacts_dir, "therapist-ended-1280")
         shoot(c, artifacts_dir, "client-ended-1280")
@@ -321,7 +325,9 @@ def test_stranger_with_same_link_is_denied(
         session_id, invite_url = created["id"], created["invite_url"]
 
         t.goto(f"/sessions/{session_id}", wait_until="domcontentloaded")
-        expect(t.get_by_test_id("stage-message")).to_contain_text("Waiting for your client")
+        expect(stage_in(t, "waiting").get_by_test_id("stage-message")).to_contain_text(
+            "Waiting for your client"
+        )
 
         client_joins(a, invite_url, "Alex")
         expect(a.get_by_test_id("waiting-message")).to_be_visible()
@@ -335,17 +341,18 @@ def test_stranger_with_same_link_is_denied(
         expect(entry).to_have_count(1)
         expect(entry).to_contain_text("Client")
         entry.get_by_test_id("deny-button").click()
-        expect(b.get_by_test_id("denied-message")).to_contain_text("could not admit you")
+        expect(end_detail(b, "denied")).to_contain_text("could not admit you")
         expect(t.get_by_test_id("lobby-entry")).to_have_count(0)
         shoot(b, artifacts_dir, "client-denied-1280")
 
         # The admitted client's call carries on.
         wait_video(t, "after-deny")
         wait_video(a, "after-deny")
-        expect(a.get_by_test_id("ended-message")).to_have_count(0)
+        expect(stage_in(a, "ended")).to_have_count(0)
+        expect(a.get_by_test_id("checkin")).to_be_hidden()
 
         t.get_by_test_id("end-button").click()
-        expect(a.get_by_test_id("ended-message")).to_be_visible()
+        expect(a.get_by_test_id("checkin-title")).to_be_visible()
         events = audit_actions(server, session_id, {"client_denied"})
         assert "client_denied" in {e["action"] for e in events}
         assert not [line for line in console_log if "pageerror" in line], console_log
@@ -368,7 +375,9 @@ def test_second_tab_takes_over_the_room(
         room = f"/sessions/{res.json()['id']}"
 
         first.goto(room, wait_until="domcontentloaded")
-        expect(first.get_by_test_id("stage-message")).to_contain_text("Waiting for your client")
+        expect(stage_in(first, "waiting").get_by_test_id("stage-message")).to_contain_text(
+            "Waiting for your client"
+        )
 
         second = ctx.new_page()
         second.on("pageerror", lambda err: console_log.append(f"[tab-2] pageerror: {err}"))
@@ -378,8 +387,10 @@ def test_second_tab_takes_over_the_room(
         )
         second.get_by_test_id("takeover-button").click()
         expect(second.get_by_test_id("takeover-panel")).to_be_hidden()
-        expect(second.get_by_test_id("stage-message")).to_contain_text("Waiting for your client")
-        expect(first.get_by_test_id("replaced-message")).to_be_visible()
+        expect(stage_in(second, "waiting").get_by_test_id("stage-message")).to_contain_text(
+            "Waiting for your client"
+        )
+        expect(end_title(first, "replaced")).to_be_visible()
         expect(first.get_by_test_id("controls")).to_be_hidden()
         assert not [line for line in console_log if "pageerror" in line], console_log
     finally:

@@ -30,6 +30,7 @@ from .helpers import (
     RECORD_WS_JS,
     axe_violations,
     describe_violations,
+    end_title,
     new_page,
     page_errors,
     shoot,
@@ -646,8 +647,9 @@ def test_live_rooms_screenshots_and_accessibility(call: Call) -> None:
 def test_checkin_by_keyboard_and_the_summary(call: Call) -> None:
     t, c = call.t, call.c
     t.get_by_test_id("end-button").click()
-    expect(t.get_by_test_id("ended-message")).to_have_text("Session ended")
-    expect(c.get_by_test_id("ended-message")).to_have_text("The session has ended")
+    expect(end_title(t, "ended")).to_have_text("Session ended")
+    expect(c.get_by_test_id("checkin-title")).to_be_visible()
+    expect(c.get_by_test_id("checkin-title")).to_have_text("The session has ended")
     expect(c.get_by_test_id("checkin-bond")).to_be_visible()
 
     # The page-load path: the server still serves the page, and the GET says it is open.

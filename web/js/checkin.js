@@ -67,7 +67,6 @@ export async function showCheckin({ view, token, status, hideRest }) {
     skip: byTestId("checkin-skip", view),
     done: byTestId("checkin-done", view),
   };
-  el.title.setAttribute("data-testid", "ended-message");
   if (hideRest) hideRest();
   view.hidden = false;
 

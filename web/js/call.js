@@ -1,0 +1,293 @@
+// The call page shared by the therapist room (room.js) and the client page (join.js).
+//
+// Both pages have the same stage (videos, a message overlay, an end panel), the same devices,
+// mute and leave controls, and the same life of a signalling connection and a PeerCall. This
+// module owns all of that once; each page passes what differs for its role as options and
+// callbacks, and adds its own signalling handlers.
+//
+// UI state lives here in JS (`page.state`) and is shown on the stage element as
+// `data-state` (values below); data-testid attributes are fixed identifiers and are never
+// changed or read as state.
+
+import { byTestId, h, showMessage } from "./api.js";
+import { Signaling } from "./signaling.js";
+import { LocalMedia, PeerCall } from "./media.js";
+import { setConnectionStatus, setupDevices, setupMuteButtons, setupRemotePlayback } from "./callui.js";
+import { setupAgenda } from "./agenda.js";
+import { QualityIndicator, StatsReporter } from "./quality.js";
+
+// The stage's data-state, one of:
+// - live (set by the pages): "opening" (therapist, before the room answers), "precall" (client
+//   device check), "joining", "waiting" (for the other person: the waiting room, or they are
+//   away), "lobby" (therapist: someone to admit), "takeover" (therapist: open in another tab),
+//   "connecting" (client: media not up yet), "call";
+// - final (set by finish() / showEnd(), and they stay: nothing more happens on the page):
+//   "ended", "left", "denied", "replaced", "fatal", "disconnected".
+
+/** A button that reloads the page: rejoining or reconnecting starts the page afresh. */
+export function reloadButton(testid, label) {
+  const button = h("button", { type: "button", class: "btn btn-primary", "data-testid": testid }, label);
+  button.addEventListener("click", () => location.reload());
+  return button;
+}
+
+/**
+ * Set up the shared part of a call page.
+ *
+ * Options:
+ * - role: "client" | "therapist" (agenda behaviour).
+ * - wsPath: the signalling WebSocket path.
+ * - peerName, onQualityChange: for the connection-quality indicator.
+ * - announce: screen-reader announcer (optional).
+ * - endings: page texts for the final states, each `(msg) => ({ title, detail, actions })`:
+ *   `left` (the Leave button), `replaced`, `fatal` (a fatal server error) and
+ *   `disconnected(info)`, which may return null when it has dealt with the loss itself
+ *   (it may be async) and may set `kind` (e.g. "fatal" when nothing was ever received).
+ * - canSendMute(): whether mute changes go to the server now (default: always).
+ * - onMediaState(s): after the connection status shows a new PeerCall state.
+ * - onStop(): the page's own teardown when the call stops for good.
+ * - onEndPanel(): hide the page's own panels when the end panel covers the stage.
+ * - onWelcome(msg): the session is open; `msg` is the welcome.
+ * - onEnded(msg): the session ended (ended message, ended at welcome, or session_ended error).
+ * - onError(msg): a page-specific error; return true when it was handled.
+ * - beforeDisconnect(): return true when a lost socket means something else (e.g. the end the
+ *   therapist asked for); then the page handles it.
+ */
+export function createCallPage(options) {
+  const {
+    role, wsPath, peerName, onQualityChange, announce, endings,
+    canSendMute = () => true,
+    onMediaState = () => {},
+    onStop = () => {},
+    onEndPanel = () => {},
+    onWelcome = () => {},
+    onEnded,
+    onError = () => false,
+    beforeDisconnect = () => false,
+  } = options;
+
+  const el = {
+    conn: byTestId("connection-status"),
+    error: byTestId("error-message"),
+    main: byTestId("room-main"),
+    stage: byTestId("stage"),
+    stageMessage: byTestId("stage-message"),
+    remote: byTestId("remote-video"),
+    self: byTestId("self-video"),
+    play: byTestId("play-button"),
+    endPanel: byTestId("end-panel"),
+    endTitle: byTestId("end-title"),
+    endDetail: byTestId("end-detail"),
+    endActions: byTestId("end-actions"),
+    camera: byTestId("camera-select"),
+    mic: byTestId("mic-select"),
+    meter: byTestId("mic-level"),
+    controls: byTestId("controls"),
+    muteAudio: byTestId("mute-audio"),
+    muteVideo: byTestId("mute-video"),
+    leave: byTestId("leave-button"),
+    agenda: byTestId("agenda"),
+  };
+
+  const local = new LocalMedia();
+  const state = {
+    signaling: null,
+    welcome: null,
+    call: null,
+    stage: el.stage.dataset.state || "",
+    finished: false, // stopped for good: ended, left, replaced, denied, fatal or disconnected
+    ending: null, // which of those, once one is shown
+  };
+  let mediaReady = Promise.resolve();
+
+  const showError = (message) => showMessage(el.error, message, "error");
+  const send = (msg) => Boolean(state.signaling && state.signaling.send(msg));
+
+  const agenda = setupAgenda({ root: el.agenda, role, send, onProblem: showError, announce });
+  const quality = new QualityIndicator({
+    youEl: byTestId("quality-you"), peerEl: byTestId("quality-peer"), peerName, onChange: onQualityChange,
+  });
+  const stats = new StatsReporter({ getPc: () => (state.call ? state.call.pc : null), send });
+  const devices = setupDevices({
+    local,
+    cameraSelect: el.camera,
+    micSelect: el.mic,
+    meterEl: el.meter,
+    selfVideo: el.self,
+    onProblem: showError,
+  });
+  const playback = setupRemotePlayback(el.remote, el.play);
+
+  function sendMute() {
+    if (state.signaling && canSendMute()) {
+      state.signaling.send({ type: "mute", audio: local.audioMuted, video: local.videoMuted });
+    }
+  }
+
+  setupMuteButtons({
+    local, audioButton: el.muteAudio, videoButton: el.muteVideo, onChange: sendMute, showSelf: devices.showSelf,
+  });
+
+  /** Show `kind` as the stage's state; `lead` (and `detail`) in the overlay, or clear it. */
+  function setStage(kind, lead = "", detail = "") {
+    state.stage = kind;
+    el.stage.dataset.state = kind;
+    const overlay = el.stageMessage.parentElement;
+    if (!lead) {
+      overlay.hidden = true;
+      el.stageMessage.replaceChildren();
+      return;
+    }
+    overlay.hidden = false;
+    el.stageMessage.replaceChildren(h("p", { class: "lead" }, lead), detail ? h("p", {}, detail) : null);
+  }
+
+  /** Cover the stage with a final message; `kind` is one of the final states. */
+  function showEnd(kind, { title, detail = "", actions = [] }) {
+    state.ending = kind;
+    el.endTitle.textContent = title;
+    el.endDetail.textContent = detail;
+    el.endDetail.hidden = !detail;
+    el.endActions.replaceChildren(...actions);
+    el.endPanel.hidden = false;
+    el.controls.hidden = true;
+    onEndPanel();
+    setStage(kind);
+    const focusable = el.endActions.querySelector("a, button");
+    if (focusable) focusable.focus();
+  }
+
+  /** Stop media, reports and the call for good; the signalling socket is closed by callers. */
+  function stop() {
+    state.finished = true;
+    stats.stop();
+    quality.clear();
+    onStop();
+    if (state.call) state.call.dispose();
+    state.call = null;
+    local.stop();
+    devices.meter.close();
+    el.self.srcObject = null;
+  }
+
+  /**
+   * Stop, close the socket, show `status` and then the ending (none when `ending` is null:
+   * the page shows something else, like the client's check-in).
+   */
+  function finish(kind, ending, status = "closed") {
+    stop();
+    if (state.signaling) state.signaling.close();
+    setConnectionStatus(el.conn, status);
+    if (ending) {
+      showEnd(kind, ending);
+    } else {
+      state.ending = kind;
+      setStage(kind);
+    }
+  }
+
+  el.leave.addEventListener("click", () => {
+    if (state.finished) return;
+    const sig = state.signaling;
+    const sent = sig ? sig.send({ type: "leave" }) : false;
+    stop();
+    setConnectionStatus(el.conn, "closed");
+    showEnd("left", endings.left());
+    // Give the server a moment to acknowledge with "left" before closing.
+    if (sig && sent) setTimeout(() => sig.close(), 2000);
+    else if (sig) sig.close();
+  });
+
+  /** Start (once) and offer the call, as soon as the camera and microphone are open. */
+  async function startCall() {
+    await mediaReady;
+    if (state.finished) return;
+    if (!state.call) {
+      state.call = new PeerCall({
+        signaling: state.signaling,
+        iceServers: (state.welcome && state.welcome.ice_servers) || [],
+        local,
+        remoteVideo: el.remote,
+        onState: (s) => {
+          if (state.finished) return;
+          setConnectionStatus(el.conn, s);
+          onMediaState(s);
+        },
+        onRemoteStream: () => playback.tryPlay(),
+      });
+    }
+    await state.call.start();
+    if (local.audioMuted || local.videoMuted) sendMute();
+  }
+
+  /** Open the camera and microphone; `then()` runs once the device lists are filled. */
+  function startMedia(then = () => {}) {
+    mediaReady = local.start().then(async (problems) => {
+      if (problems.length) showError(problems.join(" "));
+      await devices.refresh();
+      then();
+    });
+    return mediaReady;
+  }
+
+  /** Connect the signalling socket: the shared handlers, then the page's own `handlers`. */
+  function connect(handlers = {}) {
+    const sig = new Signaling(wsPath);
+    state.signaling = sig;
+
+    sig.on("welcome", (msg) => {
+      state.welcome = msg;
+      if (msg.status === "ended") onEnded({});
+      else onWelcome(msg);
+    });
+    sig.on("answer", (msg) => {
+      if (state.call) state.call.handleAnswer(msg.sdp);
+    });
+    sig.on("agenda", (msg) => {
+      if (!state.finished) agenda.update(msg);
+    });
+    sig.on("quality", (msg) => {
+      if (!state.finished) quality.update(msg);
+    });
+    sig.on("ended", (msg) => onEnded(msg));
+    sig.on("left", () => sig.close());
+    sig.on("replaced", (msg) => finish("replaced", endings.replaced(msg)));
+
+    sig.on("error", (msg) => {
+      if (msg.ref === "stats") {
+        // Our own background quality report was refused; nothing the person can act on.
+        console.warn("stats report refused:", msg.message);
+        return;
+      }
+      if (onError(msg)) return;
+      if (msg.code === "session_ended") {
+        onEnded({});
+        return;
+      }
+      showError(msg.message || "Something went wrong.");
+      if (msg.fatal) finish("fatal", endings.fatal(msg));
+    });
+
+    sig.on("close", async (info) => {
+      if (state.finished || beforeDisconnect()) return;
+      stop();
+      const ending = await endings.disconnected(info);
+      if (!ending) return;
+      setConnectionStatus(el.conn, "offline");
+      showEnd(ending.kind || "disconnected", ending);
+    });
+
+    for (const [type, handler] of Object.entries(handlers)) sig.on(type, handler);
+
+    setConnectionStatus(el.conn, "signalling");
+    sig.connect().catch(() => {
+      /* the close handler explains what happened */
+    });
+    return sig;
+  }
+
+  return {
+    el, state, local, devices, agenda, quality, stats,
+    send, showError, setStage, showEnd, stop, finish, startCall, startMedia, connect,
+  };
+}
