@@ -189,7 +189,7 @@ class OutboundTrack(MediaStreamTrack):
 TAP_PERIOD_S = 0.02
 
 
-class _TapWorker:
+class _TapDecoderThread:
     """One thread decoding for every tap in the process, every ``TAP_PERIOD_S``.
 
     Polling on a short period instead of waking per frame keeps the cost flat as sessions
@@ -253,16 +253,16 @@ def _deliver(items: list[tuple[AudioTap, list[AudioFrame]]]) -> None:
                 log.exception("audio sink failed")
 
 
-_worker: _TapWorker | None = None
-_worker_lock = threading.Lock()
+_decoder: _TapDecoderThread | None = None
+_decoder_lock = threading.Lock()
 
 
-def _tap_worker() -> _TapWorker:
-    global _worker
-    with _worker_lock:
-        if _worker is None:
-            _worker = _TapWorker()
-        return _worker
+def _tap_decoder() -> _TapDecoderThread:
+    global _decoder
+    with _decoder_lock:
+        if _decoder is None:
+            _decoder = _TapDecoderThread()
+        return _decoder
 
 
 class AudioTap:
@@ -283,7 +283,7 @@ class AudioTap:
         self.dropped = 0
         self.decoded = 0
         self.closed = False
-        _tap_worker().register(self)
+        _tap_decoder().register(self)
 
     def push(self, frame: EncodedFrame) -> None:
         with self._lock:
@@ -294,7 +294,7 @@ class AudioTap:
             self._pending.append(frame)
 
     def _decode_pending(self) -> list[AudioFrame]:
-        """Worker thread: decode what is queued (only the worker calls this)."""
+        """Decoder thread: decode what is queued (only that thread calls this)."""
         with self._lock:
             if not self._pending or self.closed:
                 return []
@@ -319,7 +319,7 @@ class AudioTap:
         with self._lock:
             self.closed = True
             self._pending.clear()
-        _tap_worker().unregister(self)
+        _tap_decoder().unregister(self)
 
     def stats(self) -> dict[str, Any]:
         return {"decoded": self.decoded, "dropped": self.dropped}
