@@ -1,5 +1,6 @@
 """Rapport's media layer, and the only names ``signaling`` and ``server`` may import from it.
 
+``media.participants`` holds the vocabulary every layer shares (``Role``, ``MediaState``).
 Four systems live below this package, each in its own subpackage:
 
 - ``media.relay``: one aiortc peer per participant, the relay between them, SDP and ICE
@@ -25,6 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 # name -> module that defines it
 _API: dict[str, str] = {
+    # who takes part, and their media state
+    "ROLES": "media.participants",
+    "MediaState": "media.participants",
+    "Role": "media.participants",
+    "other_role": "media.participants",
     # the relay: what a room needs to host a call
     "AudioInput": "media.relay.call",
     "Call": "media.relay.call",
@@ -33,7 +39,6 @@ _API: dict[str, str] = {
     "MediaUnavailable": "media.relay.call",
     "MediaConfig": "media.relay.ice",
     "restrict_host_addresses": "media.relay.ice",
-    "MediaState": "media.relay.peer",
     "SdpError": "media.relay.sdp",
     # call quality (pure scoring of getStats samples)
     "DirectionSample": "media.relay.quality",
@@ -55,6 +60,7 @@ _API: dict[str, str] = {
 }
 
 __all__ = [
+    "ROLES",
     "AudioInput",
     "Call",
     "CallFactory",
@@ -69,6 +75,7 @@ __all__ = [
     "MediaUnavailable",
     "MediaWorkerPool",
     "PeerStatsSampler",
+    "Role",
     "SdpError",
     "SignalConfig",
     "SignalThread",
@@ -76,6 +83,7 @@ __all__ = [
     "SmoothedScore",
     "analyze_files",
     "label_for",
+    "other_role",
     "restrict_host_addresses",
 ]
 
@@ -98,9 +106,9 @@ if TYPE_CHECKING:
     from media.alliance.live import LiveSignals, SignalsUpdate, SignalThread
     from media.alliance.offline import analyze_files
     from media.loops import LoopLagSampler
+    from media.participants import ROLES, MediaState, Role, other_role
     from media.relay.call import AudioInput, Call, CallFactory, CallHandle, MediaUnavailable
     from media.relay.ice import MediaConfig, restrict_host_addresses
-    from media.relay.peer import MediaState
     from media.relay.quality import (
         DirectionSample,
         KindSample,

@@ -49,6 +49,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from media.alliance.vad import VoiceActivityDetector
+from media.participants import ROLES, Role, other_role
 
 __all__ = [
     "ROLES",
@@ -63,19 +64,6 @@ __all__ = [
     "TimelineSecond",
     "WindowTotals",
 ]
-
-
-class Role(StrEnum):
-    THERAPIST = "therapist"
-    CLIENT = "client"
-
-
-#: Canonical order; also the tie-break for segments that start on the same frame.
-ROLES: tuple[Role, Role] = (Role.THERAPIST, Role.CLIENT)
-
-
-def _other(role: Role) -> Role:
-    return Role.CLIENT if role is Role.THERAPIST else Role.THERAPIST
 
 
 @dataclass(frozen=True)
@@ -734,7 +722,7 @@ class SignalEngine:
 
     def _is_backchannel(self, seg: _Segment) -> bool | _Wait:
         """Closed, kept ``seg`` shorter than the backchannel limit: inside the other's?"""
-        host = self._latest_segment(_other(seg.role), seg.start)
+        host = self._latest_segment(other_role(seg.role), seg.start)
         if host is None:
             return False
         if isinstance(host, _Wait):
@@ -771,7 +759,7 @@ class SignalEngine:
                         seg.start,
                         seg.role,
                         duration_s=seg.length * self._frame_s,
-                        details={"during": str(_other(seg.role))},
+                        details={"during": str(other_role(seg.role))},
                     )
                     continue
                 qualifying = seg.length >= self._turn

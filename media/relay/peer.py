@@ -19,13 +19,14 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 from av.frame import Frame
 
+from ..participants import MediaState
 from .forward import (
     FORWARDABLE,
     EncodedFrame,
@@ -40,7 +41,6 @@ from .tracks import AudioTap, OutboundTrack
 
 log = logging.getLogger("rapport.media")
 
-MediaState = Literal["none", "connecting", "connected", "lost"]
 FrameSink = Callable[[str, Frame], None]
 EncodedSink = Callable[[str, EncodedFrame], None]
 STALL_AFTER_S = 3.0
