@@ -54,6 +54,9 @@ _API: dict[str, str] = {
     "LiveSignals": "media.alliance.live",
     "SignalsUpdate": "media.alliance.live",
     "SignalThread": "media.alliance.live",
+    "SnapshotPayload": "media.alliance.payload",
+    "snapshot_from_json": "media.alliance.payload",
+    "snapshot_json": "media.alliance.payload",
     "analyze_files": "media.alliance.offline",
     # event-loop health, shared by the server and every worker
     "LoopLagSampler": "media.loops",
@@ -81,10 +84,13 @@ __all__ = [
     "SignalThread",
     "SignalsUpdate",
     "SmoothedScore",
+    "SnapshotPayload",
     "analyze_files",
     "label_for",
     "other_role",
     "restrict_host_addresses",
+    "snapshot_from_json",
+    "snapshot_json",
 ]
 
 
@@ -105,6 +111,7 @@ if TYPE_CHECKING:
     from media.alliance.engine import SignalConfig
     from media.alliance.live import LiveSignals, SignalsUpdate, SignalThread
     from media.alliance.offline import analyze_files
+    from media.alliance.payload import SnapshotPayload, snapshot_from_json, snapshot_json
     from media.loops import LoopLagSampler
     from media.participants import ROLES, MediaState, Role, other_role
     from media.relay.call import AudioInput, Call, CallFactory, CallHandle, MediaUnavailable

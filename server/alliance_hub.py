@@ -13,7 +13,14 @@ import contextlib
 import logging
 from typing import Any
 
-from media import LiveSignals, SignalConfig, SignalsUpdate, SignalThread
+from media import (
+    LiveSignals,
+    SignalConfig,
+    SignalsUpdate,
+    SignalThread,
+    SnapshotPayload,
+    snapshot_json,
+)
 from signaling.messages import Signals, Speaking
 from signaling.rooms import RoomRegistry
 
@@ -89,7 +96,7 @@ class SignalsHub:
         signals = self.sessions.get(session_id)
         if signals is None or signals.latest is None:
             return None
-        return signals.snapshot().to_dict()
+        return snapshot_json(signals.snapshot())
 
     def timeline(self, session_id: str) -> list[dict[str, Any]] | None:
         signals = self.sessions.get(session_id)
@@ -108,7 +115,7 @@ class SignalsHub:
         if update.speaking_changed:
             messages.append(Speaking(speaking=list(update.speaking)))
         if update.snapshot is not None:
-            messages.append(Signals(snapshot=update.snapshot.to_dict()))
+            messages.append(Signals(snapshot=SnapshotPayload.of(update.snapshot)))
         for message in messages:
             task = asyncio.ensure_future(room.send_signals(message))
             self._pending.add(task)
@@ -124,7 +131,7 @@ class SignalsHub:
         del self.sessions[session_id]
 
     async def _persist(self, signals: LiveSignals) -> None:
-        snapshot = signals.snapshot().to_dict()
+        snapshot = snapshot_json(signals.snapshot())
         timeline = pack_timeline(signals.timeline())
         runs = signals.input_runs()
         async with self.database.session() as db:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from media import MediaState, Role
+from media import MediaState, Role, SnapshotPayload
 
 MAX_SDP_CHARS = 60_000
 
@@ -240,7 +240,7 @@ class Signals(_Outbound):
     """Therapist only: the live alliance-signal snapshot (see media/alliance/engine.py)."""
 
     type: Literal["signals"] = "signals"
-    snapshot: dict[str, Any]
+    snapshot: SnapshotPayload
 
 
 class Speaking(_Outbound):

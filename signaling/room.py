@@ -640,12 +640,13 @@ class Room:
         if self.therapist is not None:
             await self.therapist.send(message)
         if self.sharing_balance and self.client is not None and isinstance(message, m.Signals):
-            snap = message.snapshot
+            # The wire form, so the client sees the same rounded share as the therapist.
+            snap = message.snapshot.model_dump(mode="json")
             await self.client.send(
                 m.SharedBalance(
                     on=True,
-                    client_share=snap.get("client_share"),
-                    client_share_5min=(snap.get("last_5min") or {}).get("client_share"),
+                    client_share=snap["client_share"],
+                    client_share_5min=snap["last_5min"]["client_share"],
                 )
             )
 

@@ -29,6 +29,7 @@ from av import AudioFrame, Packet, VideoFrame
 from media import forward
 from media.alliance.engine import Role
 from media.alliance.offline import analyze_pcm
+from media.alliance.payload import snapshot_json
 from media.relay.call import Call
 from media.relay.forward import EncodedFrame, ForwardedPayloads, FrameAssembler
 from media.relay.ice import MediaConfig, restrict_host_addresses
@@ -623,7 +624,7 @@ async def test_tapped_audio_gives_the_same_signals_as_the_transcoding_path() -> 
                 Role.CLIENT: np.zeros(mono.size, dtype=np.int16),
             }
         )
-        results[name] = snapshot.to_dict()["therapist_talk_s"]
+        results[name] = snapshot_json(snapshot)["therapist_talk_s"]
     assert results["forward"] >= 2.0
     assert abs(results["forward"] - results["transcode"]) <= 0.04, results
 

@@ -9,14 +9,19 @@ browser that silently ignores an unknown code.
 from __future__ import annotations
 
 import ast
+import json
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from pydantic_core import to_json
 
-from media import ROLES, Role
-from signaling.messages import ErrorCode, ErrorMessage, PeerState, Welcome
+from media import ROLES, Role, SnapshotPayload, snapshot_from_json, snapshot_json
+from media.alliance.engine import Snapshot, WindowTotals
+from media.alliance.payload import WindowPayload
+from signaling.messages import ErrorCode, ErrorMessage, PeerState, Signals, Welcome
 
 ROOT = Path(__file__).resolve().parent.parent
 # Functions whose ``code`` (second positional argument, or ``code=``) is an error code.
@@ -117,3 +122,30 @@ def test_role_is_defined_once_and_keeps_its_wire_values() -> None:
         for match in redeclared.finditer(path.read_text())
     ]
     assert not offenders, offenders
+
+
+# --- alliance snapshots on the wire and in stored rows ----------------------------------------
+
+FIXTURE = ROOT / "tests" / "fixtures" / "snapshot_dicts_v1.json"
+
+
+def test_snapshots_written_by_the_old_to_dict_round_trip_identically() -> None:
+    """The fixture is ``Snapshot.to_dict()`` output captured before the serialiser moved to
+    pydantic: stored session rows look like this, and the panel reads these keys."""
+    samples = json.loads(FIXTURE.read_text())
+    assert len(samples) == 8
+    for name, old in samples.items():
+        snapshot = snapshot_from_json(old)
+        assert isinstance(snapshot, Snapshot), name
+        new = snapshot_json(snapshot)
+        assert json.dumps(new) == json.dumps(old), name  # same keys, order and values
+        # The signalling message carries exactly what the old dict field produced.
+        message = Signals(snapshot=SnapshotPayload.of(snapshot)).model_dump_json()
+        assert message == '{"type":"signals","snapshot":' + to_json(old).decode() + "}", name
+
+
+def test_snapshot_payload_mirrors_the_engine_dataclasses() -> None:
+    """A field added to the engine without its wire form would be silently dropped."""
+    pairs = [(Snapshot, SnapshotPayload), (WindowTotals, WindowPayload)]
+    for dataclass_type, payload in pairs:
+        assert [f.name for f in fields(dataclass_type)] == list(payload.model_fields), payload
