@@ -55,6 +55,7 @@ _API: dict[str, str] = {
     "SignalsUpdate": "media.alliance.live",
     "SignalThread": "media.alliance.live",
     "SnapshotPayload": "media.alliance.payload",
+    "TimelineSecond": "media.alliance.engine",
     "snapshot_from_json": "media.alliance.payload",
     "snapshot_json": "media.alliance.payload",
     "analyze_files": "media.alliance.offline",
@@ -85,6 +86,7 @@ __all__ = [
     "SignalsUpdate",
     "SmoothedScore",
     "SnapshotPayload",
+    "TimelineSecond",
     "analyze_files",
     "label_for",
     "other_role",
@@ -108,7 +110,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from media.alliance.engine import SignalConfig
+    from media.alliance.engine import SignalConfig, TimelineSecond
     from media.alliance.live import LiveSignals, SignalsUpdate, SignalThread
     from media.alliance.offline import analyze_files
     from media.alliance.payload import SnapshotPayload, snapshot_from_json, snapshot_json
