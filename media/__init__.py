@@ -1,5 +1,6 @@
 """Rapport's media layer, and the only names ``signaling`` and ``server`` may import from it.
 
+``media.participants`` holds the vocabulary every layer shares (``Role``, ``MediaState``).
 Four systems live below this package, each in its own subpackage:
 
 - ``media.relay``: one aiortc peer per participant, the relay between them, SDP and ICE
@@ -26,6 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 # name -> module that defines it
 _API: dict[str, str] = {
+    # who takes part, and their media state
+    "ROLES": "media.participants",
+    "MediaState": "media.participants",
+    "Role": "media.participants",
+    "other_role": "media.participants",
     # the relay: what a room needs to host a call
     "AudioInput": "media.relay.call",
     "Call": "media.relay.call",
@@ -34,7 +40,6 @@ _API: dict[str, str] = {
     "MediaUnavailable": "media.relay.call",
     "MediaConfig": "media.relay.ice",
     "restrict_host_addresses": "media.relay.ice",
-    "MediaState": "media.relay.peer",
     "SdpError": "media.relay.sdp",
     # call quality (pure scoring of getStats samples)
     "DirectionSample": "media.relay.quality",
@@ -50,12 +55,17 @@ _API: dict[str, str] = {
     "LiveSignals": "media.alliance.live",
     "SignalsUpdate": "media.alliance.live",
     "SignalThread": "media.alliance.live",
+    "SnapshotPayload": "media.alliance.payload",
+    "TimelineSecond": "media.alliance.engine",
+    "snapshot_from_json": "media.alliance.payload",
+    "snapshot_json": "media.alliance.payload",
     "analyze_files": "media.alliance.offline",
     # event-loop health, shared by the server and every worker
     "LoopLagSampler": "media.loops",
 }
 
 __all__ = [
+    "ROLES",
     "AudioInput",
     "Call",
     "CallFactory",
@@ -70,14 +80,20 @@ __all__ = [
     "MediaUnavailable",
     "MediaWorkerPool",
     "PeerStatsSampler",
+    "Role",
     "SdpError",
     "SignalConfig",
     "SignalThread",
     "SignalsUpdate",
     "SmoothedScore",
+    "SnapshotPayload",
+    "TimelineSecond",
     "analyze_files",
     "label_for",
+    "other_role",
     "restrict_host_addresses",
+    "snapshot_from_json",
+    "snapshot_json",
 ]
 
 
@@ -95,13 +111,14 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from media.alliance.engine import SignalConfig
+    from media.alliance.engine import SignalConfig, TimelineSecond
     from media.alliance.live import LiveSignals, SignalsUpdate, SignalThread
     from media.alliance.offline import analyze_files
+    from media.alliance.payload import SnapshotPayload, snapshot_from_json, snapshot_json
     from media.loops import LoopLagSampler
+    from media.participants import ROLES, MediaState, Role, other_role
     from media.relay.call import AudioInput, Call, CallFactory, CallHandle, MediaUnavailable
     from media.relay.ice import MediaConfig, restrict_host_addresses
-    from media.relay.peer import MediaState
     from media.relay.quality import (
         DirectionSample,
         KindSample,

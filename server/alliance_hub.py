@@ -10,10 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from typing import Any
 
-from media import LiveSignals, SignalConfig, SignalsUpdate, SignalThread
+from media import (
+    LiveSignals,
+    SignalConfig,
+    SignalsUpdate,
+    SignalThread,
+    SnapshotPayload,
+    snapshot_json,
+)
 from signaling.messages import Signals, Speaking
 from signaling.rooms import RoomRegistry
 
@@ -49,6 +57,8 @@ class SignalsHub:
         self._persister: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._persisted_at: dict[str, float] = {}
+        # Per session: the hub's config with the therapist's own thresholds applied.
+        self._configs: dict[str, SignalConfig] = {}
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -57,25 +67,46 @@ class SignalsHub:
     def for_session(self, session_id: str) -> LiveSignals:
         signals = self.sessions.get(session_id)
         if signals is None or signals.ended:
-            signals = LiveSignals(session_id, self.config)
+            signals = LiveSignals(session_id, self._configs.get(session_id, self.config))
             self.sessions[session_id] = signals
             self._worker.add(signals)
         return signals
 
-    async def prepare(self, session_id: str) -> None:
-        """Before a room opens: resume a live session's engine from its stored input.
+    def config_for(self, preferences: dict[str, Any] | None) -> SignalConfig:
+        """The engine thresholds for a therapist's sessions.
 
-        After a restart the in-memory engine is gone; replaying the recorded input rebuilds it
-        exactly, so at most the last persistence interval is lost.
+        ``long_silence_seconds`` is the therapist's own idea of a long silence (the panel's
+        "long silences" count and its cue), so it has to reach the engine that counts them.
+        """
+        value = (preferences or {}).get("long_silence_seconds")
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return dataclasses.replace(self.config, long_silence_s=float(value))
+        return self.config
+
+    async def prepare(self, session_id: str) -> None:
+        """Before a room opens: pick the session's thresholds and resume a live session's
+        engine from its stored input.
+
+        The thresholds are read once per engine: a silence already counted under one threshold
+        is not recounted mid-session, so a changed preference applies from the next session.
+        After a restart the in-memory engine is gone; replaying the recorded input (with the
+        therapist's current thresholds) rebuilds it, so at most the last persistence interval
+        is lost.
         """
         if session_id in self.sessions:
             return
         async with self.database.session() as db:
             row = await db.get(TherapySession, session_id)
-            runs = None if row is None or row.status != SessionStatus.LIVE else row.signal_input
-        if not runs or session_id in self.sessions:
+            if row is None:
+                return
+            config = self.config_for(row.therapist.preferences)
+            runs = row.signal_input if row.status == SessionStatus.LIVE else None
+        if session_id in self.sessions:
             return
-        signals = await asyncio.to_thread(LiveSignals.restore, session_id, runs, self.config)
+        self._configs[session_id] = config
+        if not runs:
+            return
+        signals = await asyncio.to_thread(LiveSignals.restore, session_id, runs, config)
         if session_id not in self.sessions:
             self.sessions[session_id] = signals
             self._worker.add(signals)
@@ -89,7 +120,7 @@ class SignalsHub:
         signals = self.sessions.get(session_id)
         if signals is None or signals.latest is None:
             return None
-        return signals.snapshot().to_dict()
+        return snapshot_json(signals.snapshot())
 
     def timeline(self, session_id: str) -> list[dict[str, Any]] | None:
         signals = self.sessions.get(session_id)
@@ -108,7 +139,7 @@ class SignalsHub:
         if update.speaking_changed:
             messages.append(Speaking(speaking=list(update.speaking)))
         if update.snapshot is not None:
-            messages.append(Signals(snapshot=update.snapshot.to_dict()))
+            messages.append(Signals(snapshot=SnapshotPayload.of(update.snapshot)))
         for message in messages:
             task = asyncio.ensure_future(room.send_signals(message))
             self._pending.add(task)
@@ -122,9 +153,10 @@ class SignalsHub:
         self._worker.remove(session_id)
         await self._persist(signals)
         del self.sessions[session_id]
+        self._configs.pop(session_id, None)
 
     async def _persist(self, signals: LiveSignals) -> None:
-        snapshot = signals.snapshot().to_dict()
+        snapshot = snapshot_json(signals.snapshot())
         timeline = pack_timeline(signals.timeline())
         runs = signals.input_runs()
         async with self.database.session() as db:

@@ -91,10 +91,10 @@ def _user_add(args: argparse.Namespace) -> int:
 def _analyze(args: argparse.Namespace) -> int:
     import json
 
-    from media import analyze_files
+    from media import analyze_files, snapshot_json
 
     snapshot = analyze_files(args.therapist, args.client)
-    print(json.dumps(snapshot.to_dict(), indent=2))
+    print(json.dumps(snapshot_json(snapshot), indent=2))
     return 0
 
 

@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from media import (
+    ROLES,
     DirectionSample,
     KindSample,
     Label,
     PeerStatsSampler,
     SmoothedScore,
     label_for,
+    other_role,
 )
 from signaling import messages as m
 from signaling.rooms import RoomRegistry
@@ -126,7 +128,7 @@ class QualityHub:
             self.metrics.quality_labels.labels(name).set(count)
         self.metrics.peer_connections.set(peers)
         self.metrics.active_sessions.set(len(self.rooms.rooms))
-        for role in ("therapist", "client"):
+        for role in ROLES:
             self.metrics.participants.labels(role).set(
                 sum(1 for r in self.rooms.rooms.values() if r.member(role) is not None)
             )
@@ -226,17 +228,17 @@ class QualityHub:
             )
 
     async def _tell_participants(self, room: Any, call: CallQuality) -> None:
-        for role in ("therapist", "client"):
+        for role in ROLES:
             me = call.roles.get(role)
             if me is None or me.score is None or me.label is None:
                 continue
-            other = call.roles.get("client" if role == "therapist" else "therapist")
+            other = call.roles.get(other_role(role))
             peer_level = None
             if (
                 other is not None
                 and other.score is not None
                 and other.label is not None
-                and room.member("client" if role == "therapist" else "therapist")
+                and room.member(other_role(role))
             ):
                 peer_level = m.QualityLevel(score=other.score, label=other.label)
             await room.send_quality(

@@ -8,7 +8,9 @@ the same list live.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
+
+from media import Role
 
 MAX_ITEMS = 30
 MAX_TEXT = 200
@@ -24,7 +26,7 @@ class AgendaItem:
     id: int
     text: str
     done: bool = False
-    proposed_by: Literal["therapist", "client"] = "therapist"
+    proposed_by: Role = Role.THERAPIST
     accepted: bool = True
 
 
@@ -38,7 +40,10 @@ class Agenda:
     def from_json(cls, data: dict[str, Any] | None) -> Agenda:
         if not data:
             return cls()
-        items = [AgendaItem(**item) for item in data.get("items", [])]
+        items = [
+            AgendaItem(**{**item, "proposed_by": Role(item.get("proposed_by", Role.THERAPIST))})
+            for item in data.get("items", [])
+        ]
         next_id = int(data.get("next_id") or (max((i.id for i in items), default=0) + 1))
         return cls(items=items, homework=str(data.get("homework", "")), next_id=next_id)
 
@@ -64,11 +69,11 @@ class Agenda:
             raise AgendaError(f"Agenda items are limited to {MAX_TEXT} characters.")
         return cleaned
 
-    def add(self, text: str, by: Literal["therapist", "client"]) -> AgendaItem:
+    def add(self, text: str, by: Role) -> AgendaItem:
         if len(self.items) >= MAX_ITEMS:
             raise AgendaError(f"The agenda holds at most {MAX_ITEMS} items.")
         item = AgendaItem(
-            id=self.next_id, text=self._clean(text), proposed_by=by, accepted=by == "therapist"
+            id=self.next_id, text=self._clean(text), proposed_by=by, accepted=by == Role.THERAPIST
         )
         self.next_id += 1
         self.items.append(item)

@@ -8,9 +8,12 @@ strings.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from media import MediaState, Role, SnapshotPayload
 
 MAX_SDP_CHARS = 60_000
 
@@ -158,7 +161,7 @@ class Welcome(_Outbound):
     """First message on every socket: who you are here and how to reach the media server."""
 
     type: Literal["welcome"] = "welcome"
-    role: Literal["therapist", "client"]
+    role: Role
     session_id: str | None = None  # withheld from a client until admitted
     participant_id: int | None = None
     ice_servers: list[dict[str, Any]] = Field(default_factory=list)
@@ -210,11 +213,11 @@ class PeerState(_Outbound):
     """The other participant's presence, mute and media state."""
 
     type: Literal["peer_state"] = "peer_state"
-    role: Literal["therapist", "client"]
+    role: Role
     present: bool
     audio_muted: bool = False
     video_muted: bool = False
-    media: Literal["none", "connecting", "connected", "lost"] = "none"
+    media: MediaState = "none"
 
 
 class Left(_Outbound):
@@ -237,7 +240,7 @@ class Signals(_Outbound):
     """Therapist only: the live alliance-signal snapshot (see media/alliance/engine.py)."""
 
     type: Literal["signals"] = "signals"
-    snapshot: dict[str, Any]
+    snapshot: SnapshotPayload
 
 
 class Speaking(_Outbound):
@@ -251,7 +254,7 @@ class AgendaItemOut(BaseModel):
     id: int
     text: str
     done: bool
-    proposed_by: Literal["therapist", "client"]
+    proposed_by: Role
     accepted: bool
 
 
@@ -294,7 +297,7 @@ class ErrorMessage(_Outbound):
     """A precise, human-readable error. The socket stays open unless ``fatal``."""
 
     type: Literal["error"] = "error"
-    code: str
+    code: ErrorCode
     message: str
     fatal: bool = False
     ref: str | None = None
@@ -322,17 +325,43 @@ OutboundMessage = (
 )
 
 
-class ErrorCode:
-    BAD_JSON = "bad_json"
-    TOO_LARGE = "too_large"
-    UNKNOWN_TYPE = "unknown_type"
-    INVALID = "invalid_message"
-    FORBIDDEN = "forbidden"
-    NOT_ADMITTED = "not_admitted"
-    NOT_JOINED = "not_joined"
-    BAD_SDP = "bad_sdp"
-    RATE_LIMITED = "rate_limited"
-    ALREADY_CONNECTED = "already_connected"
-    UNKNOWN_PARTICIPANT = "unknown_participant"
-    SESSION_ENDED = "session_ended"
-    MEDIA_FAILED = "media_failed"
+class ErrorCode(StrEnum):
+    """Every ``code`` an ``error`` message can carry; the browser switches on some of them.
+
+    Each member's value is its wire string and ``meaning`` says when it is sent, so the list
+    doubles as the protocol's error reference. ``ErrorMessage.code`` only accepts members, so
+    a code that is not listed here cannot reach a socket.
+    """
+
+    meaning: str
+
+    def __new__(cls, value: str, meaning: str) -> ErrorCode:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.meaning = meaning
+        return member
+
+    # the message itself
+    BAD_JSON = "bad_json", "The frame was not a JSON object."
+    TOO_LARGE = "too_large", "The frame exceeded the size limit; the socket is closed."
+    UNKNOWN_TYPE = "unknown_type", "The message's 'type' is not one the server accepts."
+    INVALID = "invalid_message", "The message failed validation, or is not valid right now."
+    RATE_LIMITED = "rate_limited", "Too many messages (or stats) in a short time; some dropped."
+    # who may do what
+    FORBIDDEN = "forbidden", "Not allowed for this role, or a cross-site socket was refused."
+    UNAUTHORIZED = "unauthorized", "The therapist's sign-in is missing or expired."
+    NOT_ADMITTED = "not_admitted", "The client must be admitted before doing this."
+    NOT_JOINED = "not_joined", "Send 'join' before anything that needs the room."
+    ALREADY_CONNECTED = "already_connected", "The therapist is open in another tab or device."
+    UNKNOWN_PARTICIPANT = "unknown_participant", "The person to admit or deny is not waiting."
+    # the session and the invite
+    NOT_FOUND = "not_found", "No such session for this therapist."
+    SESSION_ENDED = "session_ended", "The session has ended; nobody can join it any more."
+    COOKIES_REQUIRED = "cookies_required", "The client's browser sent no identity cookie."
+    UNKNOWN_INVITE = "unknown", "The invite link does not match any session."
+    INVITE_ENDED = "ended", "The invite's session has ended (seen before the socket opened)."
+    EXPIRED = "expired", "The invite link has expired and this client was never admitted."
+    # media and the server
+    BAD_SDP = "bad_sdp", "The offer's SDP was rejected (malformed or unsupported)."
+    MEDIA_FAILED = "media_failed", "The media server could not set up this participant's peer."
+    INTERNAL = "internal", "An unexpected server error while handling the message."

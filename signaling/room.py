@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ValidationError
 
 from media import (
+    ROLES,
     AudioInput,
     Call,
     CallFactory,
@@ -27,6 +28,7 @@ from media import (
     MediaConfig,
     MediaState,
     MediaUnavailable,
+    Role,
     SdpError,
 )
 
@@ -35,8 +37,6 @@ from .agenda import Agenda, AgendaError
 from .limits import Limits, TokenBucket
 
 log = logging.getLogger("rapport.signaling")
-
-Role = Literal["therapist", "client"]
 
 
 class Channel(Protocol):
@@ -165,7 +165,7 @@ class Room:
             await member.send(
                 m.Welcome(
                     role=member.role,
-                    session_id=self.session_id if member.role == "therapist" else None,
+                    session_id=self.session_id if member.role == Role.THERAPIST else None,
                     participant_id=member.participant_id,
                     ice_servers=list(self.media_config.ice_servers),
                     status=self.status,
@@ -237,7 +237,7 @@ class Room:
             log.exception("handling %s failed in session %s", kind, self.session_id)
             await self._error(
                 member,
-                m.ErrorCode.MEDIA_FAILED if kind == "offer" else "internal",
+                m.ErrorCode.MEDIA_FAILED if kind == "offer" else m.ErrorCode.INTERNAL,
                 "The server could not handle that message.",
                 ref=kind,
             )
@@ -249,7 +249,7 @@ class Room:
             case m.Join():
                 await (
                     self._therapist_join(member, message)
-                    if member.role == "therapist"
+                    if member.role == Role.THERAPIST
                     else self._client_join(member, message)
                 )
             case m.Offer(sdp=sdp):
@@ -357,7 +357,7 @@ class Room:
 
     # ----------------------------------------------------------------- therapist
     async def _require_therapist(self, member: Member, what: str) -> bool:
-        if member.role != "therapist":
+        if member.role != Role.THERAPIST:
             await self._error(member, m.ErrorCode.FORBIDDEN, f"Only the therapist can {what}.")
             return False
         if self.therapist is not member:
@@ -382,7 +382,7 @@ class Room:
                 )
                 return
             await current.send(m.Replaced(message="This session was opened in another tab."))
-            await self.call.disconnect("therapist")
+            await self.call.disconnect(Role.THERAPIST)
             current.state = "left"
             await self._close_channel(current, 4001)
             await self.hooks.audit(self.session_id, "therapist_took_over", member.actor)
@@ -392,8 +392,8 @@ class Room:
         await member.send(m.Joined(sharing_balance=self.sharing_balance))
         await self._send_agenda(member)
         await self._send_lobby()
-        await self._send_peer_state("client")
-        await self._send_peer_state("therapist")
+        await self._send_peer_state(Role.CLIENT)
+        await self._send_peer_state(Role.THERAPIST)
         for waiting in self.waiting.values():
             await waiting.send(m.Waiting(therapist_present=True))
 
@@ -454,7 +454,7 @@ class Room:
                 m.Replaced(message="You joined this session from another window or device.")
             )
             previous.state = "left"
-            await self.call.disconnect("client")
+            await self.call.disconnect(Role.CLIENT)
             await self._close_channel(previous, 4001)
         self.client = member
         member.state = "in_call"
@@ -473,12 +473,12 @@ class Room:
         await member.send(m.Admitted(rejoined=rejoined))
         await self._send_agenda(member)
         await self._send_lobby()
-        await self._send_peer_state("therapist")
-        await self._send_peer_state("client")
+        await self._send_peer_state(Role.THERAPIST)
+        await self._send_peer_state(Role.CLIENT)
 
     # ----------------------------------------------------------------- both
     async def _offer(self, member: Member, sdp: str) -> None:
-        if member.role == "client" and self.client is not member:
+        if member.role == Role.CLIENT and self.client is not member:
             await self._error(
                 member,
                 m.ErrorCode.NOT_ADMITTED,
@@ -486,7 +486,7 @@ class Room:
                 ref="offer",
             )
             return
-        if member.role == "therapist" and self.therapist is not member:
+        if member.role == Role.THERAPIST and self.therapist is not member:
             await self._error(
                 member, m.ErrorCode.NOT_JOINED, "Join the session first.", ref="offer"
             )
@@ -508,12 +508,12 @@ class Room:
 
     async def _leave(self, member: Member, *, action: str) -> None:
         """Take a member out of the call or waiting room; the socket may stay open."""
-        if member.role == "client":
+        if member.role == Role.CLIENT:
             if self.client is member:
                 self.client = None
-                await self.call.disconnect("client")
+                await self.call.disconnect(Role.CLIENT)
                 await self.hooks.audit(self.session_id, f"client_{action}", member.actor)
-                await self._send_peer_state("client")
+                await self._send_peer_state(Role.CLIENT)
             elif (
                 member.participant_id is not None
                 and self.waiting.get(member.participant_id) is member
@@ -523,9 +523,9 @@ class Room:
                 await self._send_lobby()
         elif self.therapist is member:
             self.therapist = None
-            await self.call.disconnect("therapist")
+            await self.call.disconnect(Role.THERAPIST)
             await self.hooks.audit(self.session_id, f"therapist_{action}", member.actor)
-            await self._send_peer_state("therapist")
+            await self._send_peer_state(Role.THERAPIST)
             for waiting in self.waiting.values():
                 await waiting.send(m.Waiting(therapist_present=False))
         if member.state != "gone":
@@ -549,7 +549,7 @@ class Room:
         await self.hooks.audit(self.session_id, "session_ended", actor)
         for member in list(self.members):
             # Only a client who took part is asked for the check-in.
-            checkin = member.role == "client" and member.previously_admitted
+            checkin = member.role == Role.CLIENT and member.previously_admitted
             await member.send(m.Ended(checkin=checkin))
             member.state = "left"
         self.therapist = None
@@ -569,7 +569,7 @@ class Room:
     async def _error(
         self,
         member: Member,
-        code: str,
+        code: m.ErrorCode,
         message: str,
         *,
         fatal: bool = False,
@@ -594,7 +594,7 @@ class Room:
         await self.therapist.send(m.Lobby(waiting=entries))
 
     def peer_state(self, role: Role) -> m.PeerState:
-        member = self.therapist if role == "therapist" else self.client
+        member = self.therapist if role == Role.THERAPIST else self.client
         return m.PeerState(
             role=role,
             present=member is not None,
@@ -605,7 +605,7 @@ class Room:
 
     def member(self, role: str) -> Member | None:
         """The therapist or the admitted client, if in the call."""
-        return self.therapist if role == "therapist" else self.client
+        return self.therapist if role == Role.THERAPIST else self.client
 
     def _sync_signals(self, role: Role) -> None:
         """Present for the signals = in the call with media flowing; lost media is absence."""
@@ -620,15 +620,15 @@ class Room:
     async def _send_peer_state(self, role: Role) -> None:
         """Tell the other participant about ``role``'s state."""
         self._sync_signals(role)
-        target = self.client if role == "therapist" else self.therapist
+        target = self.client if role == Role.THERAPIST else self.therapist
         if target is not None:
             await target.send(self.peer_state(role))
 
     def _media_changed(self, role: str, _state: MediaState) -> None:
-        if role not in ("therapist", "client"):
+        if role not in ROLES:
             return
-        self._sync_signals(role)  # type: ignore[arg-type]
-        task = asyncio.ensure_future(self._send_peer_state(role))  # type: ignore[arg-type]
+        self._sync_signals(Role(role))
+        task = asyncio.ensure_future(self._send_peer_state(Role(role)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -640,12 +640,13 @@ class Room:
         if self.therapist is not None:
             await self.therapist.send(message)
         if self.sharing_balance and self.client is not None and isinstance(message, m.Signals):
-            snap = message.snapshot
+            # The wire form, so the client sees the same rounded share as the therapist.
+            snap = message.snapshot.model_dump(mode="json")
             await self.client.send(
                 m.SharedBalance(
                     on=True,
-                    client_share=snap.get("client_share"),
-                    client_share_5min=(snap.get("last_5min") or {}).get("client_share"),
+                    client_share=snap["client_share"],
+                    client_share_5min=snap["last_5min"]["client_share"],
                 )
             )
 

@@ -30,6 +30,7 @@ from media.aiortc_compat import forwarding, guard, speed
 from media.aiortc_compat.forwarding import FrameAssembler
 from media.alliance.engine import Role
 from media.alliance.offline import analyze_pcm
+from media.alliance.payload import snapshot_json
 from media.relay import frames
 from media.relay.call import Call
 from media.relay.frames import EncodedFrame, ForwardedPayloads
@@ -630,7 +631,7 @@ async def test_tapped_audio_gives_the_same_signals_as_the_transcoding_path() -> 
                 Role.CLIENT: np.zeros(mono.size, dtype=np.int16),
             }
         )
-        results[name] = snapshot.to_dict()["therapist_talk_s"]
+        results[name] = snapshot_json(snapshot)["therapist_talk_s"]
     assert results["forward"] >= 2.0
     assert abs(results["forward"] - results["transcode"]) <= 0.04, results
 

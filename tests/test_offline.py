@@ -11,6 +11,7 @@ import pytest
 
 from media.alliance.engine import Role, Snapshot
 from media.alliance.offline import analyze_files, analyze_pcm, decode_mono_48k
+from media.alliance.payload import snapshot_from_json, snapshot_json
 from tests.fixtures.dialogues import (
     SAMPLE_RATE,
     Dialogue,
@@ -89,9 +90,9 @@ def test_shorter_recording_counts_as_absent(dialogue: Dialogue, tmp_path: Path) 
 
 
 def test_result_serialises_for_the_cli(at_48k: Snapshot) -> None:
-    data = json.loads(json.dumps(at_48k.to_dict(), indent=2))
+    data = json.loads(json.dumps(snapshot_json(at_48k), indent=2))
     assert data["speaking"] == []
-    assert Snapshot.from_dict(data).to_dict() == data
+    assert snapshot_json(snapshot_from_json(data)) == data
 
 
 def test_analyze_pcm_handles_silent_tracks() -> None:
@@ -123,4 +124,4 @@ def test_rapport_analyze_prints_the_snapshot_as_json(dialogue: Dialogue, at_48k:
     )
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
-    assert printed == at_48k.to_dict()  # the command is the same engine, nothing more
+    assert printed == snapshot_json(at_48k)  # the command is the same engine, nothing more

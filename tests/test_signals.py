@@ -24,6 +24,7 @@ from media.alliance.engine import (
     SignalEvent,
     Snapshot,
 )
+from media.alliance.payload import snapshot_from_json, snapshot_json
 from tests.fixtures.dialogues import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
@@ -348,7 +349,7 @@ def test_snapshot_dict_keys_and_round_trip() -> None:
     therapist = seq((True, 5.0), (False, 5.0))
     client = seq((False, 4.0), (True, 4.0), (False, 2.0))
     snap, _, _ = run(therapist, client)
-    data = snap.to_dict()
+    data = snapshot_json(snap)
     assert set(data) == {
         "duration_s", "therapist_talk_s", "client_talk_s", "client_share", "silence_s",
         "overlap_s", "long_silences", "longest_monologue_s", "turns", "interruptions",
@@ -361,8 +362,8 @@ def test_snapshot_dict_keys_and_round_trip() -> None:
     }  # fmt: skip
     assert set(data["longest_monologue_s"]) == {"therapist", "client"}
     text = json.dumps(data)
-    again = Snapshot.from_dict(json.loads(text))
-    assert again.to_dict() == data
+    again = snapshot_from_json(json.loads(text))
+    assert snapshot_json(again) == data
 
 
 def test_timeline_majority_per_second() -> None:

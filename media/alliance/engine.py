@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
@@ -49,6 +49,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from media.alliance.vad import VoiceActivityDetector
+from media.participants import ROLES, Role, other_role
 
 __all__ = [
     "ROLES",
@@ -63,19 +64,6 @@ __all__ = [
     "TimelineSecond",
     "WindowTotals",
 ]
-
-
-class Role(StrEnum):
-    THERAPIST = "therapist"
-    CLIENT = "client"
-
-
-#: Canonical order; also the tie-break for segments that start on the same frame.
-ROLES: tuple[Role, Role] = (Role.THERAPIST, Role.CLIENT)
-
-
-def _other(role: Role) -> Role:
-    return Role.CLIENT if role is Role.THERAPIST else Role.THERAPIST
 
 
 @dataclass(frozen=True)
@@ -170,17 +158,6 @@ class SignalEvent:
     provisional: bool = False
     details: Mapping[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": str(self.kind),
-            "t_s": round(self.t_s, 3),
-            "decided_s": round(self.decided_s, 3),
-            "role": None if self.role is None else str(self.role),
-            "duration_s": None if self.duration_s is None else round(self.duration_s, 3),
-            "provisional": self.provisional,
-            "details": {k: _round_any(v) for k, v in self.details.items()},
-        }
-
 
 T = TypeVar("T")
 
@@ -194,14 +171,6 @@ class ByRole(Generic[T]):
 
     def __getitem__(self, role: Role | str) -> T:
         return self.therapist if Role(role) is Role.THERAPIST else self.client
-
-    def to_dict(self, convert: Callable[[T], Any] | None = None) -> dict[str, Any]:
-        conv = convert or (lambda v: v)
-        return {"therapist": conv(self.therapist), "client": conv(self.client)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, T]) -> ByRole[T]:
-        return cls(therapist=data["therapist"], client=data["client"])
 
 
 @dataclass(frozen=True)
@@ -220,44 +189,14 @@ class WindowTotals:
     backchannels: int
     absent_s: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "duration_s": _r(self.duration_s),
-            "therapist_talk_s": _r(self.therapist_talk_s),
-            "client_talk_s": _r(self.client_talk_s),
-            "client_share": _r_opt(self.client_share, 4),
-            "silence_s": _r(self.silence_s),
-            "overlap_s": _r(self.overlap_s),
-            "long_silences": self.long_silences,
-            "turns": self.turns,
-            "interruptions": self.interruptions.to_dict(),
-            "backchannels": self.backchannels,
-            "absent_s": _r(self.absent_s),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> WindowTotals:
-        return cls(
-            duration_s=float(data["duration_s"]),
-            therapist_talk_s=float(data["therapist_talk_s"]),
-            client_talk_s=float(data["client_talk_s"]),
-            client_share=_opt_float(data["client_share"]),
-            silence_s=float(data["silence_s"]),
-            overlap_s=float(data["overlap_s"]),
-            long_silences=int(data["long_silences"]),
-            turns=int(data["turns"]),
-            interruptions=ByRole(
-                therapist=int(data["interruptions"]["therapist"]),
-                client=int(data["interruptions"]["client"]),
-            ),
-            backchannels=int(data["backchannels"]),
-            absent_s=float(data["absent_s"]),
-        )
-
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Everything the therapist's panel shows, for the whole session so far."""
+    """Everything the therapist's panel shows, for the whole session so far.
+
+    Its JSON form (rounded, as the panel and stored rows expect) is declared in
+    ``media.alliance.payload`` so this module stays free of serialisation concerns.
+    """
 
     duration_s: float
     therapist_talk_s: float
@@ -279,56 +218,6 @@ class Snapshot:
     def talk_s(self, role: Role | str) -> float:
         return self.therapist_talk_s if Role(role) is Role.THERAPIST else self.client_talk_s
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "duration_s": _r(self.duration_s),
-            "therapist_talk_s": _r(self.therapist_talk_s),
-            "client_talk_s": _r(self.client_talk_s),
-            "client_share": _r_opt(self.client_share, 4),
-            "silence_s": _r(self.silence_s),
-            "overlap_s": _r(self.overlap_s),
-            "long_silences": self.long_silences,
-            "longest_monologue_s": self.longest_monologue_s.to_dict(_r),
-            "turns": self.turns,
-            "interruptions": self.interruptions.to_dict(),
-            "backchannels": self.backchannels,
-            "median_response_latency_s": self.median_response_latency_s.to_dict(_r_opt),
-            "absent_s": _r(self.absent_s),
-            "last_5min": self.last_5min.to_dict(),
-            "speaking": [str(r) for r in self.speaking],
-            "current_silence_s": _r(self.current_silence_s),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Snapshot:
-        lm = data["longest_monologue_s"]
-        lat = data["median_response_latency_s"]
-        return cls(
-            duration_s=float(data["duration_s"]),
-            therapist_talk_s=float(data["therapist_talk_s"]),
-            client_talk_s=float(data["client_talk_s"]),
-            client_share=_opt_float(data["client_share"]),
-            silence_s=float(data["silence_s"]),
-            overlap_s=float(data["overlap_s"]),
-            long_silences=int(data["long_silences"]),
-            longest_monologue_s=ByRole(
-                therapist=float(lm["therapist"]), client=float(lm["client"])
-            ),
-            turns=int(data["turns"]),
-            interruptions=ByRole(
-                therapist=int(data["interruptions"]["therapist"]),
-                client=int(data["interruptions"]["client"]),
-            ),
-            backchannels=int(data["backchannels"]),
-            median_response_latency_s=ByRole(
-                therapist=_opt_float(lat["therapist"]), client=_opt_float(lat["client"])
-            ),
-            absent_s=float(data["absent_s"]),
-            last_5min=WindowTotals.from_dict(data["last_5min"]),
-            speaking=tuple(Role(r) for r in data["speaking"]),
-            current_silence_s=float(data["current_silence_s"]),
-        )
-
 
 @dataclass(frozen=True)
 class TimelineSecond:
@@ -340,31 +229,6 @@ class TimelineSecond:
     client: bool
     therapist_absent: bool
     client_absent: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "second": self.second,
-            "therapist": self.therapist,
-            "client": self.client,
-            "therapist_absent": self.therapist_absent,
-            "client_absent": self.client_absent,
-        }
-
-
-def _r(value: float) -> float:
-    return round(value, 3)
-
-
-def _r_opt(value: float | None, digits: int = 3) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-def _round_any(value: Any) -> Any:
-    return round(value, 3) if isinstance(value, float) else value
-
-
-def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)
 
 
 def share(client_talk: float, therapist_talk: float) -> float | None:
@@ -734,7 +598,7 @@ class SignalEngine:
 
     def _is_backchannel(self, seg: _Segment) -> bool | _Wait:
         """Closed, kept ``seg`` shorter than the backchannel limit: inside the other's?"""
-        host = self._latest_segment(_other(seg.role), seg.start)
+        host = self._latest_segment(other_role(seg.role), seg.start)
         if host is None:
             return False
         if isinstance(host, _Wait):
@@ -771,7 +635,7 @@ class SignalEngine:
                         seg.start,
                         seg.role,
                         duration_s=seg.length * self._frame_s,
-                        details={"during": str(_other(seg.role))},
+                        details={"during": str(other_role(seg.role))},
                     )
                     continue
                 qualifying = seg.length >= self._turn

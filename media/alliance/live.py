@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from av import AudioFrame
@@ -29,6 +30,7 @@ from .engine import (
     SignalEvent,
     Snapshot,
 )
+from .payload import timeline_json
 
 log = logging.getLogger("rapport.signals")
 
@@ -237,9 +239,9 @@ class LiveSignals:
             self.latest = self.engine.finalize() if self.ended else self.engine.snapshot()
             return self.latest
 
-    def timeline(self) -> list[dict[str, object]]:
+    def timeline(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [second.to_dict() for second in self.engine.timeline()]
+            return timeline_json(self.engine.timeline())
 
     def finish(self) -> Snapshot:
         """End of session: close open segments; later audio is ignored."""

@@ -30,13 +30,13 @@ from aiortc import RTCStatsReport
 from av import AudioFrame
 from av.frame import Frame
 
+from ..participants import ROLES, MediaState, other_role
 from .frames import FORWARDABLE, EncodedFrame
 from .ice import MediaConfig
-from .peer import KINDS, MediaState, ParticipantPeer
+from .peer import KINDS, ParticipantPeer
 
 log = logging.getLogger("rapport.media")
 
-ROLES = ("therapist", "client")
 # A participant's decoded audio: an av frame, or (from a media worker process) 48 kHz mono
 # int16 samples, which is all the signal engine needs and a fifth of the bytes to ship.
 AudioInput = AudioFrame | np.ndarray
@@ -80,10 +80,6 @@ class MediaUnavailable(RuntimeError):
 
 
 CallFactory = Callable[[str, AudioSink | None, MediaStateSink | None], CallHandle]
-
-
-def other_role(role: str) -> str:
-    return "client" if role == "therapist" else "therapist"
 
 
 def direction(source_role: str) -> str:

@@ -24,13 +24,14 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 from av.frame import Frame
 
+from ..participants import MediaState
 from .frames import FORWARDABLE, EncodedFrame
 from .ice import MediaConfig
 from .sdp import SdpError, sanitize_offer
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rapport.media")
 
-MediaState = Literal["none", "connecting", "connected", "lost"]
 FrameSink = Callable[[str, Frame], None]
 EncodedSink = Callable[[str, EncodedFrame], None]
 STALL_AFTER_S = 3.0

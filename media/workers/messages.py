@@ -27,9 +27,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
+from media.participants import MediaState
 from media.relay.call import PeerReport, RelayMode
 from media.relay.ice import MediaConfig
-from media.relay.peer import MediaState
 
 # --------------------------------------------------------------------------- handshake
 

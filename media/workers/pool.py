@@ -31,6 +31,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from media.participants import MediaState
 from media.relay.call import (
     ROLES,
     AudioSink,
@@ -41,7 +42,6 @@ from media.relay.call import (
     initial_relay_modes,
 )
 from media.relay.ice import MediaConfig
-from media.relay.peer import MediaState
 from media.relay.sdp import SdpError
 
 from . import wire

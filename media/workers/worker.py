@@ -33,9 +33,9 @@ from av import AudioFrame
 
 from media.alliance.live import MonoPcm
 from media.loops import LoopLagSampler, use_uvloop
+from media.participants import MediaState
 from media.relay.call import AudioInput, Call, MediaUnavailable, prepare_process
 from media.relay.ice import MediaConfig, restrict_host_addresses
-from media.relay.peer import MediaState
 from media.relay.sdp import SdpError
 
 from . import wire

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from media import LoopLagSampler, MediaWorkerPool
+from media import ROLES, LoopLagSampler, MediaWorkerPool
 from signaling.rooms import RoomRegistry
 
 from ..auth import Admin, DbSession
@@ -75,7 +75,7 @@ async def live_calls(_admin: Admin, request: Request, db: DbSession) -> dict[str
         started = session.started_at or session.created_at
         if started.tzinfo is None:
             started = started.replace(tzinfo=UTC)
-        present = [r for r in ("therapist", "client") if room.member(r) is not None]
+        present = [r for r in ROLES if room.member(r) is not None]
         calls.append(
             {
                 "session_id": session_id,

@@ -122,10 +122,16 @@ async def _valid_setup(db: DbSession, token: str) -> SetupToken:
     return row
 
 
+class SetupCheck(BaseModel):
+    """Only ever ``true``: an invalid link answers 404 or 410 instead."""
+
+    valid: bool
+
+
 @router.get("/setup/{token}")
-async def setup_check(token: str, db: DbSession) -> dict[str, bool]:
+async def setup_check(token: str, db: DbSession) -> SetupCheck:
     await _valid_setup(db, token)
-    return {"valid": True}
+    return SetupCheck(valid=True)
 
 
 @router.post("/setup", status_code=201)

@@ -76,10 +76,14 @@ async def checkin_status(token: str, request: Request, db: DbSession) -> Checkin
     )
 
 
+class CheckinSaved(BaseModel):
+    ok: bool
+
+
 @router.post("/{token}/checkin", status_code=201)
 async def submit_checkin(
     token: str, body: CheckinBody, request: Request, db: DbSession
-) -> dict[str, bool]:
+) -> CheckinSaved:
     session, participant = await _participant(db, request, token)
     if not _open(session):
         raise HTTPException(
@@ -107,4 +111,4 @@ async def submit_checkin(
         session.id,
     )
     await db.commit()
-    return {"ok": True}
+    return CheckinSaved(ok=True)

@@ -9,6 +9,8 @@ from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from media import SnapshotPayload, TimelineSecond
+
 from ..alliance_hub import SignalsHub, unpack_timeline
 from ..audit import record
 from ..auth import DbSession, SettingsDep, Therapist
@@ -127,22 +129,25 @@ async def renew_invite(
 
 class TimelineOut(BaseModel):
     session_id: str
-    seconds: list[dict[str, Any]]
+    seconds: list[TimelineSecond]
 
 
 @router.get("/{session_id}/metrics")
 async def session_metrics(
     session_id: str, request: Request, user: Therapist, db: DbSession
-) -> dict[str, Any]:
-    """The latest alliance-signal snapshot: live while the session runs, stored afterwards."""
+) -> SnapshotPayload:
+    """The latest alliance-signal snapshot: live while the session runs, stored afterwards.
+
+    Stored rows go through the same model as live snapshots, so the panel gets one shape.
+    """
     session = await own_session(db, user, session_id)
     hub: SignalsHub = request.app.state.signals
     live = hub.latest(session.id)
     if live is not None:
-        return live
+        return SnapshotPayload.model_validate(live)
     if session.metrics is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "No signals yet for this session.")
-    return session.metrics
+    return SnapshotPayload.model_validate(session.metrics)
 
 
 @router.get("/{session_id}/timeline")
@@ -155,4 +160,4 @@ async def session_timeline(
     live = hub.timeline(session.id)
     if live is None:
         live = unpack_timeline(session.timeline or [])
-    return TimelineOut(session_id=session.id, seconds=live)
+    return TimelineOut.model_validate({"session_id": session.id, "seconds": live})

@@ -8,7 +8,8 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, WebSocket
 from sqlalchemy import select
 
-from signaling.messages import ErrorMessage
+from media import Role
+from signaling.messages import ErrorCode, ErrorMessage
 from signaling.room import Member
 from signaling.rooms import RoomRegistry
 
@@ -22,7 +23,7 @@ from ..settings import Settings
 router = APIRouter()
 
 
-async def _refuse(ws: WebSocket, code: str, message: str, close_code: int) -> None:
+async def _refuse(ws: WebSocket, code: ErrorCode, message: str, close_code: int) -> None:
     """Accept only to say why, so the page can show a precise reason."""
     await ws.accept()
     with contextlib.suppress(Exception):
@@ -47,26 +48,26 @@ async def therapist_socket(ws: WebSocket, session_id: str) -> None:
     database: Database = ws.app.state.database
     rooms: RoomRegistry = ws.app.state.rooms
     if not _origin_ok(ws, settings):
-        await _refuse(ws, "forbidden", "Cross-site connection refused.", 4403)
+        await _refuse(ws, ErrorCode.FORBIDDEN, "Cross-site connection refused.", 4403)
         return
     async with database.session() as db:
         user = await user_from_token(db, settings, ws.cookies.get(LOGIN_COOKIE))
         if user is None:
-            await _refuse(ws, "unauthorized", "Sign in again to open this session.", 4401)
+            await _refuse(ws, ErrorCode.UNAUTHORIZED, "Sign in again to open this session.", 4401)
             return
         session = await db.get(TherapySession, session_id[:64])
         if session is None or session.therapist_id != user.id or user.role != UserRole.THERAPIST:
-            await _refuse(ws, "not_found", "No such session.", 4404)
+            await _refuse(ws, ErrorCode.NOT_FOUND, "No such session.", 4404)
             return
         status = str(session.status)
         actor = f"user:{user.id}"
     if status == SessionStatus.ENDED:
-        await _refuse(ws, "session_ended", "This session has ended.", 4410)
+        await _refuse(ws, ErrorCode.SESSION_ENDED, "This session has ended.", 4410)
         return
     await ws.app.state.signals.prepare(session_id)
     await ws.accept()
     room = rooms.get_or_create(session_id, status)
-    await room.serve(Member(role="therapist", channel=ws, actor=actor))
+    await room.serve(Member(role=Role.THERAPIST, channel=ws, actor=actor))
 
 
 @router.websocket("/ws/join/{token}")
@@ -75,19 +76,23 @@ async def client_socket(ws: WebSocket, token: str) -> None:
     database: Database = ws.app.state.database
     rooms: RoomRegistry = ws.app.state.rooms
     if not _origin_ok(ws, settings):
-        await _refuse(ws, "forbidden", "Cross-site connection refused.", 4403)
+        await _refuse(ws, ErrorCode.FORBIDDEN, "Cross-site connection refused.", 4403)
         return
     identity = ws.cookies.get(CLIENT_COOKIE)
     if not identity:
         await _refuse(
-            ws, "cookies_required", "Please allow cookies for this site and reload the page.", 4400
+            ws,
+            ErrorCode.COOKIES_REQUIRED,
+            "Please allow cookies for this site and reload the page.",
+            4400,
         )
         return
     async with database.session() as db:
         check = await check_invite(db, token)
         session = check.session
         if session is None or check.problem == InviteProblem.ENDED:
-            await _refuse(ws, check.problem or "unknown", check.message, 4404)
+            code = ErrorCode.INVITE_ENDED if session is not None else ErrorCode.UNKNOWN_INVITE
+            await _refuse(ws, code, check.message, 4404)
             return
         identity_hash = token_hash(identity)
         participant = await db.scalar(
@@ -97,11 +102,11 @@ async def client_socket(ws: WebSocket, token: str) -> None:
         )
         returning = participant is not None and participant.admitted and not participant.denied
         if check.problem == InviteProblem.EXPIRED and not returning:
-            await _refuse(ws, "expired", check.message, 4410)
+            await _refuse(ws, ErrorCode.EXPIRED, check.message, 4410)
             return
         if participant is None:
             participant = Participant(
-                session_id=session.id, role="client", identity_hash=identity_hash
+                session_id=session.id, role=Role.CLIENT, identity_hash=identity_hash
             )
             db.add(participant)
         participant.last_seen_at = utcnow()
@@ -112,7 +117,7 @@ async def client_socket(ws: WebSocket, token: str) -> None:
     room = rooms.get_or_create(session_id, status)
     await room.serve(
         Member(
-            role="client",
+            role=Role.CLIENT,
             channel=ws,
             actor=f"client:{participant_id}",
             participant_id=participant_id,
