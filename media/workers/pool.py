@@ -31,9 +31,8 @@ from typing import Any, cast
 
 import numpy as np
 
-from media.participants import MediaState
+from media.participants import ROLES, MediaState
 from media.relay.call import (
-    ROLES,
     AudioSink,
     MediaStateSink,
     MediaUnavailable,
