@@ -135,7 +135,7 @@ function renderSignals(m, prefs) {
   el.figures.replaceChildren(h("dl", { class: "figures" },
     figure("Client share of talk", formatShare(m.client_share), `${where ? `${where}, ` : ""}band ${lo}–${hi}%`, "summary-share"),
     figure("Talk time", `${formatClock(m.therapist_talk_s)} / ${formatClock(m.client_talk_s)}`, "you / client", "summary-talk"),
-    figure("Silence", formatClock(m.silence_s), `${m.long_silences} long (3 s or more)`, "summary-silence"),
+    figure("Silence", formatClock(m.silence_s), `${m.long_silences} long (${prefs.long_silence_seconds ?? 3} s or more)`, "summary-silence"),
     figure("Turns", String(m.turns), `${m.backchannels} backchannels`, "summary-turns"),
     figure("Length", formatClock(m.duration_s), m.absent_s ? `${formatClock(m.absent_s)} away or reconnecting` : "", "summary-duration")));
 
