@@ -1,24 +1,32 @@
-"""Shared fixtures: a real Rapport server on 127.0.0.1 in a background thread."""
+"""Shared fixtures: the app in-process for plain HTTP, or a real server for sockets and media.
+
+Most API tests only need requests and a database; serving them from a uvicorn thread with a
+media worker process cost seconds of set-up per test. ``api`` runs the same app (with its
+lifespan, on a real SQLite file) behind httpx's ASGI transport instead. ``live_server`` stays
+for tests that need real WebSockets, ICE and media workers. ``therapist`` and ``admin`` sign in
+on whichever of the two the test uses: the live server when it asks for ``live_server``.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from server.app import create_app
 from server.db import Database
 from server.models import User, UserRole
 from server.security import hash_password
 from server.settings import Settings
+from tests.support import eventually, eventually_sync
 
 PASSWORD = "correct horse battery"
 
@@ -81,14 +89,62 @@ def live_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Live
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
+
+    def started() -> bool:
+        if not thread.is_alive():
             raise RuntimeError("server did not start")
-        time.sleep(0.02)
+        return bool(server.started)
+
+    eventually_sync(started, timeout=20, interval=0.02, message="server did not start")
     yield LiveServer(f"http://127.0.0.1:{port}", settings, app)
     server.should_exit = True
     thread.join(timeout=15)
+
+
+@dataclass
+class InProcessApp:
+    """The app behind an ASGI transport: requests never touch a socket.
+
+    ``url`` is only the origin the app believes it serves (cookies and invite links use it);
+    nothing listens there, and every request made through ``client()`` goes to ``app``.
+    """
+
+    url: str
+    settings: Settings
+    app: FastAPI
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=self.app, client=("127.0.0.1", 50000))
+        return httpx.AsyncClient(
+            transport=transport, base_url=kwargs.pop("base_url", self.url), **kwargs
+        )
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[InProcessApp]:
+    """The app in-process with its lifespan (schema, hubs) and no media worker to start."""
+    settings = make_settings(tmp_path, 8000, media_workers=0)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        yield InProcessApp(settings.public_url, settings, app)
+
+
+Server = LiveServer | InProcessApp
+
+
+def http_client(server: Server, **kwargs: Any) -> httpx.AsyncClient:
+    """A client for either kind of server (the tests' requests read the same for both)."""
+    if isinstance(server, InProcessApp):
+        return server.client(**kwargs)
+    return httpx.AsyncClient(base_url=kwargs.pop("base_url", server.url), **kwargs)
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest) -> Server:
+    """The live server if the test asked for one, else the app in-process."""
+    if "live_server" in request.fixturenames:
+        return request.getfixturevalue("live_server")  # type: ignore[no-any-return]
+    return request.getfixturevalue("api")  # type: ignore[no-any-return]
 
 
 async def add_user(settings: Settings, email: str, role: UserRole) -> None:
@@ -106,31 +162,28 @@ async def add_user(settings: Settings, email: str, role: UserRole) -> None:
     await database.dispose()
 
 
-async def signed_in(server: LiveServer, email: str, role: UserRole) -> httpx.AsyncClient:
+async def signed_in(server: Server, email: str, role: UserRole) -> httpx.AsyncClient:
     await add_user(server.settings, email, role)
-    client = httpx.AsyncClient(base_url=server.url, timeout=10)
+    client = http_client(server, timeout=10)
     response = await client.post("/api/login", json={"email": email, "password": PASSWORD})
     assert response.status_code == 200, response.text
     return client
 
 
 @pytest.fixture
-async def therapist(live_server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
-    client = await signed_in(live_server, "dr.t@example.org", UserRole.THERAPIST)
+async def therapist(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    client = await signed_in(server, "dr.t@example.org", UserRole.THERAPIST)
     yield client
     await client.aclose()
 
 
 @pytest.fixture
-async def admin(live_server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
-    client = await signed_in(live_server, "ops@example.org", UserRole.ADMIN)
+async def admin(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    client = await signed_in(server, "ops@example.org", UserRole.ADMIN)
     yield client
     await client.aclose()
 
 
 async def until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.02)
+    """Kept for callers elsewhere in the suite; new code calls ``eventually`` directly."""
+    await eventually(predicate, timeout=timeout, interval=0.02)

@@ -12,6 +12,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
 
 from media.relay.ice import restrict_host_addresses
+from tests.support import eventually
 
 SAMPLE_RATE = 48_000
 SAMPLES = 960  # 20 ms, what browsers and aiortc use for Opus
@@ -117,11 +118,11 @@ class FakeBrowser:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
 
     async def wait_for(self, kind: str, count: int, timeout: float = 15.0) -> None:
-        async def _poll() -> None:
-            while len(self.received[kind]) < count:
-                await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(_poll(), timeout)
+        await eventually(
+            lambda: len(self.received[kind]) >= count,
+            timeout=timeout,
+            message=lambda: f"{count} {kind} frames (got {len(self.received[kind])})",
+        )
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -66,6 +66,10 @@ async def _room(
     return session, t, c, cookie
 
 
+# Sockets but no media: a live server without a media worker process to start.
+NO_MEDIA_WORKER = pytest.mark.parametrize("live_server", [0], indirect=True, ids=["no-worker"])
+
+
 async def _agenda_where(p: Participant, predicate) -> dict:  # type: ignore[no-untyped-def]
     while True:
         state = await p.expect("agenda")
@@ -73,6 +77,7 @@ async def _agenda_where(p: Participant, predicate) -> dict:  # type: ignore[no-u
             return state
 
 
+@NO_MEDIA_WORKER
 async def test_agenda_is_shared_live_and_stored(
     live_server: LiveServer, therapist: httpx.AsyncClient
 ) -> None:
@@ -116,6 +121,7 @@ async def test_agenda_is_shared_live_and_stored(
     await c.close()
 
 
+@NO_MEDIA_WORKER
 async def test_checkin_summary_trend_and_exports(
     live_server: LiveServer, therapist: httpx.AsyncClient
 ) -> None:
@@ -168,6 +174,7 @@ async def test_checkin_summary_trend_and_exports(
     assert missing.status_code == 404
 
 
+@NO_MEDIA_WORKER
 async def test_skipped_checkin_is_recorded_without_scores(
     live_server: LiveServer, therapist: httpx.AsyncClient
 ) -> None:

@@ -1,4 +1,4 @@
-"""HTTP API: sign-in, roles, sessions, invites, setup, pages."""
+"""HTTP API: sign-in, roles, sessions, invites, setup, pages (served in-process: no sockets)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from sqlalchemy import select, update
 from server.app import first_run_setup_link
 from server.db import Database
 from server.models import AuditEvent, LoginSession, TherapySession, UserRole
-from tests.conftest import PASSWORD, LiveServer, add_user
+from tests.conftest import PASSWORD, InProcessApp, add_user
 
 
-async def test_login_sets_httponly_samesite_cookie(live_server: LiveServer) -> None:
-    await add_user(live_server.settings, "a@example.org", UserRole.THERAPIST)
-    async with httpx.AsyncClient(base_url=live_server.url) as http:
+async def test_login_sets_httponly_samesite_cookie(api: InProcessApp) -> None:
+    await add_user(api.settings, "a@example.org", UserRole.THERAPIST)
+    async with api.client() as http:
         response = await http.post(
             "/api/login", json={"email": "A@example.org", "password": PASSWORD}
         )
@@ -27,19 +27,19 @@ async def test_login_sets_httponly_samesite_cookie(live_server: LiveServer) -> N
         assert (await http.get("/api/me")).status_code == 401
 
 
-async def test_wrong_password_and_unknown_email_look_the_same(live_server: LiveServer) -> None:
-    await add_user(live_server.settings, "b@example.org", UserRole.THERAPIST)
-    async with httpx.AsyncClient(base_url=live_server.url) as http:
+async def test_wrong_password_and_unknown_email_look_the_same(api: InProcessApp) -> None:
+    await add_user(api.settings, "b@example.org", UserRole.THERAPIST)
+    async with api.client() as http:
         wrong = await http.post("/api/login", json={"email": "b@example.org", "password": "nope"})
         unknown = await http.post("/api/login", json={"email": "x@example.org", "password": "no"})
     assert wrong.status_code == unknown.status_code == 401
     assert wrong.json() == unknown.json()
 
 
-async def test_idle_login_expires(live_server: LiveServer, therapist: httpx.AsyncClient) -> None:
-    database = Database(live_server.settings.database_url)
+async def test_idle_login_expires(api: InProcessApp, therapist: httpx.AsyncClient) -> None:
+    database = Database(api.settings.database_url)
     async with database.session() as db:
-        old = datetime.now(UTC) - timedelta(minutes=live_server.settings.login_idle_minutes + 1)
+        old = datetime.now(UTC) - timedelta(minutes=api.settings.login_idle_minutes + 1)
         await db.execute(update(LoginSession).values(last_seen_at=old))
         await db.commit()
     await database.dispose()
@@ -61,41 +61,41 @@ async def test_create_session_returns_unguessable_invite(therapist: httpx.AsyncC
 
 
 async def test_roles_are_enforced(
-    live_server: LiveServer, therapist: httpx.AsyncClient, admin: httpx.AsyncClient
+    api: InProcessApp, therapist: httpx.AsyncClient, admin: httpx.AsyncClient
 ) -> None:
     assert (await admin.post("/api/sessions", json={})).status_code == 403
     assert (await admin.get("/api/sessions")).status_code == 403
     assert (await therapist.get("/api/admin/audit")).status_code == 403
     assert (await admin.get("/api/admin/audit")).status_code == 200
-    async with httpx.AsyncClient(base_url=live_server.url) as anonymous:
+    async with api.client() as anonymous:
         assert (await anonymous.get("/api/sessions")).status_code == 401
         redirect = await anonymous.get("/sessions/abc")
         assert redirect.status_code == 303 and "/login?next=" in redirect.headers["location"]
 
 
 async def test_other_therapists_session_is_not_found(
-    live_server: LiveServer, therapist: httpx.AsyncClient
+    api: InProcessApp, therapist: httpx.AsyncClient
 ) -> None:
     created = (await therapist.post("/api/sessions", json={})).json()
-    await add_user(live_server.settings, "other@example.org", UserRole.THERAPIST)
-    async with httpx.AsyncClient(base_url=live_server.url) as other:
+    await add_user(api.settings, "other@example.org", UserRole.THERAPIST)
+    async with api.client() as other:
         await other.post("/api/login", json={"email": "other@example.org", "password": PASSWORD})
         assert (await other.get(f"/api/sessions/{created['id']}")).status_code == 404
         assert (await other.get(f"/sessions/{created['id']}")).status_code == 404
 
 
 async def test_expired_unknown_and_renewed_invites(
-    live_server: LiveServer, therapist: httpx.AsyncClient
+    api: InProcessApp, therapist: httpx.AsyncClient
 ) -> None:
     created = (await therapist.post("/api/sessions", json={})).json()
-    async with httpx.AsyncClient() as browser:
-        unknown = await browser.get(live_server.url + "/join/not-a-real-token")
+    async with api.client() as browser:
+        unknown = await browser.get(api.url + "/join/not-a-real-token")
         assert unknown.status_code == 404 and "not valid" in unknown.text
         renewed = (await therapist.post(f"/api/sessions/{created['id']}/invite")).json()
         old = await browser.get(created["invite_url"])
         assert old.status_code == 404  # the previous link stops working
         assert (await browser.get(renewed["invite_url"])).status_code == 200
-        database = Database(live_server.settings.database_url)
+        database = Database(api.settings.database_url)
         async with database.session() as db:
             await db.execute(
                 update(TherapySession).values(
@@ -118,12 +118,12 @@ async def test_invite_ttl_is_configurable(therapist: httpx.AsyncClient) -> None:
     assert expires - datetime.now(UTC) > timedelta(hours=23)
 
 
-async def test_first_run_setup_link_creates_one_account_once(live_server: LiveServer) -> None:
-    database = Database(live_server.settings.database_url)
-    link = await first_run_setup_link(database, live_server.settings)
+async def test_first_run_setup_link_creates_one_account_once(api: InProcessApp) -> None:
+    database = Database(api.settings.database_url)
+    link = await first_run_setup_link(database, api.settings)
     assert link is not None
     token = link.rsplit("/", 1)[1]
-    async with httpx.AsyncClient(base_url=live_server.url) as http:
+    async with api.client() as http:
         assert (await http.get(f"/api/setup/{token}")).json() == {"valid": True}
         short = await http.post(
             "/api/setup", json={"token": token, "email": "f@example.org", "password": "short"}
@@ -145,15 +145,15 @@ async def test_first_run_setup_link_creates_one_account_once(live_server: LiveSe
             json={"token": token, "email": "g@example.org", "password": "a long enough one"},
         )
         assert again.status_code == 410
-    assert await first_run_setup_link(database, live_server.settings) is None
+    assert await first_run_setup_link(database, api.settings) is None
     async with database.session() as db:
         actions = (await db.scalars(select(AuditEvent.action))).all()
     assert "user_created" in actions
     await database.dispose()
 
 
-async def test_health_and_security_headers(live_server: LiveServer) -> None:
-    async with httpx.AsyncClient(base_url=live_server.url) as http:
+async def test_health_and_security_headers(api: InProcessApp) -> None:
+    async with api.client() as http:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         ready = await http.get("/readyz")
         assert ready.status_code == 200 and ready.json() == {"ready": True, "media": True}

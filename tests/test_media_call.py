@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pytest
 from av import AudioFrame, VideoFrame
@@ -12,6 +10,7 @@ from media.relay.call import Call
 from media.relay.ice import MediaConfig
 from media.relay.sdp import SdpError
 from tests.media_helpers import ColorTrack, FakeBrowser, ToneTrack
+from tests.support import eventually
 
 CONFIG = MediaConfig(allow_loopback_candidates=True, media_addresses=("127.0.0.1",))
 
@@ -105,18 +104,12 @@ async def test_stalled_media_is_reported_lost_within_3s() -> None:
     client = FakeBrowser()
     try:
         await _join(call, "client", client)
-        while call.media_state("client") != "connected":
-            await asyncio.sleep(0.05)
+        await eventually(lambda: call.media_state("client") == "connected", timeout=60)
         await client.wait_for("audio", 0)
         # Stop sending without closing: like a network that went away.
         client.audio.stop()
         client.video.stop()
-        await asyncio.wait_for(_until(lambda: ("client", "lost") in states), 6.0)
+        await eventually(lambda: ("client", "lost") in states, timeout=6.0)
     finally:
         await client.close()
         await call.close()
-
-
-async def _until(predicate) -> None:  # type: ignore[no-untyped-def]
-    while not predicate():
-        await asyncio.sleep(0.05)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from media.relay.ice import MediaConfig
 from signaling import messages as m
 from signaling.room import Member, Room
+from tests.support import eventually
 
 LONG = os.environ.get("RAPPORT_LONG_TESTS") == "1"
 EXAMPLES = 400 if LONG else 40
@@ -131,12 +132,18 @@ raw_message = st.one_of(
 
 
 async def _wait_for(channel: MemoryChannel, kind: str, **match: Any) -> dict[str, Any]:
-    for _ in range(500):
+    def found() -> dict[str, Any] | None:
         for message in channel.outbox:
             if message["type"] == kind and all(message.get(k) == v for k, v in match.items()):
                 return message
-        await asyncio.sleep(0.002)
-    raise AssertionError(f"no {kind} {match} in {channel.outbox[-5:]}")
+        return None
+
+    return await eventually(
+        found,
+        timeout=1.0,
+        interval=0.002,
+        message=lambda: f"no {kind} {match} in {channel.outbox[-5:]}",
+    )
 
 
 async def _started_room() -> tuple[Room, MemoryChannel, MemoryChannel, list[asyncio.Task[None]]]:
@@ -155,10 +162,7 @@ async def _started_room() -> tuple[Room, MemoryChannel, MemoryChannel, list[asyn
     t_chan.inbox.put_nowait(json.dumps({"type": "join"}))
     await _wait_for(t_chan, "joined")
     c_chan.inbox.put_nowait(json.dumps({"type": "join"}))
-    for _ in range(500):
-        if 7 in room.waiting:
-            break
-        await asyncio.sleep(0.002)
+    await eventually(lambda: 7 in room.waiting, timeout=1.0, interval=0.002)
     t_chan.inbox.put_nowait(json.dumps({"type": "admit", "participant_id": 7}))
     await _wait_for(c_chan, "admitted")
     return room, t_chan, c_chan, tasks

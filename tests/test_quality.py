@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 
@@ -19,9 +20,10 @@ from media.relay.quality import (
     label_for,
     raw_score,
 )
-from tests.conftest import LiveServer, until
+from tests.conftest import LiveServer
 from tests.media_helpers import FakeBrowser, NetEmulator
 from tests.signaling_helpers import open_room
+from tests.support import eventually
 
 CONFIG = MediaConfig(allow_loopback_candidates=True, media_addresses=("127.0.0.1",))
 
@@ -128,12 +130,17 @@ async def test_delay_raises_rtt_and_lowers_the_score() -> None:
         net.delay_s = 0.35  # the client's packets (incl. its receiver reports) arrive late
         peer = call.peers["client"]
         rtt = 0.0
-        deadline = time.monotonic() + 10
-        while rtt < 300 and time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
+
+        async def rtt_reached() -> bool:
+            nonlocal rtt
             up, down = sampler.sample(await peer.pc.getStats(), time.monotonic())
             rtt = up.rtt_ms or 0.0
             smooth.update(down)
+            return rtt >= 300
+
+        await asyncio.sleep(0.5)  # the first sample needs a period to compare against
+        with contextlib.suppress(TimeoutError):
+            await eventually(rtt_reached, timeout=9.5, interval=0.5)
         assert rtt >= 300
         assert smooth.value is not None and smooth.value < 100
     finally:
@@ -148,7 +155,7 @@ async def test_lost_within_3_s_of_media_stopping() -> None:
     try:
         net.blackhole = True
         stopped = time.monotonic()
-        await until(lambda: call.peers["client"].media_state == "lost", timeout=6)
+        await eventually(lambda: call.peers["client"].media_state == "lost", timeout=6)
         elapsed = time.monotonic() - stopped
         assert elapsed <= 3.0 + 0.6  # 3 s of silence on the wire, checked twice a second
         sampler = PeerStatsSampler()
@@ -159,7 +166,7 @@ async def test_lost_within_3_s_of_media_stopping() -> None:
         )
         assert label_for(raw_score(up), up.lost) == "lost"
         net.blackhole = False
-        await until(lambda: call.peers["client"].media_state == "connected", timeout=6)
+        await eventually(lambda: call.peers["client"].media_state == "connected", timeout=6)
     finally:
         await therapist.close()
         await client.close()

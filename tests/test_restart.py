@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from media.alliance.engine import Role
 from media.alliance.live import LiveSignals
+from server.alliance_hub import pack_timeline
 from server.db import Database
 from server.models import TherapySession
 from tests.conftest import PASSWORD, free_port
 from tests.media_helpers import FakeBrowser, PcmTrack, speech
 from tests.signaling_helpers import Participant, invite_token, login_cookie, open_room
+from tests.support import eventually, eventually_sync
 
 
 def test_replaying_recorded_input_rebuilds_the_engine_exactly() -> None:
@@ -53,16 +53,22 @@ def _serve(db: Path, port: int) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def healthy() -> bool:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
         except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    _, err = proc.communicate(timeout=10)
-    raise RuntimeError(f"server did not start: {err.decode(errors='replace')[-2000:]}")
+            return False
+
+    try:
+        eventually_sync(healthy, timeout=30, interval=0.1, message="server /healthz")
+    except TimeoutError:
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+        raise RuntimeError(
+            f"server did not start: {err.decode(errors='replace')[-2000:]}"
+        ) from None
+    return proc
 
 
 async def _metrics_until(
@@ -70,14 +76,35 @@ async def _metrics_until(
     session_id: str,
     predicate,  # type: ignore[no-untyped-def]
     timeout: float = 20.0,
+    seen: list[dict] | None = None,  # type: ignore[type-arg]
 ) -> dict:  # type: ignore[type-arg]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """The first metrics matching ``predicate``; every response polled is added to ``seen``."""
+
+    async def poll() -> dict | None:  # type: ignore[type-arg]
         response = await http.get(f"/api/sessions/{session_id}/metrics")
-        if response.status_code == 200 and predicate(response.json()):
-            return response.json()
-        await asyncio.sleep(0.25)
-    raise TimeoutError("metrics condition not reached")
+        if response.status_code != 200:
+            return None
+        if seen is not None:
+            seen.append(response.json())
+        return response.json() if predicate(response.json()) else None
+
+    return await eventually(poll, timeout=timeout, interval=0.25, message="metrics condition")
+
+
+async def _stored(db: Path, session_id: str) -> TherapySession:
+    database = Database(f"sqlite+aiosqlite:///{db}")
+    try:
+        async with database.session() as dbs:
+            row = await dbs.get(TherapySession, session_id)
+            assert row is not None
+            return row
+    finally:
+        await database.dispose()
+
+
+async def _stored_talk_at_least(db: Path, session_id: str, seconds: float) -> bool:
+    row = await _stored(db, session_id)
+    return (row.metrics or {}).get("client_talk_s", 0.0) >= seconds
 
 
 async def test_signals_survive_a_killed_server(tmp_path: Path) -> None:
@@ -109,20 +136,19 @@ async def test_signals_survive_a_killed_server(tmp_path: Path) -> None:
             await c.start_media(FakeBrowser(audio=PcmTrack(speech(30.0, voice="en+f3"), loop=True)))
             await _metrics_until(http, session["id"], lambda s: s["client_talk_s"] >= 4.0)
             # Wait for a persistence round that includes at least 3 s of client talk.
-            stored_talk = 0.0
-            deadline = time.monotonic() + 15
-            database = Database(f"sqlite+aiosqlite:///{db}")
-            while stored_talk < 3.0 and time.monotonic() < deadline:
-                await asyncio.sleep(0.5)
-                async with database.session() as dbs:
-                    row = await dbs.get(TherapySession, session["id"])
-                    assert row is not None
-                    stored_talk = (row.metrics or {}).get("client_talk_s", 0.0)
-            await database.dispose()
+            await eventually(
+                lambda: _stored_talk_at_least(db, session["id"], 3.0),
+                timeout=15,
+                interval=0.5,
+                message="a persisted round with 3 s of client talk",
+            )
             server.send_signal(signal.SIGKILL)  # a crash: no shutdown hooks run
             server.wait(timeout=10)
             await t.close()
             await c.close()
+        # What the killed server left behind: the only source the new one can resume from.
+        crashed = await _stored(db, session["id"])
+        assert crashed.signal_input and crashed.metrics and crashed.timeline
 
         port = free_port()  # a fresh port: nothing to wait for from the killed process
         base = f"http://127.0.0.1:{port}"
@@ -147,10 +173,26 @@ async def test_signals_survive_a_killed_server(tmp_path: Path) -> None:
             await c.expect("admitted")  # same browser: straight back in after the restart
             await t.start_media()
             await c.start_media(FakeBrowser(audio=PcmTrack(speech(30.0, voice="en+f3"), loop=True)))
+            seen: list[dict] = []  # type: ignore[type-arg]
             more = await _metrics_until(
-                http, session["id"], lambda s: s["client_talk_s"] >= resumed["client_talk_s"] + 2
+                http,
+                session["id"],
+                lambda s: s["client_talk_s"] >= resumed["client_talk_s"] + 2,
+                seen=seen,
             )
             assert more["duration_s"] > resumed["duration_s"]
+            # Only the replayed engine continues the totals: a fresh engine (the database
+            # fallback answers /metrics until it has a snapshot) would restart them near zero.
+            durations = [s["duration_s"] for s in seen]
+            assert all(d >= crashed.metrics["duration_s"] for d in durations), durations
+            assert durations == sorted(durations), durations
+            # ...and its timeline is the crashed one, continued: the replay rebuilt every
+            # second from the run-length encoded input (the last seconds may still be revised
+            # by later audio, e.g. a pause that turns out to be bridged).
+            live = (await http.get(f"/api/sessions/{session['id']}/timeline")).json()["seconds"]
+            before = crashed.timeline[:-2]
+            assert pack_timeline(live)[: len(before)] == before
+            assert len(live) > len(crashed.timeline)
             await t.send({"type": "end"})
             await c.expect("ended")
             await t.close()

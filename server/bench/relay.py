@@ -40,6 +40,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from server.bench.stats import percentile
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_EMAIL = "bench-therapist@example.test"
 SLO_P95_MS = 10.0
@@ -130,16 +132,6 @@ def udp_rcvbuf_errors() -> int:
     if len(lines) < 2:
         return 0
     return int(dict(zip(lines[0][1:], lines[1][1:], strict=False)).get("RcvbufErrors", 0))
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    low = math.floor(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def _free_port() -> int:

@@ -14,7 +14,6 @@ import contextlib
 import json
 import secrets
 import socket
-import statistics
 import tempfile
 import threading
 import time
@@ -29,6 +28,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from media.relay.ice import restrict_host_addresses
 from server.app import create_app
+from server.bench.stats import percentile
 from server.bench.synthetic import ScheduledSpeechTrack, SilenceTrack
 from server.db import Database
 from server.models import User, UserRole
@@ -164,15 +164,14 @@ def _summary(latencies: list[float], onsets: int) -> dict[str, Any]:
     ordered = sorted(latencies)
 
     def pct(p: float) -> float | None:
-        if not ordered:
-            return None
-        return round(ordered[min(len(ordered) - 1, round(p * (len(ordered) - 1)))], 1)
+        value = percentile(ordered, p)
+        return None if value is None else round(value, 1)
 
     return {
         "onsets": onsets,
         "detected": len(ordered),
         "speaking_latency_ms": {
-            "p50": round(statistics.median(ordered), 1) if ordered else None,
+            "p50": pct(0.5),
             "p95": pct(0.95),
             "max": round(ordered[-1], 1) if ordered else None,
             "all": [round(v, 1) for v in latencies],
