@@ -16,6 +16,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from media import (
     ROLES,
     DirectionSample,
@@ -38,6 +40,33 @@ SAMPLE_EVERY_S = 2.0
 HISTORY = 1800  # one hour at 2 s
 
 
+class QualityPoint(BaseModel):
+    """One 2-second sample of a participant's connection, as the admin's charts plot it."""
+
+    t: float
+    rtt_ms: float | None
+    loss_up: float
+    loss_down: float
+    jitter_ms: float | None
+    bitrate_in: float | None
+    bitrate_out: float | None
+    fps: float | None
+    score_up: float
+    score_down: float
+    candidate_type: str | None
+
+
+class Incident(BaseModel):
+    """A move into or out of poor/lost quality; kept in memory for the admin's list."""
+
+    at: float
+    session_id: str
+    role: str
+    from_label: Label | None = Field(serialization_alias="from")  # "from" is a keyword
+    to: Label
+    score: float | None
+
+
 @dataclass
 class ParticipantQuality:
     sampler: PeerStatsSampler = field(default_factory=PeerStatsSampler)
@@ -48,7 +77,7 @@ class ParticipantQuality:
     freezes_seen: int | None = None
     label: Label | None = None
     score: float | None = None
-    history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    history: deque[QualityPoint] = field(default_factory=lambda: deque(maxlen=HISTORY))
 
 
 @dataclass
@@ -64,7 +93,7 @@ class QualityHub:
         self.metrics = metrics
         self.database = database
         self.calls: dict[str, CallQuality] = {}
-        self.incidents: deque[dict[str, Any]] = deque(maxlen=500)
+        self.incidents: deque[Incident] = deque(maxlen=500)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -180,26 +209,26 @@ class QualityHub:
         up_score: float,
         down_score: float,
         client: m.ClientStats | None,
-    ) -> dict[str, Any]:
+    ) -> QualityPoint:
         def loss(sample: DirectionSample) -> float:
             return round(max((k.loss for k in sample.kinds.values()), default=0.0), 4)
 
         audio = up.kinds.get("audio")
-        return {
-            "t": time.time(),
-            "rtt_ms": None if up.rtt_ms is None else round(up.rtt_ms, 1),
-            "loss_up": loss(up),
-            "loss_down": loss(down),
-            "jitter_ms": None
+        return QualityPoint(
+            t=time.time(),
+            rtt_ms=None if up.rtt_ms is None else round(up.rtt_ms, 1),
+            loss_up=loss(up),
+            loss_down=loss(down),
+            jitter_ms=None
             if audio is None or audio.jitter_ms is None
             else round(audio.jitter_ms, 1),
-            "bitrate_in": None if up.bitrate_bps is None else round(up.bitrate_bps),
-            "bitrate_out": None if down.bitrate_bps is None else round(down.bitrate_bps),
-            "fps": None if client is None else client.fps_in,
-            "score_up": up_score,
-            "score_down": down_score,
-            "candidate_type": None if client is None else client.candidate_type,
-        }
+            bitrate_in=None if up.bitrate_bps is None else round(up.bitrate_bps),
+            bitrate_out=None if down.bitrate_bps is None else round(down.bitrate_bps),
+            fps=None if client is None else client.fps_in,
+            score_up=up_score,
+            score_down=down_score,
+            candidate_type=None if client is None else client.candidate_type,
+        )
 
     async def _transition(
         self, session_id: str, role: str, pq: ParticipantQuality, label: Label
@@ -209,14 +238,14 @@ class QualityHub:
             return
         bad = ("poor", "lost")
         if label in bad or (previous in bad and label not in bad):
-            incident = {
-                "at": time.time(),
-                "session_id": session_id,
-                "role": role,
-                "from": previous,
-                "to": label,
-                "score": pq.score,
-            }
+            incident = Incident(
+                at=time.time(),
+                session_id=session_id,
+                role=role,
+                from_label=previous,
+                to=label,
+                score=pq.score,
+            )
             self.incidents.appendleft(incident)
             action = "quality_recovered" if label not in bad else f"quality_{label}"
             await record_now(
@@ -245,12 +274,13 @@ class QualityHub:
                 role, m.Quality(you=m.QualityLevel(score=me.score, label=me.label), peer=peer_level)
             )
 
-    def worst(self, session_id: str) -> dict[str, Any] | None:
+    def worst(self, session_id: str) -> m.QualityLevel | None:
         call = self.calls.get(session_id)
         if call is None:
             return None
-        scored = [(pq.score, pq.label) for pq in call.roles.values() if pq.score is not None]
-        if not scored:
-            return None
-        score, label = min(scored, key=lambda item: item[0] or 0.0)
-        return {"score": score, "label": label}
+        scored = [
+            m.QualityLevel(score=pq.score, label=pq.label)
+            for pq in call.roles.values()
+            if pq.score is not None and pq.label is not None
+        ]
+        return min(scored, key=lambda level: level.score, default=None)

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from signaling.messages import IceServer
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -41,10 +43,6 @@ def usable_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     except (OSError, ValueError):
         pass  # no cgroup v2 quota visible: the affinity is all we know
     return max(1, cores)
-
-
-class IceServer(dict[str, Any]):
-    """One RTCIceServer entry as browsers expect it (urls, username, credential)."""
 
 
 class Settings(BaseSettings):
@@ -87,6 +85,14 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("ice_servers", mode="after")
+    @classmethod
+    def _ice_servers_are_rtc_ice_servers(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Refuse a malformed RAPPORT_ICE_SERVERS at start, not at the first join."""
+        for server in value:
+            IceServer.model_validate(server)
         return value
 
     @model_validator(mode="after")

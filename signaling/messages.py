@@ -11,7 +11,14 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    model_serializer,
+)
 
 from media import MediaState, Role, SnapshotPayload
 
@@ -157,6 +164,20 @@ class _Outbound(BaseModel):
     model_config = ConfigDict(frozen=True)
 
 
+class IceServer(_Outbound):
+    """An RTCIceServer as the browser's RTCPeerConnection takes it (absent fields omitted:
+    a null ``username`` would reach the browser as the string "null")."""
+
+    urls: str | list[str]
+    username: str | None = None
+    credential: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {key: value for key, value in data.items() if value is not None}
+
+
 class Welcome(_Outbound):
     """First message on every socket: who you are here and how to reach the media server."""
 
@@ -164,7 +185,7 @@ class Welcome(_Outbound):
     role: Role
     session_id: str | None = None  # withheld from a client until admitted
     participant_id: int | None = None
-    ice_servers: list[dict[str, Any]] = Field(default_factory=list)
+    ice_servers: list[IceServer] = Field(default_factory=list)
     status: str = "scheduled"
 
 
@@ -247,7 +268,7 @@ class Speaking(_Outbound):
     """Therapist only: who is talking now, sent the moment it changes."""
 
     type: Literal["speaking"] = "speaking"
-    speaking: list[str]
+    speaking: list[Role]
 
 
 class AgendaItemOut(BaseModel):

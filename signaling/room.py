@@ -167,7 +167,9 @@ class Room:
                     role=member.role,
                     session_id=self.session_id if member.role == Role.THERAPIST else None,
                     participant_id=member.participant_id,
-                    ice_servers=list(self.media_config.ice_servers),
+                    ice_servers=[
+                        m.IceServer.model_validate(s) for s in self.media_config.ice_servers
+                    ],
                     status=self.status,
                 )
             )

@@ -28,6 +28,13 @@ def test_ice_servers_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().ice_servers == []
 
 
+def test_a_malformed_ice_server_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An entry without ``urls`` would otherwise surface at the first join, as a broken call."""
+    monkeypatch.setenv("RAPPORT_ICE_SERVERS", '[{"url": "turn:turn.example.org"}]')
+    with pytest.raises(ValueError, match="urls"):
+        Settings()
+
+
 def test_secure_cookies_follow_the_public_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAPPORT_PUBLIC_URL", "https://therapy.example.org")
     assert Settings().cookie_secure is True

@@ -149,3 +149,38 @@ def test_snapshot_payload_mirrors_the_engine_dataclasses() -> None:
     pairs = [(Snapshot, SnapshotPayload), (WindowTotals, WindowPayload)]
     for dataclass_type, payload in pairs:
         assert [f.name for f in fields(dataclass_type)] == list(payload.model_fields), payload
+
+
+def test_welcome_ice_servers_omit_absent_fields() -> None:
+    """A STUN entry has no username: sending ``"username": null`` would make it "null"."""
+    welcome = Welcome.model_validate(
+        {
+            "role": "client",
+            "ice_servers": [
+                {"urls": "stun:stun.example.org"},
+                {"urls": ["turn:t.example.org"], "username": "u", "credential": "p"},
+            ],
+        }
+    )
+    sent = json.loads(welcome.model_dump_json())
+    assert sent["ice_servers"] == [
+        {"urls": "stun:stun.example.org"},
+        {"urls": ["turn:t.example.org"], "username": "u", "credential": "p"},
+    ]
+
+
+def test_quality_incident_keeps_its_wire_name_from() -> None:
+    """The admin page reads ``from``/``to``; ``from`` is a Python keyword, so it is aliased."""
+    from server.quality_hub import Incident
+
+    incident = Incident(
+        at=1.0, session_id="s", role="client", from_label="good", to="poor", score=40.0
+    )
+    assert json.loads(incident.model_dump_json(by_alias=True)) == {
+        "at": 1.0,
+        "session_id": "s",
+        "role": "client",
+        "from": "good",
+        "to": "poor",
+        "score": 40.0,
+    }

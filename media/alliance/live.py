@@ -47,7 +47,7 @@ class SignalsUpdate:
     """What the worker publishes: the current speakers and, when due, a snapshot."""
 
     session_id: str
-    speaking: tuple[str, ...]
+    speaking: tuple[Role, ...]
     speaking_changed: bool
     snapshot: Snapshot | None
     events: tuple[SignalEvent, ...]
@@ -220,7 +220,7 @@ class LiveSignals:
             return None
         snapshot = self.engine.snapshot()
         self.latest = snapshot
-        speaking = tuple(str(r) for r in snapshot.speaking)
+        speaking = tuple(snapshot.speaking)
         speaking_changed = speaking != self._speaking
         self._speaking = speaking
         if due or force:

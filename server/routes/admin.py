@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel
 from sqlalchemy import select
 
 from media import ROLES, LoopLagSampler, MediaWorkerPool
+from signaling.messages import QualityLevel
 from signaling.rooms import RoomRegistry
 
 from ..auth import Admin, DbSession
 from ..db import Database
 from ..models import AuditEvent, TherapySession
 from ..ops import CpuMeter
-from ..quality_hub import QualityHub
+from ..quality_hub import Incident, QualityHub, QualityPoint
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
 
@@ -31,6 +31,65 @@ class AuditOut(BaseModel):
 
 class AuditList(BaseModel):
     events: list[AuditOut]
+
+
+class LiveCall(BaseModel):
+    """A live call as the admin sees it: quality and load, never who the client is."""
+
+    session_id: str
+    therapist: str
+    status: str
+    started_at: datetime
+    duration_s: int
+    participants: int
+    waiting: int
+    worst_quality: QualityLevel | None
+    relay_mode: dict[str, str] | str  # per direction, e.g. {"therapist->client": "forward"}
+    media_worker: int | None  # which media worker process carries the call (None: in-process)
+
+
+class LiveCalls(BaseModel):
+    calls: list[LiveCall]
+
+
+class ParticipantQualityOut(BaseModel):
+    score: float | None
+    label: str | None
+    history: list[QualityPoint]
+
+
+class CallDetail(BaseModel):
+    session_id: str
+    participants: dict[str, ParticipantQualityOut]
+
+
+class IncidentList(BaseModel):
+    incidents: list[Incident]
+
+
+class WorkerStatus(BaseModel):
+    """One media worker process; the load figures are missing when it did not answer."""
+
+    index: int
+    pid: int | None
+    alive: bool
+    calls: int | None = None
+    peers: int | None = None
+    cpu_seconds: float | None = None
+    cpu_fraction: float | None = None
+    loop_lag_p99_ms: float | None = None
+    audio_dropped: int | None = None
+
+
+class Health(BaseModel):
+    cpu_fraction: float
+    event_loop_lag_p99_ms: float
+    event_loop_lag_max_ms: float
+    rooms: int
+    peer_connections: int
+    database: bool
+    media_workers: list[WorkerStatus]
+    media_worker_restarts: int
 
 
 @router.get("/audit")
@@ -63,7 +122,7 @@ def _quality(request: Request) -> QualityHub:
 
 
 @router.get("/calls")
-async def live_calls(_admin: Admin, request: Request, db: DbSession) -> dict[str, Any]:
+async def live_calls(_admin: Admin, request: Request, db: DbSession) -> LiveCalls:
     """Live calls with their worst current quality. No client labels, no clinical data."""
     rooms: RoomRegistry = request.app.state.rooms
     hub = _quality(request)
@@ -77,58 +136,58 @@ async def live_calls(_admin: Admin, request: Request, db: DbSession) -> dict[str
             started = started.replace(tzinfo=UTC)
         present = [r for r in ROLES if room.member(r) is not None]
         calls.append(
-            {
-                "session_id": session_id,
-                "therapist": session.therapist.display_name or f"user {session.therapist_id}",
-                "status": str(session.status),
-                "started_at": started,
-                "duration_s": round((datetime.now(UTC) - started).total_seconds()),
-                "participants": len(present),
-                "waiting": len(room.waiting),
-                "worst_quality": hub.worst(session_id),
-                "relay_mode": getattr(room.call, "relay_mode", "transcode"),
-                # Which media worker process carries the call (None: the server process).
-                "media_worker": getattr(room.call, "worker_index", None),
-            }
+            LiveCall(
+                session_id=session_id,
+                therapist=session.therapist.display_name or f"user {session.therapist_id}",
+                status=str(session.status),
+                started_at=started,
+                duration_s=round((datetime.now(UTC) - started).total_seconds()),
+                participants=len(present),
+                waiting=len(room.waiting),
+                worst_quality=hub.worst(session_id),
+                relay_mode=getattr(room.call, "relay_mode", "transcode"),
+                media_worker=getattr(room.call, "worker_index", None),
+            )
         )
-    return {"calls": calls}
+    return LiveCalls(calls=calls)
 
 
 @router.get("/calls/{session_id}")
-async def call_detail(session_id: str, _admin: Admin, request: Request) -> dict[str, Any]:
+async def call_detail(session_id: str, _admin: Admin, request: Request) -> CallDetail:
     call = _quality(request).calls.get(session_id[:64])
     if call is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "No live call with that id.")
-    return {
-        "session_id": call.session_id,
-        "participants": {
-            role: {"score": pq.score, "label": pq.label, "history": list(pq.history)}
+    return CallDetail(
+        session_id=call.session_id,
+        participants={
+            role: ParticipantQualityOut(score=pq.score, label=pq.label, history=list(pq.history))
             for role, pq in call.roles.items()
         },
-    }
+    )
 
 
 @router.get("/incidents")
 async def incidents(
     _admin: Admin, request: Request, limit: int = Query(default=100, ge=1, le=500)
-) -> dict[str, Any]:
-    return {"incidents": list(_quality(request).incidents)[:limit]}
+) -> IncidentList:
+    return IncidentList(incidents=list(_quality(request).incidents)[:limit])
 
 
 @router.get("/health")
-async def health(_admin: Admin, request: Request) -> dict[str, Any]:
+async def health(_admin: Admin, request: Request) -> Health:
     lag: LoopLagSampler = request.app.state.loop_lag
     cpu: CpuMeter = request.app.state.cpu
     rooms: RoomRegistry = request.app.state.rooms
     database: Database = request.app.state.database
     pool: MediaWorkerPool | None = request.app.state.media_pool
-    return {
-        "cpu_fraction": cpu.read(),
-        "event_loop_lag_p99_ms": lag.p99_ms(),
-        "event_loop_lag_max_ms": lag.max_ms(),
-        "rooms": len(rooms.rooms),
-        "peer_connections": sum(r.call.peer_count for r in rooms.rooms.values()),
-        "database": await database.ping(),
-        "media_workers": await pool.health() if pool is not None else [],
-        "media_worker_restarts": pool.restarts if pool is not None else 0,
-    }
+    workers = await pool.health() if pool is not None else []
+    return Health(
+        cpu_fraction=cpu.read(),
+        event_loop_lag_p99_ms=lag.p99_ms(),
+        event_loop_lag_max_ms=lag.max_ms(),
+        rooms=len(rooms.rooms),
+        peer_connections=sum(r.call.peer_count for r in rooms.rooms.values()),
+        database=await database.ping(),
+        media_workers=[WorkerStatus.model_validate(w) for w in workers],
+        media_worker_restarts=pool.restarts if pool is not None else 0,
+    )

@@ -4,32 +4,87 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import Response
+from pydantic import BaseModel
 from sqlalchemy import func, select
+
+from media import SnapshotPayload, TimelineSecond
+from signaling.messages import AgendaItemOut
 
 from ..alliance_hub import SignalsHub, unpack_timeline
 from ..auth import DbSession, SettingsDep, Therapist
 from ..checkins import checkin_out
 from ..models import Checkin, TherapySession, User
-from .sessions import own_session, session_out
+from .sessions import SessionOut, own_session, session_out
 
 router = APIRouter(prefix="/api", tags=["summary"])
 TREND_SESSIONS = 12
 
 
-def _agenda(session: TherapySession) -> dict[str, Any]:
+class AgendaOutcome(BaseModel):
+    items: list[AgendaItemOut]
+    homework: str
+    done: int
+    total: int
+
+
+class CheckinOut(BaseModel):
+    """The client's check-in as the therapist reads it: answers, total of 40, a calm flag."""
+
+    skipped: bool
+    bond: int | None = None
+    goals: int | None = None
+    tasks: int | None = None
+    overall: int | None = None
+    total: int | None
+    low: bool
+    comment: str | None = None
+    submitted_at: datetime
+
+
+class TrendPoint(BaseModel):
+    id: str
+    date: datetime
+    duration_s: float | None
+    client_share: float | None
+    silence_s: float | None
+    long_silences: int | None
+    checkin_total: int | None
+    checkin_low: bool
+
+
+class Summary(BaseModel):
+    session: SessionOut
+    metrics: SnapshotPayload | None
+    timeline: list[TimelineSecond]
+    agenda: AgendaOutcome
+    checkin: CheckinOut | None
+    trend: list[TrendPoint]
+
+
+class ClientLabel(BaseModel):
+    label: str
+    sessions: int
+    last: datetime
+
+
+class ClientList(BaseModel):
+    clients: list[ClientLabel]
+
+
+def _agenda(session: TherapySession) -> AgendaOutcome:
     data = session.agenda or {}
-    items = data.get("items", [])
-    return {
-        "items": items,
-        "homework": data.get("homework", ""),
-        "done": sum(1 for i in items if i.get("done")),
-        "total": len(items),
-    }
+    items = [AgendaItemOut.model_validate(i) for i in data.get("items", [])]
+    return AgendaOutcome(
+        items=items,
+        homework=data.get("homework", ""),
+        done=sum(1 for i in items if i.done),
+        total=len(items),
+    )
 
 
 async def _checkins(db: DbSession, ids: list[str]) -> dict[str, Checkin]:
@@ -39,19 +94,19 @@ async def _checkins(db: DbSession, ids: list[str]) -> dict[str, Checkin]:
     return {c.session_id: c for c in rows}
 
 
-def _trend_point(session: TherapySession, checkin: Checkin | None) -> dict[str, Any]:
+def _trend_point(session: TherapySession, checkin: Checkin | None) -> TrendPoint:
     metrics = session.metrics or {}
     scored = checkin_out(checkin)
-    return {
-        "id": session.id,
-        "date": session.started_at or session.created_at,
-        "duration_s": metrics.get("duration_s"),
-        "client_share": metrics.get("client_share"),
-        "silence_s": metrics.get("silence_s"),
-        "long_silences": metrics.get("long_silences"),
-        "checkin_total": scored["total"] if scored else None,
-        "checkin_low": bool(scored and scored["low"]),
-    }
+    return TrendPoint(
+        id=session.id,
+        date=session.started_at or session.created_at,
+        duration_s=metrics.get("duration_s"),
+        client_share=metrics.get("client_share"),
+        silence_s=metrics.get("silence_s"),
+        long_silences=metrics.get("long_silences"),
+        checkin_total=scored["total"] if scored else None,
+        checkin_low=bool(scored and scored["low"]),
+    )
 
 
 async def _client_sessions(
@@ -71,7 +126,7 @@ async def _client_sessions(
 
 async def build_summary(
     db: DbSession, user: User, session: TherapySession, settings: Any, hub: SignalsHub
-) -> dict[str, Any]:
+) -> Summary:
     metrics = hub.latest(session.id) or session.metrics
     timeline = hub.timeline(session.id) or unpack_timeline(session.timeline or [])
     history = (
@@ -80,20 +135,21 @@ async def build_summary(
         else await _client_sessions(db, user, session.client_label, TREND_SESSIONS)
     )
     checkins = await _checkins(db, [s.id for s in history])
-    return {
-        "session": session_out(session, settings),
-        "metrics": metrics,
-        "timeline": timeline,
-        "agenda": _agenda(session),
-        "checkin": checkin_out(checkins.get(session.id)),
-        "trend": [_trend_point(s, checkins.get(s.id)) for s in history],
-    }
+    checkin = checkin_out(checkins.get(session.id))
+    return Summary(
+        session=SessionOut(**session_out(session, settings)),
+        metrics=None if metrics is None else SnapshotPayload.model_validate(metrics),
+        timeline=[TimelineSecond(**second) for second in timeline],
+        agenda=_agenda(session),
+        checkin=None if checkin is None else CheckinOut.model_validate(checkin),
+        trend=[_trend_point(s, checkins.get(s.id)) for s in history],
+    )
 
 
 @router.get("/sessions/{session_id}/summary")
 async def session_summary(
     session_id: str, request: Request, user: Therapist, db: DbSession, settings: SettingsDep
-) -> dict[str, Any]:
+) -> Summary:
     session = await own_session(db, user, session_id)
     return await build_summary(db, user, session, settings, request.app.state.signals)
 
@@ -104,7 +160,7 @@ async def export_session(
 ) -> Response:
     session = await own_session(db, user, session_id)
     summary = await build_summary(db, user, session, settings, request.app.state.signals)
-    body = json.dumps(summary, default=str, indent=2)
+    body = summary.model_dump_json(indent=2)
     return Response(
         body,
         media_type="application/json",
@@ -115,18 +171,16 @@ async def export_session(
 
 
 @router.get("/clients")
-async def client_labels(user: Therapist, db: DbSession) -> dict[str, list[dict[str, Any]]]:
+async def client_labels(user: Therapist, db: DbSession) -> ClientList:
     rows = await db.execute(
         select(TherapySession.client_label, func.count(), func.max(TherapySession.created_at))
         .where(TherapySession.therapist_id == user.id, TherapySession.client_label != "")
         .group_by(TherapySession.client_label)
         .order_by(func.max(TherapySession.created_at).desc())
     )
-    return {
-        "clients": [
-            {"label": label, "sessions": count, "last": last} for label, count, last in rows
-        ]
-    }
+    return ClientList(
+        clients=[ClientLabel(label=label, sessions=count, last=last) for label, count, last in rows]
+    )
 
 
 CSV_COLUMNS = [
@@ -194,8 +248,8 @@ async def client_history_csv(
                 "checkin_total": c.get("total"),
                 "checkin_low": c.get("low"),
                 "checkin_skipped": c.get("skipped"),
-                "agenda_done": agenda["done"],
-                "agenda_total": agenda["total"],
+                "agenda_done": agenda.done,
+                "agenda_total": agenda.total,
             }
         )
     safe = "".join(ch if ch.isalnum() else "-" for ch in label)[:40]
