@@ -26,7 +26,7 @@ from server.db import Database
 from server.models import User, UserRole
 from server.security import hash_password
 from server.settings import Settings
-from tests.support import eventually, eventually_sync
+from tests.support import eventually_sync
 
 PASSWORD = "correct horse battery"
 
@@ -183,7 +183,3 @@ async def admin(server: Server) -> AsyncIterator[httpx.AsyncClient]:
     yield client
     await client.aclose()
 
-
-async def until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    """Kept for callers elsewhere in the suite; new code calls ``eventually`` directly."""
-    await eventually(predicate, timeout=timeout, interval=0.02)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiortc
@@ -38,20 +38,14 @@ from media.relay.ice import MediaConfig, restrict_host_addresses
 from media.relay.tracks import OutboundTrack
 from server.bench.loadgen import LoadPeer, make_clip
 from tests.media_helpers import ColorTrack, FakeBrowser, PcmTrack, ToneTrack, speech
+from tests.support import eventually
 
 FORWARD = MediaConfig(allow_loopback_candidates=True, media_addresses=("127.0.0.1",))
 TRANSCODE = MediaConfig(
     allow_loopback_candidates=True, media_addresses=("127.0.0.1",), relay_mode="transcode"
 )
 RED, BLUE, GREEN = (220, 30, 30), (30, 30, 220), (20, 200, 20)
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    async def _poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(_poll(), timeout)
+WAIT_S = 15.0  # media over loopback peers: generous, as a loaded 2-core CI machine needs
 
 
 async def join(call: Call, role: str, peer: FakeBrowser | LoadPeer) -> None:
@@ -364,7 +358,11 @@ async def test_forwarding_carries_video_and_audio_both_ways(
             assert out["video"]["forwarded"] > 0 and out["video"]["encoded"] == 0
             assert out["audio"]["forwarded"] > 0 and out["audio"]["encoded"] == 0
         # The signal engine still gets decoded audio, in the same shape as before.
-        await until(lambda: len(tapped["therapist"]) > 20 and len(tapped["client"]) > 20)
+        await eventually(
+            lambda: len(tapped["therapist"]) > 20 and len(tapped["client"]) > 20,
+            timeout=WAIT_S,
+            message=lambda: f"tapped frames: { {r: len(f) for r, f in tapped.items()} }",
+        )
         frame = tapped["client"][-1]
         assert (frame.format.name, frame.layout.name, frame.sample_rate, frame.samples) == (
             "s16",
@@ -421,8 +419,16 @@ async def test_forwarding_path_never_decodes_or_encodes_video(
         await join(call, "therapist", therapist)
         await join(call, "client", client)
         receivers = [f.assembler for peer in (therapist, client) for f in peer.forwarders]
-        await until(lambda: all(a.frames > 30 for a in receivers))
-        await until(lambda: len(tapped) > 40)
+        await eventually(
+            lambda: all(a.frames > 30 for a in receivers),
+            timeout=WAIT_S,
+            message=lambda: f"frames received: {[a.frames for a in receivers]}",
+        )
+        await eventually(
+            lambda: len(tapped) > 40,
+            timeout=WAIT_S,
+            message=lambda: f"{len(tapped)} audio frames tapped",
+        )
         if config is FORWARD:
             # The server sends every frame on as the RTP payloads it arrived in.
             for peer in call.peers.values():
@@ -464,8 +470,12 @@ async def test_viewer_pli_reaches_the_sending_browser(
         ssrc = receiver.getSynchronizationSources()[0].source
         await receiver._send_rtcp_pli(ssrc)
         # ...and the therapist's browser is asked for, and sends, a keyframe.
-        await until(lambda: asked[0] >= 1)
-        await until(lambda: forwarder.assembler.keyframes > keyframes_before)
+        await eventually(lambda: asked[0] >= 1, timeout=WAIT_S, message="no keyframe request")
+        await eventually(
+            lambda: forwarder.assembler.keyframes > keyframes_before,
+            timeout=WAIT_S,
+            message="no keyframe forwarded",
+        )
         seen = len(client.received["video"])
         await client.wait_for("video", seen + 5)
     finally:
@@ -540,7 +550,7 @@ async def test_viewer_bandwidth_estimate_is_passed_to_the_sender(
 
         sender._handle_rtcp_packet = spy  # type: ignore[method-assign]
         # The server's own (per-frame fed) estimate of the therapist's uplink goes out...
-        await until(lambda: bool(remb))
+        await eventually(lambda: bool(remb), timeout=WAIT_S, message="no REMB reached the sender")
         # ...and when the client's browser can only take 777 bps of what the server
         # sends it, the therapist's browser is told so.
         server_sender = next(s for s in call.peers["client"].pc.getSenders() if s.kind == "video")
@@ -555,7 +565,9 @@ async def test_viewer_bandwidth_estimate_is_passed_to_the_sender(
         )
         # The server's own estimate of even this tiny stream is kbps, so seeing exactly
         # this figure means the viewer's estimate was passed on as the minimum.
-        await until(lambda: 777 in remb)
+        await eventually(
+            lambda: 777 in remb, timeout=WAIT_S, message=lambda: f"REMB seen: {remb[-5:]}"
+        )
     finally:
         await therapist.close()
         await client.close()
@@ -606,7 +618,11 @@ async def _tapped_speech(config: MediaConfig, pcm: np.ndarray) -> list[AudioFram
         await join(call, "therapist", therapist)
         await join(call, "client", client)
         seconds = pcm.size / 48_000 + 1.0
-        await until(lambda: len(frames) >= seconds * 50, timeout=seconds + 15)
+        await eventually(
+            lambda: len(frames) >= seconds * 50,
+            timeout=seconds + WAIT_S,
+            message=lambda: f"{len(frames)} of {seconds * 50:g} frames tapped",
+        )
     finally:
         await therapist.close()
         await client.close()
