@@ -71,6 +71,11 @@ def make_settings(tmp_path: Path, port: int, **overrides: object) -> Settings:
     )
 
 
+# Sockets but no media: a live server without a media worker process to start (a test that
+# never sends an offer needs no worker, and starting one costs about a second of set-up).
+NO_MEDIA_WORKER = pytest.mark.parametrize("live_server", [0], indirect=True, ids=["no-worker"])
+
+
 @pytest.fixture
 def live_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LiveServer]:
     """A server as deployed: media in one worker process unless a test asks otherwise

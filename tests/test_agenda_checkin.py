@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from signaling.agenda import Agenda, AgendaError
-from tests.conftest import LiveServer
+from tests.conftest import NO_MEDIA_WORKER, LiveServer
 from tests.media_helpers import FakeBrowser, PcmTrack, speech
 from tests.signaling_helpers import (
     Participant,
@@ -64,10 +64,6 @@ async def _room(
     await c.expect("admitted")
     await c.expect("agenda")
     return session, t, c, cookie
-
-
-# Sockets but no media: a live server without a media worker process to start.
-NO_MEDIA_WORKER = pytest.mark.parametrize("live_server", [0], indirect=True, ids=["no-worker"])
 
 
 async def _agenda_where(p: Participant, predicate) -> dict:  # type: ignore[no-untyped-def]
