@@ -58,7 +58,7 @@ class LiveServer:
         return self.url.replace("http://", "ws://")
 
 
-def make_settings(tmp_path: Path, port: int, **overrides: object) -> Settings:
+def make_settings(tmp_path: Path, port: int, *, media_workers: int) -> Settings:
     return Settings(
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'rapport.db'}",
         public_url=f"http://127.0.0.1:{port}",
@@ -67,7 +67,7 @@ def make_settings(tmp_path: Path, port: int, **overrides: object) -> Settings:
         media_addresses=["127.0.0.1"],
         allow_loopback_candidates=True,
         log_json=False,
-        **overrides,  # type: ignore[arg-type]
+        media_workers=media_workers,
     )
 
 
@@ -147,9 +147,10 @@ def http_client(server: Server, **kwargs: Any) -> httpx.AsyncClient:
 @pytest.fixture
 def server(request: pytest.FixtureRequest) -> Server:
     """The live server if the test asked for one, else the app in-process."""
-    if "live_server" in request.fixturenames:
-        return request.getfixturevalue("live_server")  # type: ignore[no-any-return]
-    return request.getfixturevalue("api")  # type: ignore[no-any-return]
+    chosen: Server = request.getfixturevalue(
+        "live_server" if "live_server" in request.fixturenames else "api"
+    )
+    return chosen
 
 
 async def add_user(settings: Settings, email: str, role: UserRole) -> None:
@@ -187,4 +188,3 @@ async def admin(server: Server) -> AsyncIterator[httpx.AsyncClient]:
     client = await signed_in(server, "ops@example.org", UserRole.ADMIN)
     yield client
     await client.aclose()
-

@@ -32,7 +32,7 @@ from media.alliance.engine import Role
 from media.alliance.offline import analyze_pcm
 from media.alliance.payload import snapshot_json
 from media.relay import frames
-from media.relay.call import Call
+from media.relay.call import AudioInput, Call
 from media.relay.frames import EncodedFrame, ForwardedPayloads
 from media.relay.ice import MediaConfig, restrict_host_addresses
 from media.relay.tracks import OutboundTrack
@@ -54,7 +54,9 @@ async def join(call: Call, role: str, peer: FakeBrowser | LoadPeer) -> None:
 
 def mean_rgb(frame: object) -> np.ndarray:
     assert isinstance(frame, VideoFrame)
-    return frame.to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0)
+    pixels: np.ndarray = frame.to_ndarray(format="rgb24").reshape(-1, 3)
+    mean: np.ndarray = pixels.mean(axis=0)
+    return mean
 
 
 def rms(frame: object) -> float:
@@ -319,13 +321,19 @@ async def test_outbound_video_waits_for_a_keyframe_and_keeps_source_spacing() ->
     track.push_encoded(encoded(50, False, epoch=2), "b")
     track.push_encoded(encoded(3050, True, epoch=2), "b")
     third = await asyncio.wait_for(track.recv(), 1)
-    assert bytes(third) == KEY and third.pts is not None and third.pts > second.pts
+    assert (
+        isinstance(third, Packet)
+        and bytes(third) == KEY
+        and third.pts is not None
+        and third.pts > second.pts
+    )
     # Overflow drops the oldest and, for video, waits for the next keyframe.
     for i in range(5):
         track.push_encoded(encoded(6050 + 3000 * i, False), "b")
     assert track.dropped == 2
     track.push_encoded(encoded(30000, True), "b")
-    assert bytes(await asyncio.wait_for(track.recv(), 1)) == KEY
+    fourth = await asyncio.wait_for(track.recv(), 1)
+    assert isinstance(fourth, Packet) and bytes(fourth) == KEY
     track.stop()
 
 
@@ -334,7 +342,16 @@ async def test_forwarding_carries_video_and_audio_both_ways(
     pair: tuple[FakeBrowser, FakeBrowser],
 ) -> None:
     tapped: dict[str, list[AudioFrame]] = {"therapist": [], "client": []}
-    call = Call(FORWARD, on_audio=lambda role, frame: tapped[role].append(frame))
+    not_frames: list[AudioInput] = []
+
+    def on_audio(role: str, audio: AudioInput) -> None:
+        # An in-process Call taps decoded av frames (a media worker would send mono PCM).
+        if isinstance(audio, AudioFrame):
+            tapped[role].append(audio)
+        else:
+            not_frames.append(audio)
+
+    call = Call(FORWARD, on_audio=on_audio)
     therapist, client = pair
     try:
         await join(call, "therapist", therapist)
@@ -363,6 +380,7 @@ async def test_forwarding_carries_video_and_audio_both_ways(
             timeout=WAIT_S,
             message=lambda: f"tapped frames: { {r: len(f) for r, f in tapped.items()} }",
         )
+        assert not not_frames
         frame = tapped["client"][-1]
         assert (frame.format.name, frame.layout.name, frame.sample_rate, frame.samples) == (
             "s16",
@@ -609,9 +627,17 @@ async def test_falls_back_to_transcoding_when_codecs_cannot_match(
 
 async def _tapped_speech(config: MediaConfig, pcm: np.ndarray) -> list[AudioFrame]:
     frames: list[AudioFrame] = []
-    call = Call(
-        config, on_audio=lambda role, frame: frames.append(frame) if role == "therapist" else None
-    )
+    not_frames: list[AudioInput] = []
+
+    def on_audio(role: str, audio: AudioInput) -> None:
+        if role != "therapist":
+            return
+        if isinstance(audio, AudioFrame):
+            frames.append(audio)
+        else:
+            not_frames.append(audio)
+
+    call = Call(config, on_audio=on_audio)
     therapist = FakeBrowser(PcmTrack(pcm), ColorTrack(RED))
     client = FakeBrowser(PcmTrack(np.zeros(48_000, dtype=np.int16)), ColorTrack(BLUE))
     try:
@@ -627,6 +653,7 @@ async def _tapped_speech(config: MediaConfig, pcm: np.ndarray) -> list[AudioFram
         await therapist.close()
         await client.close()
         await call.close()
+    assert not not_frames  # an in-process Call taps decoded av frames
     return frames
 
 

@@ -20,7 +20,8 @@ from tests.signaling_helpers import Participant, invite_token, login_cookie, new
 async def _session(therapist: httpx.AsyncClient) -> dict[str, str]:
     response = await therapist.post("/api/sessions", json={"client_label": "C"})
     assert response.status_code == 201
-    return response.json()
+    session: dict[str, str] = response.json()
+    return session
 
 
 async def _therapist_in(

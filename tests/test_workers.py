@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from aiortc.stats import RTCInboundRtpStreamStats
 
-from media.relay.call import MediaUnavailable
+from media.relay.call import AudioInput, MediaUnavailable
 from media.relay.ice import MediaConfig
 from media.relay.sdp import SdpError
 from media.workers import wire
@@ -58,10 +58,19 @@ async def test_call_in_a_worker_relays_media_and_delivers_mono_audio(
     pool: MediaWorkerPool,
 ) -> None:
     audio: dict[str, list[np.ndarray]] = {"therapist": [], "client": []}
+    not_pcm: list[AudioInput] = []
+
+    def on_audio(role: str, pcm: AudioInput) -> None:
+        # A worker sends mono PCM across the process boundary, never an av frame.
+        if isinstance(pcm, np.ndarray):
+            audio[role].append(pcm)
+        else:
+            not_pcm.append(pcm)
+
     states: list[tuple[str, str]] = []
     call = pool.call(
         "s1",
-        on_audio=lambda role, pcm: audio[role].append(pcm),
+        on_audio=on_audio,
         on_media_state=lambda role, state: states.append((role, state)),
     )
     therapist = FakeBrowser(ToneTrack(440), ColorTrack((220, 30, 30)))
@@ -79,6 +88,7 @@ async def test_call_in_a_worker_relays_media_and_delivers_mono_audio(
         await eventually(lambda: call.media_state("client") == "connected")
         assert ("client", "connected") in states
         # 48 kHz mono int16, 20 ms a frame, carrying the client's tone.
+        assert not not_pcm
         pcm = np.concatenate(audio["client"][-20:])
         assert pcm.dtype == np.int16 and audio["client"][-1].size == 960
         spectrum = np.abs(np.fft.rfft(pcm.astype(np.float64)))
@@ -281,7 +291,9 @@ async def test_bad_frames_to_a_worker_are_logged_and_the_worker_serves_on(
     with caplog.at_level(logging.ERROR):
         for frame in (*BAD_FRAMES, wire.encode(Ready(1))):  # Ready is the worker's to send
             worker.writer.write(frame)
-        await eventually(lambda: sum("[media worker 1]" in r.getMessage() for r in caplog.records) >= 3)
+        await eventually(
+            lambda: sum("[media worker 1]" in r.getMessage() for r in caplog.records) >= 3
+        )
         health = {h["index"]: h for h in await pool.health()}
     errors = [r.getMessage() for r in caplog.records if "[media worker 1]" in r.getMessage()]
     assert any("dropped a frame from the server: undecodable" in e for e in errors), errors

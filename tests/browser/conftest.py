@@ -12,12 +12,13 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+from pluggy import Result
 
 from tests.support import eventually_sync
 
@@ -99,6 +100,7 @@ def rapport_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rapport
     server = RapportServer(base_url=base_url, env=env, log_path=log_path, proc=proc)
     _current_server = server
     try:
+
         def healthy() -> bool:
             if proc.poll() is not None:
                 pytest.fail(
@@ -307,7 +309,9 @@ _console_key = pytest.StashKey[list[str]]()
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Result[pytest.TestReport], None]:
     outcome = yield
     report = outcome.get_result()
     if report.failed and item.get_closest_marker("browser") is not None:
