@@ -8,6 +8,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from media.stats import percentile
+
 
 def use_uvloop() -> bool:
     """Run on uvloop when it is installed (uvicorn[standard] brings it), as the server does.
@@ -56,10 +58,9 @@ class LoopLagSampler:
                 self._on_sample(lag)
 
     def p99_ms(self) -> float:
-        if not self.samples:
-            return 0.0
-        ordered = sorted(self.samples)
-        return round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 2)
+        """The p99 lag by the one percentile definition (``media.stats``); 0 before any sample."""
+        p99 = percentile(self.samples, 0.99)
+        return 0.0 if p99 is None else round(p99 * 1000, 2)
 
     def max_ms(self) -> float:
         return round(max(self.samples, default=0.0) * 1000, 2)

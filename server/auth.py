@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -28,7 +29,7 @@ def get_database(request: Request) -> Database:
     return database
 
 
-async def get_db(request: Request):  # type: ignore[no-untyped-def]
+async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
     async with get_database(request).session() as db:
         yield db
 

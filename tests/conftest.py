@@ -26,7 +26,7 @@ from server.db import Database
 from server.models import User, UserRole
 from server.security import hash_password
 from server.settings import Settings
-from tests.support import eventually, eventually_sync
+from tests.support import eventually_sync
 
 PASSWORD = "correct horse battery"
 
@@ -58,7 +58,7 @@ class LiveServer:
         return self.url.replace("http://", "ws://")
 
 
-def make_settings(tmp_path: Path, port: int, **overrides: object) -> Settings:
+def make_settings(tmp_path: Path, port: int, *, media_workers: int) -> Settings:
     return Settings(
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'rapport.db'}",
         public_url=f"http://127.0.0.1:{port}",
@@ -67,8 +67,13 @@ def make_settings(tmp_path: Path, port: int, **overrides: object) -> Settings:
         media_addresses=["127.0.0.1"],
         allow_loopback_candidates=True,
         log_json=False,
-        **overrides,  # type: ignore[arg-type]
+        media_workers=media_workers,
     )
+
+
+# Sockets but no media: a live server without a media worker process to start (a test that
+# never sends an offer needs no worker, and starting one costs about a second of set-up).
+NO_MEDIA_WORKER = pytest.mark.parametrize("live_server", [0], indirect=True, ids=["no-worker"])
 
 
 @pytest.fixture
@@ -142,9 +147,10 @@ def http_client(server: Server, **kwargs: Any) -> httpx.AsyncClient:
 @pytest.fixture
 def server(request: pytest.FixtureRequest) -> Server:
     """The live server if the test asked for one, else the app in-process."""
-    if "live_server" in request.fixturenames:
-        return request.getfixturevalue("live_server")  # type: ignore[no-any-return]
-    return request.getfixturevalue("api")  # type: ignore[no-any-return]
+    chosen: Server = request.getfixturevalue(
+        "live_server" if "live_server" in request.fixturenames else "api"
+    )
+    return chosen
 
 
 async def add_user(settings: Settings, email: str, role: UserRole) -> None:
@@ -182,8 +188,3 @@ async def admin(server: Server) -> AsyncIterator[httpx.AsyncClient]:
     client = await signed_in(server, "ops@example.org", UserRole.ADMIN)
     yield client
     await client.aclose()
-
-
-async def until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    """Kept for callers elsewhere in the suite; new code calls ``eventually`` directly."""
-    await eventually(predicate, timeout=timeout, interval=0.02)

@@ -38,7 +38,7 @@ class Participant:
 
         async def _next() -> dict[str, Any]:
             while True:
-                message = json.loads(await self.ws.recv())
+                message: dict[str, Any] = json.loads(await self.ws.recv())
                 if message["type"] == kind and all(message.get(k) == v for k, v in match.items()):
                     return message
                 self.inbox.append(message)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
 
+from media import Role
 from signaling.agenda import Agenda, AgendaError
-from tests.conftest import LiveServer
+from tests.conftest import NO_MEDIA_WORKER, LiveServer
 from tests.media_helpers import FakeBrowser, PcmTrack, speech
 from tests.signaling_helpers import (
     Participant,
@@ -22,10 +25,10 @@ from tests.signaling_helpers import (
 
 def test_agenda_rules() -> None:
     agenda = Agenda()
-    first = agenda.add("  Sleep   since last week ", "therapist")
-    proposal = agenda.add("My sister", "client")
+    first = agenda.add("  Sleep   since last week ", Role.THERAPIST)
+    proposal = agenda.add("My sister", Role.CLIENT)
     assert first.text == "Sleep since last week" and first.accepted
-    assert not proposal.accepted and proposal.proposed_by == "client"
+    assert not proposal.accepted and proposal.proposed_by == Role.CLIENT
     agenda.accept(proposal.id)
     agenda.reorder([proposal.id, first.id])
     agenda.update(first.id, None, True)
@@ -33,12 +36,12 @@ def test_agenda_rules() -> None:
     with pytest.raises(AgendaError):
         agenda.reorder([first.id])
     with pytest.raises(AgendaError):
-        agenda.add("   ", "therapist")
+        agenda.add("   ", Role.THERAPIST)
     with pytest.raises(AgendaError):
         agenda.update(999, "x", None)
     again = Agenda.from_json(agenda.to_json())
     assert again == agenda
-    assert again.add("next", "therapist").id == 3
+    assert again.add("next", Role.THERAPIST).id == 3
 
 
 async def _room(
@@ -66,11 +69,9 @@ async def _room(
     return session, t, c, cookie
 
 
-# Sockets but no media: a live server without a media worker process to start.
-NO_MEDIA_WORKER = pytest.mark.parametrize("live_server", [0], indirect=True, ids=["no-worker"])
-
-
-async def _agenda_where(p: Participant, predicate) -> dict:  # type: ignore[no-untyped-def]
+async def _agenda_where(
+    p: Participant, predicate: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
     while True:
         state = await p.expect("agenda")
         if predicate(state):

@@ -24,7 +24,8 @@ from server.bench.loadgen import (
     VIDEO_TICKS,
     match_stream,
 )
-from server.bench.relay import percentile, summarise
+from server.bench.relay import summarise
+from server.bench.stats import percentile
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,12 +1,17 @@
-"""The one percentile definition: numpy's default, used by every bench that publishes one."""
+"""The one percentile definition (media/stats.py): numpy's default, used by every figure.
+
+The benches (``server.bench``) and the event-loop lag sampler (``media.loops``) all rank by it.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from server.bench import relay, signals
-from server.bench.stats import percentile
+from media.loops import LoopLagSampler
+from media.stats import percentile
+from server.bench import signals
+from server.bench import stats as bench_stats
 
 ARRAYS = [
     [42.0],
@@ -35,9 +40,17 @@ def test_edges() -> None:
 
 
 def test_every_bench_uses_it() -> None:
-    assert relay.percentile is percentile
+    assert bench_stats.percentile is percentile
     latencies = [120.0, 80.0, 95.0, 300.0, 101.0, 99.0, 87.0]
     summary = signals._summary(latencies, onsets=8)["speaking_latency_ms"]
     assert summary["p50"] == round(float(np.percentile(latencies, 50)), 1)
     assert summary["p95"] == round(float(np.percentile(latencies, 95)), 1)
     assert signals._summary([], onsets=3)["speaking_latency_ms"]["p95"] is None
+
+
+def test_loop_lag_p99_uses_it() -> None:
+    lag = LoopLagSampler(0.25, keep=1000)
+    assert lag.p99_ms() == 0.0
+    samples = [0.001 * i for i in range(1, 151)]  # 150 samples: the rank rules disagree here
+    lag.samples.extend(samples)
+    assert lag.p99_ms() == round(float(np.percentile(samples, 99)) * 1000, 2)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiortc
@@ -32,26 +32,20 @@ from media.alliance.engine import Role
 from media.alliance.offline import analyze_pcm
 from media.alliance.payload import snapshot_json
 from media.relay import frames
-from media.relay.call import Call
+from media.relay.call import AudioInput, Call
 from media.relay.frames import EncodedFrame, ForwardedPayloads
 from media.relay.ice import MediaConfig, restrict_host_addresses
 from media.relay.tracks import OutboundTrack
 from server.bench.loadgen import LoadPeer, make_clip
 from tests.media_helpers import ColorTrack, FakeBrowser, PcmTrack, ToneTrack, speech
+from tests.support import eventually
 
 FORWARD = MediaConfig(allow_loopback_candidates=True, media_addresses=("127.0.0.1",))
 TRANSCODE = MediaConfig(
     allow_loopback_candidates=True, media_addresses=("127.0.0.1",), relay_mode="transcode"
 )
 RED, BLUE, GREEN = (220, 30, 30), (30, 30, 220), (20, 200, 20)
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    async def _poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(_poll(), timeout)
+WAIT_S = 15.0  # media over loopback peers: generous, as a loaded 2-core CI machine needs
 
 
 async def join(call: Call, role: str, peer: FakeBrowser | LoadPeer) -> None:
@@ -60,7 +54,9 @@ async def join(call: Call, role: str, peer: FakeBrowser | LoadPeer) -> None:
 
 def mean_rgb(frame: object) -> np.ndarray:
     assert isinstance(frame, VideoFrame)
-    return frame.to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0)
+    pixels: np.ndarray = frame.to_ndarray(format="rgb24").reshape(-1, 3)
+    mean: np.ndarray = pixels.mean(axis=0)
+    return mean
 
 
 def rms(frame: object) -> float:
@@ -325,13 +321,19 @@ async def test_outbound_video_waits_for_a_keyframe_and_keeps_source_spacing() ->
     track.push_encoded(encoded(50, False, epoch=2), "b")
     track.push_encoded(encoded(3050, True, epoch=2), "b")
     third = await asyncio.wait_for(track.recv(), 1)
-    assert bytes(third) == KEY and third.pts is not None and third.pts > second.pts
+    assert (
+        isinstance(third, Packet)
+        and bytes(third) == KEY
+        and third.pts is not None
+        and third.pts > second.pts
+    )
     # Overflow drops the oldest and, for video, waits for the next keyframe.
     for i in range(5):
         track.push_encoded(encoded(6050 + 3000 * i, False), "b")
     assert track.dropped == 2
     track.push_encoded(encoded(30000, True), "b")
-    assert bytes(await asyncio.wait_for(track.recv(), 1)) == KEY
+    fourth = await asyncio.wait_for(track.recv(), 1)
+    assert isinstance(fourth, Packet) and bytes(fourth) == KEY
     track.stop()
 
 
@@ -340,7 +342,16 @@ async def test_forwarding_carries_video_and_audio_both_ways(
     pair: tuple[FakeBrowser, FakeBrowser],
 ) -> None:
     tapped: dict[str, list[AudioFrame]] = {"therapist": [], "client": []}
-    call = Call(FORWARD, on_audio=lambda role, frame: tapped[role].append(frame))
+    not_frames: list[AudioInput] = []
+
+    def on_audio(role: str, audio: AudioInput) -> None:
+        # An in-process Call taps decoded av frames (a media worker would send mono PCM).
+        if isinstance(audio, AudioFrame):
+            tapped[role].append(audio)
+        else:
+            not_frames.append(audio)
+
+    call = Call(FORWARD, on_audio=on_audio)
     therapist, client = pair
     try:
         await join(call, "therapist", therapist)
@@ -364,7 +375,12 @@ async def test_forwarding_carries_video_and_audio_both_ways(
             assert out["video"]["forwarded"] > 0 and out["video"]["encoded"] == 0
             assert out["audio"]["forwarded"] > 0 and out["audio"]["encoded"] == 0
         # The signal engine still gets decoded audio, in the same shape as before.
-        await until(lambda: len(tapped["therapist"]) > 20 and len(tapped["client"]) > 20)
+        await eventually(
+            lambda: len(tapped["therapist"]) > 20 and len(tapped["client"]) > 20,
+            timeout=WAIT_S,
+            message=lambda: f"tapped frames: { {r: len(f) for r, f in tapped.items()} }",
+        )
+        assert not not_frames
         frame = tapped["client"][-1]
         assert (frame.format.name, frame.layout.name, frame.sample_rate, frame.samples) == (
             "s16",
@@ -421,8 +437,16 @@ async def test_forwarding_path_never_decodes_or_encodes_video(
         await join(call, "therapist", therapist)
         await join(call, "client", client)
         receivers = [f.assembler for peer in (therapist, client) for f in peer.forwarders]
-        await until(lambda: all(a.frames > 30 for a in receivers))
-        await until(lambda: len(tapped) > 40)
+        await eventually(
+            lambda: all(a.frames > 30 for a in receivers),
+            timeout=WAIT_S,
+            message=lambda: f"frames received: {[a.frames for a in receivers]}",
+        )
+        await eventually(
+            lambda: len(tapped) > 40,
+            timeout=WAIT_S,
+            message=lambda: f"{len(tapped)} audio frames tapped",
+        )
         if config is FORWARD:
             # The server sends every frame on as the RTP payloads it arrived in.
             for peer in call.peers.values():
@@ -464,8 +488,12 @@ async def test_viewer_pli_reaches_the_sending_browser(
         ssrc = receiver.getSynchronizationSources()[0].source
         await receiver._send_rtcp_pli(ssrc)
         # ...and the therapist's browser is asked for, and sends, a keyframe.
-        await until(lambda: asked[0] >= 1)
-        await until(lambda: forwarder.assembler.keyframes > keyframes_before)
+        await eventually(lambda: asked[0] >= 1, timeout=WAIT_S, message="no keyframe request")
+        await eventually(
+            lambda: forwarder.assembler.keyframes > keyframes_before,
+            timeout=WAIT_S,
+            message="no keyframe forwarded",
+        )
         seen = len(client.received["video"])
         await client.wait_for("video", seen + 5)
     finally:
@@ -540,7 +568,7 @@ async def test_viewer_bandwidth_estimate_is_passed_to_the_sender(
 
         sender._handle_rtcp_packet = spy  # type: ignore[method-assign]
         # The server's own (per-frame fed) estimate of the therapist's uplink goes out...
-        await until(lambda: bool(remb))
+        await eventually(lambda: bool(remb), timeout=WAIT_S, message="no REMB reached the sender")
         # ...and when the client's browser can only take 777 bps of what the server
         # sends it, the therapist's browser is told so.
         server_sender = next(s for s in call.peers["client"].pc.getSenders() if s.kind == "video")
@@ -555,7 +583,9 @@ async def test_viewer_bandwidth_estimate_is_passed_to_the_sender(
         )
         # The server's own estimate of even this tiny stream is kbps, so seeing exactly
         # this figure means the viewer's estimate was passed on as the minimum.
-        await until(lambda: 777 in remb)
+        await eventually(
+            lambda: 777 in remb, timeout=WAIT_S, message=lambda: f"REMB seen: {remb[-5:]}"
+        )
     finally:
         await therapist.close()
         await client.close()
@@ -597,20 +627,33 @@ async def test_falls_back_to_transcoding_when_codecs_cannot_match(
 
 async def _tapped_speech(config: MediaConfig, pcm: np.ndarray) -> list[AudioFrame]:
     frames: list[AudioFrame] = []
-    call = Call(
-        config, on_audio=lambda role, frame: frames.append(frame) if role == "therapist" else None
-    )
+    not_frames: list[AudioInput] = []
+
+    def on_audio(role: str, audio: AudioInput) -> None:
+        if role != "therapist":
+            return
+        if isinstance(audio, AudioFrame):
+            frames.append(audio)
+        else:
+            not_frames.append(audio)
+
+    call = Call(config, on_audio=on_audio)
     therapist = FakeBrowser(PcmTrack(pcm), ColorTrack(RED))
     client = FakeBrowser(PcmTrack(np.zeros(48_000, dtype=np.int16)), ColorTrack(BLUE))
     try:
         await join(call, "therapist", therapist)
         await join(call, "client", client)
         seconds = pcm.size / 48_000 + 1.0
-        await until(lambda: len(frames) >= seconds * 50, timeout=seconds + 15)
+        await eventually(
+            lambda: len(frames) >= seconds * 50,
+            timeout=seconds + WAIT_S,
+            message=lambda: f"{len(frames)} of {seconds * 50:g} frames tapped",
+        )
     finally:
         await therapist.close()
         await client.close()
         await call.close()
+    assert not not_frames  # an in-process Call taps decoded av frames
     return frames
 
 

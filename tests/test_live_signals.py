@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import numpy as np
@@ -24,12 +26,17 @@ async def _call(
     return session, t, c, cookie
 
 
-async def _signals_until(t: Participant, predicate, timeout: float = 20.0) -> dict:  # type: ignore[no-untyped-def]
-    async def _wait() -> dict:  # type: ignore[type-arg]
+async def _signals_until(
+    t: Participant, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20.0
+) -> dict[str, Any]:
+    """The first ``signals`` snapshot matching ``predicate`` (messages awaited, not polled)."""
+
+    async def _wait() -> dict[str, Any]:
         while True:
             message = await t.expect("signals", timeout=timeout)
-            if predicate(message["snapshot"]):
-                return message["snapshot"]
+            snapshot: dict[str, Any] = message["snapshot"]
+            if predicate(snapshot):
+                return snapshot
 
     return await asyncio.wait_for(_wait(), timeout)
 

@@ -21,7 +21,9 @@ async def _join(call: Call, role: str, browser: FakeBrowser) -> None:
 
 def _mean_rgb(frame: object) -> np.ndarray:
     assert isinstance(frame, VideoFrame)
-    return frame.to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0)
+    pixels: np.ndarray = frame.to_ndarray(format="rgb24").reshape(-1, 3)
+    mean: np.ndarray = pixels.mean(axis=0)
+    return mean
 
 
 def _rms(frame: object) -> float:

@@ -10,6 +10,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from media import Role
 from media.relay.ice import MediaConfig
 from signaling import messages as m
 from signaling.room import Member, Room
@@ -154,9 +155,11 @@ async def _started_room() -> tuple[Room, MemoryChannel, MemoryChannel, list[asyn
     )
     t_chan, c_chan = MemoryChannel(), MemoryChannel()
     tasks = [
-        asyncio.ensure_future(room.serve(Member(role="therapist", channel=t_chan, actor="user:1"))),
         asyncio.ensure_future(
-            room.serve(Member(role="client", channel=c_chan, actor="client:7", participant_id=7))
+            room.serve(Member(role=Role.THERAPIST, channel=t_chan, actor="user:1"))
+        ),
+        asyncio.ensure_future(
+            room.serve(Member(role=Role.CLIENT, channel=c_chan, actor="client:7", participant_id=7))
         ),
     ]
     t_chan.inbox.put_nowait(json.dumps({"type": "join"}))

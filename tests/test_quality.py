@@ -28,8 +28,8 @@ from tests.support import eventually
 CONFIG = MediaConfig(allow_loopback_candidates=True, media_addresses=("127.0.0.1",))
 
 
-def _label(kind: str, loss: float, **extra: float) -> str:
-    sample = DirectionSample(kinds={kind: KindSample(loss=loss)}, **extra)  # type: ignore[arg-type]
+def _label(kind: str, loss: float) -> str:
+    sample = DirectionSample(kinds={kind: KindSample(loss=loss)})
     return label_for(raw_score(sample))
 
 

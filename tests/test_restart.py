@@ -7,7 +7,9 @@ import random
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -74,13 +76,13 @@ def _serve(db: Path, port: int) -> subprocess.Popen[bytes]:
 async def _metrics_until(
     http: httpx.AsyncClient,
     session_id: str,
-    predicate,  # type: ignore[no-untyped-def]
+    predicate: Callable[[dict[str, Any]], bool],
     timeout: float = 20.0,
-    seen: list[dict] | None = None,  # type: ignore[type-arg]
-) -> dict:  # type: ignore[type-arg]
+    seen: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The first metrics matching ``predicate``; every response polled is added to ``seen``."""
 
-    async def poll() -> dict | None:  # type: ignore[type-arg]
+    async def poll() -> dict[str, Any] | None:
         response = await http.get(f"/api/sessions/{session_id}/metrics")
         if response.status_code != 200:
             return None
@@ -104,7 +106,8 @@ async def _stored(db: Path, session_id: str) -> TherapySession:
 
 async def _stored_talk_at_least(db: Path, session_id: str, seconds: float) -> bool:
     row = await _stored(db, session_id)
-    return (row.metrics or {}).get("client_talk_s", 0.0) >= seconds
+    talk_s: float = (row.metrics or {}).get("client_talk_s", 0.0)
+    return talk_s >= seconds
 
 
 async def test_signals_survive_a_killed_server(tmp_path: Path) -> None:
@@ -173,7 +176,7 @@ async def test_signals_survive_a_killed_server(tmp_path: Path) -> None:
             await c.expect("admitted")  # same browser: straight back in after the restart
             await t.start_media()
             await c.start_media(FakeBrowser(audio=PcmTrack(speech(30.0, voice="en+f3"), loop=True)))
-            seen: list[dict] = []  # type: ignore[type-arg]
+            seen: list[dict[str, Any]] = []
             more = await _metrics_until(
                 http,
                 session["id"],

@@ -1,4 +1,8 @@
-"""Signalling over real WebSockets to a real server, with real aiortc media."""
+"""Signalling over real WebSockets to a real server, with real aiortc media.
+
+Tests that never send an offer (takeover, rate limits, refused sockets) run on a live server
+without a media worker process (``NO_MEDIA_WORKER``): real sockets, none of a worker's set-up.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import json
 import httpx
 import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import NO_MEDIA_WORKER, LiveServer
 from tests.media_helpers import ColorTrack, FakeBrowser, ToneTrack
 from tests.signaling_helpers import Participant, invite_token, login_cookie, new_client_cookie
 
@@ -16,7 +20,8 @@ from tests.signaling_helpers import Participant, invite_token, login_cookie, new
 async def _session(therapist: httpx.AsyncClient) -> dict[str, str]:
     response = await therapist.post("/api/sessions", json={"client_label": "C"})
     assert response.status_code == 201
-    return response.json()
+    session: dict[str, str] = response.json()
+    return session
 
 
 async def _therapist_in(
@@ -145,6 +150,7 @@ async def test_second_device_waits_and_can_be_denied_while_call_continues(
     await t.close()
 
 
+@NO_MEDIA_WORKER
 async def test_second_therapist_tab_gets_clear_error_then_can_take_over(
     live_server: LiveServer, therapist: httpx.AsyncClient
 ) -> None:
@@ -234,6 +240,7 @@ async def test_bad_messages_get_precise_errors_and_the_call_continues(
     await t.close()
 
 
+@NO_MEDIA_WORKER
 async def test_flooding_is_rate_limited_without_dropping_the_socket(
     live_server: LiveServer, therapist: httpx.AsyncClient
 ) -> None:
@@ -250,6 +257,7 @@ async def test_flooding_is_rate_limited_without_dropping_the_socket(
     await t.close()
 
 
+@NO_MEDIA_WORKER
 @pytest.mark.parametrize("path_kind", ["unknown", "expired"])
 async def test_dead_invite_sockets_are_refused_with_a_reason(
     live_server: LiveServer, therapist: httpx.AsyncClient, path_kind: str
@@ -265,6 +273,7 @@ async def test_dead_invite_sockets_are_refused_with_a_reason(
     await c.close()
 
 
+@NO_MEDIA_WORKER
 async def test_cross_site_socket_and_anonymous_therapist_socket_refused(
     live_server: LiveServer, therapist: httpx.AsyncClient
 ) -> None:

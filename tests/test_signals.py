@@ -471,8 +471,11 @@ def _tone(seconds: float, level_dbfs: float = -20.0, f0: float = 200.0) -> np.nd
     """A voice-like harmonic tone with a little vibrato (webrtcvad wants pitch energy)."""
     t = np.arange(round(seconds * SAMPLE_RATE)) / SAMPLE_RATE
     phase = 2 * np.pi * (f0 * t + 3.0 * np.sin(2 * np.pi * 5 * t))
-    x = sum(np.sin(h * phase) / h for h in range(1, 12))
-    x = np.asarray(x) / np.sqrt(np.mean(np.asarray(x) ** 2)) * 10 ** (level_dbfs / 20)
+    x = np.zeros_like(phase)
+    for h in range(1, 12):
+        x = x + np.sin(h * phase) / h
+    rms = float(np.sqrt(np.mean(x**2)))
+    x = x / rms * 10 ** (level_dbfs / 20)
     return (x * 32767).astype(np.int16)
 
 

@@ -13,15 +13,19 @@ import json
 import re
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 
 from media import ROLES, Role, SnapshotPayload, snapshot_from_json, snapshot_json
 from media.alliance.engine import Snapshot, WindowTotals
 from media.alliance.payload import WindowPayload
 from signaling.messages import ErrorCode, ErrorMessage, PeerState, Signals, Welcome
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 ROOT = Path(__file__).resolve().parent.parent
 # Functions whose ``code`` (second positional argument, or ``code=``) is an error code.
@@ -146,7 +150,10 @@ def test_snapshots_written_by_the_old_to_dict_round_trip_identically() -> None:
 
 def test_snapshot_payload_mirrors_the_engine_dataclasses() -> None:
     """A field added to the engine without its wire form would be silently dropped."""
-    pairs = [(Snapshot, SnapshotPayload), (WindowTotals, WindowPayload)]
+    pairs: list[tuple[type[DataclassInstance], type[BaseModel]]] = [
+        (Snapshot, SnapshotPayload),
+        (WindowTotals, WindowPayload),
+    ]
     for dataclass_type, payload in pairs:
         assert [f.name for f in fields(dataclass_type)] == list(payload.model_fields), payload
 

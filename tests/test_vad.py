@@ -21,7 +21,8 @@ NOISES = ("white", "pink", "brown", "hum")
 
 
 def to_int16(x: np.ndarray) -> np.ndarray:
-    return (np.clip(x, -1, 1) * 32767).astype(np.int16)
+    clipped: np.ndarray = np.clip(x, -1, 1)
+    return (clipped * 32767).astype(np.int16)
 
 
 def classify(pcm: np.ndarray, detector: VoiceActivityDetector | None = None) -> np.ndarray:

@@ -15,7 +15,7 @@ import struct
 from typing import Any
 
 import pytest
-from aiortc.rtcpeerconnection import RTCStatsReport
+from aiortc import RTCStatsReport
 
 from media.relay.call import MediaUnavailable, PeerReport
 from media.relay.ice import MediaConfig
@@ -192,7 +192,7 @@ async def test_pool_maps_each_failure_kind_to_its_exception(
 ) -> None:
     worker, _, writer = await _live_worker()
     expected: list[tuple[m.Ok | m.Failed, type[Exception], str]] = []
-    tasks = []
+    tasks: list[asyncio.Future[m.Payload]] = []
     for kind, exc, text in [
         (m.ErrorKind.SDP, SdpError, "no audio section"),
         (m.ErrorKind.MEDIA_UNAVAILABLE, MediaUnavailable, "worker 3: closing"),

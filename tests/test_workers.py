@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 from aiortc.stats import RTCInboundRtpStreamStats
 
-from media.relay.call import MediaUnavailable
+from media.relay.call import AudioInput, MediaUnavailable
 from media.relay.ice import MediaConfig
 from media.relay.sdp import SdpError
 from media.workers import wire
 from media.workers.messages import Ready
 from media.workers.pool import MediaWorkerPool, RemoteCall
-from tests.conftest import until
 from tests.media_helpers import ColorTrack, FakeBrowser, ToneTrack
+from tests.support import eventually
 
 CONFIG = MediaConfig(allow_loopback_candidates=True, media_addresses=("127.0.0.1",))
 
@@ -58,10 +58,19 @@ async def test_call_in_a_worker_relays_media_and_delivers_mono_audio(
     pool: MediaWorkerPool,
 ) -> None:
     audio: dict[str, list[np.ndarray]] = {"therapist": [], "client": []}
+    not_pcm: list[AudioInput] = []
+
+    def on_audio(role: str, pcm: AudioInput) -> None:
+        # A worker sends mono PCM across the process boundary, never an av frame.
+        if isinstance(pcm, np.ndarray):
+            audio[role].append(pcm)
+        else:
+            not_pcm.append(pcm)
+
     states: list[tuple[str, str]] = []
     call = pool.call(
         "s1",
-        on_audio=lambda role, pcm: audio[role].append(pcm),
+        on_audio=on_audio,
         on_media_state=lambda role, state: states.append((role, state)),
     )
     therapist = FakeBrowser(ToneTrack(440), ColorTrack((220, 30, 30)))
@@ -71,14 +80,15 @@ async def test_call_in_a_worker_relays_media_and_delivers_mono_audio(
         await _join(call, "client", client)
         await client.wait_for("video", 10)
         await therapist.wait_for("video", 10)
-        await until(lambda: len(audio["client"]) > 20 and len(audio["therapist"]) > 20)
+        await eventually(lambda: len(audio["client"]) > 20 and len(audio["therapist"]) > 20)
         # The peers live in the worker, not here.
         assert call.worker.pid != os.getpid() and call.worker.pid is not None
         assert call.relay_mode == {"therapist->client": "forward", "client->therapist": "forward"}
         assert call.peer_count == 2
-        await until(lambda: call.media_state("client") == "connected")
+        await eventually(lambda: call.media_state("client") == "connected")
         assert ("client", "connected") in states
         # 48 kHz mono int16, 20 ms a frame, carrying the client's tone.
+        assert not not_pcm
         pcm = np.concatenate(audio["client"][-20:])
         assert pcm.dtype == np.int16 and audio["client"][-1].size == 960
         spectrum = np.abs(np.fft.rfft(pcm.astype(np.float64)))
@@ -150,15 +160,15 @@ async def test_a_dead_worker_is_replaced_and_the_call_reconnects(
     try:
         await _join(call, "therapist", therapist)
         await _join(call, "client", client)
-        await until(lambda: call.media_state("client") == "connected", timeout=10)
+        await eventually(lambda: call.media_state("client") == "connected", timeout=10)
         dead_pid = call.worker.pid
         assert dead_pid is not None
         with caplog.at_level(logging.ERROR, logger="rapport.media.workers.pool"):
             os.kill(dead_pid, signal.SIGKILL)
-            await until(lambda: call.media_state("client") == "lost", timeout=10)
+            await eventually(lambda: call.media_state("client") == "lost", timeout=10)
         assert call.peer_count == 0
         assert any("exited" in r.getMessage() for r in caplog.records)
-        await until(lambda: all(w.alive for w in pool.workers), timeout=30)
+        await eventually(lambda: all(w.alive for w in pool.workers), timeout=30)
         assert pool.restarts == 1 and dead_pid not in {w.pid for w in pool.workers}
         # The browsers re-offer; the call lands on a live worker and media flows again.
         for old in (therapist, client):
@@ -169,7 +179,7 @@ async def test_a_dead_worker_is_replaced_and_the_call_reconnects(
         await _join(call, "client", client)
         await client.wait_for("video", 10)
         assert call.worker.alive and call.worker.pid != dead_pid
-        await until(lambda: call.media_state("client") == "connected", timeout=10)
+        await eventually(lambda: call.media_state("client") == "connected", timeout=10)
     finally:
         await therapist.close()
         await client.close()
@@ -185,7 +195,7 @@ async def test_workers_exit_when_the_server_goes_away() -> None:
     assert pool.workers[0].writer is not None
     pool.closing = True
     pool.workers[0].writer.close()
-    await until(lambda: not _alive(pid), timeout=10)
+    await eventually(lambda: not _alive(pid), timeout=10)
     await pool.close()
     with pytest.raises(MediaUnavailable):
         await pool.call("late").connect("therapist", "v=0")
@@ -200,7 +210,7 @@ async def test_worker_logs_reach_the_server_log(
             with pytest.raises(SdpError):
                 # aiortc rejects this offer; the worker logs why (by exception type only).
                 await call.connect("therapist", "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\n")
-            await until(lambda: any("[media worker" in r.getMessage() for r in caplog.records))
+            await eventually(lambda: any("[media worker" in r.getMessage() for r in caplog.records))
         finally:
             await call.close()
 
@@ -214,12 +224,12 @@ async def test_a_hung_worker_is_killed_and_replaced(caplog: pytest.LogCaptureFix
     try:
         await _join(call, "therapist", therapist)
         await _join(call, "client", client)
-        await until(lambda: call.media_state("client") == "connected", timeout=10)
+        await eventually(lambda: call.media_state("client") == "connected", timeout=10)
         hung = pool.workers[0].pid
         assert hung is not None
         with caplog.at_level(logging.ERROR, logger="rapport.media.workers.pool"):
             os.kill(hung, signal.SIGSTOP)  # alive, but answering nothing
-            await until(lambda: pool.restarts == 1 and pool.workers[0].alive, timeout=20)
+            await eventually(lambda: pool.restarts == 1 and pool.workers[0].alive, timeout=20)
         assert any("did not answer" in r.getMessage() for r in caplog.records)
         assert pool.workers[0].pid != hung and not _alive(hung)
         assert call.media_state("client") == "lost"
@@ -281,7 +291,9 @@ async def test_bad_frames_to_a_worker_are_logged_and_the_worker_serves_on(
     with caplog.at_level(logging.ERROR):
         for frame in (*BAD_FRAMES, wire.encode(Ready(1))):  # Ready is the worker's to send
             worker.writer.write(frame)
-        await until(lambda: sum("[media worker 1]" in r.getMessage() for r in caplog.records) >= 3)
+        await eventually(
+            lambda: sum("[media worker 1]" in r.getMessage() for r in caplog.records) >= 3
+        )
         health = {h["index"]: h for h in await pool.health()}
     errors = [r.getMessage() for r in caplog.records if "[media worker 1]" in r.getMessage()]
     assert any("dropped a frame from the server: undecodable" in e for e in errors), errors

@@ -69,7 +69,8 @@ class MonoPcm:
             if channels == 2:  # Opus decodes to stereo: integer average, 3x cheaper than mean
                 pair_sum = data[:, 0].astype(np.int32) + data[:, 1].astype(np.int32)
                 return np.right_shift(pair_sum, 1).astype(np.int16)
-            return data.mean(axis=1).astype(np.int16)
+            mean: np.ndarray = data.mean(axis=1)
+            return mean.astype(np.int16)
         if self._resampler is None:
             self._resampler = AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         parts = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]

@@ -115,4 +115,5 @@ def snapshot_from_json(data: Any) -> Snapshot:
 
 def timeline_json(seconds: list[TimelineSecond]) -> list[dict[str, Any]]:
     """The 1-second timeline as JSON objects (``second``, who talked, who was absent)."""
-    return _TIMELINE.dump_python(seconds, mode="json")
+    rows: list[dict[str, Any]] = _TIMELINE.dump_python(seconds, mode="json")
+    return rows

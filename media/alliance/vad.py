@@ -72,8 +72,8 @@ def downmix(samples: np.ndarray, channels: int) -> np.ndarray:
     if channels == 1:
         return flat.astype(np.int16, copy=False)
     usable = flat.size - flat.size % channels
-    mixed = flat[:usable].reshape(-1, channels).astype(np.int32).sum(axis=1) // channels
-    return mixed.astype(np.int16)
+    mixed: np.ndarray = flat[:usable].reshape(-1, channels).astype(np.int32).sum(axis=1)
+    return (mixed // channels).astype(np.int16)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import Any
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, Packet
 from av.frame import Frame
+from av.stream import Stream
 
 from .frames import EncodedFrame, ForwardedPayloads, FrameDecoder
 
@@ -106,7 +107,8 @@ class OutboundTrack(MediaStreamTrack):
         self._items.append((item, source))
         self._ready.set()
 
-    async def recv(self) -> Frame | Packet | ForwardedPayloads:  # type: ignore[override]
+    # aiortc's MediaStreamTrack.recv returns Frame | Packet; ForwardedPayloads widens it.
+    async def recv(self) -> Frame | Packet[Stream] | ForwardedPayloads:  # type: ignore[override]
         # ForwardedPayloads only reach a sender prepared by send_forwarded (aiortc_compat).
         self._started = True
         while True:

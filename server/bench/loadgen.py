@@ -198,7 +198,7 @@ def speech_like(frames: int = AUDIO_LOOP_FRAMES, seed: int = 3) -> np.ndarray:
     gate = np.ones(n)
     for start in rng.integers(AUDIO_TICKS * 5, n - AUDIO_TICKS * 20, 3):
         gate[start : start + int(0.3 * 48_000)] = 0.0  # pauses between 'words'
-    signal = voiced * envelope * gate
+    signal: np.ndarray = voiced * envelope * gate
     signal = 0.1 * signal / (np.max(np.abs(signal)) + 1e-9)
     signal[: AUDIO_TICKS * 3] = 0.0
     signal[-AUDIO_TICKS * 10 :] = 0.0
@@ -291,6 +291,8 @@ class PacedPacketTrack(MediaStreamTrack):
             and slot % VIDEO_ANCHOR_EVERY >= VIDEO_ANCHOR_EVERY - VIDEO_ANCHOR_SKIP
         )
 
+    # aiortc's MediaStreamTrack.recv returns Frame | Packet; a sender prepared by
+    # send_forwarded takes ForwardedPayloads instead (media.aiortc_compat).
     async def recv(self) -> ForwardedPayloads:  # type: ignore[override]
         if self.readyState != "live":
             raise MediaStreamError
@@ -503,7 +505,7 @@ def align(
     period = VIDEO_ANCHOR_EVERY if kind == "video" else AUDIO_LOOP_FRAMES
     period_s = period * (1 / VIDEO_FPS if kind == "video" else AUDIO_TICKS / 48_000)
     labels = np.array([ts for _, ts, _ in received], dtype=np.int64)
-    base = Counter((labels % ticks).tolist()).most_common(1)[0][0]
+    base: int = Counter((labels % ticks).tolist()).most_common(1)[0][0]
     # Rounded: aiortc's encoder (transcoding) rescales pts through PyAV and can be 1 tick off.
     slots = np.rint((labels - base) / ticks).astype(np.int64)
     levels = np.array([level for _, _, level in received], dtype=np.float64)

@@ -1,32 +1,13 @@
-"""The one percentile definition behind every benchmark figure Rapport publishes.
+"""The benches' percentile: ``media.stats.percentile``, re-exported.
 
-Three definitions had crept in (linear interpolation in the relay bench, nearest rank plus
-``statistics.median`` in the signals bench), so a "p95" from one tool was not comparable
-with a "p95" from another, and on small samples they differ by whole samples. All figures
-now use this one.
-
-Definition: linear interpolation between the closest ranks, the same as numpy's default
-(``method="linear"``, Hyndman & Fan type 7) and Excel's ``PERCENTILE.INC``. For sorted
-values ``x[0..n-1]`` and ``q`` in [0, 1], the position ``h = (n - 1) * q`` falls between
-``x[floor(h)]`` and ``x[ceil(h)]``; the result is the straight line between the two. So the
-p50 is the usual median, p0 the minimum, p100 the maximum, and a result need not be one of
-the samples.
+The definition (linear interpolation, numpy's default) lives in ``media/stats.py`` so that
+``media`` itself (the event-loop lag its workers report) uses the same one as every bench
+figure; ``media`` may not import ``server``, so the definition sits below both. The benches
+import it from here, and this module adds nothing to it.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
+from media.stats import percentile
 
-
-def percentile(values: Iterable[float], q: float) -> float | None:
-    """The ``q`` quantile (0 ≤ q ≤ 1) of ``values``; None when there are none to rank."""
-    if not 0.0 <= q <= 1.0:
-        raise ValueError(f"quantile must be within [0, 1], got {q}")
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    pos = (len(ordered) - 1) * q
-    low = math.floor(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+__all__ = ["percentile"]

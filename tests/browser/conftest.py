@@ -12,13 +12,15 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+from pluggy import Result
+
+from tests.support import eventually_sync
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS_DIR = REPO_ROOT / "test-artifacts"
@@ -98,21 +100,24 @@ def rapport_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rapport
     server = RapportServer(base_url=base_url, env=env, log_path=log_path, proc=proc)
     _current_server = server
     try:
-        deadline = time.monotonic() + 20
-        while True:
+
+        def healthy() -> bool:
             if proc.poll() is not None:
                 pytest.fail(
                     f"server exited with {proc.returncode} before it was ready:\n"
                     f"{server.log_tail()}"
                 )
             try:
-                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                    break
+                return httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not healthy within 20 s:\n{server.log_tail()}")
-            time.sleep(0.2)
+                return False
+
+        eventually_sync(
+            healthy,
+            timeout=20,
+            interval=0.2,
+            message=lambda: f"server not healthy:\n{server.log_tail()}",
+        )
 
         for email, password, role, name in (
             (THERAPIST_EMAIL, THERAPIST_PASSWORD, "therapist", "Dr. Ellis Moreau"),
@@ -304,7 +309,9 @@ _console_key = pytest.StashKey[list[str]]()
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Result[pytest.TestReport], None]:
     outcome = yield
     report = outcome.get_result()
     if report.failed and item.get_closest_marker("browser") is not None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from playwright.sync_api import BrowserContext, Locator, Page, ViewportSize
+
+from tests.support import eventually_sync
 
 WAIT_MS = 30_000
 DESKTOP: ViewportSize = {"width": 1280, "height": 800}
@@ -77,18 +78,24 @@ def wait_for(
     what: str,
     interval: float = 0.2,
 ) -> T:
-    """Poll `probe` until it returns something truthy; fail with `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})"
-            )
-        time.sleep(interval)
+    """``eventually_sync`` for probes of a page or an API: poll ``probe`` until it returns
+    something truthy, and name ``what`` was awaited (and the probe's last answer) on timeout.
+
+    Waits on one element's state are Playwright's ``expect`` or ``wait_for_function``; this
+    is for conditions that combine page reads with API responses.
+    """
+    last: list[T | None] = [None]
+
+    def probed() -> T | None:
+        last[0] = probe()
+        return last[0]
+
+    return eventually_sync(
+        probed,
+        timeout=timeout,
+        interval=interval,
+        message=lambda: f"{what} (last: {last[0]!r})",
+    )
 
 
 def wait_video(page: Page, key: str, selector: str, min_frames: int = 10) -> Any:

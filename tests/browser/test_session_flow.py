@@ -8,13 +8,14 @@ microphone talk through the real server and its aiortc media relay, all on 127.0
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, ViewportSize, expect
+
+from tests.support import eventually_sync
 
 from .helpers import end_detail, end_title, stage_in
 
@@ -158,14 +159,24 @@ def audit_actions(
     with httpx.Client(base_url=server.base_url, timeout=10) as http:
         res = http.post("/api/login", json={"email": email, "password": password})
         assert res.status_code == 200, res.text
-        deadline = time.monotonic() + 10
-        while True:
+        events: list[dict[str, Any]] = []
+
+        def all_recorded() -> list[dict[str, Any]] | None:
+            nonlocal events
             res = http.get("/api/admin/audit", params={"session_id": session_id, "limit": 500})
             assert res.status_code == 200, res.text
-            events: list[dict[str, Any]] = res.json()["events"]
-            if required <= {e["action"] for e in events} or time.monotonic() > deadline:
-                return events
-            time.sleep(0.25)
+            events = res.json()["events"]
+            return events if required <= {e["action"] for e in events} else None
+
+        return eventually_sync(
+            all_recorded,
+            timeout=10,
+            interval=0.25,
+            message=lambda: (
+                f"audit actions {sorted(required - {e['action'] for e in events})} "
+                f"for session {session_id}"
+            ),
+        )
 
 
 def test_admit_talk_leave_rejoin_end(
