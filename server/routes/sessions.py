@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, Field
@@ -50,17 +49,17 @@ class InviteOut(BaseModel):
     invite_expires_at: datetime
 
 
-def session_out(session: TherapySession, settings: Settings) -> dict[str, Any]:
-    return {
-        "id": session.id,
-        "client_label": session.client_label,
-        "status": str(session.status),
-        "created_at": session.created_at,
-        "invite_expires_at": session.invite_expires_at,
-        "started_at": session.started_at,
-        "ended_at": session.ended_at,
-        "room_url": settings.public(f"/sessions/{session.id}"),
-    }
+def session_out(session: TherapySession, settings: Settings) -> SessionOut:
+    return SessionOut(
+        id=session.id,
+        client_label=session.client_label,
+        status=str(session.status),
+        created_at=session.created_at,
+        invite_expires_at=session.invite_expires_at,
+        started_at=session.started_at,
+        ended_at=session.ended_at,
+        room_url=settings.public(f"/sessions/{session.id}"),
+    )
 
 
 async def own_session(db: DbSession, user: User, session_id: str) -> TherapySession:
@@ -93,7 +92,7 @@ async def create_session(
     db.add(session)
     record(db, "session_created", f"user:{user.id}", session.id)
     await db.commit()
-    return CreatedSession(**session_out(session, settings), invite_url=invite_url)
+    return CreatedSession(**session_out(session, settings).model_dump(), invite_url=invite_url)
 
 
 @router.get("")
@@ -104,14 +103,14 @@ async def list_sessions(user: Therapist, db: DbSession, settings: SettingsDep) -
         .order_by(TherapySession.created_at.desc())
         .limit(200)
     )
-    return SessionList(sessions=[SessionOut(**session_out(s, settings)) for s in rows])
+    return SessionList(sessions=[session_out(s, settings) for s in rows])
 
 
 @router.get("/{session_id}")
 async def get_session(
     session_id: str, user: Therapist, db: DbSession, settings: SettingsDep
 ) -> SessionOut:
-    return SessionOut(**session_out(await own_session(db, user, session_id), settings))
+    return session_out(await own_session(db, user, session_id), settings)
 
 
 @router.post("/{session_id}/invite")

@@ -137,7 +137,7 @@ async def build_summary(
     checkins = await _checkins(db, [s.id for s in history])
     checkin = checkin_out(checkins.get(session.id))
     return Summary(
-        session=SessionOut(**session_out(session, settings)),
+        session=session_out(session, settings),
         metrics=None if metrics is None else SnapshotPayload.model_validate(metrics),
         timeline=[TimelineSecond(**second) for second in timeline],
         agenda=_agenda(session),
