@@ -137,9 +137,14 @@ def test_opus_is_aligned_and_loses_about_the_requested_fraction() -> None:
     # The declared pre-skip (312) is removed; libopus's waveform delay measures 306, so
     # the output is 6 samples (0.13 ms) early: far inside a 20 ms frame.
     assert abs(lag) <= 12, f"decoded Opus is {lag} samples late"
-    _, lossy = opus_roundtrip(pcm, 24.0, 0.08, np.random.default_rng(1))
+    concealed, lossy = opus_roundtrip(pcm, 24.0, 0.08, np.random.default_rng(1))
     assert lossy["packets"] >= 500
     assert 0.05 <= lossy["lost_fraction"] <= 0.11
+    silent, same = opus_roundtrip(pcm, 24.0, 0.08, np.random.default_rng(1), "silence")
+    assert same["lost"] == lossy["lost"]
+    # Silence concealment leaves exact-zero 20 ms holes; libopus's PLC fills them.
+    assert np.sum(silent == 0) >= 0.8 * 960 * lossy["lost"]
+    assert np.sum(concealed == 0) < 0.2 * 960 * lossy["lost"]
 
 
 def test_opus_condition_reports_loss_per_track(tmp_path: Path) -> None:
