@@ -14,6 +14,7 @@ from media.alliance.engine import ROLES, Role
 from tests.fixtures.dialogues import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
+    VOICES,
     generate_dialogue,
     have_tools,
     read_wav,
@@ -21,6 +22,7 @@ from tests.fixtures.dialogues import (
     to_int16,
 )
 from tests.fixtures.rooms import (
+    BACKGROUND_VOICES,
     CONDITIONS,
     RECORDED_RANGE_DB,
     RoomCondition,
@@ -120,9 +122,8 @@ def test_background_speech_level_and_presence(tmp_path: Path) -> None:
 
 def test_background_voices_are_not_the_participants(tmp_path: Path) -> None:
     room = generate_room_dialogue(SEED, CONDITIONS["background-15"], SECONDS, tmp_path)
-    assert set(room.dialogue.scenario.voices.values()).isdisjoint(
-        {"en-us+m7", "en+f5", "en-gb+m4", "en-us+f1", "en+m6"}
-    )
+    assert set(room.dialogue.scenario.voices.values()).isdisjoint(BACKGROUND_VOICES)
+    assert set(BACKGROUND_VOICES).isdisjoint(VOICES)
 
 
 def test_opus_is_aligned_and_loses_about_the_requested_fraction() -> None:
