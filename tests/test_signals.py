@@ -144,7 +144,7 @@ def test_long_utterance_inside_the_speakers_segment_is_an_interruption() -> None
     assert snap.backchannels == 0
     assert snap.turns == 1
     assert snap.interruptions.client == 1
-    assert snap.median_response_latency_s.client == pytest.approx(2.0 - 5.0)
+    assert snap.median_response_latency_s.client is None  # an interruption is not a reply
 
 
 def test_short_reply_after_the_speaker_is_neither_backchannel_nor_turn() -> None:
@@ -162,7 +162,7 @@ def test_interruption_and_negative_latency() -> None:
     assert snap.turns == 1
     assert snap.interruptions.client == 1
     assert snap.interruptions.therapist == 0
-    assert snap.median_response_latency_s.client == pytest.approx(-1.0)
+    assert snap.median_response_latency_s.client is None
     assert snap.median_response_latency_s.therapist is None
     (turn,) = kinds(events, EventKind.TURN_CHANGE)
     assert turn.role is C and turn.details["interruption"] is True
@@ -187,12 +187,35 @@ def test_turns_and_latency_medians_per_direction() -> None:
     snap, events, _ = run(therapist, client)
     assert snap.turns == 5
     assert snap.interruptions.client == 1
-    # Client responses: 0.8, -0.5, 1.0 -> median 0.8. Therapist: 1.2, 0.4 -> median 0.8.
-    assert snap.median_response_latency_s.client == pytest.approx(0.8)
+    # Client replies: 0.8, 1.0 (-> median 0.9; the interruption at 7.5 s is not a reply).
+    # Therapist: 1.2, 0.4 -> median 0.8.
+    assert snap.median_response_latency_s.client == pytest.approx(0.9)
     assert snap.median_response_latency_s.therapist == pytest.approx(0.8)
     changes = kinds(events, EventKind.TURN_CHANGE)
     assert [e.role for e in changes] == [C, T, C, T, C]
     assert [e.t_s for e in changes] == pytest.approx([2.8, 6.2, 7.5, 10.4, 13.0])
+
+
+def test_reply_time_is_over_genuine_turn_changes_only() -> None:
+    # T 0-5 | C 4-8 interrupts | T 7-10 interrupts | C 11.2-13 replies after 1.2 s |
+    # T 12.5-15 interrupts | C 15.6-17 replies after 0.6 s.
+    therapist = seq((True, 5.0), (False, 2.0), (True, 3.0), (False, 2.5), (True, 2.5), (False, 2))
+    client = seq(
+        (False, 4.0), (True, 4.0), (False, 3.2), (True, 1.8), (False, 2.6), (True, 1.4), (False, 0)
+    )
+    client = pad(client, len(therapist))
+    snap, events, _ = run(therapist, client)
+    assert snap.turns == 5
+    assert snap.interruptions.client == 1
+    assert snap.interruptions.therapist == 2
+    # Client: replies 1.2 and 0.6 (the interruption at 4 s is not a reply) -> median 0.9.
+    assert snap.median_response_latency_s.client == pytest.approx(0.9)
+    # The therapist only ever interrupted: no reply time at all, never a negative one.
+    assert snap.median_response_latency_s.therapist is None
+    changes = kinds(events, EventKind.TURN_CHANGE)
+    assert [e.details["interruption"] for e in changes] == [True, True, False, True, False]
+    assert [e.details["latency_s"] for e in changes] == pytest.approx([None, None, 1.2, None, 0.6])
+    assert len(kinds(events, EventKind.INTERRUPTION)) == 3
 
 
 def test_first_floor_is_not_a_turn() -> None:
@@ -462,6 +485,8 @@ def test_engine_matches_reference_implementation(
         {T: states_from_values(t_vals), C: states_from_values(c_vals)}, config
     )
     assert final == reference
+    medians = final.median_response_latency_s
+    assert all(m is None or m >= 0 for m in (medians.therapist, medians.client))
 
 
 # --- the audio path: ParticipantAudio + VAD at known times ------------------------------------

@@ -26,11 +26,11 @@ Decisions the definitions leave open, and what we chose:
   and ends inside a segment of the other participant (both ends inclusive) and lasts under
   ``backchannel_max_s``.
 * **Interruption / latency.** The previous floor holder's "last segment" is their latest
-  talk segment that started at or before the new holder's segment start. Latency is
-  ``new start − that segment's end``; it is negative exactly when the new holder started
-  while that segment was still running, which is the interruption test. For an
-  interruption the latency is only known once the interrupted segment ends, so the
-  ``turn_change`` event carries ``latency_s=None`` and the median picks it up later.
+  talk segment that started at or before the new holder's segment start. The new holder
+  interrupted exactly when they started while that segment was still running. Otherwise
+  the change is a reply and its latency is ``new start − that segment's end`` (≥ 0); an
+  interruption has no latency (``latency_s=None`` on its ``turn_change``) and is counted
+  on its own, so a median reply time is never negative.
 * **Ties.** Segments starting on the same frame are ordered therapist first.
 * **Session end** (``finalize``) and **absence** end an open segment at its last speech frame.
 * ``last_5min`` long silences are the long-silence stretches that overlap the window; turns,
@@ -281,8 +281,6 @@ class _Segment:
     closed: bool = False
     confirmed: bool = False
     dropped: bool = False
-    #: Interruptions whose (negative) latency waits for this segment's end: (role, start).
-    latency_waiters: list[tuple[Role, int]] = field(default_factory=list)
 
     @property
     def length(self) -> int:
@@ -566,9 +564,6 @@ class SignalEngine:
             track.status.extend([True] * (seg.end - track.resolved_to))
             track.status.extend([False] * (k + 1 - seg.end))
             track.longest = max(track.longest, seg.length)
-            for role, start in seg.latency_waiters:
-                self._add_latency(role, start - seg.end)
-            seg.latency_waiters.clear()
         else:
             seg.dropped = True
             track.status.extend([False] * (k + 1 - track.resolved_to))
@@ -663,11 +658,10 @@ class SignalEngine:
         if last is None:
             interruption, latency = False, None
         elif last.closed:
-            latency = seg.start - last.end
-            interruption = latency < 0
+            interruption = last.end > seg.start
+            latency = None if interruption else seg.start - last.end
         elif last.end > seg.start:
             interruption, latency = True, None
-            last.latency_waiters.append((seg.role, seg.start))
         else:
             return False  # the holder is in a pause that may still be bridged
         self._floor = seg.role
