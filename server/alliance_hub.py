@@ -60,6 +60,11 @@ class SignalsHub:
         # Per session: the hub's config with the therapist's own thresholds applied.
         self._configs: dict[str, SignalConfig] = {}
 
+    @property
+    def thread(self) -> SignalThread:
+        """The one thread doing every session's signal work (read by the benchmark)."""
+        return self._worker
+
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._persister = asyncio.ensure_future(self._persist_loop())

@@ -39,3 +39,11 @@ def test_bench_signals_reports_latency(tmp_path: Path) -> None:
     latency = figures["speaking_latency_ms"]
     assert 0 < latency["p50"] <= latency["p95"] <= latency["max"]
     assert "p50" in result.stdout
+    # The signals' CPU per session is measured, not asserted against a budget: plausible
+    # means positive, below a whole core, and within what the whole thread used.
+    cpu = figures["signals_cpu"]
+    assert cpu["session_s"] > 1.0
+    assert 0 < cpu["per_session_cpu_s_per_s"] < 1.0
+    assert cpu["session_cpu_s"] > 0
+    assert 0 < cpu["thread_cpu_s_per_s"] < 1.0
+    assert "CPU s/s" in result.stdout

@@ -163,6 +163,8 @@ class LiveSignals:
         self._last_snapshot_tick = 0
         self._speaking: tuple[str, ...] = ()
         self.frames_dropped = 0
+        #: CPU seconds the signal thread spent stepping this session (downmix, VAD, engine).
+        self.cpu_s = 0.0
         self.ended = False
         self.latest: Snapshot | None = None
         self._runs: list[list[int]] = []  # [code, count], the engine's whole input
@@ -265,6 +267,16 @@ class LiveSignals:
             now,
         )
 
+    @property
+    def cpu_per_session_second(self) -> float | None:
+        """What this session's signals cost: CPU seconds per second of session covered.
+
+        Divided by the engine's own clock rather than wall time, because that is the time the
+        work was for (a paused clock costs next to nothing and is not a second of session).
+        """
+        seconds = self.engine.now_s
+        return None if seconds <= 0 else self.cpu_s / seconds
+
     def snapshot(self) -> Snapshot:
         with self._lock:
             self.latest = self.engine.finalize() if self.ended else self.engine.snapshot()
@@ -298,6 +310,10 @@ class SignalThread:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.max_step_s = 0.0
+        # Measured with the thread's own CPU clock, so the event loop, media workers and a
+        # busy neighbour on the same machine are never billed to the signals.
+        self.cpu_s = 0.0
+        self.started_at: float | None = None
 
     def add(self, signals: LiveSignals) -> None:
         with self._lock:
@@ -311,6 +327,8 @@ class SignalThread:
             self._sessions.pop(session_id, None)
 
     def _run(self) -> None:
+        self.started_at = time.monotonic()
+        cpu_start = time.thread_time()
         next_at = time.monotonic()
         while not self._stop.is_set():
             next_at += self._tick_s
@@ -323,14 +341,18 @@ class SignalThread:
             with self._lock:
                 sessions = list(self._sessions.values())
             for signals in sessions:
+                cpu_before = time.thread_time()
                 try:
                     update = signals.step(started)
                 except Exception:
                     log.exception("signal step failed")
                     continue
+                finally:
+                    signals.cpu_s += time.thread_time() - cpu_before
                 if update is not None:
                     self._publish(update)
             self.max_step_s = max(self.max_step_s, time.monotonic() - started)
+            self.cpu_s = time.thread_time() - cpu_start
 
     def stop(self) -> None:
         self._stop.set()

@@ -5,6 +5,13 @@ over the real signalling protocol, and has the client start speaking at known mo
 latency is from the moment the first speech frame is handed to the client's sender until the
 therapist's socket receives a ``speaking`` message naming the client: it includes Opus
 encode/decode, the server's jitter buffer, voice activity, the engine and the socket.
+
+Beside it, the signals' CPU per session: the CPU time (``time.thread_time``) the signal
+thread spent stepping this session (downmix, voice activity, engine, snapshots) divided by
+the seconds of session the engine covered. It is the thread's own CPU clock, so decoding in
+the media workers, the event loop and anything else running on the machine are not in it;
+the thread's total CPU per wall second (idle wake-ups and publishing included) is reported
+too, so the per-session figure can be checked against it.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 from media.relay.ice import restrict_host_addresses
+from server.alliance_hub import SignalsHub
 from server.app import create_app
 from server.bench.stats import percentile
 from server.bench.synthetic import ScheduledSpeechTrack, SilenceTrack
@@ -99,7 +107,24 @@ async def _expect(inbox: asyncio.Queue[Any], kind: str) -> dict[str, Any]:
             return dict(message)
 
 
-async def _run(base: str, onsets: int, gap_s: float, burst_s: float) -> dict[str, Any]:
+def _signals_cpu(hub: SignalsHub, session_id: str) -> dict[str, Any]:
+    """The session's signal CPU, read before the session ends and its signals are dropped."""
+    signals = hub.sessions.get(session_id)
+    thread = hub.thread
+    wall = None if thread.started_at is None else time.monotonic() - thread.started_at
+    per_session = None if signals is None else signals.cpu_per_session_second
+    return {
+        "per_session_cpu_s_per_s": None if per_session is None else round(per_session, 4),
+        "session_s": None if signals is None else round(signals.engine.now_s, 2),
+        "session_cpu_s": None if signals is None else round(signals.cpu_s, 3),
+        "thread_cpu_s_per_s": None if not wall else round(thread.cpu_s / wall, 4),
+        "target_cpu_s_per_s": 0.03,
+    }
+
+
+async def _run(
+    base: str, hub: SignalsHub, onsets: int, gap_s: float, burst_s: float
+) -> dict[str, Any]:
     restrict_host_addresses(["127.0.0.1"])
     ws_base = base.replace("http://", "ws://")
     async with httpx.AsyncClient(base_url=base) as http:
@@ -144,6 +169,7 @@ async def _run(base: str, onsets: int, gap_s: float, burst_s: float) -> dict[str
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.1)
+        cpu = _signals_cpu(hub, session["id"])
         await t_ws.send(json.dumps({"type": "end"}))
     finally:
         await therapist.close()
@@ -157,10 +183,10 @@ async def _run(base: str, onsets: int, gap_s: float, burst_s: float) -> dict[str
         hit = next((at for at, who in speaking if at >= onset and "client" in who), None)
         if hit is not None and hit - onset < burst_s:
             latencies.append((hit - onset) * 1000)
-    return _summary(latencies, len(client_audio.onsets))
+    return _summary(latencies, len(client_audio.onsets), cpu)
 
 
-def _summary(latencies: list[float], onsets: int) -> dict[str, Any]:
+def _summary(latencies: list[float], onsets: int, cpu: dict[str, Any]) -> dict[str, Any]:
     ordered = sorted(latencies)
 
     def pct(p: float) -> float | None:
@@ -177,6 +203,7 @@ def _summary(latencies: list[float], onsets: int) -> dict[str, Any]:
             "all": [round(v, 1) for v in latencies],
         },
         "budget_ms": 400,
+        "signals_cpu": cpu,
     }
 
 
@@ -211,8 +238,10 @@ def run(
             await database.dispose()
 
         asyncio.run(seed())
+        app = create_app(settings)
+        hub: SignalsHub = app.state.signals
         server = uvicorn.Server(
-            uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
         )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
@@ -220,7 +249,7 @@ def run(
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.02)
         try:
-            result = asyncio.run(_run(f"http://127.0.0.1:{port}", onsets, gap_s, burst_s))
+            result = asyncio.run(_run(f"http://127.0.0.1:{port}", hub, onsets, gap_s, burst_s))
             result["media_workers"] = settings.media_worker_count
             return result
         finally:
@@ -235,6 +264,13 @@ def main(onsets: int, json_path: str | None, media_workers: int | None = None) -
     print(f"  onsets {result['onsets']}, detected {result['detected']}")
     print(f"  media workers: {result['media_workers']}")
     print(f"  p50 {lat['p50']} ms   p95 {lat['p95']} ms   max {lat['max']} ms   (budget 400 ms)")
+    cpu = result["signals_cpu"]
+    print("Signals CPU (signal thread's own CPU clock: downmix + VAD + engine)")
+    print(
+        f"  per session {cpu['per_session_cpu_s_per_s']} CPU s/s over {cpu['session_s']} s"
+        f"   whole thread {cpu['thread_cpu_s_per_s']} CPU s/s"
+        f"   (target < {cpu['target_cpu_s_per_s']})"
+    )
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))
     return 0 if result["detected"] == result["onsets"] else 1
