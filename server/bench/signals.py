@@ -186,7 +186,9 @@ async def _run(
     return _summary(latencies, len(client_audio.onsets), cpu)
 
 
-def _summary(latencies: list[float], onsets: int, cpu: dict[str, Any]) -> dict[str, Any]:
+def _summary(
+    latencies: list[float], onsets: int, cpu: dict[str, Any] | None = None
+) -> dict[str, Any]:
     ordered = sorted(latencies)
 
     def pct(p: float) -> float | None:
