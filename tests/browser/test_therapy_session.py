@@ -182,11 +182,18 @@ def call(rapport_server: Any, browsers: Any, artifacts_dir: Path) -> Iterator[Ca
 
         # Therapist opens the room and admits.
         t.goto(f"/sessions/{session_id}", wait_until="domcontentloaded")
+        # No balance while the client is not in the call: signals are not counting yet.
+        status = t.get_by_test_id("balance-status")
+        expect(status).to_have_attribute("data-state", "waiting")
+        expect(status).to_have_text("Waiting for your client")
+        expect(t.get_by_test_id("talk-balance")).to_be_hidden()
         t.get_by_test_id("admit-button").click()
         wait_video(t, "call", REMOTE)
         wait_video(c, "call", REMOTE)
         expect(t.get_by_test_id("connection-status")).to_have_text("Connected")
         expect(c.get_by_test_id("connection-status")).to_have_text("Connected")
+        expect(status).to_have_attribute("data-state", "together")
+        expect(t.get_by_test_id("talk-balance")).to_be_visible()
         yield Call(
             server=server,
             artifacts=artifacts_dir,

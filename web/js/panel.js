@@ -45,6 +45,7 @@ export function setupPanel({ sessionId, send, announce, onProblem }) {
     speakingNow: $("speaking-now"),
     speakingDot: $("speaking-dot"),
     silence: $("current-silence"),
+    balanceStatus: $("balance-status"),
     balance: $("talk-balance"),
     balance5: $("talk-balance-5min"),
     bar: $("balance-bar"),
@@ -90,6 +91,9 @@ export function setupPanel({ sessionId, send, announce, onProblem }) {
     belowSince: null,
     belowCued: false,
     sharing: false,
+    // The signals only count while both are in the call; until then a balance is meaningless.
+    together: false,
+    peer: "waiting",
     active: false,
     lastTimelineText: 0,
   };
@@ -410,6 +414,25 @@ export function setupPanel({ sessionId, send, announce, onProblem }) {
     return "within it";
   }
 
+  // Client presence as the room reports it (peer_state): "waiting" before they are in the
+  // call, "connecting" while their media is not flowing, "together" once it is. Only then do
+  // the signals accumulate, so only then is a balance shown.
+  const PEER_TEXT = {
+    waiting: "Waiting for your client",
+    connecting: "Connecting to your client…",
+    together: "",
+  };
+
+  function renderPresence() {
+    el.balanceStatus.dataset.state = state.peer;
+    el.balanceStatus.textContent = PEER_TEXT[state.peer];
+    el.balanceStatus.hidden = state.together;
+    for (const node of [el.balance, el.balance5, el.bar, el.bar5, el.bandNote]) {
+      const row = node.closest(".balance-row") || node;
+      row.hidden = !state.together;
+    }
+  }
+
   function renderBalance() {
     const snap = state.snapshot;
     const share = snap ? snap.client_share : null;
@@ -458,6 +481,8 @@ export function setupPanel({ sessionId, send, announce, onProblem }) {
     if (ticks % 4 === 0) renderTimeline();
   }, 250);
 
+  renderPresence();
+
   return {
     loadPrefs,
     start() {
@@ -476,6 +501,13 @@ export function setupPanel({ sessionId, send, announce, onProblem }) {
     },
     onSpeaking(msg) {
       setSpeaking(msg.speaking);
+    },
+    onPeer(msg) {
+      if (msg.role !== "client") return;
+      if (!msg.present) state.peer = "waiting";
+      else state.peer = msg.media === "connected" ? "together" : "connecting";
+      state.together = state.peer === "together";
+      renderPresence();
     },
   };
 }

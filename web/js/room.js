@@ -327,7 +327,10 @@ function connect() {
       if (!page.state.finished) renderLobby(msg.waiting);
     },
     peer_state: (msg) => {
-      if (msg.role === "client" && !page.state.finished) renderPeer(msg);
+      if (msg.role === "client" && !page.state.finished) {
+        renderPeer(msg);
+        panel.onPeer(msg);
+      }
     },
   });
 }
