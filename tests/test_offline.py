@@ -125,3 +125,18 @@ def test_rapport_analyze_prints_the_snapshot_as_json(dialogue: Dialogue, at_48k:
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
     assert printed == snapshot_json(at_48k)  # the command is the same engine, nothing more
+
+
+def test_offline_uses_the_session_clock_of_the_live_path() -> None:
+    """Talk on the longer recording after the other one ended is absence, not talk: the
+    offline analyser runs the same session clock as a live call (one code path)."""
+    from media.alliance.offline import analyze_pcm
+    from tests.fixtures.dialogues import synthetic_voice
+
+    speech = np.round(synthetic_voice(6.0, -20.0, seed=3) * 32767).astype(np.int16)
+    rng = np.random.default_rng(4)
+    quiet = np.round(rng.normal(0, 3, 48000 * 3)).astype(np.int16)  # 3 s of a quiet room
+    snap = analyze_pcm({Role.THERAPIST: speech, Role.CLIENT: quiet})
+    assert snap.absent_s == pytest.approx(3.0, abs=0.05)
+    assert snap.therapist_talk_s <= 3.0 + 0.05  # the last 3 s of talk are not counted
+    assert snap.therapist_talk_s > 2.0

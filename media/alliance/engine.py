@@ -828,6 +828,37 @@ class SignalEngine:
         )
 
 
+class SessionClockEngine(SignalEngine):
+    """The engine as a live session needs it: talk counts only while both people are in.
+
+    The pure engine counts a participant's talk whenever *they* are present, which is right
+    for its own contract but not for a call: a therapist talking while the client is still in
+    the waiting room, or has dropped out, would tilt the balance, lengthen a monologue and
+    later pass as the start of a turn. So while either person is away, the one who is there
+    is fed as present and not speaking: those frames are absence (reported on their own),
+    never talk or silence. On the first frame of an absence the present person is fed as
+    absent too, which ends their open segment at its last speech frame instead of letting
+    the half-second bridge carry it across the gap; that frame is absent time either way.
+
+    The masking lives inside ``advance`` so replaying the recorded (unmasked) input after a
+    restart reproduces it exactly, and ``rapport analyze`` uses this class too: the live
+    path and the offline analyser share one definition of the session clock.
+    """
+
+    def __init__(self, config: SignalConfig | None = None) -> None:
+        super().__init__(config)
+        self._together = False
+
+    def advance(self, speech: Mapping[Role, bool | None]) -> list[SignalEvent]:
+        values = {role: speech.get(role) for role in Role}
+        together = all(value is not None for value in values.values())
+        if not together:
+            lone: bool | None = None if self._together else False
+            values = {role: None if value is None else lone for role, value in values.items()}
+        self._together = together
+        return super().advance(values)
+
+
 class ParticipantAudio:
     """Glue for the live path: one ``VoiceActivityDetector`` per role, PCM in, ticks out.
 

@@ -2,7 +2,7 @@
 
 The point of this module is that it is *not* a second implementation: recordings are
 decoded, resampled to what the live path sees (48 kHz mono s16, 20 ms frames) and pushed
-through the same ``ParticipantAudio`` → ``VoiceActivityDetector`` → ``SignalEngine`` chain,
+through the same ``ParticipantAudio`` → ``VoiceActivityDetector`` → ``SessionClockEngine`` chain,
 so an offline number and a live number for the same audio agree.
 """
 
@@ -18,8 +18,8 @@ from media.alliance.engine import (
     ROLES,
     ParticipantAudio,
     Role,
+    SessionClockEngine,
     SignalConfig,
-    SignalEngine,
     Snapshot,
 )
 
@@ -67,7 +67,7 @@ def analyze_pcm(
     its end: we do not know that they were silent, so it must not become "silence".
     """
     feed = ParticipantAudio(
-        SignalEngine(config), sample_rate=LIVE_SAMPLE_RATE, aggressiveness=aggressiveness
+        SessionClockEngine(config), sample_rate=LIVE_SAMPLE_RATE, aggressiveness=aggressiveness
     )
     n = feed.frame_samples
     iters = {role: _frames(tracks[role], n) for role in ROLES}
