@@ -58,7 +58,7 @@ case "$cmd" in
     exec "$VENV/bin/rapport" serve "$@"
     ;;
   test)
-    apt_install chromium espeak-ng sox
+    apt_install chromium espeak-ng sox asterisk-core-sounds-en-wav pocketsphinx-testdata
     ensure_venv test
     # Coverage of our three packages, on by default. It costs about 75 % wall time on the
     # media-heavy files (the tracer sees every aiortc frame), hence the opt-out for quick
