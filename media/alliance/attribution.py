@@ -1,0 +1,282 @@
+"""Whose voice is it? Attribution of speech-like frames using both participants' audio.
+
+A microphone in a real room hears more than its owner (design.md, "Real rooms"): the other
+participant leaking back from the loudspeaker after the browser's echo canceller, and a TV or
+other people talking. The voice activity detector cannot tell these apart from its owner —
+they *are* speech — so every frame it calls speech is checked here, with what only the
+server knows, before it reaches the signal engine:
+
+* **Echo.** The server holds the far end's own clean(er) track, so it can predict how much
+  of the far voice should be in this microphone: per band, the far end's power delayed by
+  an estimated echo delay (envelope cross-correlation over the last seconds, 0–300 ms),
+  held with a room-like decay and widened by a frame or two either side (the two tracks
+  reach ``tick()`` with a little relative jitter), times a per-band echo gain learned as an
+  upper quantile of near/far power ratios while the far end talks. A frame whose speech-band
+  power, after removing that prediction with a safety margin, no longer stands above the
+  microphone's noise floor the way speech must, is echo. Real double-talk survives because
+  the owner's voice is far louder than the leak in most bands.
+* **Background speech.** The owner is the loud, near voice. A per-speaker level model keeps
+  an upper quantile of the levels of their recent speech frames (a long, exponentially
+  forgetting histogram); a stretch whose smoothed level stays well below it is somebody
+  else. Frames heard while the other participant holds the floor do not teach the model
+  (the owner is mostly listening then, so what the microphone hears is mostly the room),
+  and the memory is short enough that a speaker who moves away (−12 dB for a minute) is
+  followed within seconds of their talking.
+
+Pure numpy on a handful of bands per 20 ms frame: no I/O, no clock, deterministic, so the
+live path and ``rapport analyze`` share it through ``ParticipantAudio``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from media.alliance.vad import FrameFeatures
+from media.participants import ROLES, Role, other_role
+
+__all__ = ["AttributionTuning", "Attributor"]
+
+_TINY = 1e-14  # −140 dBFS: keeps logs finite without moving any real level
+
+
+@dataclass(frozen=True)
+class AttributionTuning:
+    """Knobs, in the units a room is described in (dB, seconds); see the module docstring."""
+
+    frame_ms: int = 20
+    #: Echo delays searched (residual echo after the browser's canceller: 20–250 ms).
+    max_delay_s: float = 0.3
+    #: Prediction widened by this many frames either side of the estimated delay.
+    smear_frames: int = 1
+    #: Far-end power is held with this decay (a small room's reverberation tail).
+    tail_db_per_s: float = 120.0
+    #: Averaging time of the envelope cross-correlation and of the envelope's mean.
+    xcorr_tau_s: float = 8.0
+    envelope_tau_s: float = 1.0
+    #: The delay estimate moves only when another lag correlates this much better.
+    delay_switch_ratio: float = 1.15
+    #: Echo gain per band: this quantile of near/predicted power while the far end talks.
+    gain_quantile: float = 0.8
+    gain_step_db: float = 0.3
+    initial_gain_db: float = -45.0
+    #: A far frame teaches the echo gain only when this far above its own noise floor.
+    far_active_db: float = 10.0
+    #: The near power must exceed the predicted echo by this much to count as the owner's.
+    echo_margin_db: float = 3.0
+    #: Level model: quantile of the owner's speech-frame levels taken as their "own" level,
+    #: how fast it may fall per second of speech heard (the speaker moving away), and how
+    #: far below it a stretch must sit to be somebody else's voice.
+    level_quantile: float = 0.9
+    level_fall_db_per_s: float = 1.5
+    background_drop_db: float = 12.0
+    #: Once the owner's voice is accepted, weaker frames continue it down to this extra drop.
+    background_hold_db: float = 6.0
+    #: The level judged is the mean power over the last frames of the current speech run.
+    level_frames: int = 5
+    #: Until this much own speech has been heard the level model does not veto.
+    level_warmup_s: float = 2.0
+
+
+class _History:
+    """One role's recent frames: held band power, speech flag, level envelope."""
+
+    def __init__(self, n_bands: int, length: int, t: AttributionTuning) -> None:
+        frame_s = t.frame_ms / 1000.0
+        self.length = length
+        self.power = np.zeros((length, n_bands))
+        self.env = np.zeros(length)
+        self.active = np.zeros(length, dtype=bool)
+        self.pos = -1
+        self._hold = np.zeros(n_bands)
+        self._decay = 10.0 ** (-t.tail_db_per_s * frame_s / 10.0)
+        self._env_mean = 0.0
+        self._env_alpha = min(1.0, frame_s / t.envelope_tau_s)
+        self._far_active_db = t.far_active_db
+
+    def push(self, f: FrameFeatures | None) -> None:
+        self.pos = (self.pos + 1) % self.length
+        if f is None:
+            self._hold *= self._decay
+            env = 0.0
+            active = False
+        else:
+            np.maximum(f.bands, self._hold * self._decay, out=self._hold)
+            above = f.level_dbfs - f.floor_dbfs
+            env = min(40.0, max(0.0, above))
+            active = f.speech and above >= self._far_active_db
+        self._env_mean += (env - self._env_mean) * self._env_alpha
+        self.power[self.pos] = self._hold
+        self.env[self.pos] = env - self._env_mean
+        self.active[self.pos] = active
+
+    def lagged(self, lags: np.ndarray) -> np.ndarray:
+        return (self.pos - lags) % self.length
+
+
+class _EchoPath:
+    """The far role's voice as heard in the near role's microphone."""
+
+    def __init__(self, n_bands: int, t: AttributionTuning) -> None:
+        frame_s = t.frame_ms / 1000.0
+        self.max_delay = max(1, round(t.max_delay_s / frame_s))
+        self.lags = np.arange(self.max_delay + 1)
+        self.xcorr = np.zeros(self.max_delay + 1)
+        self._alpha = min(1.0, frame_s / t.xcorr_tau_s)
+        self.delay = min(self.max_delay, round(0.1 / frame_s))
+        self.gain_db = np.full(n_bands, t.initial_gain_db)
+        self._up = t.gain_step_db * t.gain_quantile
+        self._down = t.gain_step_db * (1.0 - t.gain_quantile)
+        self._smear = np.arange(-t.smear_frames, t.smear_frames + 1)
+        self._switch = t.delay_switch_ratio
+        self._margin = 10.0 ** (t.echo_margin_db / 10.0)
+
+    def predict(self, near: _History, far: _History) -> tuple[np.ndarray, bool]:
+        """Advance the delay estimate; return the predicted echo power per band (before the
+        gain) and whether the far end was talking at the estimated delay."""
+        idx = far.lagged(self.lags)
+        self.xcorr += (near.env[near.pos] * far.env[idx] - self.xcorr) * self._alpha
+        best = int(np.argmax(self.xcorr))
+        if best != self.delay and self.xcorr[best] > self._switch * max(
+            self.xcorr[self.delay], 0.0
+        ):
+            self.delay = best
+        lags = np.clip(self.delay + self._smear, 0, self.max_delay)
+        rows = far.lagged(lags)
+        return far.power[rows].max(axis=0), bool(far.active[(far.pos - self.delay) % far.length])
+
+    def learn(self, near_bands: np.ndarray, far_pred: np.ndarray) -> None:
+        ratio_db = 10.0 * np.log10((near_bands + _TINY) / (far_pred + _TINY))
+        self.gain_db += np.where(ratio_db > self.gain_db, self._up, -self._down)
+
+    def residual(self, near_bands: np.ndarray, far_pred: np.ndarray, gate: int) -> float:
+        """Power of the near frame's speech band left after removing the predicted echo."""
+        echo = far_pred[:gate] * (10.0 ** (self.gain_db[:gate] / 10.0)) * self._margin
+        return float(np.maximum(near_bands[:gate] - echo, 0.0).sum())
+
+
+class _LevelModel:
+    """How loud this participant's own voice is, in their own microphone.
+
+    The reference is a stochastic quantile tracker on the levels of their speech frames: it
+    steps up by ``up`` when a frame is louder and down by ``down`` when quieter, so it settles
+    where a fraction ``down / (up + down)`` of frames is louder (an upper quantile), rises
+    within a second when a louder voice appears, and falls at most ``down`` per frame of
+    speech heard: the speaker who moves away is followed at that rate, while a TV heard
+    only in the gaps of the conversation pulls the reference down by just a few dB.
+    """
+
+    def __init__(self, t: AttributionTuning) -> None:
+        frame_s = t.frame_ms / 1000.0
+        self.t = t
+        self._down = t.level_fall_db_per_s * frame_s
+        self._up = self._down * t.level_quantile / (1.0 - t.level_quantile)
+        self._warmup = round(t.level_warmup_s / frame_s)
+        self.fed = 0
+        self.reference_dbfs: float | None = None
+        self._recent: list[float] = []
+        self._owned = False
+
+    def feed(self, level_dbfs: float) -> None:
+        self.fed += 1
+        ref = self.reference_dbfs
+        if ref is None:
+            self.reference_dbfs = level_dbfs
+        elif self.fed < self._warmup:
+            self.reference_dbfs = max(ref - self._down, level_dbfs)
+        else:
+            self.reference_dbfs = ref + (self._up if level_dbfs > ref else -self._down)
+
+    def owns(self, speech: bool, power: float) -> bool:
+        """Is this speech-like frame (``power``: its speech-band mean square) the owner's
+        voice? Judged on the mean power of the current run's last few frames, so a single
+        loud syllable of a TV does not pass, with hysteresis once the owner is accepted."""
+        if not speech:
+            self._recent.clear()
+            self._owned = False
+            return False
+        recent = self._recent
+        recent.append(power)
+        if len(recent) > self.t.level_frames:
+            del recent[0]
+        if self.reference_dbfs is None or self.fed < self._warmup:
+            self._owned = True
+            return True
+        level = 10.0 * math.log10(sum(recent) / len(recent) + _TINY)
+        drop = self.t.background_drop_db + (self.t.background_hold_db if self._owned else 0.0)
+        self._owned = level >= self.reference_dbfs - drop
+        return self._owned
+
+
+class Attributor:
+    """Both roles' frame features in, each role's attributed speech verdict out, per tick."""
+
+    def __init__(
+        self, n_bands: int, gate_bands: int, tuning: AttributionTuning | None = None
+    ) -> None:
+        self.tuning = t = tuning or AttributionTuning()
+        self.n_bands = n_bands
+        self.gate_bands = gate_bands
+        frame_s = t.frame_ms / 1000.0
+        length = round(t.max_delay_s / frame_s) + t.smear_frames + 2
+        self._length = length
+        self._history = {r: _History(n_bands, length, t) for r in ROLES}
+        self._echo = {r: _EchoPath(n_bands, t) for r in ROLES}  # keyed by the near role
+        self._levels = {r: _LevelModel(t) for r in ROLES}
+        self._talking = dict.fromkeys(ROLES, False)
+        #: Why the last frame's raw speech was overruled, per role (for diagnostics).
+        self.vetoed: dict[Role, str | None] = dict.fromkeys(ROLES)
+
+    def reset(self, role: Role) -> None:
+        """A participant's connection changed: echo delay and gain to and from them no longer
+        hold (new device, new path); their voice level is relearned too."""
+        t = self.tuning
+        for r in ROLES:
+            self._echo[r] = _EchoPath(self.n_bands, t)
+        self._history[role] = _History(self.n_bands, self._length, t)
+        self._levels[role] = _LevelModel(t)
+        self._talking[role] = False
+
+    def echo_delay_frames(self, near: Role) -> int:
+        """Current estimate of how many frames the other role's voice takes to reach
+        ``near``'s microphone."""
+        return self._echo[near].delay
+
+    def reference_dbfs(self, role: Role) -> float | None:
+        """The level model's idea of how loud ``role``'s own voice is (None: not yet heard)."""
+        return self._levels[role].reference_dbfs
+
+    def step(self, frames: dict[Role, FrameFeatures | None]) -> dict[Role, bool]:
+        """One tick: ``None`` for a role with no audio this tick (absent, muted, late)."""
+        for role in ROLES:
+            self._history[role].push(frames[role])
+        out: dict[Role, bool] = {}
+        for role in ROLES:
+            f = frames[role]
+            far = other_role(role)
+            path = self._echo[role]
+            far_pred, far_talking = path.predict(self._history[role], self._history[far])
+            self.vetoed[role] = None
+            if f is None:
+                out[role] = False
+                continue
+            if far_talking:
+                path.learn(f.bands, far_pred)
+            speech = f.speech
+            power = 0.0
+            if speech:
+                power = path.residual(f.bands, far_pred, self.gate_bands)
+                if 10.0 * math.log10(power + _TINY) < f.floor_dbfs + f.margin_db:
+                    speech = False
+                    self.vetoed[role] = "echo"
+            level = self._levels[role]
+            owned = level.owns(speech, power)
+            if speech and not self._talking[far]:
+                level.feed(f.level_dbfs)
+            if speech and not owned:
+                self.vetoed[role] = "background"
+            out[role] = owned
+        self._talking = out
+        return out
