@@ -47,9 +47,7 @@ def _assert_room_bar(m: Snapshot, t: Snapshot, overlap_abs_s: float = 1.5) -> No
     assert _rel(m.therapist_talk_s, t.therapist_talk_s) <= 0.10
     assert _rel(m.client_talk_s, t.client_talk_s) <= 0.10
     assert _rel(m.silence_s, t.silence_s) <= 0.10 or abs(m.silence_s - t.silence_s) <= 3
-    assert (
-        _rel(m.overlap_s, t.overlap_s) <= 0.30 or abs(m.overlap_s - t.overlap_s) <= overlap_abs_s
-    )
+    assert _rel(m.overlap_s, t.overlap_s) <= 0.30 or abs(m.overlap_s - t.overlap_s) <= overlap_abs_s
     assert abs(m.long_silences - t.long_silences) <= 1
 
 

@@ -53,29 +53,41 @@ class AttributionTuning:
     smear_frames: int = 1
     #: Far-end power is held with this decay (a small room's reverberation tail).
     tail_db_per_s: float = 120.0
-    #: Averaging time of the envelope cross-correlation and of the envelope's mean.
+    #: Averaging time of the envelope cross-correlation.
     xcorr_tau_s: float = 8.0
-    envelope_tau_s: float = 1.0
     #: The delay estimate moves only when another lag correlates this much better.
     delay_switch_ratio: float = 1.15
     #: Echo gain per band: this quantile of near/predicted power while the far end talks.
-    gain_quantile: float = 0.8
+    gain_quantile: float = 0.9
     gain_step_db: float = 0.3
     initial_gain_db: float = -45.0
-    #: A far frame teaches the echo gain only when this far above its own noise floor.
+    #: A far frame teaches the echo gain only when it was the far participant's own voice
+    #: this far above their noise floor, and the near frame is this far below the near
+    #: participant's own level (their talk is not echo).
     far_active_db: float = 10.0
+    echo_learn_below_db: float = 6.0
     #: The near power must exceed the predicted echo by this much to count as the owner's.
-    echo_margin_db: float = 3.0
+    echo_margin_db: float = 9.0
     #: Level model: quantile of the owner's speech-frame levels taken as their "own" level,
     #: how fast it may fall per second of speech heard (the speaker moving away), and how
     #: far below it a stretch must sit to be somebody else's voice.
     level_quantile: float = 0.9
     level_fall_db_per_s: float = 1.5
+    #: When under ``level_lost_fraction`` of the speech frames heard (averaged over
+    #: ``level_lost_tau_s`` of them) come within ``level_near_db`` of the reference, the
+    #: louder voice is gone — the speaker moved away, or the microphone gain changed — and
+    #: the reference falls this much faster. (A TV heard in a pause ends when the owner
+    #: talks again; moving away lasts.)
+    level_lost_tau_s: float = 1.5
+    level_lost_fraction: float = 0.05
+    level_lost_fall_db_per_s: float = 8.0
+    level_near_db: float = 6.0
     background_drop_db: float = 12.0
     #: Once the owner's voice is accepted, weaker frames continue it down to this extra drop.
-    background_hold_db: float = 6.0
+    background_hold_db: float = 4.0
     #: The level judged is the mean power over the last frames of the current speech run.
-    level_frames: int = 5
+    level_frames: int = 15
+    level_gap_frames: int = 10
     #: Until this much own speech has been heard the level model does not veto.
     level_warmup_s: float = 2.0
 
@@ -92,25 +104,33 @@ class _History:
         self.pos = -1
         self._hold = np.zeros(n_bands)
         self._decay = 10.0 ** (-t.tail_db_per_s * frame_s / 10.0)
-        self._env_mean = 0.0
-        self._env_alpha = min(1.0, frame_s / t.envelope_tau_s)
+        self._level = 0.0
         self._far_active_db = t.far_active_db
 
     def push(self, f: FrameFeatures | None) -> None:
         self.pos = (self.pos + 1) % self.length
         if f is None:
             self._hold *= self._decay
-            env = 0.0
-            active = False
+            level = 0.0
         else:
             np.maximum(f.bands, self._hold * self._decay, out=self._hold)
             above = f.level_dbfs - f.floor_dbfs
-            env = min(40.0, max(0.0, above))
-            active = f.speech and above >= self._far_active_db
-        self._env_mean += (env - self._env_mean) * self._env_alpha
+            level = min(40.0, max(0.0, above))
+        # The envelope's frame-to-frame change: syllable onsets and decays line up between a
+        # voice and its echo, while turn-taking (one talks, the other is quiet), which
+        # anti-correlates the plain envelopes at every lag, cancels out.
         self.power[self.pos] = self._hold
-        self.env[self.pos] = env - self._env_mean
-        self.active[self.pos] = active
+        self.env[self.pos] = level - self._level
+        self._level = level
+        self.active[self.pos] = False  # set by ``attributed`` once this frame is decided
+
+    def attributed(self, f: FrameFeatures | None, own: bool) -> None:
+        """Mark the newest frame as this role's own, clearly audible voice: only such far
+        frames teach a near microphone's echo gain (the far microphone also carries the
+        near voice's own echo, which would teach the near path its own voice)."""
+        self.active[self.pos] = (
+            own and f is not None and f.level_dbfs - f.floor_dbfs >= self._far_active_db
+        )
 
     def lagged(self, lags: np.ndarray) -> np.ndarray:
         return (self.pos - lags) % self.length
@@ -173,11 +193,15 @@ class _LevelModel:
         self.t = t
         self._down = t.level_fall_db_per_s * frame_s
         self._up = self._down * t.level_quantile / (1.0 - t.level_quantile)
+        self._lost_down = t.level_lost_fall_db_per_s * frame_s
+        self._near_alpha = min(1.0, frame_s / t.level_lost_tau_s)
+        self._near_fraction = 1.0
         self._warmup = round(t.level_warmup_s / frame_s)
         self.fed = 0
         self.reference_dbfs: float | None = None
         self._recent: list[float] = []
         self._owned = False
+        self._gap = 0
 
     def feed(self, level_dbfs: float) -> None:
         self.fed += 1
@@ -187,26 +211,36 @@ class _LevelModel:
         elif self.fed < self._warmup:
             self.reference_dbfs = max(ref - self._down, level_dbfs)
         else:
-            self.reference_dbfs = ref + (self._up if level_dbfs > ref else -self._down)
+            near = float(level_dbfs >= ref - self.t.level_near_db)
+            self._near_fraction += (near - self._near_fraction) * self._near_alpha
+            lost = self._near_fraction < self.t.level_lost_fraction
+            down = self._lost_down if lost else self._down
+            self.reference_dbfs = ref + (self._up if level_dbfs > ref else -down)
 
     def owns(self, speech: bool, power: float) -> bool:
         """Is this speech-like frame (``power``: its speech-band mean square) the owner's
-        voice? Judged on the mean power of the current run's last few frames, so a single
-        loud syllable of a TV does not pass, with hysteresis once the owner is accepted."""
+        voice? Judged on the mean power of the current run's last frames, so a single loud
+        syllable of a TV does not pass, with hysteresis once the owner is accepted; a run
+        survives pauses of up to ``level_gap_frames`` (between syllables and words)."""
+        t = self.t
         if not speech:
-            self._recent.clear()
-            self._owned = False
+            self._gap += 1
+            if self._gap > t.level_gap_frames:
+                self._recent.clear()
+                self._owned = False
             return False
+        self._gap = 0
         recent = self._recent
         recent.append(power)
-        if len(recent) > self.t.level_frames:
+        if len(recent) > t.level_frames:
             del recent[0]
-        if self.reference_dbfs is None or self.fed < self._warmup:
+        ref = self.reference_dbfs
+        if ref is None or self.fed < self._warmup:
             self._owned = True
             return True
         level = 10.0 * math.log10(sum(recent) / len(recent) + _TINY)
-        drop = self.t.background_drop_db + (self.t.background_hold_db if self._owned else 0.0)
-        self._owned = level >= self.reference_dbfs - drop
+        drop = t.background_drop_db + (t.background_hold_db if self._owned else 0.0)
+        self._owned = level >= ref - drop
         return self._owned
 
 
@@ -250,6 +284,7 @@ class Attributor:
 
     def step(self, frames: dict[Role, FrameFeatures | None]) -> dict[Role, bool]:
         """One tick: ``None`` for a role with no audio this tick (absent, muted, late)."""
+        t = self.tuning
         for role in ROLES:
             self._history[role].push(frames[role])
         out: dict[Role, bool] = {}
@@ -262,7 +297,11 @@ class Attributor:
             if f is None:
                 out[role] = False
                 continue
-            if far_talking:
+            level = self._levels[role]
+            ref = level.reference_dbfs
+            if far_talking and ref is not None and f.level_dbfs < ref - t.echo_learn_below_db:
+                # Only frames clearly quieter than this participant's own voice: the echo
+                # (and the room's noise) is what such a frame holds, not their talk.
                 path.learn(f.bands, far_pred)
             speech = f.speech
             power = 0.0
@@ -271,12 +310,13 @@ class Attributor:
                 if 10.0 * math.log10(power + _TINY) < f.floor_dbfs + f.margin_db:
                     speech = False
                     self.vetoed[role] = "echo"
-            level = self._levels[role]
             owned = level.owns(speech, power)
             if speech and not self._talking[far]:
                 level.feed(f.level_dbfs)
             if speech and not owned:
                 self.vetoed[role] = "background"
             out[role] = owned
+        for role in ROLES:
+            self._history[role].attributed(frames[role], out[role])
         self._talking = out
         return out
