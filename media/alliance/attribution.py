@@ -60,6 +60,9 @@ class AttributionTuning:
     #: Echo gain per band: this quantile of near/predicted power while the far end talks.
     gain_quantile: float = 0.9
     gain_step_db: float = 0.3
+    #: For the first seconds of learning, steps this many times larger (a new call).
+    gain_fast_s: float = 3.0
+    gain_fast_factor: float = 4.0
     initial_gain_db: float = -45.0
     #: A far frame teaches the echo gain only when it was the far participant's own voice
     #: this far above their noise floor, and the near frame is this far below the near
@@ -88,6 +91,9 @@ class AttributionTuning:
     #: The level judged is the mean power over the last frames of the current speech run.
     level_frames: int = 15
     level_gap_frames: int = 10
+    #: While the other participant talks a stretch must be this much closer to the owner's
+    #: level: what a microphone hears over the other's talk is mostly the room.
+    background_far_talk_db: float = 0.0
     #: Until this much own speech has been heard the level model does not veto.
     level_warmup_s: float = 2.0
 
@@ -145,6 +151,10 @@ class _EchoPath:
         self.lags = np.arange(self.max_delay + 1)
         self.xcorr = np.zeros(self.max_delay + 1)
         self._alpha = min(1.0, frame_s / t.xcorr_tau_s)
+        self._frames = 0
+        self._learned = 0
+        self._fast = round(t.gain_fast_s / frame_s)
+        self._fast_factor = t.gain_fast_factor
         self.delay = min(self.max_delay, round(0.1 / frame_s))
         self.gain_db = np.full(n_bands, t.initial_gain_db)
         self._up = t.gain_step_db * t.gain_quantile
@@ -157,7 +167,10 @@ class _EchoPath:
         """Advance the delay estimate; return the predicted echo power per band (before the
         gain) and whether the far end was talking at the estimated delay."""
         idx = far.lagged(self.lags)
-        self.xcorr += (near.env[near.pos] * far.env[idx] - self.xcorr) * self._alpha
+        # A plain running mean at first, so a new call finds its delay within seconds.
+        self._frames += 1
+        alpha = max(self._alpha, 1.0 / self._frames)
+        self.xcorr += (near.env[near.pos] * far.env[idx] - self.xcorr) * alpha
         best = int(np.argmax(self.xcorr))
         if best != self.delay and self.xcorr[best] > self._switch * max(
             self.xcorr[self.delay], 0.0
@@ -169,7 +182,9 @@ class _EchoPath:
 
     def learn(self, near_bands: np.ndarray, far_pred: np.ndarray) -> None:
         ratio_db = 10.0 * np.log10((near_bands + _TINY) / (far_pred + _TINY))
-        self.gain_db += np.where(ratio_db > self.gain_db, self._up, -self._down)
+        self._learned += 1
+        k = self._fast_factor if self._learned <= self._fast else 1.0
+        self.gain_db += np.where(ratio_db > self.gain_db, k * self._up, -k * self._down)
 
     def residual(self, near_bands: np.ndarray, far_pred: np.ndarray, gate: int) -> float:
         """Power of the near frame's speech band left after removing the predicted echo."""
@@ -217,7 +232,7 @@ class _LevelModel:
             down = self._lost_down if lost else self._down
             self.reference_dbfs = ref + (self._up if level_dbfs > ref else -down)
 
-    def owns(self, speech: bool, power: float) -> bool:
+    def owns(self, speech: bool, power: float, far_talking: bool) -> bool:
         """Is this speech-like frame (``power``: its speech-band mean square) the owner's
         voice? Judged on the mean power of the current run's last frames, so a single loud
         syllable of a TV does not pass, with hysteresis once the owner is accepted; a run
@@ -236,10 +251,15 @@ class _LevelModel:
             del recent[0]
         ref = self.reference_dbfs
         if ref is None or self.fed < self._warmup:
+            # Nothing known yet about this voice: take it. (Refusing speech over the other
+            # participant's talk here looks attractive against a TV, but with echo it locks
+            # in: each side's leak of the other then teaches its level model.)
             self._owned = True
             return True
         level = 10.0 * math.log10(sum(recent) / len(recent) + _TINY)
         drop = t.background_drop_db + (t.background_hold_db if self._owned else 0.0)
+        if far_talking:
+            drop -= t.background_far_talk_db
         self._owned = level >= ref - drop
         return self._owned
 
@@ -310,7 +330,7 @@ class Attributor:
                 if 10.0 * math.log10(power + _TINY) < f.floor_dbfs + f.margin_db:
                     speech = False
                     self.vetoed[role] = "echo"
-            owned = level.owns(speech, power)
+            owned = level.owns(speech, power, self._talking[far])
             if speech and not self._talking[far]:
                 level.feed(f.level_dbfs)
             if speech and not owned:
