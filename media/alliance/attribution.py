@@ -53,6 +53,8 @@ class AttributionTuning:
     smear_frames: int = 1
     #: Far-end power is held with this decay (a small room's reverberation tail).
     tail_db_per_s: float = 120.0
+    #: How fast a microphone's per-band noise floor may rise.
+    noise_rise_db_per_s: float = 3.0
     #: Averaging time of the envelope cross-correlation.
     xcorr_tau_s: float = 8.0
     #: The delay estimate moves only when another lag correlates this much better.
@@ -68,7 +70,7 @@ class AttributionTuning:
     #: this far above their noise floor, and the near frame is this far below the near
     #: participant's own level (their talk is not echo).
     far_active_db: float = 10.0
-    echo_learn_below_db: float = 6.0
+    echo_learn_below_db: float = 10.0
     #: The near power must exceed the predicted echo by this much to count as the owner's.
     echo_margin_db: float = 9.0
     #: Level model: quantile of the owner's speech-frame levels taken as their "own" level,
@@ -110,6 +112,10 @@ class _History:
         self.pos = -1
         self._hold = np.zeros(n_bands)
         self._decay = 10.0 ** (-t.tail_db_per_s * frame_s / 10.0)
+        #: Per-band noise floor of this microphone (follows the quietest frames down at
+        #: once, creeps up at ``noise_rise_db_per_s``).
+        self.noise: np.ndarray | None = None
+        self._noise_rise = 10.0 ** (t.noise_rise_db_per_s * frame_s / 10.0)
         self._level = 0.0
         self._far_active_db = t.far_active_db
 
@@ -120,6 +126,10 @@ class _History:
             level = 0.0
         else:
             np.maximum(f.bands, self._hold * self._decay, out=self._hold)
+            if self.noise is None:
+                self.noise = f.bands.copy()
+            else:
+                self.noise = np.minimum(self.noise * self._noise_rise, np.maximum(f.bands, _TINY))
             above = f.level_dbfs - f.floor_dbfs
             level = min(40.0, max(0.0, above))
         # The envelope's frame-to-frame change: syllable onsets and decays line up between a
@@ -180,8 +190,12 @@ class _EchoPath:
         rows = far.lagged(lags)
         return far.power[rows].max(axis=0), bool(far.active[(far.pos - self.delay) % far.length])
 
-    def learn(self, near_bands: np.ndarray, far_pred: np.ndarray) -> None:
-        ratio_db = 10.0 * np.log10((near_bands + _TINY) / (far_pred + _TINY))
+    def learn(self, near_bands: np.ndarray, noise: np.ndarray, far_pred: np.ndarray) -> None:
+        """One step of the per-band quantile tracker on the near/far power ratio, the near
+        microphone's own noise taken out first: in a noisy room with little echo the noise
+        must not pass for echo (it would then veto quiet speech over the far end's talk)."""
+        echo = np.maximum(near_bands - noise, 0.0)
+        ratio_db = 10.0 * np.log10((echo + _TINY) / (far_pred + _TINY))
         self._learned += 1
         k = self._fast_factor if self._learned <= self._fast else 1.0
         self.gain_db += np.where(ratio_db > self.gain_db, k * self._up, -k * self._down)
@@ -322,7 +336,8 @@ class Attributor:
             if far_talking and ref is not None and f.level_dbfs < ref - t.echo_learn_below_db:
                 # Only frames clearly quieter than this participant's own voice: the echo
                 # (and the room's noise) is what such a frame holds, not their talk.
-                path.learn(f.bands, far_pred)
+                noise = self._history[role].noise
+                path.learn(f.bands, f.bands * 0.0 if noise is None else noise, far_pred)
             speech = f.speech
             power = 0.0
             if speech:
