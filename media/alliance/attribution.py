@@ -11,17 +11,21 @@ server knows, before it reaches the signal engine:
   an estimated echo delay (envelope cross-correlation over the last seconds, 0–300 ms),
   held with a room-like decay and widened by a frame or two either side (the two tracks
   reach ``tick()`` with a little relative jitter), times a per-band echo gain learned as an
-  upper quantile of near/far power ratios while the far end talks. A frame whose speech-band
-  power, after removing that prediction with a safety margin, no longer stands above the
-  microphone's noise floor the way speech must, is echo. Real double-talk survives because
-  the owner's voice is far louder than the leak in most bands.
-* **Background speech.** The owner is the loud, near voice. A per-speaker level model keeps
-  an upper quantile of the levels of their recent speech frames (a long, exponentially
-  forgetting histogram); a stretch whose smoothed level stays well below it is somebody
-  else. Frames heard while the other participant holds the floor do not teach the model
-  (the owner is mostly listening then, so what the microphone hears is mostly the room),
-  and the memory is short enough that a speaker who moves away (−12 dB for a minute) is
-  followed within seconds of their talking.
+  upper quantile of (near − near noise)/far power ratios, only from frames where the far
+  end's *own* voice was playing and the near frame is well under the near speaker's level.
+  (The far microphone also carries the near voice's echo, so "the far track is loud" is not
+  "the far person talks"; and a near speaker's quiet words must not teach the echo path.)
+  A frame whose speech-band power, after removing that prediction with a safety margin, no
+  longer stands above the microphone's noise floor the way speech must, is echo. Real
+  double-talk survives because the owner's voice is far louder than the leak in most bands.
+* **Background speech.** The owner is the loud, near voice. A per-speaker level model
+  tracks an upper quantile of the levels of their speech frames; a run whose mean level
+  over its last 0.3 s stays well below it is somebody else. Frames heard while the other
+  participant holds the floor do not teach the model (the owner is mostly listening then,
+  so what the microphone hears is mostly the room). The reference falls at a limited rate,
+  faster once the loud voice has been missing for a while, so a speaker who moves away
+  (−12 dB for a minute) is followed — but only after several seconds of their talk, which
+  is the measured trade-off against a TV heard in the gaps of the conversation.
 
 Pure numpy on a handful of bands per 20 ms frame: no I/O, no clock, deterministic, so the
 live path and ``rapport analyze`` share it through ``ParticipantAudio``.
