@@ -48,7 +48,8 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from media.alliance.vad import VoiceActivityDetector
+from media.alliance.attribution import AttributionTuning, Attributor
+from media.alliance.vad import FrameFeatures, VoiceActivityDetector
 from media.participants import ROLES, Role, other_role
 
 __all__ = [
@@ -864,10 +865,13 @@ class ParticipantAudio:
 
     Audio for the two participants arrives independently and in bursts, while the engine
     needs both participants' state for the same frame. So ``push`` only runs the VAD and
-    queues its per-frame verdicts; ``tick`` (called by the session's single frame clock)
-    takes one verdict per role. A role is absent until ``set_present(role, True)``; a
-    present role with no queued audio (muted, or packets late) counts as not speaking.
-    The queue is bounded (oldest verdicts dropped) so a stalled clock cannot grow memory.
+    queues its per-frame features; ``tick`` (called by the session's single frame clock)
+    takes one frame per role and lets the ``Attributor`` decide, with both frames and their
+    recent past in hand, which speech-like frames are really each person's own voice (not
+    the other one leaking back from the loudspeaker, not a TV). A role is absent until
+    ``set_present(role, True)``; a present role with no queued audio (muted, or packets
+    late) counts as not speaking. The queue is bounded (oldest frames dropped) so a stalled
+    clock cannot grow memory.
     """
 
     def __init__(
@@ -877,6 +881,7 @@ class ParticipantAudio:
         sample_rate: int = 48000,
         aggressiveness: int = 2,
         max_backlog_frames: int | None = 50,
+        attribution: AttributionTuning | None = None,
     ) -> None:
         self.engine = engine or SignalEngine()
         self.sample_rate = sample_rate
@@ -884,8 +889,14 @@ class ParticipantAudio:
         self.detectors = {
             role: VoiceActivityDetector(sample_rate, frame_ms, aggressiveness) for role in ROLES
         }
-        self.frame_samples = self.detectors[Role.THERAPIST].frame_samples
-        self._verdicts: dict[Role, deque[bool]] = {
+        detector = self.detectors[Role.THERAPIST]
+        self.frame_samples = detector.frame_samples
+        self.attributor = Attributor(
+            detector.n_bands,
+            detector.n_gate_bands,
+            attribution or AttributionTuning(frame_ms=frame_ms),
+        )
+        self._frames: dict[Role, deque[FrameFeatures]] = {
             role: deque(maxlen=max_backlog_frames) for role in ROLES
         }
         self._partial: dict[Role, np.ndarray] = {
@@ -893,16 +904,20 @@ class ParticipantAudio:
         }
         self._present = {role: False for role in ROLES}
         self._muted = {role: False for role in ROLES}
-        # The values the last tick fed the engine: the live path records them so a restarted
-        # server can replay a session's input exactly.
+        # The values the last tick fed the engine (attributed, not the raw VAD verdicts): the
+        # live path records them so a restarted server can replay a session's input exactly.
         self.last_values: dict[Role, bool | None] = dict.fromkeys(ROLES)
+        #: The detectors' own verdicts of the last tick, before attribution (diagnostics).
+        self.last_raw: dict[Role, bool] = dict.fromkeys(ROLES, False)
 
     def set_present(self, role: Role, present: bool) -> None:
         """Joined/left/reconnecting. Leaving discards queued audio: it belongs to a
-        connection that no longer exists."""
+        connection that no longer exists (and so does its echo path)."""
+        if not present and self._present[role]:
+            self.attributor.reset(role)
         self._present[role] = present
         if not present:
-            self._verdicts[role].clear()
+            self._frames[role].clear()
             self._partial[role] = np.zeros(0, dtype=np.int16)
 
     def set_muted(self, role: Role, muted: bool) -> None:
@@ -916,19 +931,19 @@ class ParticipantAudio:
         n = self.frame_samples
         whole = pcm.size // n
         detector = self.detectors[role]
-        queue = self._verdicts[role]
+        queue = self._frames[role]
         for i in range(whole):
-            queue.append(detector.is_speech(pcm[i * n : (i + 1) * n]))
+            queue.append(detector.analyze(pcm[i * n : (i + 1) * n]))
         self._partial[role] = pcm[whole * n :].copy()
         return whole
 
     def queued(self, role: Role) -> int:
-        return len(self._verdicts[role])
+        return len(self._frames[role])
 
     def trim(self, role: Role, keep: int) -> int:
-        """Drop the oldest verdicts beyond ``keep`` (catching up with real time after a
+        """Drop the oldest frames beyond ``keep`` (catching up with real time after a
         burst); returns how many were dropped."""
-        queue = self._verdicts[role]
+        queue = self._frames[role]
         dropped = 0
         while len(queue) > keep:
             queue.popleft()
@@ -936,16 +951,18 @@ class ParticipantAudio:
         return dropped
 
     def tick(self) -> list[SignalEvent]:
-        """Advance the engine by one frame using one queued verdict per present role."""
-        values: dict[Role, bool | None] = {}
+        """Advance the engine by one frame using one queued frame per present role."""
+        frames: dict[Role, FrameFeatures | None] = {}
         for role in ROLES:
-            queue = self._verdicts[role]
-            verdict = queue.popleft() if queue else False
-            if not self._present[role]:
-                values[role] = None
-            elif self._muted[role]:
-                values[role] = False
-            else:
-                values[role] = verdict
+            queue = self._frames[role]
+            frame = queue.popleft() if queue else None
+            # A muted or absent participant's loudspeaker signal is silence: no echo from it.
+            usable = self._present[role] and not self._muted[role]
+            frames[role] = frame if usable else None
+            self.last_raw[role] = frame is not None and usable and frame.speech
+        verdicts = self.attributor.step(frames)
+        values: dict[Role, bool | None] = {
+            role: verdicts[role] if self._present[role] else None for role in ROLES
+        }
         self.last_values = values
         return self.engine.advance(values)

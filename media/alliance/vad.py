@@ -33,6 +33,7 @@ import webrtcvad
 __all__ = [
     "SUPPORTED_FRAME_MS",
     "SUPPORTED_SAMPLE_RATES",
+    "FrameFeatures",
     "VadTuning",
     "VoiceActivityDetector",
     "downmix",
@@ -74,6 +75,24 @@ def downmix(samples: np.ndarray, channels: int) -> np.ndarray:
     usable = flat.size - flat.size % channels
     mixed: np.ndarray = flat[:usable].reshape(-1, channels).astype(np.int32).sum(axis=1)
     return (mixed // channels).astype(np.int16)
+
+
+@dataclass(frozen=True, slots=True)
+class FrameFeatures:
+    """What one frame looked like to the detector, kept so that a later stage that sees both
+    participants (media.alliance.attribution) can overrule the verdict: a frame that *sounds*
+    like speech may be the other person leaking back from the loudspeaker, or a TV."""
+
+    #: The detector's own verdict (voice-like and clearly above this mic's noise floor).
+    speech: bool
+    #: Speech-band (150 Hz–4 kHz) level, dBFS.
+    level_dbfs: float
+    #: Noise floor and the margin above it this frame needed to count as speech, dB.
+    floor_dbfs: float
+    margin_db: float
+    #: Mean-square power (full scale = 1) per analysis band (the detector's
+    #: ``band_edges_hz``); the bands below 4 kHz add up to ``level_dbfs``.
+    bands: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -126,6 +145,12 @@ class VadTuning:
     #: Speech band used for the energy gate.
     band_low_hz: float = 150.0
     band_high_hz: float = 4000.0
+    #: Analysis bands for attribution: the gate's band split in ``bands_below`` bands of
+    #: equal width on a log scale (at least two FFT bins each), plus ``bands_above`` up to
+    #: ``analysis_high_hz`` (a loudspeaker's echo and a TV reach past 4 kHz).
+    bands_below: int = 16
+    bands_above: int = 2
+    analysis_high_hz: float = 6000.0
 
 
 class VoiceActivityDetector:
@@ -177,6 +202,22 @@ class VoiceActivityDetector:
         )
         # Scale so a band-limited signal reads the same as frame_dbfs would give it.
         self._band_scale = 2.0 / (self.frame_samples * float(np.dot(self._window, self._window)))
+        self._band_scale_fs = self._band_scale / _FULL_SCALE_SQ
+        bins = self.frame_samples // 2 + 1
+        self._edges = _band_edges(
+            self._band.start,
+            min(bins, self._band.stop),
+            min(bins, int(self.tuning.analysis_high_hz / bin_hz) + 1),
+            self.tuning.bands_below,
+            self.tuning.bands_above,
+        )
+        self.n_bands = len(self._edges) - 1
+        #: Bands wholly inside the gate's speech band (they sum to its level).
+        self.n_gate_bands = int(np.searchsorted(self._edges, min(bins, self._band.stop)))
+        self.band_edges_hz = tuple(float(e * bin_hz) for e in self._edges)
+        self._analysis = slice(self._edges[0], self._edges[-1])
+        self._reduce_at = np.asarray(self._edges[:-1], dtype=np.intp) - self._edges[0]
+        self._hang = 0
 
     @property
     def noise_floor_dbfs(self) -> float | None:
@@ -215,9 +256,22 @@ class VoiceActivityDetector:
 
     def is_speech(self, frame: np.ndarray) -> bool:
         """Classify one frame of exactly ``frame_samples`` mono int16 samples."""
+        return self.analyze(frame).speech
+
+    def analyze(self, frame: np.ndarray) -> FrameFeatures:
+        """Classify one frame and return the verdict with the evidence behind it."""
         if frame.shape[-1] != self.frame_samples or frame.size != self.frame_samples:
             raise ValueError(f"expected {self.frame_samples} mono samples, got shape {frame.shape}")
-        level = self.band_dbfs(frame)
+        samples = frame.astype(np.float64, copy=False).ravel()
+        if samples.any():
+            spectrum = np.fft.rfft(samples * self._window)[self._analysis]
+            power = spectrum.real * spectrum.real + spectrum.imag * spectrum.imag
+            bands = np.add.reduceat(power, self._reduce_at) * self._band_scale_fs
+            mean_sq = float(bands[: self.n_gate_bands].sum())
+            level = max(SILENCE_DBFS, 10.0 * math.log10(mean_sq)) if mean_sq > 0 else SILENCE_DBFS
+        else:
+            bands = np.zeros(self.n_bands)
+            level = SILENCE_DBFS
         self.last_dbfs = level
         floor = self._update_floor(level)
         tuning = self.tuning
@@ -238,7 +292,7 @@ class VoiceActivityDetector:
             or level < self._peak - tuning.dynamic_range_db
         ):
             self._in_speech = False
-            return False
+            return FrameFeatures(False, level, floor, margin, bands)
         if voiced:
             self._peak = max(self._peak, level)
             self._hang = tuning.hangover_frames
@@ -246,7 +300,7 @@ class VoiceActivityDetector:
             self._hang -= 1
             voiced = True
         self._in_speech = voiced
-        return voiced
+        return FrameFeatures(voiced, level, floor, margin, bands)
 
     def _update_floor(self, level: float) -> float:
         """Advance the noise-floor tracker by one frame and return the floor *before* it
@@ -274,3 +328,21 @@ class VoiceActivityDetector:
             floor = min(level, floor + rise)
         self._floor = max(floor, tuning.floor_min_dbfs)
         return min(previous, self._floor)
+
+
+def _band_edges(low: int, gate_high: int, high: int, below: int, above: int) -> list[int]:
+    """FFT-bin edges: ``below`` log-spaced bands over [low, gate_high), ``above`` over
+    [gate_high, high); bands narrower than two bins are merged into their neighbour."""
+    edges = [low]
+    for stop, count in ((gate_high, below), (high, above)):
+        start = edges[-1]
+        if stop <= start or count <= 0:
+            continue
+        for e in np.geomspace(start, stop, count + 1)[1:]:
+            edge = min(stop, round(float(e)))
+            if edge - edges[-1] >= 2 or edge == stop:
+                if edge == stop and edge - edges[-1] < 2 and len(edges) > 1 and edges[-1] != start:
+                    edges[-1] = edge
+                elif edge > edges[-1]:
+                    edges.append(edge)
+    return edges

@@ -1,0 +1,361 @@
+"""Whose voice is it? Attribution of speech-like frames using both participants' audio.
+
+A microphone in a real room hears more than its owner (design.md, "Real rooms"): the other
+participant leaking back from the loudspeaker after the browser's echo canceller, and a TV or
+other people talking. The voice activity detector cannot tell these apart from its owner —
+they *are* speech — so every frame it calls speech is checked here, with what only the
+server knows, before it reaches the signal engine:
+
+* **Echo.** The server holds the far end's own clean(er) track, so it can predict how much
+  of the far voice should be in this microphone: per band, the far end's power delayed by
+  an estimated echo delay (envelope cross-correlation over the last seconds, 0–300 ms),
+  held with a room-like decay and widened by a frame or two either side (the two tracks
+  reach ``tick()`` with a little relative jitter), times a per-band echo gain learned as an
+  upper quantile of (near − near noise)/far power ratios, only from frames where the far
+  end's *own* voice was playing and the near frame is well under the near speaker's level.
+  (The far microphone also carries the near voice's echo, so "the far track is loud" is not
+  "the far person talks"; and a near speaker's quiet words must not teach the echo path.)
+  A frame whose speech-band power, after removing that prediction with a safety margin, no
+  longer stands above the microphone's noise floor the way speech must, is echo. Real
+  double-talk survives because the owner's voice is far louder than the leak in most bands.
+* **Background speech.** The owner is the loud, near voice. A per-speaker level model
+  tracks an upper quantile of the levels of their speech frames; a run whose mean level
+  over its last 0.3 s stays well below it is somebody else. Frames heard while the other
+  participant holds the floor do not teach the model (the owner is mostly listening then,
+  so what the microphone hears is mostly the room). The reference falls at a limited rate,
+  faster once the loud voice has been missing for a while, so a speaker who moves away
+  (−12 dB for a minute) is followed — but only after several seconds of their talk, which
+  is the measured trade-off against a TV heard in the gaps of the conversation.
+
+Pure numpy on a handful of bands per 20 ms frame: no I/O, no clock, deterministic, so the
+live path and ``rapport analyze`` share it through ``ParticipantAudio``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from media.alliance.vad import FrameFeatures
+from media.participants import ROLES, Role, other_role
+
+__all__ = ["AttributionTuning", "Attributor"]
+
+_TINY = 1e-14  # −140 dBFS: keeps logs finite without moving any real level
+
+
+@dataclass(frozen=True)
+class AttributionTuning:
+    """Knobs, in the units a room is described in (dB, seconds); see the module docstring."""
+
+    frame_ms: int = 20
+    #: Echo delays searched (residual echo after the browser's canceller: 20–250 ms).
+    max_delay_s: float = 0.3
+    #: Prediction widened by this many frames either side of the estimated delay.
+    smear_frames: int = 1
+    #: Far-end power is held with this decay (a small room's reverberation tail).
+    tail_db_per_s: float = 120.0
+    #: How fast a microphone's per-band noise floor may rise.
+    noise_rise_db_per_s: float = 3.0
+    #: Averaging time of the envelope cross-correlation.
+    xcorr_tau_s: float = 8.0
+    #: The delay estimate moves only when another lag correlates this much better.
+    delay_switch_ratio: float = 1.15
+    #: Echo gain per band: this quantile of near/predicted power while the far end talks.
+    gain_quantile: float = 0.9
+    gain_step_db: float = 0.3
+    #: For the first seconds of learning, steps this many times larger (a new call).
+    gain_fast_s: float = 3.0
+    gain_fast_factor: float = 4.0
+    initial_gain_db: float = -45.0
+    #: A far frame teaches the echo gain only when it was the far participant's own voice
+    #: this far above their noise floor, and the near frame is this far below the near
+    #: participant's own level (their talk is not echo).
+    far_active_db: float = 10.0
+    echo_learn_below_db: float = 10.0
+    #: The near power must exceed the predicted echo by this much to count as the owner's.
+    echo_margin_db: float = 9.0
+    #: Level model: quantile of the owner's speech-frame levels taken as their "own" level,
+    #: how fast it may fall per second of speech heard (the speaker moving away), and how
+    #: far below it a stretch must sit to be somebody else's voice.
+    level_quantile: float = 0.9
+    level_fall_db_per_s: float = 1.5
+    #: When under ``level_lost_fraction`` of the speech frames heard (averaged over
+    #: ``level_lost_tau_s`` of them) come within ``level_near_db`` of the reference, the
+    #: louder voice is gone — the speaker moved away, or the microphone gain changed — and
+    #: the reference falls this much faster. (A TV heard in a pause ends when the owner
+    #: talks again; moving away lasts.)
+    level_lost_tau_s: float = 1.5
+    level_lost_fraction: float = 0.05
+    level_lost_fall_db_per_s: float = 8.0
+    level_near_db: float = 6.0
+    background_drop_db: float = 12.0
+    #: Once the owner's voice is accepted, weaker frames continue it down to this extra drop.
+    background_hold_db: float = 4.0
+    #: The level judged is the mean power over the last frames of the current speech run.
+    level_frames: int = 15
+    level_gap_frames: int = 10
+    #: While the other participant talks a stretch must be this much closer to the owner's
+    #: level: what a microphone hears over the other's talk is mostly the room.
+    background_far_talk_db: float = 0.0
+    #: Until this much own speech has been heard the level model does not veto.
+    level_warmup_s: float = 2.0
+
+
+class _History:
+    """One role's recent frames: held band power, speech flag, level envelope."""
+
+    def __init__(self, n_bands: int, length: int, t: AttributionTuning) -> None:
+        frame_s = t.frame_ms / 1000.0
+        self.length = length
+        self.power = np.zeros((length, n_bands))
+        self.env = np.zeros(length)
+        self.active = np.zeros(length, dtype=bool)
+        self.pos = -1
+        self._hold = np.zeros(n_bands)
+        self._decay = 10.0 ** (-t.tail_db_per_s * frame_s / 10.0)
+        #: Per-band noise floor of this microphone (follows the quietest frames down at
+        #: once, creeps up at ``noise_rise_db_per_s``).
+        self.noise: np.ndarray | None = None
+        self._noise_rise = 10.0 ** (t.noise_rise_db_per_s * frame_s / 10.0)
+        self._level = 0.0
+        self._far_active_db = t.far_active_db
+
+    def push(self, f: FrameFeatures | None) -> None:
+        self.pos = (self.pos + 1) % self.length
+        if f is None:
+            self._hold *= self._decay
+            level = 0.0
+        else:
+            np.maximum(f.bands, self._hold * self._decay, out=self._hold)
+            if self.noise is None:
+                self.noise = f.bands.copy()
+            else:
+                self.noise = np.minimum(self.noise * self._noise_rise, np.maximum(f.bands, _TINY))
+            above = f.level_dbfs - f.floor_dbfs
+            level = min(40.0, max(0.0, above))
+        # The envelope's frame-to-frame change: syllable onsets and decays line up between a
+        # voice and its echo, while turn-taking (one talks, the other is quiet), which
+        # anti-correlates the plain envelopes at every lag, cancels out.
+        self.power[self.pos] = self._hold
+        self.env[self.pos] = level - self._level
+        self._level = level
+        self.active[self.pos] = False  # set by ``attributed`` once this frame is decided
+
+    def attributed(self, f: FrameFeatures | None, own: bool) -> None:
+        """Mark the newest frame as this role's own, clearly audible voice: only such far
+        frames teach a near microphone's echo gain (the far microphone also carries the
+        near voice's own echo, which would teach the near path its own voice)."""
+        self.active[self.pos] = (
+            own and f is not None and f.level_dbfs - f.floor_dbfs >= self._far_active_db
+        )
+
+    def lagged(self, lags: np.ndarray) -> np.ndarray:
+        return (self.pos - lags) % self.length
+
+
+class _EchoPath:
+    """The far role's voice as heard in the near role's microphone."""
+
+    def __init__(self, n_bands: int, t: AttributionTuning) -> None:
+        frame_s = t.frame_ms / 1000.0
+        self.max_delay = max(1, round(t.max_delay_s / frame_s))
+        self.lags = np.arange(self.max_delay + 1)
+        self.xcorr = np.zeros(self.max_delay + 1)
+        self._alpha = min(1.0, frame_s / t.xcorr_tau_s)
+        self._frames = 0
+        self._learned = 0
+        self._fast = round(t.gain_fast_s / frame_s)
+        self._fast_factor = t.gain_fast_factor
+        self.delay = min(self.max_delay, round(0.1 / frame_s))
+        self.gain_db = np.full(n_bands, t.initial_gain_db)
+        self._up = t.gain_step_db * t.gain_quantile
+        self._down = t.gain_step_db * (1.0 - t.gain_quantile)
+        self._smear = np.arange(-t.smear_frames, t.smear_frames + 1)
+        self._switch = t.delay_switch_ratio
+        self._margin = 10.0 ** (t.echo_margin_db / 10.0)
+
+    def predict(self, near: _History, far: _History) -> tuple[np.ndarray, bool]:
+        """Advance the delay estimate; return the predicted echo power per band (before the
+        gain) and whether the far end was talking at the estimated delay."""
+        idx = far.lagged(self.lags)
+        # A plain running mean at first, so a new call finds its delay within seconds.
+        self._frames += 1
+        alpha = max(self._alpha, 1.0 / self._frames)
+        self.xcorr += (near.env[near.pos] * far.env[idx] - self.xcorr) * alpha
+        best = int(np.argmax(self.xcorr))
+        if best != self.delay and self.xcorr[best] > self._switch * max(
+            self.xcorr[self.delay], 0.0
+        ):
+            self.delay = best
+        lags = np.clip(self.delay + self._smear, 0, self.max_delay)
+        rows = far.lagged(lags)
+        return far.power[rows].max(axis=0), bool(far.active[(far.pos - self.delay) % far.length])
+
+    def learn(self, near_bands: np.ndarray, noise: np.ndarray, far_pred: np.ndarray) -> None:
+        """One step of the per-band quantile tracker on the near/far power ratio, the near
+        microphone's own noise taken out first: in a noisy room with little echo the noise
+        must not pass for echo (it would then veto quiet speech over the far end's talk)."""
+        echo = np.maximum(near_bands - noise, 0.0)
+        ratio_db = 10.0 * np.log10((echo + _TINY) / (far_pred + _TINY))
+        self._learned += 1
+        k = self._fast_factor if self._learned <= self._fast else 1.0
+        self.gain_db += np.where(ratio_db > self.gain_db, k * self._up, -k * self._down)
+
+    def residual(self, near_bands: np.ndarray, far_pred: np.ndarray, gate: int) -> float:
+        """Power of the near frame's speech band left after removing the predicted echo."""
+        echo = far_pred[:gate] * (10.0 ** (self.gain_db[:gate] / 10.0)) * self._margin
+        return float(np.maximum(near_bands[:gate] - echo, 0.0).sum())
+
+
+class _LevelModel:
+    """How loud this participant's own voice is, in their own microphone.
+
+    The reference is a stochastic quantile tracker on the levels of their speech frames: it
+    steps up by ``up`` when a frame is louder and down by ``down`` when quieter, so it settles
+    where a fraction ``down / (up + down)`` of frames is louder (an upper quantile), rises
+    within a second when a louder voice appears, and falls at most ``down`` per frame of
+    speech heard: the speaker who moves away is followed at that rate, while a TV heard
+    only in the gaps of the conversation pulls the reference down by just a few dB.
+    """
+
+    def __init__(self, t: AttributionTuning) -> None:
+        frame_s = t.frame_ms / 1000.0
+        self.t = t
+        self._down = t.level_fall_db_per_s * frame_s
+        self._up = self._down * t.level_quantile / (1.0 - t.level_quantile)
+        self._lost_down = t.level_lost_fall_db_per_s * frame_s
+        self._near_alpha = min(1.0, frame_s / t.level_lost_tau_s)
+        self._near_fraction = 1.0
+        self._warmup = round(t.level_warmup_s / frame_s)
+        self.fed = 0
+        self.reference_dbfs: float | None = None
+        self._recent: list[float] = []
+        self._owned = False
+        self._gap = 0
+
+    def feed(self, level_dbfs: float) -> None:
+        self.fed += 1
+        ref = self.reference_dbfs
+        if ref is None:
+            self.reference_dbfs = level_dbfs
+        elif self.fed < self._warmup:
+            self.reference_dbfs = max(ref - self._down, level_dbfs)
+        else:
+            near = float(level_dbfs >= ref - self.t.level_near_db)
+            self._near_fraction += (near - self._near_fraction) * self._near_alpha
+            lost = self._near_fraction < self.t.level_lost_fraction
+            down = self._lost_down if lost else self._down
+            self.reference_dbfs = ref + (self._up if level_dbfs > ref else -down)
+
+    def owns(self, speech: bool, power: float, far_talking: bool) -> bool:
+        """Is this speech-like frame (``power``: its speech-band mean square) the owner's
+        voice? Judged on the mean power of the current run's last frames, so a single loud
+        syllable of a TV does not pass, with hysteresis once the owner is accepted; a run
+        survives pauses of up to ``level_gap_frames`` (between syllables and words)."""
+        t = self.t
+        if not speech:
+            self._gap += 1
+            if self._gap > t.level_gap_frames:
+                self._recent.clear()
+                self._owned = False
+            return False
+        self._gap = 0
+        recent = self._recent
+        recent.append(power)
+        if len(recent) > t.level_frames:
+            del recent[0]
+        ref = self.reference_dbfs
+        if ref is None or self.fed < self._warmup:
+            # Nothing known yet about this voice: take it. (Refusing speech over the other
+            # participant's talk here looks attractive against a TV, but with echo it locks
+            # in: each side's leak of the other then teaches its level model.)
+            self._owned = True
+            return True
+        level = 10.0 * math.log10(sum(recent) / len(recent) + _TINY)
+        drop = t.background_drop_db + (t.background_hold_db if self._owned else 0.0)
+        if far_talking:
+            drop -= t.background_far_talk_db
+        self._owned = level >= ref - drop
+        return self._owned
+
+
+class Attributor:
+    """Both roles' frame features in, each role's attributed speech verdict out, per tick."""
+
+    def __init__(
+        self, n_bands: int, gate_bands: int, tuning: AttributionTuning | None = None
+    ) -> None:
+        self.tuning = t = tuning or AttributionTuning()
+        self.n_bands = n_bands
+        self.gate_bands = gate_bands
+        frame_s = t.frame_ms / 1000.0
+        length = round(t.max_delay_s / frame_s) + t.smear_frames + 2
+        self._length = length
+        self._history = {r: _History(n_bands, length, t) for r in ROLES}
+        self._echo = {r: _EchoPath(n_bands, t) for r in ROLES}  # keyed by the near role
+        self._levels = {r: _LevelModel(t) for r in ROLES}
+        self._talking = dict.fromkeys(ROLES, False)
+        #: Why the last frame's raw speech was overruled, per role (for diagnostics).
+        self.vetoed: dict[Role, str | None] = dict.fromkeys(ROLES)
+
+    def reset(self, role: Role) -> None:
+        """A participant's connection changed: echo delay and gain to and from them no longer
+        hold (new device, new path); their voice level is relearned too."""
+        t = self.tuning
+        for r in ROLES:
+            self._echo[r] = _EchoPath(self.n_bands, t)
+        self._history[role] = _History(self.n_bands, self._length, t)
+        self._levels[role] = _LevelModel(t)
+        self._talking[role] = False
+
+    def echo_delay_frames(self, near: Role) -> int:
+        """Current estimate of how many frames the other role's voice takes to reach
+        ``near``'s microphone."""
+        return self._echo[near].delay
+
+    def reference_dbfs(self, role: Role) -> float | None:
+        """The level model's idea of how loud ``role``'s own voice is (None: not yet heard)."""
+        return self._levels[role].reference_dbfs
+
+    def step(self, frames: dict[Role, FrameFeatures | None]) -> dict[Role, bool]:
+        """One tick: ``None`` for a role with no audio this tick (absent, muted, late)."""
+        t = self.tuning
+        for role in ROLES:
+            self._history[role].push(frames[role])
+        out: dict[Role, bool] = {}
+        for role in ROLES:
+            f = frames[role]
+            far = other_role(role)
+            path = self._echo[role]
+            far_pred, far_talking = path.predict(self._history[role], self._history[far])
+            self.vetoed[role] = None
+            if f is None:
+                out[role] = False
+                continue
+            level = self._levels[role]
+            ref = level.reference_dbfs
+            if far_talking and ref is not None and f.level_dbfs < ref - t.echo_learn_below_db:
+                # Only frames clearly quieter than this participant's own voice: the echo
+                # (and the room's noise) is what such a frame holds, not their talk.
+                noise = self._history[role].noise
+                path.learn(f.bands, f.bands * 0.0 if noise is None else noise, far_pred)
+            speech = f.speech
+            power = 0.0
+            if speech:
+                power = path.residual(f.bands, far_pred, self.gate_bands)
+                if 10.0 * math.log10(power + _TINY) < f.floor_dbfs + f.margin_db:
+                    speech = False
+                    self.vetoed[role] = "echo"
+            owned = level.owns(speech, power, self._talking[far])
+            if speech and not self._talking[far]:
+                level.feed(f.level_dbfs)
+            if speech and not owned:
+                self.vetoed[role] = "background"
+            out[role] = owned
+        for role in ROLES:
+            self._history[role].attributed(frames[role], out[role])
+        self._talking = out
+        return out
