@@ -34,6 +34,7 @@ live path and ``rapport analyze`` share it through ``ParticipantAudio``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -320,7 +321,7 @@ class Attributor:
         """The level model's idea of how loud ``role``'s own voice is (None: not yet heard)."""
         return self._levels[role].reference_dbfs
 
-    def step(self, frames: dict[Role, FrameFeatures | None]) -> dict[Role, bool]:
+    def step(self, frames: Mapping[Role, FrameFeatures | None]) -> dict[Role, bool]:
         """One tick: ``None`` for a role with no audio this tick (absent, muted, late)."""
         t = self.tuning
         for role in ROLES:
