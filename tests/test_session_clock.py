@@ -9,6 +9,7 @@ the detector, so every expectation below is exact to the frame.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 
 from media.alliance.engine import Role, Snapshot
 from media.alliance.live import LiveSignals
-from media.alliance.vad import VoiceActivityDetector
+from media.alliance.vad import FrameFeatures, VoiceActivityDetector
 
 T, C = Role.THERAPIST, Role.CLIENT
 FRAME_S = 0.02
@@ -26,10 +27,17 @@ EXACT = 1e-6
 
 @pytest.fixture(autouse=True)
 def _nonzero_is_speech(monkeypatch: pytest.MonkeyPatch) -> None:
-    def is_speech(_self: VoiceActivityDetector, frame: np.ndarray) -> bool:
-        return bool(np.any(frame))
+    """Exact truth: a frame with any sample is speech. The detector still measures the frame
+    (levels, bands) so the attribution stage downstream sees real evidence; the verdict is
+    forced, and so is a quiet room under it (steady white noise would otherwise be learned
+    as the room's floor, and a talker at the floor is no talker)."""
+    analyze = VoiceActivityDetector.analyze
 
-    monkeypatch.setattr(VoiceActivityDetector, "is_speech", is_speech)
+    def forced(self: VoiceActivityDetector, frame: np.ndarray) -> FrameFeatures:
+        speech = bool(np.any(frame))
+        return dataclasses.replace(analyze(self, frame), speech=speech, floor_dbfs=-90.0)
+
+    monkeypatch.setattr(VoiceActivityDetector, "analyze", forced)
 
 
 class Call:
