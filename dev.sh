@@ -60,9 +60,9 @@ case "$cmd" in
   test)
     apt_install chromium espeak-ng sox asterisk-core-sounds-en-wav pocketsphinx-testdata
     ensure_venv test
-    # Coverage of our three packages, on by default. It costs about 75 % wall time on the
-    # media-heavy files (the tracer sees every aiortc frame), hence the opt-out for quick
-    # runs. Media worker processes are not measured: coverage is not started in them.
+    # Coverage of our three packages, on by default: about 5 % of the suite's wall time, far
+    # more for CPU-bound media files on a busy machine (the tracer sees every aiortc frame),
+    # hence the opt-out for quick runs. Media worker processes are not measured.
     cov=()
     if [ "${RAPPORT_COVERAGE:-1}" != 0 ]; then
       cov=(--cov=server --cov=signaling --cov=media --cov-report=term:skip-covered)
