@@ -268,27 +268,29 @@ class Browsers:
     client: object
 
 
-@pytest.fixture(scope="session")
-def browsers(dialogue_wavs: DialogueWavs) -> Iterator[Browsers]:
+@contextlib.contextmanager
+def browser_pair(therapist_mic: Path, client_mic: Path) -> Iterator[Browsers]:
+    """Two chromium processes, each with its own WAV as the fake microphone (the flag is per
+    process, and separate processes also keep the two identities apart)."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        # Separate browser processes: each has its own fake devices (its own script as the
-        # microphone, since --use-file-for-fake-audio-capture is per process) and identity.
-        therapist = pw.chromium.launch(
-            executable_path=CHROMIUM, args=chromium_args(dialogue_wavs.therapist)
-        )
-        client = pw.chromium.launch(
-            executable_path=CHROMIUM, args=chromium_args(dialogue_wavs.client)
-        )
+        therapist = pw.chromium.launch(executable_path=CHROMIUM, args=chromium_args(therapist_mic))
+        client = pw.chromium.launch(executable_path=CHROMIUM, args=chromium_args(client_mic))
         try:
             yield Browsers(therapist=therapist, client=client)
         finally:
             for browser in (therapist, client):
                 with contextlib.suppress(Exception):
                     browser.close()
+
+
+@pytest.fixture(scope="session")
+def browsers(dialogue_wavs: DialogueWavs) -> Iterator[Browsers]:
+    with browser_pair(dialogue_wavs.therapist, dialogue_wavs.client) as pair:
+        yield pair
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from media.alliance.offline import decode_mono_48k
 from tests.fixtures.dialogues import write_wav
 from tests.fixtures.rooms import RoomCondition, _echo, level_over_mask_db
 
-from .conftest import CHROMIUM, DialogueWavs, chromium_args
+from .conftest import Browsers, DialogueWavs, browser_pair
 from .helpers import new_page, wait_for, wait_video
 
 pytestmark = pytest.mark.browser
@@ -87,28 +87,13 @@ def echo_wavs(dialogue_wavs: DialogueWavs, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture(scope="module")
-def echo_browsers(dialogue_wavs: DialogueWavs, echo_wavs: EchoWavs) -> Iterator[tuple[Any, Any]]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        therapist = pw.chromium.launch(
-            executable_path=CHROMIUM, args=chromium_args(dialogue_wavs.therapist)
-        )
-        client = pw.chromium.launch(
-            executable_path=CHROMIUM, args=chromium_args(echo_wavs.client_with_echo)
-        )
-        try:
-            yield therapist, client
-        finally:
-            for browser in (therapist, client):
-                with contextlib.suppress(Exception):
-                    browser.close()
+def echo_browsers(dialogue_wavs: DialogueWavs, echo_wavs: EchoWavs) -> Iterator[Browsers]:
+    with browser_pair(dialogue_wavs.therapist, echo_wavs.client_with_echo) as pair:
+        yield pair
 
 
 def test_therapist_voice_leaking_into_the_client_mic_is_not_client_talk(
-    rapport_server: Any, echo_browsers: tuple[Any, Any], echo_wavs: EchoWavs
+    rapport_server: Any, echo_browsers: Browsers, echo_wavs: EchoWavs
 ) -> None:
     server = rapport_server
     # A therapist of its own: the session-flow tests count their therapist's sessions.
@@ -123,8 +108,8 @@ def test_therapist_voice_leaking_into_the_client_mic_is_not_client_talk(
         res = http.post("/api/sessions", json={"client_label": "echo-room"})
         assert res.status_code == 201, res.text
         session_id, invite_url = res.json()["id"], res.json()["invite_url"]
-        t_ctx, t = new_page(echo_browsers[0], server.base_url, log, "therapist")
-        c_ctx, c = new_page(echo_browsers[1], server.base_url, log, "client")
+        t_ctx, t = new_page(echo_browsers.therapist, server.base_url, log, "therapist")
+        c_ctx, c = new_page(echo_browsers.client, server.base_url, log, "client")
         contexts = [t_ctx, c_ctx]
         assert t.request.post("/api/login", data={"email": email, "password": password}).ok
         c.goto(invite_url, wait_until="domcontentloaded")
