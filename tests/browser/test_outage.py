@@ -1,0 +1,164 @@
+"""A client's network goes away for 5 s and for 40 s in the middle of a call.
+
+The client's chromium runs as its own user id and loses every packet, its signalling socket and
+its media alike, through an nftables rule (tests/browser/netfault.py); DevTools' offline switch
+would leave WebRTC running. Nobody clicks anything: the call must come back by itself within
+10 s of the network's return, and the outage must be counted as the client's absence, never as
+a silence of the session (a therapist's panel that reports a 40 s "silence" the client never
+had would mislead).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import BrowserContext, Page, expect
+
+from .conftest import CHROMIUM, DialogueWavs, chromium_args
+from .helpers import new_page, wait_for, wait_video
+from .netfault import NetworkCut, chromium_as_cut_user
+
+pytestmark = pytest.mark.browser
+REMOTE = '[data-testid="remote-video"]'
+BACK_WITHIN_S = 10.0  # the acceptance bar: media back this soon after the network returns
+
+
+@dataclass
+class OutageCall:
+    server: Any
+    http: httpx.Client
+    session_id: str
+    t: Page
+    c: Page
+    net: NetworkCut
+
+
+def _metrics(http: httpx.Client, session_id: str) -> dict[str, Any]:
+    res = http.get(f"/api/sessions/{session_id}/metrics")
+    assert res.status_code == 200, res.text
+    data: dict[str, Any] = res.json()
+    return data
+
+
+@pytest.fixture
+def outage_call(
+    rapport_server: Any, dialogue_wavs: DialogueWavs, tmp_path: Path
+) -> Iterator[OutageCall]:
+    from playwright.sync_api import sync_playwright
+
+    server = rapport_server
+    log: list[str] = []
+    email, password = server.users["therapist"]
+    http = httpx.Client(base_url=server.base_url, timeout=10)
+    res = http.post("/api/login", json={"email": email, "password": password})
+    assert res.status_code == 200, res.text
+    res = http.post("/api/sessions", json={"client_label": "N.W."})
+    assert res.status_code == 201, res.text
+    session_id, invite_url = res.json()["id"], res.json()["invite_url"]
+    cut_chromium = chromium_as_cut_user(CHROMIUM, tmp_path)
+    with NetworkCut() as net, sync_playwright() as pw:
+        therapist = pw.chromium.launch(
+            executable_path=CHROMIUM, args=chromium_args(dialogue_wavs.therapist)
+        )
+        client = pw.chromium.launch(
+            executable_path=str(cut_chromium), args=chromium_args(dialogue_wavs.client)
+        )
+        contexts: list[BrowserContext] = []
+        try:
+            t_ctx, t = new_page(therapist, server.base_url, log, "therapist")
+            c_ctx, c = new_page(client, server.base_url, log, "client")
+            contexts += [t_ctx, c_ctx]
+            res_t = t.request.post("/api/login", data={"email": email, "password": password})
+            assert res_t.ok, res_t.text()
+            c.goto(invite_url, wait_until="domcontentloaded")
+            expect(c.get_by_test_id("join-button")).to_be_enabled()
+            c.get_by_test_id("display-name").fill("Noor")
+            c.get_by_test_id("join-button").click()
+            expect(c.get_by_test_id("waiting-message")).to_be_visible()
+            t.goto(f"/sessions/{session_id}", wait_until="domcontentloaded")
+            t.get_by_test_id("admit-button").click()
+            wait_video(t, "call", REMOTE)
+            wait_video(c, "call", REMOTE)
+            yield OutageCall(server, http, session_id, t, c, net)
+        finally:
+            for ctx in contexts:
+                with contextlib.suppress(Exception):
+                    ctx.close()
+            for browser in (therapist, client):
+                with contextlib.suppress(Exception):
+                    browser.close()
+            http.close()
+
+
+def _outage(call: OutageCall, seconds: float, key: str) -> dict[str, float]:
+    """Cut the client's network for ``seconds``; return how the session's numbers moved."""
+    before = _metrics(call.http, call.session_id)
+    call.net.cut()
+    cut_at = time.monotonic()
+    # The therapist's page notices the client is gone (within a few seconds), then time passes.
+    wait_for(
+        lambda: call.net.dropped_packets() > 0, timeout=seconds, what="the cut dropping packets"
+    )
+    remaining = seconds - (time.monotonic() - cut_at)
+    if remaining > 0:
+        call.t.wait_for_timeout(remaining * 1000)  # the outage itself, not an assertion
+    call.net.restore()
+    back_at = time.monotonic()
+    # No click anywhere: both videos must play again by themselves.
+    deadline_ms = BACK_WITHIN_S * 1000
+    for page in (call.t, call.c):
+        page.wait_for_function(
+            VIDEO_ADVANCING_JS, arg=[REMOTE, key, 10], polling=200, timeout=deadline_ms
+        )
+    recovered_s = time.monotonic() - back_at
+    after = _metrics(call.http, call.session_id)
+    return {
+        "recovered_s": recovered_s,
+        "absent_s": after["absent_s"] - before["absent_s"],
+        "silence_s": after["silence_s"] - before["silence_s"],
+        "long_silences": after["long_silences"] - before["long_silences"],
+        "duration_s": after["duration_s"] - before["duration_s"],
+    }
+
+
+# Truthy once the remote <video> has rendered ``minFrames`` new frames since the first call
+# with this key (a frozen last frame does not count).
+VIDEO_ADVANCING_JS = """
+([selector, key, minFrames]) => {
+  const v = document.querySelector(selector);
+  if (!v || !v.srcObject || v.videoWidth === 0 || v.paused) return false;
+  window.__advancing = window.__advancing || {};
+  const total = v.getVideoPlaybackQuality().totalVideoFrames;
+  const p = window.__advancing[key];
+  if (!p || p.stream !== v.srcObject) {
+    window.__advancing[key] = { stream: v.srcObject, start: total };
+    return false;
+  }
+  return total - p.start >= minFrames;
+}
+"""
+
+
+@pytest.mark.parametrize("outages", [(5.0, 40.0)])
+def test_client_network_outage_heals_by_itself_and_is_absence(
+    outage_call: OutageCall, outages: tuple[float, ...]
+) -> None:
+    call = outage_call
+    call.t.wait_for_timeout(6000)  # some ordinary call time before the first cut
+    for seconds in outages:
+        moved = _outage(call, seconds, key=f"after-{seconds:g}")
+        print(f"outage {seconds:g} s: {moved}")
+        assert moved["recovered_s"] <= BACK_WITHIN_S
+        # The outage is the client's absence (dated back to their last audio), not silence.
+        assert moved["absent_s"] >= seconds - 1.0, moved
+        assert moved["silence_s"] <= 2.0, moved
+        assert moved["long_silences"] == 0, moved
+        expect(call.t.get_by_test_id("stage")).to_have_attribute("data-state", "call")
+        expect(call.c.get_by_test_id("stage")).to_have_attribute("data-state", "call")
