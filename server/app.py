@@ -26,6 +26,7 @@ from .quality_hub import QualityHub
 from .routes import admin, auth, checkin, pages, preferences, sessions, summary, ws
 from .security import new_token, token_hash
 from .settings import Settings
+from .throttle import LoginThrottle
 
 log = logging.getLogger("rapport")
 
@@ -78,6 +79,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Rapport", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.database = database
+    app.state.login_throttle = LoginThrottle(
+        settings.login_attempts_per_address, settings.login_attempts_per_account
+    )
     signals = SignalsHub(database)
     app.state.signals = signals
     media_config = MediaConfig(

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     media_workers: int | None = Field(default=None, ge=0, le=256)
     invite_ttl_hours: float = 24.0
     login_idle_minutes: float = 60.0
+    # Sign-in attempts allowed (``limits`` notation); over either, the answer is 429.
+    login_attempts_per_address: str = "20 per minute"
+    login_attempts_per_account: str = "10 per 10 minutes"
     max_message_bytes: int = 64 * 1024
     max_messages_per_second: float = 50.0
     secure_cookies: bool | None = None  # None: secure when public_url is https
@@ -93,6 +96,15 @@ class Settings(BaseSettings):
         """Refuse a malformed RAPPORT_ICE_SERVERS at start, not at the first join."""
         for server in value:
             IceServer.model_validate(server)
+        return value
+
+    @field_validator("login_attempts_per_address", "login_attempts_per_account")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        """Refuse a malformed limit at start, not at the first sign-in."""
+        from limits import parse
+
+        parse(value)
         return value
 
     @model_validator(mode="after")

@@ -14,13 +14,14 @@ from ..auth import LOGIN_COOKIE, CurrentUser, DbSession, SettingsDep, create_log
 from ..models import LoginSession, SetupToken, User, UserRole
 from ..security import (
     MIN_PASSWORD_LENGTH,
-    burn_verify,
-    hash_password,
+    burn_verify_async,
+    hash_password_async,
     token_hash,
     valid_email,
-    verify_password,
+    verify_password_async,
 )
 from ..settings import Settings
+from ..throttle import LoginThrottle
 
 router = APIRouter(prefix="/api", tags=["auth"])
 
@@ -76,15 +77,28 @@ def set_login_cookie(response: Response, settings: Settings, token: str) -> None
 
 @router.post("/login")
 async def login(
-    body: LoginBody, response: Response, db: DbSession, settings: SettingsDep
+    body: LoginBody, request: Request, response: Response, db: DbSession, settings: SettingsDep
 ) -> UserEnvelope:
-    user = await db.scalar(select(User).where(func.lower(User.email) == body.email.lower()))
+    email = body.email.strip().lower()
+    throttle: LoginThrottle = request.app.state.login_throttle
+    address = request.client.host if request.client else "unknown"
+    wait = await throttle.attempt(address, email)
+    if wait is not None:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"Too many sign-in attempts. Try again in {wait} seconds.",
+            headers={"Retry-After": str(wait)},
+        )
+    user = await db.scalar(select(User).where(func.lower(User.email) == email))
+    # End the read transaction before the slow hash: an open SQLite read holds back writers.
+    await db.commit()
     if user is None:
-        burn_verify(body.password)
+        await burn_verify_async(body.password)
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Email or password is incorrect.")
-    if not verify_password(user.password_hash, body.password):
-        record(db, "login_failed", f"user:{user.id}")
-        await db.commit()
+    if not await verify_password_async(user.password_hash, body.password):
+        if await throttle.audit_failure(email):
+            record(db, "login_failed", f"user:{user.id}")
+            await db.commit()
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Email or password is incorrect.")
     record(db, "login", f"user:{user.id}")
     token = await create_login(db, user)
@@ -143,7 +157,7 @@ async def setup(
         email=str(body.email).lower(),
         display_name=body.display_name,
         role=UserRole(body.role),
-        password_hash=hash_password(body.password),
+        password_hash=await hash_password_async(body.password),
     )
     db.add(user)
     row.used_at = datetime.now(UTC)
