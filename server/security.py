@@ -14,6 +14,7 @@ import re
 import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -81,6 +82,23 @@ def valid_email(email: str) -> bool:
     """A deliberately plain check: accounts are created by admins, not by strangers, and
     internal domains (``.test``, ``.internal``) are legitimate on a self-hosted server."""
     return len(email) <= 320 and _EMAIL.match(email) is not None
+
+
+# Control characters (browsers drop tab and newline inside URLs: "/\t/evil" becomes "//evil")
+# and backslashes (read as "/" by browsers) have no place in a local path to return to.
+_UNSAFE_IN_NEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
+
+
+def safe_next(value: str | None) -> str | None:
+    """The path to return to after sign-in, if it stays on this site; otherwise None."""
+    if not value or len(value) > 2000 or _UNSAFE_IN_NEXT.search(value):
+        return None
+    if not value.startswith("/") or value.startswith("//"):
+        return None
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or parts.path.startswith("/login"):
+        return None
+    return value
 
 
 def new_token() -> str:
