@@ -18,6 +18,7 @@ from signaling.limits import Limits
 from signaling.rooms import RoomRegistry
 
 from .alliance_hub import SignalsHub
+from .body_limit import BodySizeLimit
 from .db import Database
 from .hooks import DatabaseRoomHooks
 from .models import SetupToken, User
@@ -126,6 +127,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "Permissions-Policy", "camera=(self), microphone=(self), geolocation=()"
         )
         return response
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

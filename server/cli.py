@@ -31,7 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level="warning",
-        ws_max_size=1024 * 1024,
+        ws_max_size=settings.max_message_bytes,
         proxy_headers=True,
     )
     return 0

@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     login_attempts_per_address: str = "20 per minute"
     login_attempts_per_account: str = "10 per 10 minutes"
     max_message_bytes: int = 64 * 1024
+    # HTTP request bodies (the API takes small JSON documents); larger ones are answered 413.
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     max_messages_per_second: float = 50.0
     secure_cookies: bool | None = None  # None: secure when public_url is https
     web_dir: Path = REPO_ROOT / "web"
