@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     secure_cookies: bool | None = None  # None: secure when public_url is https
     web_dir: Path = REPO_ROOT / "web"
     log_level: str = "info"
+    # /docs, /redoc and /openapi.json: off unless asked for (/docs loads a script from a CDN).
+    api_docs: bool = False
+    # Bearer token for /metrics (RAPPORT_METRICS_TOKEN); unset, /metrics answers loopback only.
+    metrics_token: str | None = None
     log_json: bool = True
 
     @field_validator("ice_servers", "media_addresses", mode="before")

@@ -7,7 +7,7 @@ from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field, field_validator
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 
 from ..audit import record
 from ..auth import LOGIN_COOKIE, CurrentUser, DbSession, SettingsDep, create_login
@@ -152,15 +152,25 @@ async def setup_check(token: str, db: DbSession) -> SetupCheck:
 async def setup(
     body: SetupBody, response: Response, db: DbSession, settings: SettingsDep
 ) -> UserEnvelope:
-    row = await _valid_setup(db, body.token)
+    await _valid_setup(db, body.token)
+    await db.commit()  # end the read: the claim below must be the transaction's first write
+    password_hash = await hash_password_async(body.password)
+    # Claim the link in one statement: of concurrent uses exactly one changes the row.
+    claimed = await db.execute(
+        update(SetupToken)
+        .where(SetupToken.token_hash == token_hash(body.token), SetupToken.used_at.is_(None))
+        .values(used_at=datetime.now(UTC))
+    )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        await db.rollback()
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "This setup link is not valid.")
     user = User(
         email=str(body.email).lower(),
         display_name=body.display_name,
         role=UserRole(body.role),
-        password_hash=await hash_password_async(body.password),
+        password_hash=password_hash,
     )
     db.add(user)
-    row.used_at = datetime.now(UTC)
     await db.flush()
     record(db, "user_created", f"user:{user.id}", detail=f"first account, role {body.role}")
     token = await create_login(db, user)
