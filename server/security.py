@@ -14,6 +14,7 @@ import re
 import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from argon2 import PasswordHasher
@@ -99,6 +100,43 @@ def safe_next(value: str | None) -> str | None:
     if parts.scheme or parts.netloc or parts.path.startswith("/login"):
         return None
     return value
+
+
+_COMMON = frozenset(
+    line.strip().lower()
+    for line in (Path(__file__).with_name("common_passwords.txt")).read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+)
+# Words that, with some digits or symbols around them, make the guesses tried first.
+_GUESSABLE_WORDS = frozenset(
+    "password passw0rd p@ssword p@ssw0rd qwerty qwertz azerty letmein welcome admin "
+    "administrator iloveyou monkey dragon football baseball princess sunshine master "
+    "rapport therapy therapist changeme secret login".split()
+)
+_ROWS = ("1234567890", "qwertyuiop", "asdfghjkl", "zxcvbnm", "abcdefghijklmnopqrstuvwxyz")
+
+
+def password_problem(password: str, email: str = "") -> str | None:
+    """Why a new password is too easy to guess, as a sentence for the person choosing it."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"The password needs at least {MIN_PASSWORD_LENGTH} characters."
+    lowered = password.lower()
+    if password.isdigit():
+        return "The password cannot be only digits; a short sentence is easier to remember."
+    if lowered in _COMMON:
+        return "This password is one of the most common ones; choose another."
+    if len(set(lowered)) <= 2:
+        return "The password repeats the same characters; choose something less predictable."
+    if any(lowered in row or lowered in row[::-1] for row in _ROWS):
+        return "The password is a run of keys or letters; choose something less predictable."
+    core = lowered.strip("0123456789!@#$%^&*?.,-_ ")
+    if core in _GUESSABLE_WORDS:
+        return "The password is a common word with digits or symbols added; choose another."
+    address = email.strip().lower()
+    local = address.split("@", 1)[0]
+    if address and (lowered == address or (len(local) >= 3 and core == local)):
+        return "The password cannot be your email address."
+    return None
 
 
 def new_token() -> str:

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from sqlalchemy import delete, func, select, update
 
 from ..audit import record
@@ -16,6 +17,7 @@ from ..security import (
     MIN_PASSWORD_LENGTH,
     burn_verify_async,
     hash_password_async,
+    password_problem,
     token_hash,
     valid_email,
     verify_password_async,
@@ -61,6 +63,13 @@ class SetupBody(BaseModel):
         if not valid_email(value.strip()):
             raise ValueError("that does not look like an email address")
         return value.strip().lower()
+
+    @model_validator(mode="after")
+    def _password(self) -> SetupBody:
+        problem = password_problem(self.password, self.email)
+        if problem:
+            raise PydanticCustomError("weak_password", problem)
+        return self
 
 
 def set_login_cookie(response: Response, settings: Settings, token: str) -> None:
