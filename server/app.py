@@ -18,6 +18,7 @@ from signaling.limits import Limits
 from signaling.rooms import RoomRegistry
 
 from .alliance_hub import SignalsHub
+from .body_limit import BodySizeLimit
 from .db import Database
 from .hooks import DatabaseRoomHooks
 from .models import SetupToken, User
@@ -26,6 +27,13 @@ from .quality_hub import QualityHub
 from .routes import admin, auth, checkin, pages, preferences, sessions, summary, ws
 from .security import new_token, token_hash
 from .settings import Settings
+from .throttle import LoginThrottle
+from .web_security import (
+    CONTENT_SECURITY_POLICY,
+    SAFE_METHODS,
+    metrics_refusal,
+    same_origin,
+)
 
 log = logging.getLogger("rapport")
 
@@ -75,9 +83,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await signals.close()
         await database.dispose()
 
-    app = FastAPI(title="Rapport", version="0.1.0", lifespan=lifespan)
+    docs = settings.api_docs
+    app = FastAPI(
+        title="Rapport",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.state.settings = settings
     app.state.database = database
+    app.state.login_throttle = LoginThrottle(
+        settings.login_attempts_per_address, settings.login_attempts_per_account
+    )
     signals = SignalsHub(database)
     app.state.signals = signals
     media_config = MediaConfig(
@@ -109,10 +128,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.loop_lag = loop_lag
     app.state.cpu = CpuMeter()
 
+    hsts = settings.public_url.startswith("https://")
+
     @app.middleware("http")
     async def security_headers(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
+        if request.method not in SAFE_METHODS and not same_origin(request, settings):
+            return JSONResponse(
+                {"detail": "Cross-site request refused: open Rapport from its own address."},
+                status_code=403,
+            )
         response = await call_next(request)
         # Invite tokens live in URLs: never leak them through the Referer header.
         response.headers.setdefault("Referrer-Policy", "no-referrer")
@@ -121,7 +147,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response.headers.setdefault(
             "Permissions-Policy", "camera=(self), microphone=(self), geolocation=()"
         )
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        if hsts:
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        if request.url.path.startswith("/api/"):
+            # Clinical data: never kept in a browser's or a proxy's cache.
+            response.headers["Cache-Control"] = "no-store"
         return response
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -134,7 +168,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"ready": ok, "media": media}, status_code=200 if ok else 503)
 
     @app.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
+    async def prometheus_metrics(request: Request) -> Response:
+        refused = metrics_refusal(request, settings)
+        if refused is not None:
+            return refused
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     for router in (

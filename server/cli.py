@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from .db import Database
 from .models import User, UserRole
-from .security import MIN_PASSWORD_LENGTH, hash_password, valid_email
+from .security import hash_password, password_problem, valid_email
 from .settings import Settings
 
 
@@ -31,7 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level="warning",
-        ws_max_size=1024 * 1024,
+        ws_max_size=settings.max_message_bytes,
         proxy_headers=True,
     )
     return 0
@@ -79,11 +79,12 @@ async def _add_user(email: str, role: str, name: str, password: str) -> int:
 
 def _user_add(args: argparse.Namespace) -> int:
     password = _read_password(confirm=True)
-    if len(password) < MIN_PASSWORD_LENGTH:
-        print(f"Passwords need at least {MIN_PASSWORD_LENGTH} characters.", file=sys.stderr)
-        return 2
     if not valid_email(args.email):
         print("That does not look like an email address.", file=sys.stderr)
+        return 2
+    problem = password_problem(password, args.email)
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     return asyncio.run(_add_user(args.email, args.role, args.name or "", password))
 

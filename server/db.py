@@ -6,6 +6,8 @@ adds columns introduced after a database was first created, so an upgrade needs 
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,7 +31,12 @@ class Database:
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=not self.is_sqlite)
+            _private_files(Path(parsed.database))
+        # Bound parameters carry clinical text (agenda items, labels): never into exception
+        # messages, and so never into logs.
+        self.engine: AsyncEngine = create_async_engine(
+            url, pool_pre_ping=not self.is_sqlite, hide_parameters=True
+        )
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -54,6 +61,17 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def _private_files(path: Path) -> None:
+    """The database holds clinical notes: readable by the server's user only. SQLite gives its
+    -wal and -shm files the main file's mode, so creating that one 0600 covers all three;
+    files an older version created world-readable are tightened."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(name, 0o600)
 
 
 def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: object) -> None:

@@ -68,11 +68,20 @@ class Settings(BaseSettings):
     media_workers: int | None = Field(default=None, ge=0, le=256)
     invite_ttl_hours: float = 24.0
     login_idle_minutes: float = 60.0
+    # Sign-in attempts allowed (``limits`` notation); over either, the answer is 429.
+    login_attempts_per_address: str = "20 per minute"
+    login_attempts_per_account: str = "10 per 10 minutes"
     max_message_bytes: int = 64 * 1024
+    # HTTP request bodies (the API takes small JSON documents); larger ones are answered 413.
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     max_messages_per_second: float = 50.0
     secure_cookies: bool | None = None  # None: secure when public_url is https
     web_dir: Path = REPO_ROOT / "web"
     log_level: str = "info"
+    # /docs, /redoc and /openapi.json: off unless asked for (/docs loads a script from a CDN).
+    api_docs: bool = False
+    # Bearer token for /metrics (RAPPORT_METRICS_TOKEN); unset, /metrics answers loopback only.
+    metrics_token: str | None = None
     log_json: bool = True
 
     @field_validator("ice_servers", "media_addresses", mode="before")
@@ -93,6 +102,15 @@ class Settings(BaseSettings):
         """Refuse a malformed RAPPORT_ICE_SERVERS at start, not at the first join."""
         for server in value:
             IceServer.model_validate(server)
+        return value
+
+    @field_validator("login_attempts_per_address", "login_attempts_per_account")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        """Refuse a malformed limit at start, not at the first sign-in."""
+        from limits import parse
+
+        parse(value)
         return value
 
     @model_validator(mode="after")

@@ -6,21 +6,24 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
-from pydantic import BaseModel, Field, field_validator
-from sqlalchemy import delete, func, select
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+from sqlalchemy import delete, func, select, update
 
 from ..audit import record
 from ..auth import LOGIN_COOKIE, CurrentUser, DbSession, SettingsDep, create_login
 from ..models import LoginSession, SetupToken, User, UserRole
 from ..security import (
     MIN_PASSWORD_LENGTH,
-    burn_verify,
-    hash_password,
+    burn_verify_async,
+    hash_password_async,
+    password_problem,
     token_hash,
     valid_email,
-    verify_password,
+    verify_password_async,
 )
 from ..settings import Settings
+from ..throttle import LoginThrottle
 
 router = APIRouter(prefix="/api", tags=["auth"])
 
@@ -61,6 +64,13 @@ class SetupBody(BaseModel):
             raise ValueError("that does not look like an email address")
         return value.strip().lower()
 
+    @model_validator(mode="after")
+    def _password(self) -> SetupBody:
+        problem = password_problem(self.password, self.email)
+        if problem:
+            raise PydanticCustomError("weak_password", problem)
+        return self
+
 
 def set_login_cookie(response: Response, settings: Settings, token: str) -> None:
     response.set_cookie(
@@ -76,15 +86,28 @@ def set_login_cookie(response: Response, settings: Settings, token: str) -> None
 
 @router.post("/login")
 async def login(
-    body: LoginBody, response: Response, db: DbSession, settings: SettingsDep
+    body: LoginBody, request: Request, response: Response, db: DbSession, settings: SettingsDep
 ) -> UserEnvelope:
-    user = await db.scalar(select(User).where(func.lower(User.email) == body.email.lower()))
+    email = body.email.strip().lower()
+    throttle: LoginThrottle = request.app.state.login_throttle
+    address = request.client.host if request.client else "unknown"
+    wait = await throttle.attempt(address, email)
+    if wait is not None:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"Too many sign-in attempts. Try again in {wait} seconds.",
+            headers={"Retry-After": str(wait)},
+        )
+    user = await db.scalar(select(User).where(func.lower(User.email) == email))
+    # End the read transaction before the slow hash: an open SQLite read holds back writers.
+    await db.commit()
     if user is None:
-        burn_verify(body.password)
+        await burn_verify_async(body.password)
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Email or password is incorrect.")
-    if not verify_password(user.password_hash, body.password):
-        record(db, "login_failed", f"user:{user.id}")
-        await db.commit()
+    if not await verify_password_async(user.password_hash, body.password):
+        if await throttle.audit_failure(email):
+            record(db, "login_failed", f"user:{user.id}")
+            await db.commit()
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Email or password is incorrect.")
     record(db, "login", f"user:{user.id}")
     token = await create_login(db, user)
@@ -138,15 +161,25 @@ async def setup_check(token: str, db: DbSession) -> SetupCheck:
 async def setup(
     body: SetupBody, response: Response, db: DbSession, settings: SettingsDep
 ) -> UserEnvelope:
-    row = await _valid_setup(db, body.token)
+    await _valid_setup(db, body.token)
+    await db.commit()  # end the read: the claim below must be the transaction's first write
+    password_hash = await hash_password_async(body.password)
+    # Claim the link in one statement: of concurrent uses exactly one changes the row.
+    claimed = await db.execute(
+        update(SetupToken)
+        .where(SetupToken.token_hash == token_hash(body.token), SetupToken.used_at.is_(None))
+        .values(used_at=datetime.now(UTC))
+    )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        await db.rollback()
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "This setup link is not valid.")
     user = User(
         email=str(body.email).lower(),
         display_name=body.display_name,
         role=UserRole(body.role),
-        password_hash=hash_password(body.password),
+        password_hash=password_hash,
     )
     db.add(user)
-    row.used_at = datetime.now(UTC)
     await db.flush()
     record(db, "user_created", f"user:{user.id}", detail=f"first account, role {body.role}")
     token = await create_login(db, user)

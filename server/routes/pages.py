@@ -20,7 +20,7 @@ from sqlalchemy import select
 from ..auth import CLIENT_COOKIE, DbSession, OptionalUser, SettingsDep
 from ..invites import InviteProblem, check_invite
 from ..models import Checkin, Participant, TherapySession, User, UserRole
-from ..security import new_token, token_hash
+from ..security import new_token, safe_next, token_hash
 from ..settings import Settings
 
 router = APIRouter(include_in_schema=False)
@@ -54,7 +54,11 @@ async def home(user: OptionalUser) -> Response:
 
 
 @router.get("/login")
-async def login_page(settings: SettingsDep) -> Response:
+async def login_page(request: Request, settings: SettingsDep) -> Response:
+    # A "next" that would leave the site is dropped here as well as in the page's script.
+    raw_next = request.query_params.get("next")
+    if raw_next is not None and safe_next(raw_next) is None:
+        return RedirectResponse("/login", status_code=303)
     return _page(settings.web_dir, "login.html")
 
 

@@ -151,11 +151,24 @@ export async function copyText(text) {
 }
 
 /** Only follow same-origin, path-only "next" targets (no open redirects). */
+/**
+ * The path to go to after sign-in, if it stays on this site; otherwise null.
+ * URL parsing drops tabs and newlines ("/\t/evil.example" becomes "//evil.example") and reads
+ * "\\" as "/", so such values are refused outright, and what is left is checked after parsing.
+ */
 export function safeNext(value) {
-  if (!value || typeof value !== "string") return null;
-  if (!value.startsWith("/") || value.startsWith("//") || value.startsWith("/\\")) return null;
-  if (value.startsWith("/login")) return null;
-  return value;
+  if (!value || typeof value !== "string" || value.length > 2000) return null;
+  // eslint-disable-next-line no-control-regex
+  if (/[\u0000-\u001f\u007f-\u009f\\]/.test(value)) return null;
+  if (!value.startsWith("/") || value.startsWith("//")) return null;
+  let url;
+  try {
+    url = new URL(value, location.origin);
+  } catch {
+    return null;
+  }
+  if (url.origin !== location.origin || url.pathname.startsWith("/login")) return null;
+  return url.pathname + url.search + url.hash;
 }
 
 export function inviteStorageKey(sessionId) {
