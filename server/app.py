@@ -20,6 +20,7 @@ from signaling.rooms import RoomRegistry
 from .alliance_hub import SignalsHub
 from .db import Database
 from .hooks import DatabaseRoomHooks
+from .lifecycle import Drain, Reaper
 from .models import SetupToken, User
 from .ops import CpuMeter, Metrics, loop_lag_monitor
 from .quality_hub import QualityHub
@@ -45,6 +46,13 @@ async def first_run_setup_link(database: Database, settings: Settings) -> str | 
     return settings.public(f"/setup/{token}")
 
 
+def start_drain(app: FastAPI) -> Drain:
+    """Stop taking new sessions and joins; the returned drain's ``run`` waits for the calls."""
+    app.state.draining = True
+    drain: Drain = app.state.drain
+    return drain
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     database = Database(settings.database_url)
@@ -65,17 +73,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         signals.start()
         loop_lag.start()
         quality.start()
+        reaper.start()
         yield
         app.state.draining = True
+        await reaper.stop()
         await quality.stop()
         await loop_lag.stop()
-        await app.state.rooms.close_all()
+        await app.state.rooms.close_all(code=1012)
         if pool is not None:
             await pool.close()
         await signals.close()
         await database.dispose()
 
     app = FastAPI(title="Rapport", version="0.1.0", lifespan=lifespan)
+    app.state.draining = False
     app.state.settings = settings
     app.state.database = database
     signals = SignalsHub(database)
@@ -89,8 +100,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     workers = settings.media_worker_count
     pool = MediaWorkerPool(media_config, workers, log_level=settings.log_level) if workers else None
     app.state.media_pool = pool
+    room_hooks = DatabaseRoomHooks(database, signals)
     app.state.rooms = RoomRegistry(
-        DatabaseRoomHooks(database, signals),
+        room_hooks,
         media_config,
         Limits(
             max_message_bytes=settings.max_message_bytes,
@@ -100,6 +112,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         call_factory=pool.call if pool is not None else None,
     )
     signals.rooms = app.state.rooms
+    app.state.rooms.on_room_closed = signals.unload
+    # The drain is started by the server's signal handling (server.cli), or by `start_drain`.
+    app.state.drain = Drain(app.state.rooms, signals, settings.drain_timeout_s)
+    reaper = Reaper(database, app.state.rooms, signals, room_hooks, settings.idle_end_after_s)
+    app.state.reaper = reaper
     metrics = Metrics()
     quality = QualityHub(app.state.rooms, metrics, database)
     app.state.rooms.observer = quality
@@ -129,9 +146,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> Response:
+        """Not ready while draining: load balancers stop sending new people here at once."""
+        draining = bool(app.state.draining)
         media = pool is None or any(w.alive for w in pool.workers)
-        ok = media and await database.ping() and not getattr(app.state, "draining", False)
-        return JSONResponse({"ready": ok, "media": media}, status_code=200 if ok else 503)
+        ok = not draining and media and await database.ping()
+        body: dict[str, object] = {"ready": ok, "media": media, "draining": draining}
+        if draining:
+            body["detail"] = "draining: the server is shutting down once its live calls end"
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
