@@ -150,8 +150,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         draining = bool(app.state.draining)
         media = pool is None or any(w.alive for w in pool.workers)
         ok = not draining and media and await database.ping()
-        body: dict[str, object] = {"ready": ok, "media": media, "draining": draining}
+        body: dict[str, object] = {"ready": ok, "media": media}
         if draining:
+            body["draining"] = True
             body["detail"] = "draining: the server is shutting down once its live calls end"
         return JSONResponse(body, status_code=200 if ok else 503)
 
