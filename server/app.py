@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -10,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from sqlalchemy import func, select
 
 from media import MediaConfig, MediaWorkerPool, restrict_host_addresses
@@ -44,6 +45,13 @@ async def first_run_setup_link(database: Database, settings: Settings) -> str | 
         )
         await db.commit()
     return settings.public(f"/setup/{token}")
+
+
+def _task_count() -> int:
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # scraped off the event loop
+        return 0
 
 
 def start_drain(app: FastAPI) -> Drain:
@@ -121,6 +129,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     quality = QualityHub(app.state.rooms, metrics, database)
     app.state.rooms.observer = quality
     loop_lag = loop_lag_monitor(metrics)
+    # Leak watch (the soak test reads them): tasks must return to baseline after calls end,
+    # and a session's signals must not stay loaded once nobody is in its room.
+    Gauge(
+        "rapport_asyncio_tasks", "Asyncio tasks in the server process", registry=metrics.registry
+    ).set_function(_task_count)
+    Gauge(
+        "rapport_signal_sessions_loaded",
+        "Sessions whose live signals are in memory",
+        registry=metrics.registry,
+    ).set_function(lambda: len(signals.sessions))
     app.state.metrics = metrics
     app.state.quality = quality
     app.state.loop_lag = loop_lag

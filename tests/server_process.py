@@ -135,7 +135,7 @@ def rapport_server_process(tmp: Path, env: dict[str, str] | None = None) -> Iter
 
             eventually_sync(
                 healthy,
-                timeout=20,
+                timeout=45,  # media workers start slowly on a busy machine
                 interval=0.2,
                 message=lambda: f"server not healthy:\n{server.log_tail()}",
             )

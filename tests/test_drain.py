@@ -106,9 +106,10 @@ async def test_sigterm_drains_the_live_call_then_exits_by_the_deadline(
     session, t, c, client_cookie = await open_room(server.ws_url, therapist)
     await t.start_media()
     await c.start_media()
-    assert t.browser is not None and c.browser is not None
-    await t.browser.wait_for("audio", 25, timeout=20)
-    await c.browser.wait_for("video", 10, timeout=20)
+    tb, cb = t.browser, c.browser
+    assert tb is not None and cb is not None
+    await tb.wait_for("audio", 25, timeout=20)
+    await cb.wait_for("video", 10, timeout=20)
     await t.send({"type": "agenda_add", "text": "Sleep since last week"})
     agenda_state = await _agenda_with(t, "Sleep since last week")
     created = await therapist.post("/api/sessions", json={"client_label": "later"})
@@ -131,10 +132,8 @@ async def test_sigterm_drains_the_live_call_then_exits_by_the_deadline(
     assert ready.json()["draining"] is True
 
     # The call keeps flowing: RTP still arrives at the therapist's peer seconds later.
-    packets = await _rtp_received(t.browser)
-    await eventually(
-        lambda: _rtp_grew(t.browser, packets, 100), timeout=8, message="RTP after SIGTERM"
-    )
+    packets = await _rtp_received(tb)
+    await eventually(lambda: _rtp_grew(tb, packets, 100), timeout=8, message="RTP after SIGTERM")
     await t.send({"type": "ping", "t": 1})
     await t.expect("pong")
 
@@ -156,9 +155,9 @@ async def test_sigterm_drains_the_live_call_then_exits_by_the_deadline(
     assert (await again.expect("welcome"))["role"] == "client"
     await again.ws.close()
 
-    packets = await _rtp_received(t.browser)
+    packets = await _rtp_received(tb)
     await eventually(
-        lambda: _rtp_grew(t.browser, packets, 100),
+        lambda: _rtp_grew(tb, packets, 100),
         timeout=8,
         message="RTP still flowing later in the drain",
     )
@@ -185,8 +184,8 @@ async def test_sigterm_drains_the_live_call_then_exits_by_the_deadline(
     assert _ticks(row) >= _ticks(before) + (DRAIN_TIMEOUT_S - 5) * TICKS_PER_S
     assert row.metrics is not None and row.timeline
     await therapist.aclose()
-    await t.browser.close()
-    await c.browser.close()
+    await tb.close()
+    await cb.close()
 
 
 @pytest.mark.parametrize("draining_server", [600], indirect=True)
