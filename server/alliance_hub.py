@@ -2,8 +2,10 @@
 
 A session's ``LiveSignals`` outlives its room (a room is dropped when everyone disconnects)
 so talk time is never lost or counted twice across reconnects. Snapshots and the 1-second
-timeline are written to the session row at least every 5 seconds, so a crash loses at most
-that much.
+timeline are written to the session row at least every 5 seconds while they change, so a crash
+loses at most that much; an idle session is not written at all. When a session's room closes
+(everyone gone) its signals are saved and unloaded, so an abandoned session costs no CPU; the
+next connection resumes them from the stored input.
 """
 
 from __future__ import annotations
@@ -56,7 +58,11 @@ class SignalsHub:
         self._worker = SignalThread(self._from_worker)
         self._persister: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
-        self._persisted_at: dict[str, float] = {}
+        # Per session: what the stored row holds, as (input runs, last run's length, ended).
+        # The input determines the whole engine state, so an equal key means nothing changed.
+        self._saved: dict[str, tuple[int, int, bool]] = {}
+        #: Session rows written (read by tests: an idle session must not be rewritten).
+        self.writes = 0
         # Per session: the hub's config with the therapist's own thresholds applied.
         self._configs: dict[str, SignalConfig] = {}
 
@@ -114,6 +120,7 @@ class SignalsHub:
         signals = await asyncio.to_thread(LiveSignals.restore, session_id, runs, config)
         if session_id not in self.sessions:
             self.sessions[session_id] = signals
+            self._saved[session_id] = _key(runs, ended=False)
             self._worker.add(signals)
             log.info(
                 "resumed signals for session %s from %d stored ticks",
@@ -151,19 +158,45 @@ class SignalsHub:
             task.add_done_callback(self._pending.discard)
 
     async def finish(self, session_id: str) -> None:
+        self._configs.pop(session_id, None)
         signals = self.sessions.get(session_id)
         if signals is None:
             return
         signals.finish()
         self._worker.remove(session_id)
-        await self._persist(signals)
+        await self._persist(signals, force=True)
         del self.sessions[session_id]
-        self._configs.pop(session_id, None)
+        self._saved.pop(session_id, None)
 
-    async def _persist(self, signals: LiveSignals) -> None:
+    async def unload(self, session_id: str) -> None:
+        """The session's room closed (nobody connected): save its signals and drop them.
+
+        Nothing is lost: the stored input rebuilds the engine exactly when someone returns
+        (``prepare``). If someone came back while the row was written, the signals stay.
+        """
+        signals = self.sessions.get(session_id)
+        if signals is None or signals.ended or self._has_room(session_id):
+            return
+        await self._persist(signals)
+        if self._has_room(session_id) or self.sessions.get(session_id) is not signals:
+            return
+        self._worker.remove(session_id)
+        del self.sessions[session_id]
+        self._saved.pop(session_id, None)
+        self._configs.pop(session_id, None)
+        log.info("unloaded signals of session %s (nobody connected)", session_id)
+
+    def _has_room(self, session_id: str) -> bool:
+        return self.rooms is not None and self.rooms.get(session_id) is not None
+
+    async def _persist(self, signals: LiveSignals, *, force: bool = False) -> bool:
+        """Write the session's signals if they changed since the last write; True if written."""
+        runs = signals.input_runs()
+        key = _key(runs, signals.ended)
+        if not force and (signals.latest is None or self._saved.get(signals.session_id) == key):
+            return False
         snapshot = snapshot_json(signals.snapshot())
         timeline = pack_timeline(signals.timeline())
-        runs = signals.input_runs()
         async with self.database.session() as db:
             row = await db.get(TherapySession, signals.session_id)
             if row is not None:
@@ -171,24 +204,35 @@ class SignalsHub:
                 row.timeline = timeline
                 row.signal_input = runs
                 await db.commit()
+                self.writes += 1
+        self._saved[signals.session_id] = key
+        return True
+
+    async def flush(self) -> None:
+        """Write every session whose signals changed (before the process exits)."""
+        for signals in list(self.sessions.values()):
+            if signals.ended:
+                continue
+            try:
+                await self._persist(signals)
+            except Exception:
+                log.exception("persisting signals failed")
 
     async def _persist_loop(self) -> None:
         while True:
             await asyncio.sleep(PERSIST_EVERY_S / 2)
-            for signals in list(self.sessions.values()):
-                if signals.latest is None or signals.ended:
-                    continue
-                try:
-                    await self._persist(signals)
-                except Exception:
-                    log.exception("persisting signals failed")
+            await self.flush()
 
     async def close(self) -> None:
         if self._persister is not None:
             self._persister.cancel()
             with contextlib.suppress(BaseException):
                 await self._persister
-        for signals in list(self.sessions.values()):
-            with contextlib.suppress(Exception):
-                await self._persist(signals)
+        await self.flush()
         self._worker.stop()
+
+
+def _key(runs: list[list[int]], ended: bool) -> tuple[int, int, bool]:
+    # Input only ever grows by extending the last run or appending one, so its length and the
+    # last run's count identify it.
+    return (len(runs), runs[-1][1] if runs else 0, ended)

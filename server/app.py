@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -10,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from sqlalchemy import func, select
 
 from media import MediaConfig, MediaWorkerPool, restrict_host_addresses
@@ -21,6 +22,7 @@ from .alliance_hub import SignalsHub
 from .body_limit import BodySizeLimit
 from .db import Database
 from .hooks import DatabaseRoomHooks
+from .lifecycle import Drain, Reaper
 from .models import SetupToken, User
 from .ops import CpuMeter, Metrics, loop_lag_monitor
 from .quality_hub import QualityHub
@@ -53,6 +55,20 @@ async def first_run_setup_link(database: Database, settings: Settings) -> str | 
     return settings.public(f"/setup/{token}")
 
 
+def _task_count() -> int:
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # scraped off the event loop
+        return 0
+
+
+def start_drain(app: FastAPI) -> Drain:
+    """Stop taking new sessions and joins; the returned drain's ``run`` waits for the calls."""
+    app.state.draining = True
+    drain: Drain = app.state.drain
+    return drain
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     database = Database(settings.database_url)
@@ -73,11 +89,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         signals.start()
         loop_lag.start()
         quality.start()
+        reaper.start()
         yield
         app.state.draining = True
+        await reaper.stop()
         await quality.stop()
         await loop_lag.stop()
-        await app.state.rooms.close_all()
+        await app.state.rooms.close_all(code=1012)
         if pool is not None:
             await pool.close()
         await signals.close()
@@ -92,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
     )
+    app.state.draining = False
     app.state.settings = settings
     app.state.database = database
     app.state.login_throttle = LoginThrottle(
@@ -108,8 +127,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     workers = settings.media_worker_count
     pool = MediaWorkerPool(media_config, workers, log_level=settings.log_level) if workers else None
     app.state.media_pool = pool
+    room_hooks = DatabaseRoomHooks(database, signals)
     app.state.rooms = RoomRegistry(
-        DatabaseRoomHooks(database, signals),
+        room_hooks,
         media_config,
         Limits(
             max_message_bytes=settings.max_message_bytes,
@@ -119,10 +139,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         call_factory=pool.call if pool is not None else None,
     )
     signals.rooms = app.state.rooms
+    app.state.rooms.on_room_closed = signals.unload
+    # The drain is started by the server's signal handling (server.cli), or by `start_drain`.
+    app.state.drain = Drain(app.state.rooms, signals, settings.drain_timeout_s)
+    reaper = Reaper(database, app.state.rooms, signals, room_hooks, settings.idle_end_after_s)
+    app.state.reaper = reaper
     metrics = Metrics()
     quality = QualityHub(app.state.rooms, metrics, database)
     app.state.rooms.observer = quality
     loop_lag = loop_lag_monitor(metrics)
+    # Leak watch (the soak test reads them): tasks must return to baseline after calls end,
+    # and a session's signals must not stay loaded once nobody is in its room.
+    Gauge(
+        "rapport_asyncio_tasks", "Asyncio tasks in the server process", registry=metrics.registry
+    ).set_function(_task_count)
+    Gauge(
+        "rapport_signal_sessions_loaded",
+        "Sessions whose live signals are in memory",
+        registry=metrics.registry,
+    ).set_function(lambda: len(signals.sessions))
     app.state.metrics = metrics
     app.state.quality = quality
     app.state.loop_lag = loop_lag
@@ -163,9 +198,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> Response:
+        """Not ready while draining: load balancers stop sending new people here at once."""
+        draining = bool(app.state.draining)
         media = pool is None or any(w.alive for w in pool.workers)
-        ok = media and await database.ping() and not getattr(app.state, "draining", False)
-        return JSONResponse({"ready": ok, "media": media}, status_code=200 if ok else 503)
+        ok = not draining and media and await database.ping()
+        body: dict[str, object] = {"ready": ok, "media": media}
+        if draining:
+            body["draining"] = True
+            body["detail"] = "draining: the server is shutting down once its live calls end"
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics(request: Request) -> Response:

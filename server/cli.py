@@ -5,8 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import logging
+import signal
+import socket
 import sys
+from collections.abc import Coroutine
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
+import uvicorn
 from sqlalchemy import func, select
 
 from .db import Database
@@ -14,10 +21,13 @@ from .models import User, UserRole
 from .security import hash_password, password_problem, valid_email
 from .settings import Settings
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger("rapport")
+
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from .app import create_app
     from .logs import configure
 
@@ -26,15 +36,68 @@ def _serve(args: argparse.Namespace) -> int:
     configure(settings.log_level, settings.log_json)
     app = create_app(settings)
     print(f"  Rapport is starting: open {settings.public_url}/ in a browser.", flush=True)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level="warning",
         ws_max_size=settings.max_message_bytes,
         proxy_headers=True,
+        # Only reached after a drain or a second signal: do not hang on a stuck connection.
+        timeout_graceful_shutdown=5,
     )
+    DrainingServer(config, app).run()
     return 0
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, except that the first SIGTERM/SIGINT drains instead of shutting down.
+
+    uvicorn closes its port and every socket on the first signal, cutting live calls. Here the
+    first signal starts the app's drain (not ready, no new joins, calls continue until they end
+    or the deadline, then flush and close), and uvicorn's own shutdown follows it. A second
+    signal hurries the drain: the rooms are closed with what can be flushed at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+        self._drain_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not recorded in uvicorn's captured signals: it re-raises those after shutdown, and
+        # the process would then die of the signal instead of exiting cleanly after the drain.
+        if self._loop is None or not self.started or self.should_exit:
+            # Before start-up, or a third signal while uvicorn shuts down: uvicorn's way.
+            self.force_exit = self.should_exit
+            self.should_exit = True
+            return
+        self._loop.call_soon_threadsafe(self._on_signal, sig)
+
+    def _on_signal(self, sig: int) -> None:
+        from .app import start_drain
+
+        name = signal.Signals(sig).name
+        if self._drain_task is None:
+            log.warning("%s received: draining", name)
+            drain = start_drain(self.app)
+            self._drain_task = asyncio.ensure_future(self._drain(drain.run()))
+        else:
+            log.warning("%s received again: exiting now", name)
+            self.app.state.drain.hurry()
+
+    async def _drain(self, run: Coroutine[Any, Any, None]) -> None:
+        try:
+            await run
+        except Exception:
+            log.exception("drain failed; shutting down")
+        finally:
+            self.should_exit = True
 
 
 def _read_password(confirm: bool) -> str:

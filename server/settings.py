@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     api_docs: bool = False
     # Bearer token for /metrics (RAPPORT_METRICS_TOKEN); unset, /metrics answers loopback only.
     metrics_token: str | None = None
+    # SIGTERM/SIGINT start a drain: live calls continue until they end or until this deadline
+    # (3 h by default, so a deploy never cuts a therapy hour); a second signal exits at once.
+    drain_timeout_s: float = Field(default=3 * 3600.0, ge=0)
+    # A `live` session nobody has been in for this long (e.g. left behind by a crash) is ended.
+    idle_end_after_s: float = Field(default=2 * 3600.0, gt=0)
     log_json: bool = True
 
     @field_validator("ice_servers", "media_addresses", mode="before")

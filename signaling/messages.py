@@ -386,3 +386,4 @@ class ErrorCode(StrEnum):
     BAD_SDP = "bad_sdp", "The offer's SDP was rejected (malformed or unsupported)."
     MEDIA_FAILED = "media_failed", "The media server could not set up this participant's peer."
     INTERNAL = "internal", "An unexpected server error while handling the message."
+    DRAINING = "draining", "The server is shutting down: new joins are refused, retry later."

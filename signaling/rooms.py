@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Awaitable, Callable
 
 from media import CallFactory, MediaConfig
 
@@ -29,6 +30,9 @@ class RoomRegistry:
         self._signals_for = signals_for
         self.observer = observer
         self._closing: set[asyncio.Task[None]] = set()
+        # Called with the session id once an emptied room is closed, so per-session state kept
+        # beside the room (the live signals) can be unloaded too.
+        self.on_room_closed: Callable[[str], Awaitable[None]] | None = None
 
     def get(self, session_id: str) -> Room | None:
         return self.rooms.get(session_id)
@@ -56,11 +60,27 @@ class RoomRegistry:
         # in the database and a new room is built on the next connection.
         if self.rooms.get(room.session_id) is room:
             del self.rooms[room.session_id]
-        task = asyncio.ensure_future(room.close())
+        task = asyncio.ensure_future(self._close_dropped(room))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def close_all(self) -> None:
+    async def _close_dropped(self, room: Room) -> None:
+        await room.close()
+        if self.on_room_closed is not None:
+            await self.on_room_closed(room.session_id)
+
+    async def close_all(self, code: int | None = None) -> None:
+        """Close every room without ending its session.
+
+        ``code``: close the sockets with it first (1012 "service restart" on shutdown, so the
+        pages reconnect to the next process).
+        """
         for room in list(self.rooms.values()):
+            if code is not None:
+                for member in list(room.members):
+                    with contextlib.suppress(Exception):
+                        await member.channel.close(code)
             await room.close()
         self.rooms.clear()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)

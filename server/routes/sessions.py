@@ -78,10 +78,22 @@ def _new_invite(session: TherapySession, settings: Settings, ttl_hours: float | 
     return settings.public(f"/join/{token}")
 
 
+# Seconds a refused caller should wait: a restart takes seconds, and behind a load balancer
+# the retry lands on another node.
+DRAINING_RETRY_AFTER_S = 30
+
+
 @router.post("", status_code=201)
 async def create_session(
-    body: CreateSession, user: Therapist, db: DbSession, settings: SettingsDep
+    body: CreateSession, request: Request, user: Therapist, db: DbSession, settings: SettingsDep
 ) -> CreatedSession:
+    if request.app.state.draining:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "The server is restarting for maintenance (draining) and is not starting new "
+            "sessions right now. Please try again in a minute.",
+            headers={"Retry-After": str(DRAINING_RETRY_AFTER_S)},
+        )
     session = TherapySession(
         id=new_session_id(),
         therapist_id=user.id,

@@ -31,6 +31,17 @@ async def _refuse(ws: WebSocket, code: ErrorCode, message: str, close_code: int)
         await ws.close(close_code)
 
 
+DRAINING_MESSAGE = (
+    "The server is restarting for maintenance and is not taking new calls right now. "
+    "Please try again in a minute."
+)
+
+
+def _live_room(rooms: RoomRegistry, session_id: str) -> bool:
+    room = rooms.get(session_id)
+    return room is not None and bool(room.members)
+
+
 def _origin_ok(ws: WebSocket, settings: Settings) -> bool:
     """Browsers always send Origin; refuse cross-site sockets riding on our cookies."""
     origin = ws.headers.get("origin")
@@ -64,8 +75,14 @@ async def therapist_socket(ws: WebSocket, session_id: str) -> None:
     if status == SessionStatus.ENDED:
         await _refuse(ws, ErrorCode.SESSION_ENDED, "This session has ended.", 4410)
         return
-    await ws.app.state.signals.prepare(session_id)
+    # While draining, only a call already running here may be rejoined.
+    if ws.app.state.draining and not _live_room(rooms, session_id):
+        await _refuse(ws, ErrorCode.DRAINING, DRAINING_MESSAGE, 1013)
+        return
+    # Accept before loading the signals: from `prepare` returning to the room holding them
+    # nothing awaits, so an emptied room's signals cannot be unloaded in between.
     await ws.accept()
+    await ws.app.state.signals.prepare(session_id)
     room = rooms.get_or_create(session_id, status)
     await room.serve(Member(role=Role.THERAPIST, channel=ws, actor=actor))
 
@@ -104,6 +121,10 @@ async def client_socket(ws: WebSocket, token: str) -> None:
         if check.problem == InviteProblem.EXPIRED and not returning:
             await _refuse(ws, ErrorCode.EXPIRED, check.message, 4410)
             return
+        # While draining, only someone already in a call running here may come back.
+        if ws.app.state.draining and not (returning and _live_room(rooms, session.id)):
+            await _refuse(ws, ErrorCode.DRAINING, DRAINING_MESSAGE, 1013)
+            return
         if participant is None:
             participant = Participant(
                 session_id=session.id, role=Role.CLIENT, identity_hash=identity_hash
@@ -112,8 +133,8 @@ async def client_socket(ws: WebSocket, token: str) -> None:
         participant.last_seen_at = utcnow()
         await db.commit()
         session_id, status, participant_id = session.id, str(session.status), participant.id
-    await ws.app.state.signals.prepare(session_id)
     await ws.accept()
+    await ws.app.state.signals.prepare(session_id)
     room = rooms.get_or_create(session_id, status)
     await room.serve(
         Member(

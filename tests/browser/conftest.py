@@ -9,64 +9,18 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
-import sys
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from pluggy import Result
 
-from tests.support import eventually_sync
+from tests.server_process import REPO_ROOT, RapportServer, rapport_server_process
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS_DIR = REPO_ROOT / "test-artifacts"
 CHROMIUM = os.environ.get("RAPPORT_CHROMIUM", "/usr/bin/chromium")
-
-THERAPIST_EMAIL = "therapist@example.test"
-THERAPIST_PASSWORD = "quiet-harbour-2417"
-ADMIN_EMAIL = "admin@example.test"
-ADMIN_PASSWORD = "steady-lantern-9035"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class RapportServer:
-    base_url: str
-    env: dict[str, str]
-    log_path: Path
-    proc: subprocess.Popen[bytes]
-    users: dict[str, tuple[str, str]] = field(default_factory=dict)
-
-    def log_tail(self, max_chars: int = 20_000) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no server log)"
-        return text[-max_chars:]
-
-    def cli(
-        self, *args: str, stdin: str = "", timeout: float = 30
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "server.cli", *args],
-            input=stdin,
-            cwd=REPO_ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
 
 _current_server: RapportServer | None = None
 
@@ -74,75 +28,12 @@ _current_server: RapportServer | None = None
 @pytest.fixture(scope="session")
 def rapport_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RapportServer]:
     global _current_server
-    tmp = tmp_path_factory.mktemp("rapport-server")
-    port = _free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "RAPPORT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp / 'rapport.db'}",
-        "RAPPORT_PUBLIC_URL": base_url,
-        # JSON form: the server's Settings cannot parse the plain "127.0.0.1" form of a list
-        # (pydantic-settings JSON-decodes list fields before the comma-splitting validator).
-        "RAPPORT_MEDIA_ADDRESSES": '["127.0.0.1"]',
-        "RAPPORT_ALLOW_LOOPBACK_CANDIDATES": "true",
-        "RAPPORT_LOG_JSON": "false",
-        "PYTHONUNBUFFERED": "1",
-    }
-    log_path = tmp / "server.log"
-    log_file = log_path.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
-    server = RapportServer(base_url=base_url, env=env, log_path=log_path, proc=proc)
-    _current_server = server
-    try:
-
-        def healthy() -> bool:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"server exited with {proc.returncode} before it was ready:\n"
-                    f"{server.log_tail()}"
-                )
-            try:
-                return httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        eventually_sync(
-            healthy,
-            timeout=20,
-            interval=0.2,
-            message=lambda: f"server not healthy:\n{server.log_tail()}",
-        )
-
-        for email, password, role, name in (
-            (THERAPIST_EMAIL, THERAPIST_PASSWORD, "therapist", "Dr. Ellis Moreau"),
-            (ADMIN_EMAIL, ADMIN_PASSWORD, "admin", "Sam Admin"),
-        ):
-            # Not a tty, so the CLI reads one line from stdin (a tty would prompt twice).
-            result = server.cli(
-                "user", "add", email, "--role", role, "--name", name, stdin=f"{password}\n"
-            )
-            if result.returncode != 0:
-                pytest.fail(
-                    f"`user add {email}` failed ({result.returncode}):\n"
-                    f"{result.stdout}\n{result.stderr}"
-                )
-            server.users[role] = (email, password)
-        yield server
-    finally:
-        _current_server = None
-        proc.terminate()
+    with rapport_server_process(tmp_path_factory.mktemp("rapport-server")) as server:
+        _current_server = server
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        log_file.close()
+            yield server
+        finally:
+            _current_server = None
 
 
 # Each role's fake microphone loops its own 20 s script, four 5 s slots of one utterance each:

@@ -1,0 +1,155 @@
+"""`rapport serve` as a subprocess, as deployed: its own process, signals, media workers and
+SQLite file, on 127.0.0.1. Shared by the browser tests (one server per run) and the lifecycle
+tests (a server per test, which they signal and watch exit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import eventually_sync
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+THERAPIST_EMAIL = "therapist@example.test"
+THERAPIST_PASSWORD = "quiet-harbour-2417"
+ADMIN_EMAIL = "admin@example.test"
+ADMIN_PASSWORD = "steady-lantern-9035"
+USERS = (
+    (THERAPIST_EMAIL, THERAPIST_PASSWORD, "therapist", "Dr. Ellis Moreau"),
+    (ADMIN_EMAIL, ADMIN_PASSWORD, "admin", "Sam Admin"),
+)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RapportServer:
+    base_url: str
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+    users: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def ws_url(self) -> str:
+        return self.base_url.replace("http://", "ws://")
+
+    def log_tail(self, max_chars: int = 20_000) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no server log)"
+        return text[-max_chars:]
+
+    def cli(
+        self, *args: str, stdin: str = "", timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "server.cli", *args],
+            input=stdin,
+            cwd=REPO_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def stop(self) -> None:
+        """Terminate (the server drains, with no calls it exits at once); kill if stuck."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def rapport_server_process(tmp: Path, env: dict[str, str] | None = None) -> Iterator[RapportServer]:
+    """Start a server with a therapist and an admin account; stop it on exit.
+
+    ``env`` adds or overrides ``RAPPORT_*`` settings for this server.
+    """
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    full_env = {
+        **os.environ,
+        "RAPPORT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp / 'rapport.db'}",
+        "RAPPORT_PUBLIC_URL": base_url,
+        # JSON form: the server's Settings cannot parse the plain "127.0.0.1" form of a list
+        # (pydantic-settings JSON-decodes list fields before the comma-splitting validator).
+        "RAPPORT_MEDIA_ADDRESSES": '["127.0.0.1"]',
+        "RAPPORT_ALLOW_LOOPBACK_CANDIDATES": "true",
+        "RAPPORT_LOG_JSON": "false",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    log_path = tmp / "server.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "server.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=REPO_ROOT,
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        server = RapportServer(base_url=base_url, env=full_env, log_path=log_path, proc=proc)
+        try:
+
+            def healthy() -> bool:
+                if proc.poll() is not None:
+                    pytest.fail(
+                        f"server exited with {proc.returncode} before it was ready:\n"
+                        f"{server.log_tail()}"
+                    )
+                try:
+                    return httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            eventually_sync(
+                healthy,
+                timeout=45,  # media workers start slowly on a busy machine
+                interval=0.2,
+                message=lambda: f"server not healthy:\n{server.log_tail()}",
+            )
+            for email, password, role, name in USERS:
+                # Not a tty, so the CLI reads one line from stdin (a tty would prompt twice).
+                result = server.cli(
+                    "user", "add", email, "--role", role, "--name", name, stdin=f"{password}\n"
+                )
+                if result.returncode != 0:
+                    pytest.fail(
+                        f"`user add {email}` failed ({result.returncode}):\n"
+                        f"{result.stdout}\n{result.stderr}"
+                    )
+                server.users[role] = (email, password)
+            yield server
+        finally:
+            server.stop()

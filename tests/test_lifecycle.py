@@ -1,0 +1,280 @@
+"""Sessions across their lifetime on a node: abandoned ones are ended, idle ones cost nothing,
+and many join/leave cycles leave no residue behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import event, select
+
+import server.alliance_hub as alliance_hub
+from server.db import Database
+from server.models import AuditEvent, SessionStatus, TherapySession
+from tests.conftest import NO_MEDIA_WORKER, LiveServer
+from tests.media_helpers import FakeBrowser
+from tests.server_process import RapportServer, rapport_server_process
+from tests.signaling_helpers import Participant, invite_token, login_cookie, open_room
+from tests.support import eventually
+
+
+@pytest.fixture
+def idle_end_after_1s(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sessions nobody is in are ended after 1 s (set before the server reads its settings)."""
+    monkeypatch.setenv("RAPPORT_IDLE_END_AFTER_S", "1")
+
+
+async def _rows(settings_url: str, *query: Any) -> list[Any]:
+    database = Database(settings_url)
+    try:
+        async with database.session() as db:
+            return list((await db.execute(select(*query))).all())
+    finally:
+        await database.dispose()
+
+
+@NO_MEDIA_WORKER
+async def test_abandoned_live_session_is_ended_and_audited_an_occupied_one_is_not(
+    idle_end_after_1s: None, live_server: LiveServer, therapist: httpx.AsyncClient
+) -> None:
+    ws = live_server.ws_url
+    # Occupied: the client left, the therapist is still in the room.
+    occupied, t_kept, c_gone, _ = await open_room(ws, therapist)
+    await c_gone.close()
+    # Abandoned afterwards (so it is idle no longer than the occupied one): both gone.
+    abandoned, t, c, _ = await open_room(ws, therapist)
+    await c.close()
+    await t.close()
+    for session in (occupied, abandoned):
+        assert (await therapist.get(f"/api/sessions/{session['id']}")).json()["status"] == "live"
+
+    async def ended() -> bool:
+        response = await therapist.get(f"/api/sessions/{abandoned['id']}")
+        return bool(response.json()["status"] == "ended")
+
+    await eventually(ended, timeout=15, interval=0.2, message="abandoned session ended")
+    audits = await _rows(
+        live_server.settings.database_url,
+        AuditEvent.session_id,
+        AuditEvent.action,
+        AuditEvent.actor,
+    )
+    auto = [(s, actor) for s, action, actor in audits if action == "session_auto_ended"]
+    assert auto == [(abandoned["id"], "system")]
+    # The same pass saw the occupied session idle at least as long by the database's
+    # timestamps, and spared it because someone is in its room.
+    assert (await therapist.get(f"/api/sessions/{occupied['id']}")).json()["status"] == "live"
+    await t_kept.send({"type": "ping", "t": 1})
+    await t_kept.expect("pong")
+    await t_kept.close()
+
+
+@pytest.fixture
+def fast_persistence(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Signals persist every 0.4 s instead of 5 s, so a few periods fit in a short test."""
+    monkeypatch.setattr(alliance_hub, "PERSIST_EVERY_S", 0.4)
+    return 0.4
+
+
+@NO_MEDIA_WORKER
+async def test_idle_live_session_is_never_rewritten_and_unloads_with_its_room(
+    fast_persistence: float, live_server: LiveServer, therapist: httpx.AsyncClient
+) -> None:
+    app: Any = live_server.app
+    url = live_server.settings.database_url
+    session = (await therapist.post("/api/sessions", json={})).json()
+    stored_input = [[4, 3000], [7, 250], [4, 500]]  # a minute of signals before a restart
+    database = Database(url)
+    async with database.session() as db:
+        row = await db.get(TherapySession, session["id"])
+        assert row is not None
+        row.status = SessionStatus.LIVE
+        row.signal_input = stored_input
+        await db.commit()
+    await database.dispose()
+
+    # Every read or write of the sessions table: a save that finds nothing changed still
+    # reads the row and commits (the ORM then skips the UPDATE), and that is the cost.
+    writes: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if re.search(r"\b(UPDATE|FROM) sessions\b", statement):
+            writes.append(statement)
+
+    event.listen(app.state.database.engine.sync_engine, "before_cursor_execute", count)
+    hub = app.state.signals
+    t = await Participant.connect(
+        f"{live_server.ws_url}/ws/sessions/{session['id']}", login_cookie(therapist)
+    )
+    await t.send({"type": "join"})
+    await t.expect("joined")
+    assert hub.sessions[session["id"]].input_runs() == stored_input  # resumed
+    await t.expect("agenda")  # the join's own reads are done
+    writes.clear()
+
+    # In its room but idle (no media, so no new input): five save periods, no write.
+    await asyncio.sleep(5 * fast_persistence)
+    print(f"\nsaves of an idle live session over 5 save periods: {len(writes)}")
+    assert writes == [], writes
+
+    # Everyone gone: the room and the signals leave memory, with nothing written.
+    await t.close()
+    await eventually(
+        lambda: session["id"] not in hub.sessions and app.state.rooms.get(session["id"]) is None,
+        timeout=5,
+        message="room and signals unloaded",
+    )
+    await asyncio.sleep(3 * fast_persistence)
+    assert writes == []
+
+    # Someone returns: the signals resume from the store, nothing lost.
+    t = await Participant.connect(
+        f"{live_server.ws_url}/ws/sessions/{session['id']}", login_cookie(therapist)
+    )
+    await t.send({"type": "join"})
+    await t.expect("joined")
+    assert hub.sessions[session["id"]].input_runs() == stored_input
+    await t.close()
+    event.remove(app.state.database.engine.sync_engine, "before_cursor_execute", count)
+
+
+# --------------------------------------------------------------------------- leak soak
+
+LONG = os.environ.get("RAPPORT_LONG_TESTS") == "1"
+CYCLES = 500 if LONG else 30
+
+
+def _proc_figures(pid: int) -> dict[str, int]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return {
+        "fds": len(os.listdir(f"/proc/{pid}/fd")),
+        "threads": int(fields["Threads"].strip()),
+        "rss_kb": int(fields["VmRSS"].split()[0]),
+    }
+
+
+def _gauge(text: str, name: str) -> int:
+    match = re.search(rf"^{name} (\S+)$", text, re.M)
+    assert match, f"{name} not in /metrics"
+    return int(float(match.group(1)))
+
+
+@pytest.fixture
+def soak_server(tmp_path: Path) -> Iterator[RapportServer]:
+    with rapport_server_process(tmp_path, {"RAPPORT_MEDIA_WORKERS": "1"}) as server:
+        yield server
+
+
+async def _drop(p: Participant) -> None:
+    """A killed browser: the TCP connection vanishes without a close frame or a leave."""
+    p.ws.transport.abort()
+    if p.browser is not None:
+        await p.browser.close()
+
+
+@pytest.mark.slow
+async def test_join_leave_cycles_leave_no_residue(soak_server: RapportServer) -> None:
+    server = soak_server
+    therapist = httpx.AsyncClient(base_url=server.base_url, timeout=10)
+    admin = httpx.AsyncClient(base_url=server.base_url, timeout=10)
+    for http, role in ((therapist, "therapist"), (admin, "admin")):
+        email, password = server.users[role]
+        response = await http.post("/api/login", json={"email": email, "password": password})
+        assert response.status_code == 200, response.text
+    health = (await admin.get("/api/admin/health")).json()
+    worker_pid = int(health["media_workers"][0]["pid"])
+    pids = {"server": server.proc.pid, "worker": worker_pid}
+
+    # One session held open by the therapist, with media; the client comes and goes.
+    session, t, c, client_cookie = await open_room(server.ws_url, therapist)
+    await t.start_media()
+    await c.close()
+    join_url = f"{server.ws_url}/ws/join/{invite_token(session['invite_url'])}"
+
+    async def cycle(i: int) -> None:
+        if i % 5 == 4:
+            # A session abandoned mid-call: both sockets dropped, never ended.
+            _, t2, c2, _ = await open_room(server.ws_url, therapist)
+            await t2.start_media()
+            await c2.start_media()
+            assert c2.browser is not None
+            await c2.browser.wait_for("audio", 3, timeout=20)
+            await _drop(c2)
+            await _drop(t2)
+            return
+        p = await Participant.connect(join_url, client_cookie)
+        await p.send({"type": "join"})
+        await p.expect("admitted", timeout=10)
+        if i % 5 == 3:  # bad SDP: refused precisely, the call goes on
+            await p.send({"type": "offer", "sdp": "v=0\r\nthis is not sdp\r\n"})
+            assert (await p.error())["code"] == "bad_sdp"
+            await _drop(p)
+            return
+        await p.start_media(FakeBrowser())
+        assert p.browser is not None
+        await p.browser.wait_for("audio", 3, timeout=20)
+        if i % 5 == 2:
+            await _drop(p)
+        else:
+            await p.send({"type": "leave"})
+            await p.expect("left")
+            await p.close()
+
+    async def figures() -> dict[str, int]:
+        metrics = (await admin.get("/metrics")).text
+        h = (await admin.get("/api/admin/health")).json()
+        out = {
+            f"{name}_{k}": v for name, pid in pids.items() for k, v in _proc_figures(pid).items()
+        }
+        out["tasks"] = _gauge(metrics, "rapport_asyncio_tasks")
+        out["signals_loaded"] = _gauge(metrics, "rapport_signal_sessions_loaded")
+        out["rooms"] = int(h["rooms"])
+        out["peers"] = int(h["peer_connections"])
+        return out
+
+    async def settled(base: dict[str, int] | None) -> dict[str, int] | None:
+        """Figures once only the therapist's call is left (and, given a baseline, back to it)."""
+        now = await figures()
+        if now["rooms"] != 1 or now["peers"] != 1 or now["signals_loaded"] != 1:
+            return None
+        if base is None:
+            return now
+        for key, slack in (("fds", 4), ("threads", 2)):
+            for name in pids:
+                if now[f"{name}_{key}"] > base[f"{name}_{key}"] + slack:
+                    return None
+        return now if now["tasks"] <= base["tasks"] + 5 else None
+
+    for i in range(5):  # warm-up: lazy imports, thread pools, codec set-up
+        await cycle(i)
+    base = await eventually(lambda: settled(None), timeout=60, interval=0.5, message="settled")
+    started = time.monotonic()
+    for i in range(5, 5 + CYCLES):
+        await cycle(i)
+    took = time.monotonic() - started
+
+    def report(now: dict[str, int] | None = None) -> str:
+        rows = [f"{k}: {base[k]}" + (f" -> {now[k]}" if now else "") for k in sorted(base)]
+        return f"{CYCLES} cycles in {took:.0f} s\n  " + "\n  ".join(rows)
+
+    try:
+        after = await eventually(
+            lambda: settled(base), timeout=60, interval=0.5, message="back to baseline"
+        )
+    except TimeoutError:
+        raise AssertionError(f"not back to baseline:\n{report(await figures())}") from None
+    print("\n" + report(after))
+    for name in pids:
+        grown_mb = (after[f"{name}_rss_kb"] - base[f"{name}_rss_kb"]) / 1024
+        assert grown_mb < (120 if LONG else 40), report(after)
+    await t.close()
+    await therapist.aclose()
+    await admin.aclose()
