@@ -26,6 +26,7 @@ from .quality_hub import QualityHub
 from .routes import admin, auth, checkin, pages, preferences, sessions, summary, ws
 from .security import new_token, token_hash
 from .settings import Settings
+from .turn import turn_issuer
 
 log = logging.getLogger("rapport")
 
@@ -81,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     signals = SignalsHub(database)
     app.state.signals = signals
     media_config = MediaConfig(
-        ice_servers=tuple(settings.ice_servers),
+        ice_servers=tuple(settings.server_ice_servers),
         allow_loopback_candidates=settings.allow_loopback_candidates,
         media_addresses=tuple(settings.media_addresses),
         relay_mode=settings.relay_mode,
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         signals_for=signals.for_session,
         call_factory=pool.call if pool is not None else None,
+        ice=turn_issuer(settings),
     )
     signals.rooms = app.state.rooms
     metrics = Metrics()
