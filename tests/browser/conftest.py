@@ -71,10 +71,11 @@ class RapportServer:
 _current_server: RapportServer | None = None
 
 
-@pytest.fixture(scope="session")
-def rapport_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RapportServer]:
+@contextlib.contextmanager
+def serve_rapport(tmp: Path, extra_env: dict[str, str] | None = None) -> Iterator[RapportServer]:
+    """A Rapport server subprocess on a free port with its own database (plus ``extra_env``),
+    with a therapist and an admin account; stopped on exit."""
     global _current_server
-    tmp = tmp_path_factory.mktemp("rapport-server")
     port = _free_port()
     base_url = f"http://127.0.0.1:{port}"
     env = {
@@ -87,6 +88,7 @@ def rapport_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rapport
         "RAPPORT_ALLOW_LOOPBACK_CANDIDATES": "true",
         "RAPPORT_LOG_JSON": "false",
         "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
     }
     log_path = tmp / "server.log"
     log_file = log_path.open("wb")
@@ -98,7 +100,7 @@ def rapport_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rapport
         stderr=subprocess.STDOUT,
     )
     server = RapportServer(base_url=base_url, env=env, log_path=log_path, proc=proc)
-    _current_server = server
+    previous, _current_server = _current_server, server
     try:
 
         def healthy() -> bool:
@@ -114,7 +116,7 @@ def rapport_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rapport
 
         eventually_sync(
             healthy,
-            timeout=20,
+            timeout=60,  # a loaded 2-core machine can take 20 s to import and start
             interval=0.2,
             message=lambda: f"server not healthy:\n{server.log_tail()}",
         )
@@ -135,7 +137,7 @@ def rapport_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rapport
             server.users[role] = (email, password)
         yield server
     finally:
-        _current_server = None
+        _current_server = previous
         proc.terminate()
         try:
             proc.wait(timeout=10)
@@ -143,6 +145,12 @@ def rapport_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rapport
             proc.kill()
             proc.wait(timeout=5)
         log_file.close()
+
+
+@pytest.fixture(scope="session")
+def rapport_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RapportServer]:
+    with serve_rapport(tmp_path_factory.mktemp("rapport-server")) as server:
+        yield server
 
 
 # Each role's fake microphone loops its own 20 s script, four 5 s slots of one utterance each:
