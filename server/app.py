@@ -36,6 +36,7 @@ from .web_security import (
     metrics_refusal,
     same_origin,
 )
+from .turn import turn_issuer
 
 log = logging.getLogger("rapport")
 
@@ -119,7 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     signals = SignalsHub(database)
     app.state.signals = signals
     media_config = MediaConfig(
-        ice_servers=tuple(settings.ice_servers),
+        ice_servers=tuple(settings.server_ice_servers),
         allow_loopback_candidates=settings.allow_loopback_candidates,
         media_addresses=tuple(settings.media_addresses),
         relay_mode=settings.relay_mode,
@@ -137,6 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         signals_for=signals.for_session,
         call_factory=pool.call if pool is not None else None,
+        ice=turn_issuer(settings),
     )
     signals.rooms = app.state.rooms
     app.state.rooms.on_room_closed = signals.unload

@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from signaling.messages import IceServer
@@ -52,9 +52,24 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8000"
     host: str = "127.0.0.1"
     port: int = 8000
-    # JSON list of RTCIceServer dicts handed to browsers and to the server's peers. Empty means
-    # host candidates only (fine on a LAN or localhost; use TURN across the internet).
+    # JSON list of RTCIceServer dicts handed to admitted browsers as they are (fixed
+    # credentials). Empty means host candidates only (fine on a LAN or localhost).
     ice_servers: Annotated[list[dict[str, Any]], NoDecode] = Field(default_factory=list)
+    # TURN with time-limited credentials (coturn's use-auth-secret / static-auth-secret): the
+    # server URLs (turn:host:3478?transport=udp, turns:host:5349?transport=tcp), the shared
+    # secret, and how long each credential is valid. coturn checks a credential only when an
+    # allocation is made, so the lifetime must cover the page rebuilding its peer connection
+    # mid-call (network change, media restart) without rejoining: 4 h covers a double session
+    # with overrun, and a credential copied out of a browser is useless by the evening.
+    turn_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    turn_secret: SecretStr | None = None
+    turn_ttl_s: int = Field(default=4 * 3600, ge=1, le=7 * 24 * 3600)
+    stun_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # "relay": browsers use only TURN (clinics whose firewall allows nothing else).
+    ice_transport_policy: Literal["all", "relay"] = "all"
+    # The server's own peers: the server is publicly reachable, so by default it gathers host
+    # candidates only and needs none of the browsers' TURN (JSON list like RAPPORT_ICE_SERVERS).
+    server_ice_servers: Annotated[list[dict[str, Any]], NoDecode] = Field(default_factory=list)
     # Local addresses the media engine gathers candidates on; empty = every interface except
     # loopback (aioice's default). Tests pin this to 127.0.0.1.
     media_addresses: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -89,7 +104,14 @@ class Settings(BaseSettings):
     idle_end_after_s: float = Field(default=2 * 3600.0, gt=0)
     log_json: bool = True
 
-    @field_validator("ice_servers", "media_addresses", mode="before")
+    @field_validator(
+        "ice_servers",
+        "media_addresses",
+        "turn_urls",
+        "stun_urls",
+        "server_ice_servers",
+        mode="before",
+    )
     @classmethod
     def _parse_json_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -101,7 +123,7 @@ class Settings(BaseSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
-    @field_validator("ice_servers", mode="after")
+    @field_validator("ice_servers", "server_ice_servers", mode="after")
     @classmethod
     def _ice_servers_are_rtc_ice_servers(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Refuse a malformed RAPPORT_ICE_SERVERS at start, not at the first join."""
@@ -117,6 +139,49 @@ class Settings(BaseSettings):
 
         parse(value)
         return value
+
+    @field_validator("turn_urls", mode="after")
+    @classmethod
+    def _turn_urls_are_turn(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("turn:", "turns:")):
+                raise ValueError(f"RAPPORT_TURN_URLS: {url!r} is not a turn: or turns: URL")
+        return value
+
+    @field_validator("stun_urls", mode="after")
+    @classmethod
+    def _stun_urls_are_stun(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("stun:", "stuns:")):
+                raise ValueError(f"RAPPORT_STUN_URLS: {url!r} is not a stun: URL")
+        return value
+
+    @model_validator(mode="after")
+    def _turn_is_complete(self) -> Settings:
+        """Half a TURN configuration would start fine and fail every relayed call."""
+        secret = self.turn_secret.get_secret_value() if self.turn_secret else ""
+        if self.turn_urls and not secret:
+            raise ValueError("RAPPORT_TURN_URLS is set but RAPPORT_TURN_SECRET is not")
+        if secret and not self.turn_urls:
+            raise ValueError("RAPPORT_TURN_SECRET is set but RAPPORT_TURN_URLS is not")
+        if secret and len(secret) < 16:
+            raise ValueError("RAPPORT_TURN_SECRET is too short: use 16 characters or more")
+        if self.ice_transport_policy == "relay" and not self._has_turn():
+            raise ValueError(
+                "RAPPORT_ICE_TRANSPORT_POLICY=relay needs a TURN server "
+                "(RAPPORT_TURN_URLS, or a turn: entry in RAPPORT_ICE_SERVERS)"
+            )
+        return self
+
+    def _has_turn(self) -> bool:
+        if self.turn_urls:
+            return True
+        for server in self.ice_servers:
+            urls = server.get("urls")
+            for url in [urls] if isinstance(urls, str) else urls or []:
+                if str(url).startswith(("turn:", "turns:")):
+                    return True
+        return False
 
     @model_validator(mode="after")
     def _default_public_url(self) -> Settings:

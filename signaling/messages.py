@@ -178,14 +178,22 @@ class IceServer(_Outbound):
         return {key: value for key, value in data.items() if value is not None}
 
 
+# "relay" makes the browser use TURN only: a clinic whose firewall lets nothing else through,
+# or a client who must not reveal their own address to the server.
+IceTransportPolicy = Literal["all", "relay"]
+
+
 class Welcome(_Outbound):
-    """First message on every socket: who you are here and how to reach the media server."""
+    """First message on every socket: who you are here.
+
+    It carries no ICE servers: a TURN credential is a key to a relay, so only admitted
+    participants get one (on ``joined`` and ``admitted``).
+    """
 
     type: Literal["welcome"] = "welcome"
     role: Role
     session_id: str | None = None  # withheld from a client until admitted
     participant_id: int | None = None
-    ice_servers: list[IceServer] = Field(default_factory=list)
     status: str = "scheduled"
 
 
@@ -195,15 +203,21 @@ class Waiting(_Outbound):
 
 
 class Admitted(_Outbound):
+    """Client is in the call; the ICE servers (fresh TURN credentials) are for its next offer."""
+
     type: Literal["admitted"] = "admitted"
     rejoined: bool = False
+    ice_servers: list[IceServer] = Field(default_factory=list)
+    ice_transport_policy: IceTransportPolicy = "all"
 
 
 class Joined(_Outbound):
-    """Therapist entered the room (or took it over from another tab)."""
+    """Therapist entered the room (or took it over from another tab); ICE as on ``admitted``."""
 
     type: Literal["joined"] = "joined"
     sharing_balance: bool = False  # so a reloaded page shows what the client sees
+    ice_servers: list[IceServer] = Field(default_factory=list)
+    ice_transport_policy: IceTransportPolicy = "all"
 
 
 class Denied(_Outbound):

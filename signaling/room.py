@@ -34,6 +34,7 @@ from media import (
 
 from . import messages as m
 from .agenda import Agenda, AgendaError
+from .ice import IceProvider, no_ice
 from .limits import Limits, TokenBucket
 
 log = logging.getLogger("rapport.signaling")
@@ -128,8 +129,10 @@ class Room:
         signals: SignalsPort | None = None,
         observer: RoomObserver | None = None,
         call_factory: CallFactory | None = None,
+        ice: IceProvider = no_ice,
     ) -> None:
         self.session_id = session_id
+        self.ice = ice
         self.hooks = hooks
         self.limits = limits or Limits()
         self.media_config = media_config
@@ -167,9 +170,6 @@ class Room:
                     role=member.role,
                     session_id=self.session_id if member.role == Role.THERAPIST else None,
                     participant_id=member.participant_id,
-                    ice_servers=[
-                        m.IceServer.model_validate(s) for s in self.media_config.ice_servers
-                    ],
                     status=self.status,
                 )
             )
@@ -373,7 +373,7 @@ class Room:
             return
         current = self.therapist
         if current is member:
-            await member.send(m.Joined(sharing_balance=self.sharing_balance))
+            await member.send(self._joined(member))
             return
         if current is not None and current.state != "gone":
             if not message.takeover:
@@ -391,13 +391,21 @@ class Room:
         self.therapist = member
         member.state = "in_call"
         await self.hooks.audit(self.session_id, "therapist_joined", member.actor)
-        await member.send(m.Joined(sharing_balance=self.sharing_balance))
+        await member.send(self._joined(member))
         await self._send_agenda(member)
         await self._send_lobby()
         await self._send_peer_state(Role.CLIENT)
         await self._send_peer_state(Role.THERAPIST)
         for waiting in self.waiting.values():
             await waiting.send(m.Waiting(therapist_present=True))
+
+    def _joined(self, member: Member) -> m.Joined:
+        grant = self.ice(self.session_id, member.actor)
+        return m.Joined(
+            sharing_balance=self.sharing_balance,
+            ice_servers=list(grant.servers),
+            ice_transport_policy=grant.transport_policy,
+        )
 
     async def _admit_waiting(self, participant_id: int) -> None:
         assert self.therapist is not None
@@ -472,7 +480,14 @@ class Room:
         if self.status == "scheduled":
             self.status = "live"
             await self.hooks.session_live(self.session_id)
-        await member.send(m.Admitted(rejoined=rejoined))
+        grant = self.ice(self.session_id, member.actor)
+        await member.send(
+            m.Admitted(
+                rejoined=rejoined,
+                ice_servers=list(grant.servers),
+                ice_transport_policy=grant.transport_policy,
+            )
+        )
         await self._send_agenda(member)
         await self._send_lobby()
         await self._send_peer_state(Role.THERAPIST)

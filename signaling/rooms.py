@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from media import CallFactory, MediaConfig
 
+from .ice import IceProvider, no_ice
 from .limits import Limits
 from .room import Room, RoomHooks, RoomObserver, SignalsPort
 
@@ -21,8 +22,10 @@ class RoomRegistry:
         signals_for: Callable[[str], SignalsPort | None] | None = None,
         observer: RoomObserver | None = None,
         call_factory: CallFactory | None = None,
+        ice: IceProvider = no_ice,
     ) -> None:
         self.hooks = hooks
+        self.ice = ice
         self.call_factory = call_factory
         self.media_config = media_config
         self.limits = limits
@@ -50,6 +53,7 @@ class RoomRegistry:
                 signals=signals,
                 observer=self.observer,
                 call_factory=self.call_factory,
+                ice=self.ice,
             )
             room.on_empty = self._drop
             self.rooms[session_id] = room

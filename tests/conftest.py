@@ -58,8 +58,9 @@ class LiveServer:
         return self.url.replace("http://", "ws://")
 
 
-def make_settings(tmp_path: Path, port: int, *, media_workers: int) -> Settings:
+def make_settings(tmp_path: Path, port: int, *, media_workers: int, **extra: Any) -> Settings:
     return Settings(
+        **extra,
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'rapport.db'}",
         public_url=f"http://127.0.0.1:{port}",
         host="127.0.0.1",
@@ -79,9 +80,14 @@ NO_MEDIA_WORKER = pytest.mark.parametrize("live_server", [0], indirect=True, ids
 @pytest.fixture
 def live_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LiveServer]:
     """A server as deployed: media in one worker process unless a test asks otherwise
-    (``@pytest.mark.parametrize("live_server", [0, 2], indirect=True)``; 0 = in-process)."""
+    (``@pytest.mark.parametrize("live_server", [0, 2], indirect=True)``; 0 = in-process).
+
+    A dict parameter holds Settings fields (``media_workers`` among them, default 1)."""
     port = free_port()
-    settings = make_settings(tmp_path, port, media_workers=getattr(request, "param", 1))
+    param = getattr(request, "param", 1)
+    extra = dict(param) if isinstance(param, dict) else {"media_workers": param}
+    extra.setdefault("media_workers", 1)
+    settings = make_settings(tmp_path, port, **extra)
     app = create_app(settings)
     config = uvicorn.Config(
         app,

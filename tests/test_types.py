@@ -22,7 +22,7 @@ from pydantic_core import to_json
 from media import ROLES, Role, SnapshotPayload, snapshot_from_json, snapshot_json
 from media.alliance.engine import Snapshot, WindowTotals
 from media.alliance.payload import WindowPayload
-from signaling.messages import ErrorCode, ErrorMessage, PeerState, Signals, Welcome
+from signaling.messages import ErrorCode, ErrorMessage, Joined, PeerState, Signals, Welcome
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -158,18 +158,17 @@ def test_snapshot_payload_mirrors_the_engine_dataclasses() -> None:
         assert [f.name for f in fields(dataclass_type)] == list(payload.model_fields), payload
 
 
-def test_welcome_ice_servers_omit_absent_fields() -> None:
+def test_joined_ice_servers_omit_absent_fields() -> None:
     """A STUN entry has no username: sending ``"username": null`` would make it "null"."""
-    welcome = Welcome.model_validate(
+    joined = Joined.model_validate(
         {
-            "role": "client",
             "ice_servers": [
                 {"urls": "stun:stun.example.org"},
                 {"urls": ["turn:t.example.org"], "username": "u", "credential": "p"},
             ],
         }
     )
-    sent = json.loads(welcome.model_dump_json())
+    sent = json.loads(joined.model_dump_json())
     assert sent["ice_servers"] == [
         {"urls": "stun:stun.example.org"},
         {"urls": ["turn:t.example.org"], "username": "u", "credential": "p"},

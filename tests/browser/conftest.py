@@ -25,15 +25,23 @@ CHROMIUM = os.environ.get("RAPPORT_CHROMIUM", "/usr/bin/chromium")
 _current_server: RapportServer | None = None
 
 
-@pytest.fixture(scope="session")
-def rapport_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RapportServer]:
+@contextlib.contextmanager
+def serve_rapport(tmp: Path, extra_env: dict[str, str] | None = None) -> Iterator[RapportServer]:
+    """A Rapport server subprocess (tests/server_process.py) whose log a failing browser test
+    shows; ``extra_env`` adds ``RAPPORT_*`` settings."""
     global _current_server
-    with rapport_server_process(tmp_path_factory.mktemp("rapport-server")) as server:
-        _current_server = server
+    with rapport_server_process(tmp, extra_env) as server:
+        previous, _current_server = _current_server, server
         try:
             yield server
         finally:
-            _current_server = None
+            _current_server = previous
+
+
+@pytest.fixture(scope="session")
+def rapport_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RapportServer]:
+    with serve_rapport(tmp_path_factory.mktemp("rapport-server")) as server:
+        yield server
 
 
 # Each role's fake microphone loops its own 20 s script, four 5 s slots of one utterance each:

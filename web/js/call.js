@@ -93,6 +93,7 @@ export function createCallPage(options) {
   const state = {
     signaling: null,
     welcome: null,
+    ice: { iceServers: [], iceTransportPolicy: "all" }, // from the latest joined/admitted
     call: null,
     stage: el.stage.dataset.state || "",
     finished: false, // stopped for good: ended, left, replaced, denied, fatal or disconnected
@@ -205,7 +206,7 @@ export function createCallPage(options) {
     if (!state.call) {
       state.call = new PeerCall({
         signaling: state.signaling,
-        iceServers: (state.welcome && state.welcome.ice_servers) || [],
+        ...state.ice,
         local,
         remoteVideo: el.remote,
         onState: (s) => {
@@ -240,6 +241,14 @@ export function createCallPage(options) {
       if (msg.status === "ended") onEnded({});
       else onWelcome(msg);
     });
+    // TURN credentials are time-limited and only given once in the room: take the fresh ones
+    // on every (re)join, before the page's own handler starts the call.
+    const takeIce = (msg) => {
+      state.ice = { iceServers: msg.ice_servers || [], iceTransportPolicy: msg.ice_transport_policy || "all" };
+      if (state.call) state.call.setIce(state.ice);
+    };
+    sig.on("joined", takeIce);
+    sig.on("admitted", takeIce);
     sig.on("answer", (msg) => {
       if (state.call) state.call.handleAnswer(msg.sdp);
     });

@@ -283,11 +283,17 @@ export async function ensurePlaying(video) {
  * One call to the media server. `start()` (re)builds the RTCPeerConnection and sends an offer;
  * `handleAnswer()` applies the server's answer. If the connection fails or stays disconnected
  * for more than `recoverAfterMs` while signalling is open, it rebuilds itself with a new offer.
+ * The ICE servers (time-limited TURN credentials) come with every `joined`/`admitted`;
+ * `setIce()` keeps the latest for the next `start()`.
  */
 export class PeerCall {
-  constructor({ signaling, iceServers = [], local, remoteVideo, onState, onRemoteStream, recoverAfterMs = 5000 }) {
+  constructor({
+    signaling, iceServers = [], iceTransportPolicy = "all", local, remoteVideo, onState, onRemoteStream,
+    recoverAfterMs = 5000,
+  }) {
     this.signaling = signaling;
     this.iceServers = iceServers;
+    this.iceTransportPolicy = iceTransportPolicy;
     this.local = local;
     this.remoteVideo = remoteVideo;
     this.onState = onState || (() => {});
@@ -302,6 +308,12 @@ export class PeerCall {
     this.unsubscribe = local.onTrackChange((kind, track) => this._replaceTrack(kind, track));
   }
 
+  /** Use these ICE servers and policy from the next offer on (the current connection keeps its own). */
+  setIce({ iceServers = [], iceTransportPolicy = "all" } = {}) {
+    this.iceServers = iceServers;
+    this.iceTransportPolicy = iceTransportPolicy;
+  }
+
   async start() {
     this.closed = false;
     const generation = ++this.generation;
@@ -309,7 +321,10 @@ export class PeerCall {
     this._closePc();
     this.onState("connecting");
 
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers || [] });
+    const pc = new RTCPeerConnection({
+      iceServers: this.iceServers || [],
+      iceTransportPolicy: this.iceTransportPolicy === "relay" ? "relay" : "all",
+    });
     this.pc = pc;
     this.remoteStream = new MediaStream();
     this.remoteVideo.srcObject = this.remoteStream;
