@@ -34,7 +34,7 @@ from media import (
 
 from . import messages as m
 from .agenda import Agenda, AgendaError
-from .limits import Limits, TokenBucket
+from .limits import Limits, SocketLimiter, TokenBucket, Verdict
 
 log = logging.getLogger("rapport.signaling")
 
@@ -101,8 +101,7 @@ class Member:
     audio_muted: bool = False
     video_muted: bool = False
     waiting_since: float = 0.0
-    limiter: TokenBucket = field(default_factory=lambda: TokenBucket(50.0, 100.0))
-    strikes: int = 0
+    limiter: SocketLimiter = field(default_factory=lambda: SocketLimiter(Limits()))
     stats_bucket: TokenBucket = field(default_factory=lambda: TokenBucket(1.0, 3.0))
     _send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -159,7 +158,7 @@ class Room:
     # ----------------------------------------------------------------- socket lifecycle
     async def serve(self, member: Member) -> None:
         """Run one participant's socket until it closes."""
-        member.limiter = TokenBucket(self.limits.messages_per_second, float(self.limits.burst))
+        member.limiter = SocketLimiter(self.limits)
         self.members.add(member)
         try:
             await member.send(
@@ -183,29 +182,8 @@ class Room:
             await self._departed(member)
 
     async def _receive(self, member: Member, raw: str) -> None:
-        if len(raw.encode("utf-8", errors="replace")) > self.limits.max_message_bytes:
-            await self._error(
-                member,
-                m.ErrorCode.TOO_LARGE,
-                f"Messages are limited to {self.limits.max_message_bytes} bytes.",
-            )
+        if not await self._admit_frame(member, len(raw.encode("utf-8", errors="replace"))):
             return
-        if not member.limiter.take():
-            member.strikes += 1
-            if member.strikes == 1:
-                await self._error(
-                    member, m.ErrorCode.RATE_LIMITED, "Too many messages; some were ignored."
-                )
-            if member.strikes >= self.limits.max_strikes:
-                await self._error(
-                    member,
-                    m.ErrorCode.RATE_LIMITED,
-                    "Too many messages; the connection was closed.",
-                    fatal=True,
-                )
-                await self._close_channel(member, 1008)
-            return
-        member.strikes = 0
         try:
             data = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -243,6 +221,49 @@ class Room:
                 "The server could not handle that message.",
                 ref=kind,
             )
+
+    async def _admit_frame(self, member: Member, size: int) -> bool:
+        """Apply the socket's limits (see ``signaling.limits``); False drops the frame.
+
+        Only the first refusal of a window is answered, so a flood is not doubled by our
+        replies; an oversized frame is always answered (it is a bug, not a burst).
+        """
+        verdict = member.limiter.check(size)
+        limits = self.limits
+        if verdict is Verdict.ACCEPT:
+            return True
+        if verdict is Verdict.CLOSE:
+            log.warning(
+                "session %s: %s flooded (%d refused in %g s); closing its socket",
+                self.session_id,
+                member.role,
+                member.limiter.strikes,
+                limits.window_s,
+            )
+            await self._error(
+                member,
+                m.ErrorCode.RATE_LIMITED,
+                f"Too many messages: {member.limiter.strikes} refused in the last "
+                f"{limits.window_s:g} s (limits: {member.limiter.describe()}); "
+                "the connection was closed.",
+                fatal=True,
+            )
+            await self._close_channel(member, 1008)
+        elif verdict is Verdict.TOO_LARGE:
+            await self._error(
+                member,
+                m.ErrorCode.TOO_LARGE,
+                f"Messages are limited to {limits.max_message_bytes} bytes.",
+            )
+        elif member.limiter.strikes == 1:
+            await self._error(
+                member,
+                m.ErrorCode.RATE_LIMITED,
+                "Too many messages; some were ignored."
+                if verdict is Verdict.RATE
+                else f"Too many messages; some were ignored ({member.limiter.describe()}).",
+            )
+        return False
 
     async def _dispatch(self, member: Member, message: m.InboundMessage) -> None:
         match message:
