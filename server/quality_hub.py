@@ -57,7 +57,8 @@ class QualityPoint(BaseModel):
 
 
 class Incident(BaseModel):
-    """A move into or out of poor/lost quality; kept in memory for the admin's list."""
+    """A move into or out of poor/lost quality, or a media restart the server ordered (a
+    worker died: ``kind`` "worker_restarted", role "both"); kept in memory for the admin."""
 
     at: float
     session_id: str
@@ -65,6 +66,8 @@ class Incident(BaseModel):
     from_label: Label | None = Field(serialization_alias="from")  # "from" is a keyword
     to: Label
     score: float | None
+    kind: str = "quality"
+    detail: str = ""
 
 
 @dataclass
@@ -117,6 +120,21 @@ class QualityHub:
         pq = call.roles.setdefault(role, ParticipantQuality())
         pq.client = stats
         pq.client_at = time.monotonic()
+
+    def on_media_restarted(self, session_id: str, reason: str, detail: str) -> None:
+        self.incidents.appendleft(
+            Incident(
+                at=time.time(),
+                session_id=session_id,
+                role="both",
+                from_label=None,
+                to="lost",
+                score=None,
+                kind=reason,
+                detail=detail,
+            )
+        )
+        self.metrics.media_restarts.labels(reason).inc()
 
     async def _run(self) -> None:
         while True:

@@ -84,6 +84,8 @@ class RoomObserver(Protocol):
 
     def on_client_stats(self, session_id: str, role: str, stats: m.ClientStats) -> None: ...
 
+    def on_media_restarted(self, session_id: str, reason: str, detail: str) -> None: ...
+
 
 class ChannelClosed(Exception):
     """The participant's transport went away."""
@@ -146,6 +148,7 @@ class Room:
             if call_factory is not None
             else Call(media_config, on_audio=on_audio, on_media_state=self._media_changed)
         )
+        self.call.on_worker_lost = self._worker_lost
         self._tasks: set[asyncio.Task[None]] = set()
         self.agenda: Agenda | None = None
         self.sharing_balance = False
@@ -654,6 +657,34 @@ class Room:
         task = asyncio.ensure_future(self._send_peer_state(Role(role)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _worker_lost(self, detail: str) -> None:
+        task = asyncio.ensure_future(self.restart_media("worker_restarted", detail))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def restart_media(
+        self, reason: Literal["worker_restarted", "media_lost"], detail: str
+    ) -> None:
+        """Both participants re-offer at once: the server's side of their media is gone.
+
+        Sent to both together (not one after the other) so neither waits on the other's
+        socket; recorded as an incident and in the audit log, with no client identity.
+        """
+        targets = [p for p in (self.therapist, self.client) if p is not None]
+        message = m.RestartMedia(reason=reason)
+        await asyncio.gather(*(p.send(message) for p in targets))
+        log.warning(
+            "session %s: %s (%s); asked %d to re-offer",
+            self.session_id,
+            reason,
+            detail,
+            len(targets),
+        )
+        if self.observer is not None:
+            self.observer.on_media_restarted(self.session_id, reason, detail)
+        action = "media_worker_restarted" if reason == "worker_restarted" else "media_restarted"
+        await self.hooks.audit(self.session_id, action, "system", detail)
 
     async def send_signals(self, message: m.Signals | m.Speaking) -> None:
         """Alliance signals go to the therapist's socket only, never the client's.
