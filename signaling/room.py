@@ -37,6 +37,9 @@ from .agenda import Agenda, AgendaError
 from .limits import Limits, SocketLimiter, TokenBucket, Verdict
 
 log = logging.getLogger("rapport.signaling")
+# A participant in the call whose media has not connected this long is "no_media": shown as
+# such to the other person, in their own quality indicator, to admins and in /metrics.
+NO_MEDIA_AFTER_S = 10.0
 
 
 class Channel(Protocol):
@@ -149,6 +152,9 @@ class Room:
             else Call(media_config, on_audio=on_audio, on_media_state=self._media_changed)
         )
         self.call.on_worker_lost = self._worker_lost
+        self.no_media_after_s = NO_MEDIA_AFTER_S
+        # Per role: the member we are waiting on for media, and since when (monotonic).
+        self._awaiting_media: dict[Role, tuple[Member, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.agenda: Agenda | None = None
         self.sharing_balance = False
@@ -626,8 +632,29 @@ class Room:
             present=member is not None,
             audio_muted=bool(member and member.audio_muted),
             video_muted=bool(member and member.video_muted),
-            media=self.call.media_state(role) if member is not None else "none",
+            media=self.media_state(role),
         )
+
+    def media_state(self, role: Role) -> MediaState:
+        """The call's media state for ``role``, or "no_media" when they have been in the call
+        ``no_media_after_s`` without it connecting (never "connecting" forever)."""
+        member = self.member(role)
+        if member is None:
+            self._awaiting_media.pop(role, None)
+            return "none"
+        state = self.call.media_state(role)
+        if state in ("connected", "lost"):
+            self._awaiting_media.pop(role, None)
+            return state
+        waiting = self._awaiting_media.get(role)
+        if waiting is None or waiting[0] is not member:
+            waiting = (member, time.monotonic())
+            self._awaiting_media[role] = waiting
+            with contextlib.suppress(RuntimeError):  # no loop: nobody to tell anyway
+                asyncio.get_running_loop().call_later(
+                    self.no_media_after_s + 0.05, self._media_changed, str(role), state
+                )
+        return "no_media" if time.monotonic() - waiting[1] >= self.no_media_after_s else state
 
     def member(self, role: str) -> Member | None:
         """The therapist or the admitted client, if in the call."""

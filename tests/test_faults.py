@@ -68,3 +68,44 @@ async def test_a_killed_media_worker_makes_both_peers_reoffer_at_once(
     finally:
         await t.close()
         await c.close()
+
+
+async def test_media_that_never_connects_is_no_media_everywhere_never_excellent(
+    live_server: LiveServer, therapist: httpx.AsyncClient, admin: httpx.AsyncClient
+) -> None:
+    """The client's offer is answered but its browser never completes ICE (a blocked
+    network): after ~10 s it is "no_media" for the therapist's tile, the client's own
+    indicator, the admin's live view and /metrics."""
+    session, t, c, _ = await open_room(live_server.ws_url, therapist)
+    stuck = FakeBrowser()
+    try:
+        await t.start_media(FakeBrowser())
+        await c.send({"type": "offer", "sdp": await stuck.offer()})
+        await c.expect("answer", timeout=20)  # and never applied: ICE cannot complete
+        state = await t.expect("peer_state", timeout=20, role="client", media="no_media")
+        assert state["present"] is True
+
+        async def quality_for_client() -> dict[str, object]:
+            while True:
+                q = await c.expect("quality", timeout=10)
+                if q["you"]["label"] != "excellent" and q["you"]["label"] == "no_media":
+                    return q
+                assert q["you"]["label"] != "excellent", q
+
+        q = await asyncio.wait_for(quality_for_client(), 15)
+        assert q["you"]["score"] == 0
+        seen_by_therapist = await t.expect("quality", timeout=10)
+        while seen_by_therapist["peer"] is None:
+            seen_by_therapist = await t.expect("quality", timeout=10)
+        assert seen_by_therapist["peer"]["label"] == "no_media"
+
+        calls = (await admin.get("/api/admin/calls")).json()
+        mine = next(x for x in calls["calls"] if x["session_id"] == session["id"])
+        assert mine["worst_quality"]["label"] == "no_media"
+        metrics = (await admin.get("/metrics")).text
+        assert 'rapport_participant_media_state{state="no_media"} 1.0' in metrics
+        assert 'rapport_quality_label_participants{label="no_media"} 1.0' in metrics
+    finally:
+        await stuck.close()
+        await t.close()
+        await c.close()
