@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import time
+from typing import Any
 
 import httpx
 
@@ -85,7 +86,7 @@ async def test_media_that_never_connects_is_no_media_everywhere_never_excellent(
         state = await t.expect("peer_state", timeout=20, role="client", media="no_media")
         assert state["present"] is True
 
-        async def quality_for_client() -> dict[str, object]:
+        async def quality_for_client() -> dict[str, Any]:
             while True:
                 q = await c.expect("quality", timeout=10)
                 if q["you"]["label"] != "excellent" and q["you"]["label"] == "no_media":
