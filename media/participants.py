@@ -24,7 +24,9 @@ class Role(StrEnum):
 ROLES: tuple[Role, Role] = (Role.THERAPIST, Role.CLIENT)
 
 #: A participant's WebRTC media as the relay sees it (and as the peer's tile shows it).
-MediaState = Literal["none", "connecting", "connected", "lost"]
+#: "no_media": in the call, yet media has not connected within the allowed time (a blocked
+#: network or browser); the relay never reports it, the room does (it knows how long).
+MediaState = Literal["none", "connecting", "connected", "lost", "no_media"]
 
 
 def other_role(role: Role | str) -> Role:

@@ -63,6 +63,18 @@ class Metrics:
         self.errors = Counter(
             "rapport_signaling_errors_total", "Signalling errors sent", ["code"], registry=r
         )
+        self.media_restarts = Counter(
+            "rapport_media_restarts_total",
+            "Calls whose participants were told to re-offer (a media worker died, media lost)",
+            ["reason"],
+            registry=r,
+        )
+        self.media_states = Gauge(
+            "rapport_participant_media_state",
+            "Participants in calls per media state (no_media: never connected in time)",
+            ["state"],
+            registry=r,
+        )
 
 
 def loop_lag_monitor(metrics: Metrics) -> LoopLagSampler:

@@ -24,6 +24,7 @@ from media import (
     KindSample,
     Label,
     PeerStatsSampler,
+    Role,
     SmoothedScore,
     label_for,
     other_role,
@@ -57,7 +58,8 @@ class QualityPoint(BaseModel):
 
 
 class Incident(BaseModel):
-    """A move into or out of poor/lost quality; kept in memory for the admin's list."""
+    """A move into or out of poor/lost quality, or a media restart the server ordered (a
+    worker died: ``kind`` "worker_restarted", role "both"); kept in memory for the admin."""
 
     at: float
     session_id: str
@@ -65,6 +67,8 @@ class Incident(BaseModel):
     from_label: Label | None = Field(serialization_alias="from")  # "from" is a keyword
     to: Label
     score: float | None
+    kind: str = "quality"
+    detail: str = ""
 
 
 @dataclass
@@ -118,6 +122,21 @@ class QualityHub:
         pq.client = stats
         pq.client_at = time.monotonic()
 
+    def on_media_restarted(self, session_id: str, reason: str, detail: str) -> None:
+        self.incidents.appendleft(
+            Incident(
+                at=time.time(),
+                session_id=session_id,
+                role="both",
+                from_label=None,
+                to="lost",
+                score=None,
+                kind=reason,
+                detail=detail,
+            )
+        )
+        self.metrics.media_restarts.labels(reason).inc()
+
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(SAMPLE_EVERY_S)
@@ -128,15 +147,31 @@ class QualityHub:
 
     async def sample_all(self) -> None:
         now = time.monotonic()
-        labels: dict[str, int] = dict.fromkeys(("excellent", "good", "poor", "lost"), 0)
+        labels: dict[str, int] = dict.fromkeys(("excellent", "good", "poor", "lost", "no_media"), 0)
+        media_states: dict[str, int] = dict.fromkeys(
+            ("none", "connecting", "connected", "lost", "no_media"), 0
+        )
         peers = 0
         live = set()
         for session_id, room in list(self.rooms.rooms.items()):
             call = self.calls.setdefault(session_id, CallQuality(session_id, room.created_at))
             live.add(session_id)
             peers += room.call.peer_count
+            states = {role: room.media_state(role) for role in ROLES if room.member(role)}
+            for state in states.values():
+                media_states[state] += 1
+            for seat, state in states.items():
+                if state == "no_media":
+                    # Never "excellent" without media: a peer that never connected has no
+                    # loss to score, which used to read as a perfect call.
+                    pq = call.roles.setdefault(seat, ParticipantQuality())
+                    await self._transition(session_id, seat, pq, "no_media")
+                    pq.score, pq.label = 0.0, "no_media"
+                    labels["no_media"] += 1
             for peer in await room.call.peer_reports():
                 role = peer.role
+                if states.get(Role(role)) not in ("connected", "lost"):
+                    continue  # not connected yet (or no_media, above): nothing to score
                 pq = call.roles.setdefault(role, ParticipantQuality())
                 up, down = pq.sampler.sample(peer.rtc, now, lost=peer.media_state == "lost")
                 down = self._with_client(pq, down, now)
@@ -155,6 +190,8 @@ class QualityHub:
                 del self.calls[session_id]
         for name, count in labels.items():
             self.metrics.quality_labels.labels(name).set(count)
+        for name, count in media_states.items():
+            self.metrics.media_states.labels(name).set(count)
         self.metrics.peer_connections.set(peers)
         self.metrics.active_sessions.set(len(self.rooms.rooms))
         for role in ROLES:
@@ -236,7 +273,7 @@ class QualityHub:
         previous = pq.label
         if previous == label:
             return
-        bad = ("poor", "lost")
+        bad = ("poor", "lost", "no_media")
         if label in bad or (previous in bad and label not in bad):
             incident = Incident(
                 at=time.time(),

@@ -255,6 +255,17 @@ class PeerState(_Outbound):
     media: MediaState = "none"
 
 
+class RestartMedia(_Outbound):
+    """Drop your peer connection and send a fresh ``offer`` now (keep the stage).
+
+    Sent to both participants at once when the server knows their media is gone on its side
+    (a media worker died): waiting for the browser's own ICE checks costs 10 s or more.
+    """
+
+    type: Literal["restart_media"] = "restart_media"
+    reason: Literal["worker_restarted", "media_lost"]
+
+
 class Left(_Outbound):
     type: Literal["left"] = "left"
 
@@ -312,7 +323,8 @@ class SharedBalance(_Outbound):
 
 class QualityLevel(BaseModel):
     score: float
-    label: Literal["excellent", "good", "poor", "lost", "unknown"]
+    # "no_media": in the call, but media never connected (never shown as "excellent").
+    label: Literal["excellent", "good", "poor", "lost", "no_media", "unknown"]
 
 
 class Quality(_Outbound):
@@ -357,6 +369,7 @@ OutboundMessage = (
     | AgendaState
     | SharedBalance
     | Quality
+    | RestartMedia
 )
 
 

@@ -35,9 +35,12 @@ from media import (
 from . import messages as m
 from .agenda import Agenda, AgendaError
 from .ice import IceProvider, no_ice
-from .limits import Limits, TokenBucket
+from .limits import Limits, SocketLimiter, TokenBucket, Verdict
 
 log = logging.getLogger("rapport.signaling")
+# A participant in the call whose media has not connected this long is "no_media": shown as
+# such to the other person, in their own quality indicator, to admins and in /metrics.
+NO_MEDIA_AFTER_S = 10.0
 
 
 class Channel(Protocol):
@@ -85,6 +88,8 @@ class RoomObserver(Protocol):
 
     def on_client_stats(self, session_id: str, role: str, stats: m.ClientStats) -> None: ...
 
+    def on_media_restarted(self, session_id: str, reason: str, detail: str) -> None: ...
+
 
 class ChannelClosed(Exception):
     """The participant's transport went away."""
@@ -102,8 +107,7 @@ class Member:
     audio_muted: bool = False
     video_muted: bool = False
     waiting_since: float = 0.0
-    limiter: TokenBucket = field(default_factory=lambda: TokenBucket(50.0, 100.0))
-    strikes: int = 0
+    limiter: SocketLimiter = field(default_factory=lambda: SocketLimiter(Limits()))
     stats_bucket: TokenBucket = field(default_factory=lambda: TokenBucket(1.0, 3.0))
     _send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -150,6 +154,10 @@ class Room:
             if call_factory is not None
             else Call(media_config, on_audio=on_audio, on_media_state=self._media_changed)
         )
+        self.call.on_worker_lost = self._worker_lost
+        self.no_media_after_s = NO_MEDIA_AFTER_S
+        # Per role: the member we are waiting on for media, and since when (monotonic).
+        self._awaiting_media: dict[Role, tuple[Member, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.agenda: Agenda | None = None
         self.sharing_balance = False
@@ -162,7 +170,7 @@ class Room:
     # ----------------------------------------------------------------- socket lifecycle
     async def serve(self, member: Member) -> None:
         """Run one participant's socket until it closes."""
-        member.limiter = TokenBucket(self.limits.messages_per_second, float(self.limits.burst))
+        member.limiter = SocketLimiter(self.limits)
         self.members.add(member)
         try:
             await member.send(
@@ -183,29 +191,8 @@ class Room:
             await self._departed(member)
 
     async def _receive(self, member: Member, raw: str) -> None:
-        if len(raw.encode("utf-8", errors="replace")) > self.limits.max_message_bytes:
-            await self._error(
-                member,
-                m.ErrorCode.TOO_LARGE,
-                f"Messages are limited to {self.limits.max_message_bytes} bytes.",
-            )
+        if not await self._admit_frame(member, len(raw.encode("utf-8", errors="replace"))):
             return
-        if not member.limiter.take():
-            member.strikes += 1
-            if member.strikes == 1:
-                await self._error(
-                    member, m.ErrorCode.RATE_LIMITED, "Too many messages; some were ignored."
-                )
-            if member.strikes >= self.limits.max_strikes:
-                await self._error(
-                    member,
-                    m.ErrorCode.RATE_LIMITED,
-                    "Too many messages; the connection was closed.",
-                    fatal=True,
-                )
-                await self._close_channel(member, 1008)
-            return
-        member.strikes = 0
         try:
             data = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -243,6 +230,49 @@ class Room:
                 "The server could not handle that message.",
                 ref=kind,
             )
+
+    async def _admit_frame(self, member: Member, size: int) -> bool:
+        """Apply the socket's limits (see ``signaling.limits``); False drops the frame.
+
+        Only the first refusal of a window is answered, so a flood is not doubled by our
+        replies; an oversized frame is always answered (it is a bug, not a burst).
+        """
+        verdict = member.limiter.check(size)
+        limits = self.limits
+        if verdict is Verdict.ACCEPT:
+            return True
+        if verdict is Verdict.CLOSE:
+            log.warning(
+                "session %s: %s flooded (%d refused in %g s); closing its socket",
+                self.session_id,
+                member.role,
+                member.limiter.strikes,
+                limits.window_s,
+            )
+            await self._error(
+                member,
+                m.ErrorCode.RATE_LIMITED,
+                f"Too many messages: {member.limiter.strikes} refused in the last "
+                f"{limits.window_s:g} s (limits: {member.limiter.describe()}); "
+                "the connection was closed.",
+                fatal=True,
+            )
+            await self._close_channel(member, 1008)
+        elif verdict is Verdict.TOO_LARGE:
+            await self._error(
+                member,
+                m.ErrorCode.TOO_LARGE,
+                f"Messages are limited to {limits.max_message_bytes} bytes.",
+            )
+        elif member.limiter.strikes == 1:
+            await self._error(
+                member,
+                m.ErrorCode.RATE_LIMITED,
+                "Too many messages; some were ignored."
+                if verdict is Verdict.RATE
+                else f"Too many messages; some were ignored ({member.limiter.describe()}).",
+            )
+        return False
 
     async def _dispatch(self, member: Member, message: m.InboundMessage) -> None:
         match message:
@@ -617,8 +647,29 @@ class Room:
             present=member is not None,
             audio_muted=bool(member and member.audio_muted),
             video_muted=bool(member and member.video_muted),
-            media=self.call.media_state(role) if member is not None else "none",
+            media=self.media_state(role),
         )
+
+    def media_state(self, role: Role) -> MediaState:
+        """The call's media state for ``role``, or "no_media" when they have been in the call
+        ``no_media_after_s`` without it connecting (never "connecting" forever)."""
+        member = self.member(role)
+        if member is None:
+            self._awaiting_media.pop(role, None)
+            return "none"
+        state = self.call.media_state(role)
+        if state in ("connected", "lost"):
+            self._awaiting_media.pop(role, None)
+            return state
+        waiting = self._awaiting_media.get(role)
+        if waiting is None or waiting[0] is not member:
+            waiting = (member, time.monotonic())
+            self._awaiting_media[role] = waiting
+            with contextlib.suppress(RuntimeError):  # no loop: nobody to tell anyway
+                asyncio.get_running_loop().call_later(
+                    self.no_media_after_s + 0.05, self._media_changed, str(role), state
+                )
+        return "no_media" if time.monotonic() - waiting[1] >= self.no_media_after_s else state
 
     def member(self, role: str) -> Member | None:
         """The therapist or the admitted client, if in the call."""
@@ -648,6 +699,34 @@ class Room:
         task = asyncio.ensure_future(self._send_peer_state(Role(role)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _worker_lost(self, detail: str) -> None:
+        task = asyncio.ensure_future(self.restart_media("worker_restarted", detail))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def restart_media(
+        self, reason: Literal["worker_restarted", "media_lost"], detail: str
+    ) -> None:
+        """Both participants re-offer at once: the server's side of their media is gone.
+
+        Sent to both together (not one after the other) so neither waits on the other's
+        socket; recorded as an incident and in the audit log, with no client identity.
+        """
+        targets = [p for p in (self.therapist, self.client) if p is not None]
+        message = m.RestartMedia(reason=reason)
+        await asyncio.gather(*(p.send(message) for p in targets))
+        log.warning(
+            "session %s: %s (%s); asked %d to re-offer",
+            self.session_id,
+            reason,
+            detail,
+            len(targets),
+        )
+        if self.observer is not None:
+            self.observer.on_media_restarted(self.session_id, reason, detail)
+        action = "media_worker_restarted" if reason == "worker_restarted" else "media_restarted"
+        await self.hooks.audit(self.session_id, action, "system", detail)
 
     async def send_signals(self, message: m.Signals | m.Speaking) -> None:
         """Alliance signals go to the therapist's socket only, never the client's.

@@ -434,6 +434,95 @@ class SignalEngine:
             self._evict_window()
         return self.snapshot()
 
+    def retract_presence(self, role: Role, from_frame: int) -> int:
+        """Re-date an absence: ``role`` was gone from ``from_frame`` on, not from now.
+
+        A participant whose media stalls is noticed only after the stall detector's delay
+        (3 s); until then they were fed as present and not speaking, so the gap was counted
+        as silence (and could complete a false long silence). This turns the frames of that
+        window that counted as silence into absence: the totals, the 5-minute window, the
+        current silence, long silences and the timeline become what feeding the absence in
+        real time would have given. Frames in which someone talked keep their talk (it
+        happened; only silence was invented). The frames must still be in the 5-minute
+        window. Returns the number of frames re-dated.
+        """
+        if self._finalized or not self._started:
+            return 0
+        role = Role(role)
+        window_first = self._cursor - len(self._win_codes)
+        first = max(from_frame, window_first, 0)
+        if first >= self._tick:
+            return 0
+        present_bit = _T_PRESENT if role is Role.THERAPIST else _C_PRESENT
+        changed = 0
+        # Frames not final yet: their presence is still queued per track.
+        track = self._tracks[role]
+        for offset in range(max(0, first - self._cursor), len(track.present)):
+            if track.present[offset]:
+                track.present[offset] = False
+                changed += 1
+        if first >= self._cursor:
+            return changed
+        # Final frames [first, cursor): their codes are in the window.
+        run_intact = True  # every final frame from ``first`` on was silence
+        for index in range(first, self._cursor):
+            j = index - window_first
+            code = self._win_codes[j]
+            if not _is_silence(code):
+                run_intact = False
+                continue
+            new = code & ~present_bit
+            self._win_codes[j] = new
+            self._counts[code] -= 1
+            self._counts[new] += 1
+            self._win_counts[code] -= 1
+            self._win_counts[new] += 1
+            changed += 1
+        # The current silence run ends where the absence now starts.
+        run = self._silence_run
+        before = run - (self._cursor - first) if run_intact else 0
+        if run >= self._long and (not run_intact or before < self._long):
+            # Its long silence was completed by invented frames: it never happened.
+            self._long_silences -= 1
+            if self._long_list and self._long_list[-1].end is None:
+                self._long_list.pop()
+            self._silence_run = 0
+        elif run_intact and before > 0:
+            self._silence_run = before
+            self._close_silence_run(first)  # a real long silence ends where absence began
+        else:
+            self._silence_run = 0
+        self._redo_seconds(first, window_first)
+        return changed
+
+    def _redo_seconds(self, first: int, window_first: int) -> None:
+        """Recount the timeline seconds from the one holding ``first`` on (window codes)."""
+        ms = self.config.frame_ms
+        for second in range(first * ms // 1000, self._sec_index + 1):
+            start = max(-(-second * 1000 // ms), window_first)
+            end = min(-(-(second + 1) * 1000 // ms), self._cursor)
+            codes = [self._win_codes[i - window_first] for i in range(start, end)]
+            acc = [
+                sum(bool(c & _T_TALK) for c in codes),
+                sum(bool(c & _C_TALK) for c in codes),
+                sum(not c & _T_PRESENT for c in codes),
+                sum(not c & _C_PRESENT for c in codes),
+            ]
+            if second == self._sec_index:
+                self._sec_counts, self._sec_frames = acc, len(codes)
+                continue
+            n = len(codes)
+            for k in range(len(self._timeline) - 1, -1, -1):
+                if self._timeline[k].second == second:
+                    self._timeline[k] = TimelineSecond(
+                        second=second,
+                        therapist=2 * acc[0] >= n,
+                        client=2 * acc[1] >= n,
+                        therapist_absent=2 * acc[2] >= n,
+                        client_absent=2 * acc[3] >= n,
+                    )
+                    break
+
     def drain_events(self) -> list[SignalEvent]:
         """Events produced by the last ``advance()``/``finalize()`` call."""
         return list(self._events)
@@ -909,6 +998,9 @@ class ParticipantAudio:
         self.last_values: dict[Role, bool | None] = dict.fromkeys(ROLES)
         #: The detectors' own verdicts of the last tick, before attribution (diagnostics).
         self.last_raw: dict[Role, bool] = dict.fromkeys(ROLES, False)
+        #: Whether the last tick had a real audio frame per role (a stall has none): the
+        #: live path dates an absence back to the last tick that had one.
+        self.last_had_frame: dict[Role, bool] = dict.fromkeys(ROLES, False)
 
     def set_present(self, role: Role, present: bool) -> None:
         """Joined/left/reconnecting. Leaving discards queued audio: it belongs to a
@@ -956,6 +1048,7 @@ class ParticipantAudio:
         for role in ROLES:
             queue = self._frames[role]
             frame = queue.popleft() if queue else None
+            self.last_had_frame[role] = frame is not None
             # A muted or absent participant's loudspeaker signal is silence: no echo from it.
             usable = self._present[role] and not self._muted[role]
             frames[role] = frame if usable else None

@@ -41,6 +41,10 @@ SNAPSHOT_EVERY_S = 0.5
 # (network jitter, decoder thread) still lands on its own tick.
 CLOCK_LAG_S = 0.06
 MAX_QUEUED_FRAMES = 10
+# How far an absence may be dated back to the last audio that arrived: a stall is noticed
+# after 3 s, so this covers it with room, yet a participant whose audio never arrived is not
+# erased from minutes of the session.
+MAX_BACKDATE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,12 @@ _STATE_CODE = {None: 0, False: 1, True: 2}
 _CODE_STATE: dict[int, bool | None] = {0: None, 1: False, 2: True}
 
 
+# A re-dated absence in the recorded input: [negative code naming the role, ticks back]. It
+# is replayed as the same ``retract_presence`` call, so a restart reproduces it exactly.
+_BACKDATE_CODE = {Role.THERAPIST: -1, Role.CLIENT: -2}
+_BACKDATE_ROLE = {code: role for role, code in _BACKDATE_CODE.items()}
+
+
 def encode_tick(speech: dict[Role, bool | None]) -> int:
     return _STATE_CODE[speech[Role.THERAPIST]] * 3 + _STATE_CODE[speech[Role.CLIENT]]
 
@@ -128,6 +138,11 @@ class LiveSignals:
             r: deque(maxlen=MAX_QUEUED_FRAMES) for r in Role
         }
         self._present = dict.fromkeys(Role, False)
+        # Per role, the tick after the last one that consumed real audio (and when they
+        # became present): where an absence really began.
+        self._last_audio_tick: dict[Role, int | None] = dict.fromkeys(Role)
+        self._present_tick: dict[Role, int] = dict.fromkeys(Role, 0)
+        self.backdated_ticks = 0
         self._lock = threading.Lock()
         self._clock_base: float | None = None
         self._ticks = 0
@@ -147,6 +162,11 @@ class LiveSignals:
         """Rebuild a session's engine from its recorded input (after a server restart)."""
         signals = cls(session_id, config)
         for code, count in runs:
+            if int(code) in _BACKDATE_ROLE:
+                engine = signals.engine
+                engine.retract_presence(_BACKDATE_ROLE[int(code)], engine.frames - int(count))
+                signals._runs.append([int(code), int(count)])
+                continue
             speech = decode_tick(int(code))
             for _ in range(int(count)):
                 signals.engine.advance(speech)
@@ -181,11 +201,35 @@ class LiveSignals:
         queue.append(frame)
 
     def set_present(self, role: str, present: bool) -> None:
+        """Presence as the room sees it. Going absent is dated back to the last audio that
+        arrived (see ``_backdate``): the room learns of a stalled connection seconds late."""
+        who = Role(role)
         with self._lock:
-            self._present[Role(role)] = present
-            self._audio.set_present(Role(role), present)
+            if present and not self._present[who]:
+                self._present_tick[who] = self._ticks
+                self._last_audio_tick[who] = None
+            elif not present and self._present[who]:
+                self._backdate(who)
+            self._present[who] = present
+            self._audio.set_present(who, present)
             if not present:
-                self._queues[Role(role)].clear()
+                self._queues[who].clear()
+
+    def _backdate(self, role: Role) -> None:
+        """The ticks since ``role``'s last audio become absence, in the engine (which turns
+        their silence into absent time) and in the recorded input (so a restart replays the
+        same correction at the same tick)."""
+        last = self._last_audio_tick[role]
+        since = self._present_tick[role] if last is None else last
+        limit = round(MAX_BACKDATE_S / self.frame_s)
+        since = max(since, self._ticks - limit, 0)
+        count = self._ticks - since
+        if count <= 0:
+            return
+        offset = self._ticks - self.engine.frames  # ticks before the session clock started
+        self.engine.retract_presence(role, since - offset)
+        self.backdated_ticks += count
+        self._runs.append([_BACKDATE_CODE[role], count])
 
     def set_muted(self, role: str, muted: bool) -> None:
         with self._lock:
@@ -215,6 +259,9 @@ class LiveSignals:
                 events.extend(self._audio.tick())
                 self._record(self._audio.last_values)
                 self._ticks += 1
+                for role, had in self._audio.last_had_frame.items():
+                    if had:
+                        self._last_audio_tick[role] = self._ticks
             return self._publish(events, now, force=False)
 
     def _publish(self, events: list[SignalEvent], now: float, force: bool) -> SignalsUpdate | None:

@@ -43,6 +43,7 @@ AudioInput = AudioFrame | np.ndarray
 AudioSink = Callable[[str, AudioInput], None]
 MediaStateSink = Callable[[str, MediaState], None]
 RelayMode = Literal["forward", "transcode"]
+WorkerLostSink = Callable[[str], None]
 
 
 @dataclass
@@ -58,6 +59,9 @@ class CallHandle(Protocol):
     """What a room needs of its call, whether the peers live in this process or a worker's."""
 
     relay_mode: dict[str, RelayMode]
+    #: Called (with a line for the log and audit) when the process holding this call's peers
+    #: died: every peer is gone at once, so both participants must re-offer now.
+    on_worker_lost: WorkerLostSink | None
 
     async def connect(self, role: str, offer_sdp: str) -> str: ...
 
@@ -130,6 +134,7 @@ class Call:
         self.peers: dict[str, ParticipantPeer] = {}
         self._on_audio = on_audio
         self._on_media_state = on_media_state
+        self.on_worker_lost: WorkerLostSink | None = None  # in-process: never called
         self._watchdog: asyncio.Task[None] | None = None
         self._last_state: dict[str, MediaState] = {}
         default = configured_mode(config)

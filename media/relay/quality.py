@@ -22,7 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Label = Literal["excellent", "good", "poor", "lost"]
+# "no_media": in the call, but media never connected (the room decides; never "excellent").
+Label = Literal["excellent", "good", "poor", "lost", "no_media"]
 Kind = Literal["audio", "video"]
 
 LOSS_THRESHOLDS: dict[str, tuple[float, float]] = {"audio": (0.025, 0.075), "video": (0.02, 0.06)}

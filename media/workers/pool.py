@@ -6,10 +6,12 @@ each new call to the worker with the fewest calls; the call stays pinned there. 
 (``CallHandle``): connect returns the SDP answer, media states and decoded audio arrive as
 callbacks on the server's event loop.
 
-When a worker dies, its calls report their media as lost (the browsers notice too and
-re-offer after a few seconds), the pool starts a replacement, and a call's next connect goes
-to a live worker. A connect that was in flight when its worker died is retried once on
-another, so a participant normally never sees the crash as an error.
+When a worker dies, the pool puts a replacement in its slot at once and starts it; its calls
+report their media as lost and call ``on_worker_lost``, so the room tells both browsers to
+re-offer now (rather than after their own ICE checks time out), and a call's next connect
+goes to a live worker (or waits for the replacement to be ready). A connect that was in
+flight when its worker died is retried once on another, so a participant normally never
+sees the crash as an error.
 
 The two ends speak ``media.workers.messages``: typed requests with ids, replies that echo
 them, and events. A frame that is not one of those messages is logged and skipped, never
@@ -38,6 +40,7 @@ from media.relay.call import (
     MediaUnavailable,
     PeerReport,
     RelayMode,
+    WorkerLostSink,
     initial_relay_modes,
 )
 from media.relay.ice import MediaConfig
@@ -248,9 +251,12 @@ class _Worker:
                 future.set_exception(error)
         calls = list(self.calls.values())
         self.calls.clear()
-        for call in calls:
-            call.worker_lost()
+        # The replacement first, so the participants' re-offers (prompted by worker_lost)
+        # find it in the pool however fast they come back.
         self.pool.worker_exited(self, code, len(calls))
+        detail = f"media worker {self.index} (pid {self.pid}) exited with code {code}"
+        for call in calls:
+            call.worker_lost(detail)
 
     async def stop(self) -> None:
         if self.writer is not None:
@@ -350,18 +356,26 @@ class MediaWorkerPool:
             code,
             calls,
         )
-        task = asyncio.ensure_future(self._respawn(worker))
+        died_starting = not worker.ready.done() or worker.ready.exception() is not None
+        replacement: _Worker | None = None
+        if not died_starting and self.workers[worker.index] is worker:
+            # In place at once (started by the task below): calls re-pinned from now on wait
+            # for it to be ready instead of finding no live worker.
+            replacement = _Worker(self, worker.index)
+            self.workers[worker.index] = replacement
+            self.restarts += 1
+        task = asyncio.ensure_future(self._respawn(worker, replacement))
         self._respawning.add(task)
         task.add_done_callback(self._respawning.discard)
 
-    async def _respawn(self, dead: _Worker) -> None:
-        if not dead.ready.done() or dead.ready.exception() is not None:
+    async def _respawn(self, dead: _Worker, replacement: _Worker | None = None) -> None:
+        if replacement is None:
             await asyncio.sleep(RESPAWN_BACKOFF_S)  # it died starting: do not spin
-        if self.closing or self.workers[dead.index] is not dead:
-            return
-        replacement = _Worker(self, dead.index)
-        self.workers[dead.index] = replacement
-        self.restarts += 1
+            if self.closing or self.workers[dead.index] is not dead:
+                return
+            replacement = _Worker(self, dead.index)
+            self.workers[dead.index] = replacement
+            self.restarts += 1
         try:
             await replacement.start()
         except Exception:
@@ -403,6 +417,7 @@ class RemoteCall:
         self.id = f"{session_id}#{next(self._ids)}"
         self._on_audio = on_audio
         self._on_media_state = on_media_state
+        self.on_worker_lost: WorkerLostSink | None = None
         self.relay_mode: dict[str, RelayMode] = initial_relay_modes(pool.config)
         self._states: dict[str, MediaState] = {}
         self._peers = 0
@@ -489,7 +504,9 @@ class RemoteCall:
         if self._on_media_state is not None and not self.closed:
             self._on_media_state(role, state)
 
-    def worker_lost(self) -> None:
+    def worker_lost(self, detail: str = "media worker exited") -> None:
         self._peers = 0
         for role, state in list(self._states.items()):
             self.set_state(role, "lost" if state in ("connected", "lost") else "none")
+        if self.on_worker_lost is not None and not self.closed:
+            self.on_worker_lost(detail)

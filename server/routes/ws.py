@@ -9,6 +9,7 @@ from fastapi import APIRouter, WebSocket
 from sqlalchemy import select
 
 from media import Role
+from signaling.limits import ConnectLimiter
 from signaling.messages import ErrorCode, ErrorMessage
 from signaling.room import Member
 from signaling.rooms import RoomRegistry
@@ -40,6 +41,21 @@ DRAINING_MESSAGE = (
 def _live_room(rooms: RoomRegistry, session_id: str) -> bool:
     room = rooms.get(session_id)
     return room is not None and bool(room.members)
+async def _too_many_connects(ws: WebSocket, identity: str) -> bool:
+    """Socket opens per identity and session are limited (``ConnectLimiter``): a page
+    retrying in a tight loop is told so and closed with 4429, and retries later."""
+    limiter = getattr(ws.app.state, "connect_limiter", None)
+    if limiter is None:
+        limiter = ws.app.state.connect_limiter = ConnectLimiter()
+    if limiter.take(token_hash(identity)):
+        return False
+    await _refuse(
+        ws,
+        ErrorCode.RATE_LIMITED,
+        "Too many connection attempts; wait a few seconds and try again.",
+        4429,
+    )
+    return True
 
 
 def _origin_ok(ws: WebSocket, settings: Settings) -> bool:
@@ -60,6 +76,8 @@ async def therapist_socket(ws: WebSocket, session_id: str) -> None:
     rooms: RoomRegistry = ws.app.state.rooms
     if not _origin_ok(ws, settings):
         await _refuse(ws, ErrorCode.FORBIDDEN, "Cross-site connection refused.", 4403)
+        return
+    if await _too_many_connects(ws, f"{session_id}:{ws.cookies.get(LOGIN_COOKIE, '')}"):
         return
     async with database.session() as db:
         user = await user_from_token(db, settings, ws.cookies.get(LOGIN_COOKIE))
@@ -103,6 +121,8 @@ async def client_socket(ws: WebSocket, token: str) -> None:
             "Please allow cookies for this site and reload the page.",
             4400,
         )
+        return
+    if await _too_many_connects(ws, f"{token}:{identity}"):
         return
     async with database.session() as db:
         check = await check_invite(db, token)

@@ -9,9 +9,14 @@ export const QUALITY_WORDS = {
   good: "good",
   poor: "poor",
   lost: "lost",
+  no_media: "no media",
   unknown: "checking",
 };
-const BARS = { excellent: 3, good: 2, poor: 1, lost: 0, unknown: 0 };
+const BARS = { excellent: 3, good: 2, poor: 1, lost: 0, no_media: 0, unknown: 0 };
+// What to try when media never connected (server label "no_media"), said in words.
+export const NO_MEDIA_ADVICE =
+  "No media connection — check your network or try another browser/network " +
+  "(a different Wi-Fi or your phone's data; a VPN or firewall may block calls).";
 
 /** Signal bars; the label is always given in words beside it (never colour alone). */
 function barsIcon(label) {
@@ -33,7 +38,7 @@ function barsIcon(label) {
     bar.setAttribute("class", i < filled ? "q-on" : "q-off");
     svg.append(bar);
   });
-  if (label === "lost") {
+  if (label === "lost" || label === "no_media") {
     const cross = document.createElementNS(ns, "path");
     cross.setAttribute("d", "M10 1l5 5M15 1l-5 5");
     cross.setAttribute("class", "q-cross");
@@ -60,10 +65,16 @@ export class QualityIndicator {
     el.hidden = false;
     el.dataset.label = label || "none";
     const word = label ? QUALITY_WORDS[label] : "not connected";
-    el.title = label && level.score !== undefined && level.score !== null
-      ? `${who} connection: ${word} (score ${Math.round(level.score)} of 100)`
-      : `${who} connection: ${word}`;
-    el.replaceChildren(barsIcon(label || "unknown"), h("span", { class: "q-who" }, `${who}: `), h("span", { class: "q-label" }, word));
+    el.title = label === "no_media"
+      ? (who === "You" ? NO_MEDIA_ADVICE : `${who}: no media connection yet.`)
+      : label && level.score !== undefined && level.score !== null
+        ? `${who} connection: ${word} (score ${Math.round(level.score)} of 100)`
+        : `${who} connection: ${word}`;
+    const parts = [barsIcon(label || "unknown"), h("span", { class: "q-who" }, `${who}: `), h("span", { class: "q-label" }, word)];
+    if (label === "no_media" && who === "You") {
+      parts.push(h("span", { class: "q-advice", role: "status", "data-testid": "quality-advice" }, ` ${NO_MEDIA_ADVICE}`));
+    }
+    el.replaceChildren(...parts);
   }
 
   update(msg) {
