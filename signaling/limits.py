@@ -14,6 +14,9 @@ class Limits:
     # After this many rate-limited messages in a row the socket is closed: a client that keeps
     # flooding after being told is not a person at a keyboard.
     max_strikes: int = 500
+    # How long an in-call seat is held after its socket drops without `leave`: a network blip,
+    # a reload or a server restart must not turn into "left" and a second admission.
+    reconnect_grace_s: float = 60.0
 
 
 @dataclass

@@ -43,8 +43,63 @@ class RapportServer:
     base_url: str
     env: dict[str, str]
     log_path: Path
-    proc: subprocess.Popen[bytes]
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
     users: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def start(self) -> None:
+        """Start `rapport serve` on this port and database; return once /healthz answers."""
+        with self.log_path.open("ab") as log_file:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "server.cli",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        proc = self.proc
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"server exited with {proc.returncode} before it was ready:\n{self.log_tail()}"
+                )
+            try:
+                return httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        eventually_sync(
+            healthy,
+            timeout=20,
+            interval=0.2,
+            message=lambda: f"server not healthy:\n{self.log_tail()}",
+        )
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no shutdown code runs, sockets just die."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
 
     def log_tail(self, max_chars: int = 20_000) -> str:
         try:
@@ -88,37 +143,10 @@ def rapport_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rapport
         "RAPPORT_LOG_JSON": "false",
         "PYTHONUNBUFFERED": "1",
     }
-    log_path = tmp / "server.log"
-    log_file = log_path.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
-    server = RapportServer(base_url=base_url, env=env, log_path=log_path, proc=proc)
+    server = RapportServer(base_url=base_url, env=env, log_path=tmp / "server.log", port=port)
     _current_server = server
     try:
-
-        def healthy() -> bool:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"server exited with {proc.returncode} before it was ready:\n"
-                    f"{server.log_tail()}"
-                )
-            try:
-                return httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        eventually_sync(
-            healthy,
-            timeout=20,
-            interval=0.2,
-            message=lambda: f"server not healthy:\n{server.log_tail()}",
-        )
-
+        server.start()
         for email, password, role, name in (
             (THERAPIST_EMAIL, THERAPIST_PASSWORD, "therapist", "Dr. Ellis Moreau"),
             (ADMIN_EMAIL, ADMIN_PASSWORD, "admin", "Sam Admin"),
@@ -136,13 +164,7 @@ def rapport_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rapport
         yield server
     finally:
         _current_server = None
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        log_file.close()
+        server.stop()
 
 
 # Each role's fake microphone loops its own 20 s script, four 5 s slots of one utterance each:
