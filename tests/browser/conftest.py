@@ -80,7 +80,7 @@ class RapportServer:
 
         eventually_sync(
             healthy,
-            timeout=20,
+            timeout=60,
             interval=0.2,
             message=lambda: f"server not healthy:\n{self.log_tail()}",
         )
