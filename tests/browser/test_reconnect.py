@@ -71,8 +71,21 @@ def videos_advance(pages: list[Page], key: str, deadline: float, min_frames: int
         )
 
 
-def login(server: Any) -> httpx.Client:
-    email, password = server.users["therapist"]
+# A therapist of its own, so the sessions this module creates do not show in other modules'
+# session lists (the server is shared by every browser test).
+THERAPIST = ("reconnect.therapist@example.test", "calm-river-5521")
+
+
+def add_therapist(server: Any) -> tuple[str, str]:
+    email, password = THERAPIST
+    result = server.cli(
+        "user", "add", email, "--role", "therapist", "--name", "Dr. Rey", stdin=f"{password}\n"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return email, password
+
+
+def login(server: Any, email: str, password: str) -> httpx.Client:
     http = httpx.Client(base_url=server.base_url, timeout=10)
     res = http.post("/api/login", json={"email": email, "password": password})
     assert res.status_code == 200, res.text
@@ -83,7 +96,8 @@ def login(server: Any) -> httpx.Client:
 def call(rapport_server: Any, browsers: Any) -> Iterator[Call]:
     server = rapport_server
     log: list[str] = []
-    http = login(server)
+    email, password = add_therapist(server)
+    http = login(server, email, password)
     label = f"Reconnect {uuid.uuid4().hex[:6]}"
     res = http.post("/api/sessions", json={"client_label": label})
     assert res.status_code == 201, res.text
@@ -91,7 +105,6 @@ def call(rapport_server: Any, browsers: Any) -> Iterator[Call]:
     t_ctx, t = new_page(browsers.therapist, server.base_url, log, "therapist")
     c_ctx, c = new_page(browsers.client, server.base_url, log, "client")
     try:
-        email, password = server.users["therapist"]
         assert t.request.post("/api/login", data={"email": email, "password": password}).ok
         t.goto(f"/sessions/{session_id}", wait_until="domcontentloaded")
         c.goto(invite_url, wait_until="domcontentloaded")
@@ -121,7 +134,9 @@ def test_a_client_reload_brings_both_videos_back_and_never_reads_as_left(call: C
     started = time.monotonic()
     c.reload(wait_until="domcontentloaded")
     # The therapist is told the client is reconnecting: the seat is held, nobody "left".
-    expect(t.get_by_test_id("peer-status")).to_have_text("Your client is reconnecting…")
+    expect(t.get_by_test_id("peer-status")).to_have_text(
+        "Your client is reconnecting…", timeout=10_000
+    )
     expect(stage_in(t, "peer_reconnecting").get_by_test_id("stage-message")).to_contain_text(
         "Your client is reconnecting"
     )
@@ -130,6 +145,7 @@ def test_a_client_reload_brings_both_videos_back_and_never_reads_as_left(call: C
     expect(join).to_be_enabled()
     join.click()
     videos_advance([t, c], "after-reload", started + 10)
+    print(f"reload: both videos advancing {time.monotonic() - started:.1f} s after the reload")
 
     expect(stage_in(t, "call")).to_have_count(1)
     expect(t.get_by_test_id("admit-button")).to_have_count(0)
@@ -161,20 +177,25 @@ def test_a_killed_server_restarted_brings_both_videos_back_with_no_click(call: C
         page.evaluate(
             "window.__clicks = 0; addEventListener('click', () => window.__clicks++, true)"
         )
+    t.evaluate(RECORD_CHANGES_JS)
 
     server.kill()
     for page in (t, c):
         expect(stage_in(page, "reconnecting").get_by_test_id("stage-message")).to_contain_text(
-            "Reconnecting"
+            "Reconnecting", timeout=15_000
         )
         expect(page.get_by_test_id("end-panel")).to_be_hidden()
 
     server.start()
     back = time.monotonic()
     videos_advance([t, c], "after-restart", back + 20)
+    print(f"restart: both videos advancing {time.monotonic() - back:.1f} s after /healthz")
     for page in (t, c):
         expect(stage_in(page, "call")).to_have_count(1)
         assert page.evaluate("window.__clicks") == 0
+    # Whoever came back first saw the other as reconnecting, never as gone.
+    peer_texts: list[str] = t.evaluate("window.__peerTexts")
+    assert not [text for text in peer_texts if "left" in text], peer_texts
 
     # The same session record carries on: one row, still live, talk totals continuing from
     # where they were (the crash costs at most the last save interval), not from zero.
@@ -197,3 +218,27 @@ def test_a_killed_server_restarted_brings_both_videos_back_with_no_click(call: C
     mine = [s for s in rows if s.get("client_label") == call.label]
     assert [s["id"] for s in mine] == [call.session_id], mine
     assert mine[0]["status"] == "live"
+
+
+def test_a_long_outage_gives_up_with_one_button(call: Call) -> None:
+    t, server = call.t, call.server
+    # The therapist's page stops trying after 3 s instead of 5 minutes (a page-level knob).
+    call.t_ctx.add_init_script("window.rapportGiveUpAfterMs = 3000")
+    t.reload(wait_until="domcontentloaded")
+    expect(stage_in(t, "call")).to_have_count(1, timeout=20_000)
+    server.kill()
+    try:
+        expect(t.get_by_test_id("end-title")).to_have_text(
+            "The connection was lost", timeout=20_000
+        )
+        expect(stage_in(t, "disconnected")).to_have_count(1)
+        expect(t.get_by_test_id("end-detail")).to_contain_text("Check your internet connection")
+        actions = t.get_by_test_id("end-actions").locator("button, a")
+        expect(actions).to_have_count(1)
+        expect(actions).to_have_text("Try again")
+    finally:
+        server.start()
+    # The one button starts the page afresh, and the therapist is back in the room.
+    actions.click()
+    expect(stage_in(t, "disconnected")).to_have_count(0, timeout=20_000)
+    expect(t.get_by_test_id("end-panel")).to_be_hidden()

@@ -32,6 +32,9 @@ const FINAL_STAGES = new Set(["ended", "left", "denied", "replaced", "fatal", "d
 // A silent inbound stream for this long, while the other person is in with media, is a broken
 // path (e.g. Wi-Fi to phone data) that ICE has not noticed yet: build a new peer connection.
 const NO_MEDIA_RENEGOTIATE_MS = 5000;
+// After our own outage (e.g. the server restarted), the other person needs a moment to come
+// back too; until then they are "reconnecting", not "left".
+const PEER_RETURN_MS = 30000;
 
 /** A button that reloads the page: rejoining or reconnecting starts the page afresh. */
 export function reloadButton(testid, label) {
@@ -113,6 +116,8 @@ export function createCallPage(options) {
     rejoining: false, // the next welcome follows an automatic reconnect
     shown: [el.stage.dataset.state || "", "", ""], // the stage the page last asked for
     peer: null, // the other person's last peer_state
+    peerWasPresent: false, // they were in the call when our own connection dropped
+    rejoinedAt: null, // performance.now() of our last automatic rejoin
   };
   let mediaReady = Promise.resolve();
 
@@ -236,6 +241,13 @@ export function createCallPage(options) {
     setStage(...state.shown);
   }
 
+  /** Whether the other person, absent now, was with us before our own outage and may still
+   * be on their way back (the server restarted for them too). */
+  function peerAwayAfterOurOutage() {
+    return state.peerWasPresent && state.rejoinedAt !== null
+      && performance.now() - state.rejoinedAt < PEER_RETURN_MS;
+  }
+
   /** The rebuild is over: show what the page wants again. */
   function recovered() {
     if (!state.recovering || state.finished) return;
@@ -346,6 +358,7 @@ export function createCallPage(options) {
     sig.on("reconnecting", (info) => {
       if (state.finished) return;
       console.info(`signalling lost (code ${info.code}); retry ${info.attempt} in ${info.delayMs} ms`);
+      if (state.recovering !== "signalling") state.peerWasPresent = Boolean(state.peer && state.peer.present);
       startRecovering("signalling");
     });
     sig.on("reconnected", (info) => {
@@ -371,11 +384,18 @@ export function createCallPage(options) {
       else if (state.rejoining) {
         state.rejoining = false;
         if (state.recovering === "signalling") state.recovering = "media";
+        state.rejoinedAt = performance.now();
+        // Once the window is over, show the other person's state as it really is.
+        setTimeout(() => {
+          if (state.peer && !state.finished) sig._emit("peer_state", state.peer);
+        }, PEER_RETURN_MS + 100);
         onRejoin(msg);
       } else onWelcome(msg);
     });
     sig.on("peer_state", (msg) => {
-      if (msg.role !== role) state.peer = msg;
+      if (msg.role === role) return;
+      state.peer = msg;
+      if (msg.present) state.peerWasPresent = false;
     });
     sig.on("restart_media", (msg) => renegotiate(`server asked (${msg.reason})`));
     sig.on("answer", (msg) => {
@@ -427,5 +447,6 @@ export function createCallPage(options) {
   return {
     el, state, local, devices, agenda, quality, stats,
     send, showError, setStage, showEnd, stop, finish, startCall, startMedia, connect, renegotiate, recovered,
+    peerAwayAfterOurOutage,
   };
 }

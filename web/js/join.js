@@ -321,7 +321,9 @@ function connect() {
     peer_state: (msg) => {
       if (msg.role !== "therapist") return;
       state.therapistPresent = Boolean(msg.present);
-      state.therapistReconnecting = Boolean(msg.present && msg.reconnecting);
+      state.therapistReconnecting = msg.present
+        ? Boolean(msg.reconnecting)
+        : page.peerAwayAfterOurOutage();
       renderCallStage();
     },
     denied: (msg) => {

@@ -143,7 +143,7 @@ function renderStage() {
       state.lobbyIds.size === 1 ? "Someone is in the waiting room." : `${state.lobbyIds.size} people are in the waiting room.`,
       "Admit or deny them from the waiting room panel.",
     );
-  } else if (state.peer.present && state.peer.reconnecting) {
+  } else if (state.peer.reconnecting) {
     page.setStage(
       "peer_reconnecting",
       "Your client is reconnecting…",
@@ -179,7 +179,7 @@ function renderLobbySection() {
 
 function renderPeer(p) {
   state.peer.present = Boolean(p.present);
-  state.peer.reconnecting = Boolean(p.present && p.reconnecting);
+  state.peer.reconnecting = p.present ? Boolean(p.reconnecting) : page.peerAwayAfterOurOutage();
   if (p.present) state.peer.everPresent = true;
   let text;
   if (state.peer.reconnecting) {
