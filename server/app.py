@@ -135,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         Limits(
             max_message_bytes=settings.max_message_bytes,
             messages_per_second=settings.max_messages_per_second,
+            reconnect_grace_s=settings.reconnect_grace_s,
         ),
         signals_for=signals.for_session,
         call_factory=pool.call if pool is not None else None,

@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     # HTTP request bodies (the API takes small JSON documents); larger ones are answered 413.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     max_messages_per_second: float = 50.0
+    # Seconds an in-call seat is held for a participant whose socket dropped without leaving.
+    reconnect_grace_s: float = Field(default=60.0, ge=0, le=3600)
     secure_cookies: bool | None = None  # None: secure when public_url is https
     web_dir: Path = REPO_ROOT / "web"
     log_level: str = "info"

@@ -34,6 +34,9 @@ class Limits:
     #: Refused or oversized messages in one window that close the socket: a client that keeps
     #: flooding after being told is not a person at a keyboard.
     max_strikes: int = 300
+    # How long an in-call seat is held after its socket drops without `leave`: a network blip,
+    # a reload or a server restart must not turn into "left" and a second admission.
+    reconnect_grace_s: float = 60.0
 
 
 class Verdict(StrEnum):

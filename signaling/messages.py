@@ -253,6 +253,8 @@ class PeerState(_Outbound):
     audio_muted: bool = False
     video_muted: bool = False
     media: MediaState = "none"
+    # Their socket dropped without `leave`; the seat is held for the grace period.
+    reconnecting: bool = False
 
 
 class RestartMedia(_Outbound):

@@ -159,6 +159,9 @@ class Room:
         # Per role: the member we are waiting on for media, and since when (monotonic).
         self._awaiting_media: dict[Role, tuple[Member, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Seats held for an in-call member whose socket dropped without `leave`; each task
+        # releases its seat when the grace period runs out.
+        self._held: dict[Role, asyncio.Task[None]] = {}
         self.agenda: Agenda | None = None
         self.sharing_balance = False
         self.on_empty: Callable[[Room], None] | None = None
@@ -405,6 +408,7 @@ class Room:
         if current is member:
             await member.send(self._joined(member))
             return
+        reconnected = current is not None and self._retake(current)
         if current is not None and current.state != "gone":
             if not message.takeover:
                 await self._error(
@@ -420,7 +424,11 @@ class Room:
             await self.hooks.audit(self.session_id, "therapist_took_over", member.actor)
         self.therapist = member
         member.state = "in_call"
-        await self.hooks.audit(self.session_id, "therapist_joined", member.actor)
+        await self.hooks.audit(
+            self.session_id,
+            "therapist_reconnected" if reconnected else "therapist_joined",
+            member.actor,
+        )
         await member.send(self._joined(member))
         await self._send_agenda(member)
         await self._send_lobby()
@@ -489,6 +497,7 @@ class Room:
         if member.participant_id is not None:
             self.waiting.pop(member.participant_id, None)
         previous = self.client
+        reconnected = previous is not None and previous is not member and self._retake(previous)
         if previous is not None and previous is not member:
             await previous.send(
                 m.Replaced(message="You joined this session from another window or device.")
@@ -503,7 +512,11 @@ class Room:
             await self.hooks.participant_decided(member.participant_id, admitted=True)
         await self.hooks.audit(
             self.session_id,
-            "client_rejoined" if rejoined else "client_admitted",
+            "client_reconnected"
+            if reconnected
+            else "client_rejoined"
+            if rejoined
+            else "client_admitted",
             self.therapist.actor if self.therapist and not rejoined else member.actor,
             f"participant {member.participant_id}",
         )
@@ -581,17 +594,64 @@ class Room:
                 await member.send(m.Left())
 
     async def _departed(self, member: Member) -> None:
+        if (
+            member.state == "in_call"
+            and self._in_call(member)
+            and not self.ended
+            and self.limits.reconnect_grace_s > 0
+        ):
+            member.state = "gone"
+            self.members.discard(member)
+            await self._hold(member)
+            return
         if member.state in ("in_call", "waiting"):
             await self._leave(member, action="disconnected")
         member.state = "gone"
         self.members.discard(member)
-        if not self.members and self.on_empty is not None:
+        self._maybe_empty()
+
+    def _maybe_empty(self) -> None:
+        # A held seat keeps the room (and its call) alive so the member can come back to it.
+        if not self.members and not self._held and self.on_empty is not None:
             self.on_empty(self)
+
+    async def _hold(self, member: Member) -> None:
+        """Keep a dropped member's seat for the grace period; the other person is told they
+        are reconnecting (not that they left), and the signals count them absent meanwhile."""
+        role = member.role
+        task = asyncio.ensure_future(self._release_after(member, self.limits.reconnect_grace_s))
+        self._held[role] = task
+        log.info("session %s: holding the %s's seat for reconnection", self.session_id, role)
+        await self._send_peer_state(role)
+
+    async def _release_after(self, member: Member, grace_s: float) -> None:
+        await asyncio.sleep(grace_s)
+        role = member.role
+        if self._held.get(role) is asyncio.current_task():
+            del self._held[role]
+        if self.member(role) is member:
+            await self._leave(member, action="disconnected")
+        self._maybe_empty()
+
+    def _retake(self, previous: Member) -> bool:
+        """Whether ``previous`` held its seat for a reconnect; the hold ends either way."""
+        task = self._held.get(previous.role)
+        if task is None or self.member(previous.role) is not previous:
+            return False
+        del self._held[previous.role]
+        task.cancel()
+        return True
+
+    def _cancel_holds(self) -> None:
+        for task in self._held.values():
+            task.cancel()
+        self._held.clear()
 
     async def end(self, actor: str) -> None:
         if self.ended:
             return
         self.status = "ended"
+        self._cancel_holds()
         await self.hooks.session_ended(self.session_id)
         await self.hooks.audit(self.session_id, "session_ended", actor)
         for member in list(self.members):
@@ -607,10 +667,14 @@ class Room:
             await self._close_channel(member, 1000)
 
     async def close(self) -> None:
-        """Server shutdown: close media and sockets without ending the session."""
+        """Server shutdown: close media and sockets without ending the session.
+
+        1012 ("service restart") tells the pages to reconnect by themselves.
+        """
+        self._cancel_holds()
         await self.call.close()
         for member in list(self.members):
-            await self._close_channel(member, 1001)
+            await self._close_channel(member, 1012)
 
     # ----------------------------------------------------------------- notifications
     async def _error(
@@ -648,6 +712,7 @@ class Room:
             audio_muted=bool(member and member.audio_muted),
             video_muted=bool(member and member.video_muted),
             media=self.media_state(role),
+            reconnecting=role in self._held,
         )
 
     def media_state(self, role: Role) -> MediaState:
@@ -681,7 +746,10 @@ class Room:
             return
         member = self.member(role)
         self.signals.set_present(
-            role, member is not None and self.call.media_state(role) == "connected"
+            role,
+            member is not None
+            and role not in self._held
+            and self.call.media_state(role) == "connected",
         )
         self.signals.set_muted(role, bool(member and member.audio_muted))
 

@@ -42,12 +42,54 @@ class RapportServer:
     base_url: str
     env: dict[str, str]
     log_path: Path
-    proc: subprocess.Popen[bytes]
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
     users: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def ws_url(self) -> str:
         return self.base_url.replace("http://", "ws://")
+
+    def start(self) -> None:
+        """Start `rapport serve` on this port and database; return once /healthz answers.
+
+        Called again after ``kill()`` it is a restart on the same port and database."""
+        with self.log_path.open("ab") as log_file:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "server.cli",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        proc = self.proc
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"server exited with {proc.returncode} before it was ready:\n"
+                    f"{self.log_tail()}"
+                )
+            try:
+                return httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        eventually_sync(
+            healthy,
+            timeout=60,  # media workers start slowly on a busy machine
+            interval=0.2,
+            message=lambda: f"server not healthy:\n{self.log_tail()}",
+        )
 
     def log_tail(self, max_chars: int = 20_000) -> str:
         try:
@@ -70,15 +112,22 @@ class RapportServer:
             check=False,
         )
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no shutdown code runs, sockets just die."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
     def stop(self) -> None:
         """Terminate (the server drains, with no calls it exits at once); kill if stuck."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
 
 
 @contextlib.contextmanager
@@ -102,54 +151,21 @@ def rapport_server_process(tmp: Path, env: dict[str, str] | None = None) -> Iter
         **(env or {}),
     }
     log_path = tmp / "server.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "server.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            cwd=REPO_ROOT,
-            env=full_env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        server = RapportServer(base_url=base_url, env=full_env, log_path=log_path, proc=proc)
-        try:
-
-            def healthy() -> bool:
-                if proc.poll() is not None:
-                    pytest.fail(
-                        f"server exited with {proc.returncode} before it was ready:\n"
-                        f"{server.log_tail()}"
-                    )
-                try:
-                    return httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            eventually_sync(
-                healthy,
-                timeout=45,  # media workers start slowly on a busy machine
-                interval=0.2,
-                message=lambda: f"server not healthy:\n{server.log_tail()}",
+    log_path.write_bytes(b"")
+    server = RapportServer(base_url=base_url, env=full_env, log_path=log_path, port=port)
+    try:
+        server.start()
+        for email, password, role, name in USERS:
+            # Not a tty, so the CLI reads one line from stdin (a tty would prompt twice).
+            result = server.cli(
+                "user", "add", email, "--role", role, "--name", name, stdin=f"{password}\n"
             )
-            for email, password, role, name in USERS:
-                # Not a tty, so the CLI reads one line from stdin (a tty would prompt twice).
-                result = server.cli(
-                    "user", "add", email, "--role", role, "--name", name, stdin=f"{password}\n"
+            if result.returncode != 0:
+                pytest.fail(
+                    f"`user add {email}` failed ({result.returncode}):\n"
+                    f"{result.stdout}\n{result.stderr}"
                 )
-                if result.returncode != 0:
-                    pytest.fail(
-                        f"`user add {email}` failed ({result.returncode}):\n"
-                        f"{result.stdout}\n{result.stderr}"
-                    )
-                server.users[role] = (email, password)
-            yield server
-        finally:
-            server.stop()
+            server.users[role] = (email, password)
+        yield server
+    finally:
+        server.stop()

@@ -20,9 +20,21 @@ import { QualityIndicator, StatsReporter } from "./quality.js";
 // - live (set by the pages): "opening" (therapist, before the room answers), "precall" (client
 //   device check), "joining", "waiting" (for the other person: the waiting room, or they are
 //   away), "lobby" (therapist: someone to admit), "takeover" (therapist: open in another tab),
-//   "connecting" (client: media not up yet), "call";
+//   "connecting" (client: media not up yet), "call", "peer_reconnecting" (the other person's
+//   connection dropped and the server holds their seat);
+// - "reconnecting" (set here, over whatever the page asked for): our own signalling or media is
+//   being rebuilt; the remote video keeps its last frame under a calm overlay, and the page's
+//   own state comes back once media flows again;
 // - final (set by finish() / showEnd(), and they stay: nothing more happens on the page):
 //   "ended", "left", "denied", "replaced", "fatal", "disconnected".
+
+const FINAL_STAGES = new Set(["ended", "left", "denied", "replaced", "fatal", "disconnected"]);
+// A silent inbound stream for this long, while the other person is in with media, is a broken
+// path (e.g. Wi-Fi to phone data) that ICE has not noticed yet: build a new peer connection.
+const NO_MEDIA_RENEGOTIATE_MS = 5000;
+// After our own outage (e.g. the server restarted), the other person needs a moment to come
+// back too; until then they are "reconnecting", not "left".
+const PEER_RETURN_MS = 30000;
 
 /** A button that reloads the page: rejoining or reconnecting starts the page afresh. */
 export function reloadButton(testid, label) {
@@ -48,6 +60,8 @@ export function reloadButton(testid, label) {
  * - onStop(): the page's own teardown when the call stops for good.
  * - onEndPanel(): hide the page's own panels when the end panel covers the stage.
  * - onWelcome(msg): the session is open; `msg` is the welcome.
+ * - onRejoin(msg): the welcome after an automatic reconnect: take the seat back (no device
+ *   check, no admission); call recovered() if there is no call to wait for.
  * - onEnded(msg): the session ended (ended message, ended at welcome, or session_ended error).
  * - onError(msg): a page-specific error; return true when it was handled.
  * - beforeDisconnect(): return true when a lost socket means something else (e.g. the end the
@@ -61,6 +75,7 @@ export function createCallPage(options) {
     onStop = () => {},
     onEndPanel = () => {},
     onWelcome = () => {},
+    onRejoin = () => {},
     onEnded,
     onError = () => false,
     beforeDisconnect = () => false,
@@ -98,6 +113,12 @@ export function createCallPage(options) {
     stage: el.stage.dataset.state || "",
     finished: false, // stopped for good: ended, left, replaced, denied, fatal or disconnected
     ending: null, // which of those, once one is shown
+    recovering: null, // "signalling" | "media" while our own connection is being rebuilt
+    rejoining: false, // the next welcome follows an automatic reconnect
+    shown: [el.stage.dataset.state || "", "", ""], // the stage the page last asked for
+    peer: null, // the other person's last peer_state
+    peerWasPresent: false, // they were in the call when our own connection dropped
+    rejoinedAt: null, // performance.now() of our last automatic rejoin
   };
   let mediaReady = Promise.resolve();
 
@@ -129,8 +150,20 @@ export function createCallPage(options) {
     local, audioButton: el.muteAudio, videoButton: el.muteVideo, onChange: sendMute, showSelf: devices.showSelf,
   });
 
-  /** Show `kind` as the stage's state; `lead` (and `detail`) in the overlay, or clear it. */
+  /** Show `kind` as the stage's state; `lead` (and `detail`) in the overlay, or clear it.
+   * While our connection is being rebuilt the page's wish is kept and shown afterwards. */
   function setStage(kind, lead = "", detail = "") {
+    if (!FINAL_STAGES.has(kind) && kind !== "reconnecting") {
+      state.shown = [kind, lead, detail];
+      if (state.recovering) {
+        paintStage("reconnecting", "Reconnecting…", "Please stay on this page. The call will continue by itself.");
+        return;
+      }
+    }
+    paintStage(kind, lead, detail);
+  }
+
+  function paintStage(kind, lead, detail) {
     state.stage = kind;
     el.stage.dataset.state = kind;
     const overlay = el.stageMessage.parentElement;
@@ -161,6 +194,8 @@ export function createCallPage(options) {
   /** Stop media, reports and the call for good; the signalling socket is closed by callers. */
   function stop() {
     state.finished = true;
+    state.recovering = null;
+    watchdog.stop();
     stats.stop();
     quality.clear();
     onStop();
@@ -199,6 +234,86 @@ export function createCallPage(options) {
     else if (sig) sig.close();
   });
 
+  /** Our connection is being rebuilt (`what`: "signalling" or "media"): say so calmly. */
+  function startRecovering(what) {
+    if (state.finished) return;
+    if (state.recovering !== "signalling") state.recovering = what;
+    setConnectionStatus(el.conn, "reconnecting");
+    setStage(...state.shown);
+  }
+
+  /** Whether the other person, absent now, was with us before our own outage and may still
+   * be on their way back (the server restarted for them too). */
+  function peerAwayAfterOurOutage() {
+    return state.peerWasPresent && state.rejoinedAt !== null
+      && performance.now() - state.rejoinedAt < PEER_RETURN_MS;
+  }
+
+  /** The rebuild is over: show what the page wants again. */
+  function recovered() {
+    if (!state.recovering || state.finished) return;
+    state.recovering = null;
+    setStage(...state.shown);
+  }
+
+  /**
+   * A new RTCPeerConnection and offer, keeping the local tracks and the stage: after a
+   * reconnect, a failed or silent connection, or the server's restart_media.
+   */
+  function renegotiate(reason) {
+    if (state.finished || !state.call) return;
+    if (!state.signaling || !state.signaling.isOpen) return; // the rejoin renegotiates
+    console.info(`renegotiating media: ${reason}`);
+    startRecovering("media");
+    watchdog.reset();
+    state.call.start();
+  }
+
+  /** Inbound RTP bytes must grow while the other person is in the call with media. */
+  const watchdog = (() => {
+    let lastBytes = -1;
+    let lastGrowth = performance.now();
+    let lastPc = null;
+    let busy = false;
+    const reset = () => {
+      lastBytes = -1;
+      lastGrowth = performance.now();
+    };
+    const tick = async () => {
+      const pc = state.call && state.call.pc;
+      const peer = state.peer;
+      const expecting = pc && pc.connectionState === "connected" && !state.finished
+        && state.signaling && state.signaling.isOpen
+        && peer && peer.present && !peer.reconnecting && peer.media === "connected";
+      if (!expecting || pc !== lastPc) {
+        lastPc = pc;
+        reset();
+        return;
+      }
+      if (busy) return;
+      busy = true;
+      try {
+        let bytes = 0;
+        (await pc.getStats()).forEach((r) => {
+          if (r.type === "inbound-rtp") bytes += r.bytesReceived || 0;
+        });
+        if (pc !== (state.call && state.call.pc)) return;
+        if (bytes > lastBytes) {
+          lastBytes = bytes;
+          lastGrowth = performance.now();
+        } else if (performance.now() - lastGrowth > NO_MEDIA_RENEGOTIATE_MS) {
+          renegotiate("no inbound media");
+        }
+      } catch {
+        /* the connection closed under us */
+      } finally {
+        busy = false;
+      }
+    };
+    const timer = setInterval(tick, 1000);
+    return { reset, stop: () => clearInterval(timer) };
+  })();
+
   /** Start (once) and offer the call, as soon as the camera and microphone are open. */
   async function startCall() {
     await mediaReady;
@@ -211,10 +326,12 @@ export function createCallPage(options) {
         remoteVideo: el.remote,
         onState: (s) => {
           if (state.finished) return;
-          setConnectionStatus(el.conn, s);
+          if (s === "connected" && state.recovering !== "signalling") recovered();
+          if (state.recovering !== "signalling") setConnectionStatus(el.conn, s);
           onMediaState(s);
         },
         onRemoteStream: () => playback.tryPlay(),
+        onRecover: (reason) => renegotiate(`peer connection ${reason}`),
       });
     }
     await state.call.start();
@@ -233,13 +350,48 @@ export function createCallPage(options) {
 
   /** Connect the signalling socket: the shared handlers, then the page's own `handlers`. */
   function connect(handlers = {}) {
-    const sig = new Signaling(wsPath);
+    const sig = new Signaling(wsPath, {
+      // Tests may shorten the outage after which the page stops trying.
+      giveUpAfterMs: Number(window.rapportGiveUpAfterMs) || 5 * 60 * 1000,
+    });
     state.signaling = sig;
+
+    sig.on("reconnecting", (info) => {
+      if (state.finished) return;
+      console.info(`signalling lost (code ${info.code}); retry ${info.attempt} in ${info.delayMs} ms`);
+      if (state.recovering !== "signalling") state.peerWasPresent = Boolean(state.peer && state.peer.present);
+      startRecovering("signalling");
+    });
+    sig.on("reconnected", (info) => {
+      console.info(`signalling back after ${info.downMs} ms`);
+      state.rejoining = true;
+    });
+    sig.on("gave_up", (info) => {
+      if (state.finished) return;
+      stop();
+      setConnectionStatus(el.conn, "offline");
+      const minutes = Math.max(1, Math.round(info.downMs / 60000));
+      showEnd("disconnected", {
+        title: "The connection was lost",
+        detail: `Rapport could not be reached for ${minutes === 1 ? "a minute" : `${minutes} minutes`}. `
+          + "Check your internet connection, then try again.",
+        actions: [reloadButton("reconnect-button", "Try again")],
+      });
+    });
 
     sig.on("welcome", (msg) => {
       state.welcome = msg;
       if (msg.status === "ended") onEnded({});
-      else onWelcome(msg);
+      else if (state.rejoining) {
+        state.rejoining = false;
+        if (state.recovering === "signalling") state.recovering = "media";
+        state.rejoinedAt = performance.now();
+        // Once the window is over, show the other person's state as it really is.
+        setTimeout(() => {
+          if (state.peer && !state.finished) sig._emit("peer_state", state.peer);
+        }, PEER_RETURN_MS + 100);
+        onRejoin(msg);
+      } else onWelcome(msg);
     });
     // TURN credentials are time-limited and only given once in the room: take the fresh ones
     // on every (re)join, before the page's own handler starts the call.
@@ -249,6 +401,12 @@ export function createCallPage(options) {
     };
     sig.on("joined", takeIce);
     sig.on("admitted", takeIce);
+    sig.on("peer_state", (msg) => {
+      if (msg.role === role) return;
+      state.peer = msg;
+      if (msg.present) state.peerWasPresent = false;
+    });
+    sig.on("restart_media", (msg) => renegotiate(`server asked (${msg.reason})`));
     sig.on("answer", (msg) => {
       if (state.call) state.call.handleAnswer(msg.sdp);
     });
@@ -297,6 +455,7 @@ export function createCallPage(options) {
 
   return {
     el, state, local, devices, agenda, quality, stats,
-    send, showError, setStage, showEnd, stop, finish, startCall, startMedia, connect,
+    send, showError, setStage, showEnd, stop, finish, startCall, startMedia, connect, renegotiate, recovered,
+    peerAwayAfterOurOutage,
   };
 }

@@ -36,6 +36,7 @@ const el = {
 const state = {
   phase: "precall", // precall → joining → waiting → call
   therapistPresent: true,
+  therapistReconnecting: false,
   mediaConnected: false,
 };
 
@@ -64,6 +65,15 @@ const page = createCallPage({
     page.el.conn.textContent = "Ready";
     el.join.disabled = false;
     precheck.network();
+  },
+  // After an automatic reconnect: back to where we were, with no device check; the server
+  // re-admits this browser's identity without asking the therapist again.
+  onRejoin: () => {
+    if (state.phase === "precall") {
+      page.recovered();
+      return;
+    }
+    page.send(joinMessage());
   },
   onEnded: (msg) => finishEnded(Boolean(msg.checkin)),
   endings: {
@@ -113,7 +123,9 @@ function renderShared(msg) {
 
 function renderCallStage() {
   if (state.phase !== "call" || page.state.finished) return;
-  if (!state.therapistPresent) {
+  if (state.therapistReconnecting) {
+    page.setStage("peer_reconnecting", "Your therapist is reconnecting…", "Please stay on this page. The call continues by itself.");
+  } else if (!state.therapistPresent) {
     page.setStage("waiting", "Your therapist will be with you shortly.", "Please stay on this page.");
   } else if (!state.mediaConnected) {
     page.setStage("connecting", "Connecting to your therapist…");
@@ -155,10 +167,7 @@ el.form.addEventListener("submit", (event) => {
   event.preventDefault();
   if (state.phase !== "precall" || page.state.finished) return;
   page.devices.meter.resume();
-  const name = el.name.value.trim();
-  const msg = { type: "join" };
-  if (name) msg.display_name = name.slice(0, 80);
-  if (!page.send(msg)) {
+  if (!page.send(joinMessage())) {
     page.showError("Not connected to the server. Reload the page and try again.");
     return;
   }
@@ -167,6 +176,13 @@ el.form.addEventListener("submit", (event) => {
   el.join.disabled = true;
   el.join.textContent = "Joining…";
 });
+
+function joinMessage() {
+  const name = el.name.value.trim();
+  const msg = { type: "join" };
+  if (name) msg.display_name = name.slice(0, 80);
+  return msg;
+}
 
 // ---------- pre-join connection check ----------
 const precheck = (() => {
@@ -289,6 +305,7 @@ function connect() {
       if (page.state.finished) return;
       state.phase = "waiting";
       page.setStage("waiting");
+      page.recovered(); // a rejoin that lands in the waiting room has no media to wait for
       el.join.hidden = true;
       el.nameField.hidden = true;
       const lines = [h("strong", {}, "Waiting for your therapist to let you in…")];
@@ -304,6 +321,9 @@ function connect() {
     peer_state: (msg) => {
       if (msg.role !== "therapist") return;
       state.therapistPresent = Boolean(msg.present);
+      state.therapistReconnecting = msg.present
+        ? Boolean(msg.reconnecting)
+        : page.peerAwayAfterOurOutage();
       renderCallStage();
     },
     denied: (msg) => {

@@ -289,7 +289,7 @@ export async function ensurePlaying(video) {
 export class PeerCall {
   constructor({
     signaling, iceServers = [], iceTransportPolicy = "all", local, remoteVideo, onState, onRemoteStream,
-    recoverAfterMs = 5000,
+    onRecover, recoverAfterMs = 5000,
   }) {
     this.signaling = signaling;
     this.iceServers = iceServers;
@@ -298,6 +298,8 @@ export class PeerCall {
     this.remoteVideo = remoteVideo;
     this.onState = onState || (() => {});
     this.onRemoteStream = onRemoteStream || (() => {});
+    // Who rebuilds the connection when it fails (the page, so it can show it); default: start().
+    this.onRecover = onRecover || (() => this.start());
     this.recoverAfterMs = recoverAfterMs;
     this.pc = null;
     this.senders = { audio: null, video: null };
@@ -326,8 +328,21 @@ export class PeerCall {
       iceTransportPolicy: this.iceTransportPolicy === "relay" ? "relay" : "all",
     });
     this.pc = pc;
-    this.remoteStream = new MediaStream();
-    this.remoteVideo.srcObject = this.remoteStream;
+    // A renegotiation keeps showing the old stream (its last frame) until the new one carries
+    // media, so a reconnect never flashes to black.
+    const remote = new MediaStream();
+    if (!this.remoteStream) {
+      this.remoteStream = remote;
+      this.remoteVideo.srcObject = remote;
+    }
+    const show = (track) => {
+      if (generation !== this.generation || this.remoteStream === remote) return;
+      const old = this.remoteStream;
+      this.remoteStream = remote;
+      this.remoteVideo.srcObject = remote;
+      for (const t of old.getTracks()) t.stop();
+      this.onRemoteStream(remote, track);
+    };
 
     const stream = this.local.stream;
     for (const kind of ["audio", "video"]) {
@@ -342,11 +357,18 @@ export class PeerCall {
 
     pc.addEventListener("track", (event) => {
       if (generation !== this.generation) return;
-      const stale = this.remoteStream.getTracks().filter((t) => t.kind === event.track.kind);
-      for (const t of stale) this.remoteStream.removeTrack(t);
-      this.remoteStream.addTrack(event.track);
-      if (this.remoteVideo.srcObject !== this.remoteStream) this.remoteVideo.srcObject = this.remoteStream;
-      this.onRemoteStream(this.remoteStream, event.track);
+      const track = event.track;
+      const stale = remote.getTracks().filter((t) => t.kind === track.kind);
+      for (const t of stale) remote.removeTrack(t);
+      remote.addTrack(track);
+      if (this.remoteStream === remote) {
+        if (this.remoteVideo.srcObject !== remote) this.remoteVideo.srcObject = remote;
+        this.onRemoteStream(remote, track);
+      } else if (!track.muted) {
+        show(track);
+      } else {
+        track.addEventListener("unmute", () => show(track), { once: true });
+      }
     });
     pc.addEventListener("connectionstatechange", () => {
       if (generation !== this.generation) return;
@@ -384,22 +406,27 @@ export class PeerCall {
       this.onState("connected");
     } else if (state === "disconnected" || state === "failed") {
       this.onState(state === "failed" ? "failed" : "reconnecting");
-      this._scheduleRecover();
+      // Failed is final for this connection: rebuild at once. Disconnected may heal by itself.
+      this._scheduleRecover(state === "failed" ? 0 : this.recoverAfterMs);
     } else if (state === "connecting" || state === "new") {
       this.onState("connecting");
     }
   }
 
-  _scheduleRecover() {
-    if (this.recoverTimer || this.closed) return;
+  _scheduleRecover(delayMs = this.recoverAfterMs) {
+    if (this.closed) return;
+    if (this.recoverTimer) {
+      if (delayMs > 0) return;
+      this._clearRecover();
+    }
     this.recoverTimer = setTimeout(() => {
       this.recoverTimer = null;
       if (this.closed || !this.signaling.isOpen) return;
       const state = this.pc ? this.pc.connectionState : "closed";
       if (state === "connected") return;
       this.onState("reconnecting");
-      this.start();
-    }, this.recoverAfterMs);
+      this.onRecover(state === "failed" ? "failed" : "disconnected");
+    }, delayMs);
   }
 
   _clearRecover() {
@@ -444,6 +471,7 @@ export class PeerCall {
       for (const t of this.remoteStream.getTracks()) t.stop();
     }
     this.remoteVideo.srcObject = null;
+    this.remoteStream = null;
     this.onState("closed");
   }
 

@@ -38,7 +38,7 @@ const announce = announcer(byTestId("announcer"));
 const state = {
   joined: false,
   endRequested: false,
-  peer: { present: false, everPresent: false },
+  peer: { present: false, everPresent: false, reconnecting: false },
   lobbyIds: new Set(),
   linkWanted: false,
 };
@@ -75,6 +75,9 @@ const page = createCallPage({
     page.el.main.classList.add("no-side");
   },
   onWelcome: () => page.send({ type: "join" }),
+  // Our own seat may still look open to the server (it has not noticed the old socket die):
+  // only this signed-in therapist can open this socket, so taking it over is safe.
+  onRejoin: () => page.send({ type: "join", takeover: true }),
   onEnded: () => finishEnded(),
   onError: (msg) => {
     if (msg.code === "already_connected") {
@@ -140,6 +143,12 @@ function renderStage() {
       state.lobbyIds.size === 1 ? "Someone is in the waiting room." : `${state.lobbyIds.size} people are in the waiting room.`,
       "Admit or deny them from the waiting room panel.",
     );
+  } else if (state.peer.reconnecting) {
+    page.setStage(
+      "peer_reconnecting",
+      "Your client is reconnecting…",
+      "Their connection dropped. The call continues by itself when they are back; you do not need to do anything.",
+    );
   } else if (!state.peer.present) {
     if (state.peer.everPresent) {
       page.setStage("waiting", "Your client has left the room.", "They can come back with the same link; you will not need to admit them again.");
@@ -170,9 +179,12 @@ function renderLobbySection() {
 
 function renderPeer(p) {
   state.peer.present = Boolean(p.present);
+  state.peer.reconnecting = p.present ? Boolean(p.reconnecting) : page.peerAwayAfterOurOutage();
   if (p.present) state.peer.everPresent = true;
   let text;
-  if (!p.present) {
+  if (state.peer.reconnecting) {
+    text = "Your client is reconnecting…";
+  } else if (!p.present) {
     text = state.peer.everPresent ? "Your client left the room." : "Your client has not joined yet.";
   } else {
     const parts = ["In the room"];
@@ -190,6 +202,7 @@ function renderPeer(p) {
   el.peer.textContent = text;
   el.peer.dataset.present = String(Boolean(p.present));
   el.peer.dataset.media = p.media || "none";
+  el.peer.dataset.reconnecting = String(state.peer.reconnecting);
   renderLobbySection();
   renderStage();
 }
@@ -329,7 +342,8 @@ function connect() {
     peer_state: (msg) => {
       if (msg.role === "client" && !page.state.finished) {
         renderPeer(msg);
-        panel.onPeer(msg);
+        // A held seat is not "together", whatever its last media state was.
+        panel.onPeer(msg.reconnecting ? { ...msg, media: "connecting" } : msg);
       }
     },
   });
