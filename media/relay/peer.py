@@ -33,7 +33,7 @@ from av.frame import Frame
 
 from ..participants import MediaState
 from .frames import FORWARDABLE, EncodedFrame
-from .ice import MediaConfig
+from .ice import PRFLX_WAIT_S, MediaConfig, withhold_end_of_candidates
 from .sdp import SdpError, sanitize_offer
 from .tracks import AudioTap, OutboundTrack
 
@@ -147,6 +147,7 @@ class ParticipantPeer:
         self.frames_in: dict[str, int] = {"audio": 0, "video": 0}
         self.closed = False
         self._stalled = False
+        self._end_of_candidates: asyncio.Task[None] | None = None
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_connection_state)
 
@@ -161,7 +162,7 @@ class ParticipantPeer:
 
     async def answer(self, offer_sdp: str) -> str:
         """Apply a browser offer and return the answer; raise ``SdpError`` if unusable."""
-        cleaned = sanitize_offer(offer_sdp, self._config)
+        cleaned, browser_ended = withhold_end_of_candidates(sanitize_offer(offer_sdp, self._config))
         try:
             # One transceiver per kind, created before the offer is applied so that its codec
             # preferences shape the answer (aiortc fixes the codecs in setRemoteDescription).
@@ -189,7 +190,25 @@ class ParticipantPeer:
             raise SdpError("The offer could not be negotiated.") from exc
         if self.pc.localDescription is None:
             raise SdpError("The offer could not be negotiated.")
+        if browser_ended:
+            self._end_of_candidates = asyncio.ensure_future(self._end_candidates_later())
         return self.pc.localDescription.sdp
+
+    async def _end_candidates_later(self, wait_s: float = PRFLX_WAIT_S) -> None:
+        """Pass the browser's end-of-candidates on once its checks had time to arrive.
+
+        Until then aiortc waits for peer-reflexive candidates instead of failing at once
+        (media/relay/ice.py says why); after it, a browser that never reached us fails ICE
+        as it did before, rather than staying "connecting".
+        """
+        await asyncio.sleep(wait_s)
+        if self.closed or self.pc.iceConnectionState in ("completed", "closed"):
+            return
+        log.info("peer %s: no connectivity check in %.0f s, ending candidates", self.label, wait_s)
+        try:
+            await self.pc.addIceCandidate(None)
+        except Exception:  # a peer closing meanwhile; ICE state says the rest
+            log.exception("peer %s: end-of-candidates failed", self.label)
 
     def _install(self, kind: str, transceiver: RTCRtpTransceiver) -> None:
         """Hook forwarding into the transceiver when the relay forwards and the codec allows."""
@@ -345,6 +364,8 @@ class ParticipantPeer:
         if self.closed:
             return
         self.closed = True
+        if self._end_of_candidates is not None:
+            self._end_of_candidates.cancel()
         for track in self.outbound.values():
             track.stop()
         for forwarder in self.forwarders.values():
