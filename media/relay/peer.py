@@ -204,7 +204,9 @@ class ParticipantPeer:
         await asyncio.sleep(wait_s)
         if self.closed or self.pc.iceConnectionState in ("completed", "closed"):
             return
-        log.info("peer %s: no connectivity check in %.0f s, ending candidates", self.label, wait_s)
+        log.info(
+            "peer %s: not connected in %.0f s, passing end-of-candidates on", self.label, wait_s
+        )
         try:
             await self.pc.addIceCandidate(None)
         except Exception:  # a peer closing meanwhile; ICE state says the rest
