@@ -18,7 +18,7 @@ import pytest
 from av import AudioFrame, VideoFrame
 
 from media.relay.call import Call
-from media.relay.ice import MediaConfig
+from media.relay.ice import MediaConfig, address_allowed, candidate_allowed
 from media.relay.peer import ParticipantPeer
 from media.workers.pool import MediaWorkerPool
 from tests.media_helpers import ColorTrack, FakeBrowser, ToneTrack
@@ -116,9 +116,13 @@ async def _two_way_call(config: MediaConfig, rewrite: Callable[[int], str | None
         )
         # Learned from the checks, never from the offer: no mDNS name was resolved and no
         # filtered address was taken up.
-        remote = _remote_candidates(call.peers["client"])
+        peer = call.peers["client"]
+        remote = _remote_candidates(peer)
         assert remote, "the server peer has no remote candidate"
         assert all(kind == "prflx" and ip == "127.0.0.1" for kind, ip in remote), remote
+        # The address guard sat on the path and let the allowed source through.
+        assert peer.prflx is not None and peer.prflx.installed == 1
+        assert peer.prflx.dropped == 0
     finally:
         await therapist.close()
         await client.close()
@@ -158,3 +162,56 @@ async def test_mdns_only_client_connects_through_a_media_worker() -> None:
         await client.close()
         await call.close()
         await pool.close()
+
+
+async def test_checks_from_a_forbidden_source_are_dropped_unanswered() -> None:
+    """A check's source is held to the candidate filter's rule: here loopback is not allowed,
+    so the client's checks from 127.0.0.1 get no answer and teach the server nothing."""
+    strict = MediaConfig(allow_loopback_candidates=False, media_addresses=("127.0.0.1",))
+    call = Call(strict)
+    client = FakeBrowser()
+    try:
+        answer = await call.connect("client", _rewrite(await client.offer(), _mdns))
+        await client.accept(answer)
+        peer = call.peers["client"]
+        assert peer.prflx is not None and peer.prflx.installed == 1
+        await eventually(
+            lambda: peer.prflx is not None and peer.prflx.dropped >= 3,
+            timeout=WAIT_S,
+            message="the client's checks reaching the guard",
+        )
+        assert _remote_candidates(peer) == []
+        assert peer.stats()["prflx_checks_dropped"] >= 3
+        # No response ever reached the client: none of its candidate pairs succeeded.
+        client_ice = client.pc.getTransceivers()[0].receiver.transport.transport
+        assert client_ice.state in ("checking", "failed"), client_ice.state
+        assert peer.media_state == "connecting"
+    finally:
+        await client.close()
+        await call.close()
+
+
+def test_peer_reflexive_sources_follow_the_candidate_filter_which_is_unchanged() -> None:
+    """The filter keeps its strictness; a check's source address is judged by the same rule."""
+    local = MediaConfig(allow_loopback_candidates=True, media_addresses=("127.0.0.1",))
+    public = MediaConfig(media_addresses=("192.0.2.2",))
+
+    def line(address: str, transport: str = "udp") -> str:
+        return f"candidate:1 1 {transport} 2122252543 {address} 50000 typ host"
+
+    # Never resolved, never contacted, whatever the configuration.
+    for config in (local, public):
+        assert not candidate_allowed(line(f"{uuid.uuid4()}.local"), config)
+        assert not candidate_allowed(line("10.1.2.3", "tcp"), config)
+        for address in ("169.254.169.254", "fe80::1", "224.0.0.251", "0.0.0.0", "240.0.0.1"):
+            assert not candidate_allowed(line(address), config), address
+            assert not address_allowed(address, config), address
+    # Loopback only when allowed; with loopback-only media, nothing else.
+    assert candidate_allowed(line("127.0.0.1"), local) and address_allowed("127.0.0.1", local)
+    assert not candidate_allowed(line("127.0.0.1"), public)
+    assert not address_allowed("127.0.0.1", public)
+    assert not candidate_allowed(line("10.1.2.3"), local)
+    assert not address_allowed("10.1.2.3", local)
+    for address in ("10.1.2.3", "203.0.113.7", "2001:db8::7"):
+        assert candidate_allowed(line(address), public) == address_allowed(address, public)
+    assert address_allowed("203.0.113.7", public)

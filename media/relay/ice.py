@@ -105,6 +105,12 @@ def candidate_allowed(candidate_line: str, config: MediaConfig) -> bool:
         return False  # aioice speaks UDP only; TCP candidates would just fail later.
     if address.endswith(".local"):
         return False  # mDNS names need multicast resolution; the browser also offers srflx/relay.
+    return address_allowed(address, config)
+
+
+def address_allowed(address: str, config: MediaConfig) -> bool:
+    """Whether the server may send to ``address``: an offered candidate's, or the source of a
+    connectivity check it would learn as peer-reflexive (media.aiortc_compat.prflx)."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

@@ -14,6 +14,9 @@ a browser without VP8 gets its own codec and the call transcodes for it.
 The forwarding hooks live in ``media.aiortc_compat``, the one package that touches aiortc's
 private internals, and are imported here only when this peer forwards: a transcoding peer is
 stock aiortc behind its public API, so it keeps working on an aiortc the hooks do not fit.
+The one exception, on every peer, is ``media.aiortc_compat.prflx``, which holds the sources of
+incoming connectivity checks to the candidate filter's rule; on an aiortc it does not fit it
+installs nothing and the peer runs on aioice's own behaviour.
 """
 
 from __future__ import annotations
@@ -33,12 +36,13 @@ from av.frame import Frame
 
 from ..participants import MediaState
 from .frames import FORWARDABLE, EncodedFrame
-from .ice import PRFLX_WAIT_S, MediaConfig, withhold_end_of_candidates
+from .ice import PRFLX_WAIT_S, MediaConfig, address_allowed, withhold_end_of_candidates
 from .sdp import SdpError, sanitize_offer
 from .tracks import AudioTap, OutboundTrack
 
 if TYPE_CHECKING:
     from media.aiortc_compat.forwarding import ForwardingReceiver
+    from media.aiortc_compat.prflx import PrflxGuard
 
 log = logging.getLogger("rapport.media")
 
@@ -148,6 +152,7 @@ class ParticipantPeer:
         self.closed = False
         self._stalled = False
         self._end_of_candidates: asyncio.Task[None] | None = None
+        self.prflx: PrflxGuard | None = None
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_connection_state)
 
@@ -175,6 +180,7 @@ class ParticipantPeer:
                 if self._forward and PREFERRED[kind] in mimes:
                     prefer_codec(transceiver, PREFERRED[kind])
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=cleaned, type="offer"))
+            self._guard_peer_reflexive()
             answer = await self.pc.createAnswer()
             answered = answered_codecs(answer.sdp)
             for kind, transceiver in transceivers.items():
@@ -193,6 +199,15 @@ class ParticipantPeer:
         if browser_ended:
             self._end_of_candidates = asyncio.ensure_future(self._end_candidates_later())
         return self.pc.localDescription.sdp
+
+    def _guard_peer_reflexive(self) -> None:
+        """Judge the sources of incoming checks by the candidate filter's rule, before any can
+        arrive (ICE starts with setLocalDescription). Loaded here only: importing the server
+        must leave aiortc's internals alone (tests/test_aiortc_compat.py)."""
+        from media.aiortc_compat.prflx import guard_peer_reflexive
+
+        config = self._config
+        self.prflx = guard_peer_reflexive(self.pc, lambda address: address_allowed(address, config))
 
     async def _end_candidates_later(self, wait_s: float = PRFLX_WAIT_S) -> None:
         """Pass the browser's end-of-candidates on once its checks had time to arrive.
@@ -298,6 +313,8 @@ class ParticipantPeer:
             }
         if self.tap is not None:
             out["audio_tap"] = self.tap.stats()
+        if self.prflx is not None:
+            out["prflx_checks_dropped"] = self.prflx.dropped
         return out
 
     # ----------------------------------------------------------------- receiving

@@ -185,6 +185,13 @@ def firefox(tmp_path: Path) -> Iterator[Firefox]:
         yield ff
 
 
+def _brief(stats: Any) -> Any:
+    """The stats without the SDP texts, for failure messages."""
+    if not isinstance(stats, dict):
+        return stats
+    return {k: v for k, v in stats.items() if k not in ("sdp", "remoteSdp")}
+
+
 def _grew(before: dict[str, Any], after: dict[str, Any], path: tuple[str, str, str]) -> float:
     section, kind, key = path
     old = float(before[section].get(kind, {}).get(key, 0))
@@ -217,7 +224,11 @@ def _media_flows(stats: Any, name: str) -> None:
         advanced,
         timeout=MEDIA_WAIT_S,
         interval=0.5,
-        message=lambda: f"{name}: media did not advance both ways: {first} -> {last}",
+        message=lambda: (
+            f"{name}: media did not advance both ways: "
+            f"{ {n: _brief(v) for n, v in first.items()} } -> "
+            f"{ {n: _brief(v) for n, v in last.items()} }"
+        ),
     )
 
 
