@@ -9,6 +9,8 @@ Rapport forwards encoded frames through aiortc 1.16.0 by replacing a few private
 - ``forwarding``: the functional hooks (receiver, jitter buffer, sender encoder slot,
   RTCP observers). Importing it runs ``guard.require()``, so it cannot be used on an aiortc
   it was not written for;
+- ``prflx``: holds the sources of incoming ICE checks (peer-reflexive candidates) to the
+  candidate filter's rule, on every peer; installs nothing when its checks fail;
 - ``speed``: equivalent, cheaper replacements for aiortc's clock and bandwidth-estimator
   loops, patched in only by an explicit ``speed.install()``.
 

@@ -18,6 +18,7 @@ from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.jitterbuffer import JitterBuffer
 
 from .pin import AIORTC_VERSION, missing, source, version_problems
+from .prflx import check_prflx
 from .speed import check_speed
 
 
@@ -91,10 +92,11 @@ def _hook_problems() -> list[str]:
 def check_internals() -> list[str]:
     """Return what no longer matches the aiortc internals this package relies on.
 
-    Covers the version pin, every private name the forwarding hooks touch, and the
-    functions the speed patches replace (forwarding feeds aiortc's estimator through them).
+    Covers the version pin, every private name the forwarding hooks touch, the functions the
+    speed patches replace (forwarding feeds aiortc's estimator through them) and the ICE
+    internals the peer-reflexive guard wraps.
     """
-    return version_problems() + _hook_problems() + check_speed()
+    return version_problems() + _hook_problems() + check_speed() + check_prflx()
 
 
 def require() -> None:

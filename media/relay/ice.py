@@ -3,6 +3,15 @@
 aiortc accepts any remote candidate, including loopback, link-local and cloud-metadata
 addresses, which lets a hostile browser aim the server's connectivity checks at internal
 services. Candidates are filtered out of every offer before aiortc sees them.
+
+Filtering can leave a browser with no candidate at all: Firefox offers only mDNS names
+(``<uuid>.local``), a browser behind a NAT without STUN offers only addresses the server cannot
+reach. Such a browser still reaches the server: it has the server's candidates from the answer
+and sends connectivity checks, whose source address is a peer-reflexive candidate (RFC 8445
+7.3.1.3), as SFUs learn it. aioice learns those, but only if it is not told too early that the
+browser has no more candidates: end-of-candidates with none left makes it drop the ICE
+component, gather nothing for the answer and fail at once. So the offer's end-of-candidates is
+withheld from aiortc and given to it only after ``PRFLX_WAIT_S`` without a connection.
 """
 
 from __future__ import annotations
@@ -42,6 +51,25 @@ class MediaConfig:
         )
 
 
+# How long a peer waits for the browser's checks before accepting the browser's own word that
+# it has no more candidates (ICE then fails if none arrived). Long enough for a browser that
+# sends its first check a few seconds late on a loaded machine, short enough that a call that
+# cannot connect says so within the time a person waits for video.
+PRFLX_WAIT_S = 10.0
+END_OF_CANDIDATES = "a=end-of-candidates"
+
+
+def withhold_end_of_candidates(sdp: str) -> tuple[str, bool]:
+    """Return ``sdp`` without its end-of-candidates lines, and whether it had any.
+
+    Lets aiortc keep waiting for peer-reflexive candidates (see the module docstring); the
+    caller signals the end itself later, through aiortc's public ``addIceCandidate(None)``.
+    """
+    lines = sdp.split("\r\n")
+    kept = [line for line in lines if line.strip() != END_OF_CANDIDATES]
+    return "\r\n".join(kept), len(kept) != len(lines)
+
+
 _original_get_host_addresses = aioice.ice.get_host_addresses
 
 
@@ -77,6 +105,12 @@ def candidate_allowed(candidate_line: str, config: MediaConfig) -> bool:
         return False  # aioice speaks UDP only; TCP candidates would just fail later.
     if address.endswith(".local"):
         return False  # mDNS names need multicast resolution; the browser also offers srflx/relay.
+    return address_allowed(address, config)
+
+
+def address_allowed(address: str, config: MediaConfig) -> bool:
+    """Whether the server may send to ``address``: an offered candidate's, or the source of a
+    connectivity check it would learn as peer-reflexive (media.aiortc_compat.prflx)."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

@@ -14,6 +14,9 @@ a browser without VP8 gets its own codec and the call transcodes for it.
 The forwarding hooks live in ``media.aiortc_compat``, the one package that touches aiortc's
 private internals, and are imported here only when this peer forwards: a transcoding peer is
 stock aiortc behind its public API, so it keeps working on an aiortc the hooks do not fit.
+The one exception, on every peer, is ``media.aiortc_compat.prflx``, which holds the sources of
+incoming connectivity checks to the candidate filter's rule; on an aiortc it does not fit it
+installs nothing and the peer runs on aioice's own behaviour.
 """
 
 from __future__ import annotations
@@ -33,12 +36,13 @@ from av.frame import Frame
 
 from ..participants import MediaState
 from .frames import FORWARDABLE, EncodedFrame
-from .ice import MediaConfig
+from .ice import PRFLX_WAIT_S, MediaConfig, address_allowed, withhold_end_of_candidates
 from .sdp import SdpError, sanitize_offer
 from .tracks import AudioTap, OutboundTrack
 
 if TYPE_CHECKING:
     from media.aiortc_compat.forwarding import ForwardingReceiver
+    from media.aiortc_compat.prflx import PrflxGuard
 
 log = logging.getLogger("rapport.media")
 
@@ -147,6 +151,8 @@ class ParticipantPeer:
         self.frames_in: dict[str, int] = {"audio": 0, "video": 0}
         self.closed = False
         self._stalled = False
+        self._end_of_candidates: asyncio.Task[None] | None = None
+        self.prflx: PrflxGuard | None = None
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_connection_state)
 
@@ -161,7 +167,7 @@ class ParticipantPeer:
 
     async def answer(self, offer_sdp: str) -> str:
         """Apply a browser offer and return the answer; raise ``SdpError`` if unusable."""
-        cleaned = sanitize_offer(offer_sdp, self._config)
+        cleaned, browser_ended = withhold_end_of_candidates(sanitize_offer(offer_sdp, self._config))
         try:
             # One transceiver per kind, created before the offer is applied so that its codec
             # preferences shape the answer (aiortc fixes the codecs in setRemoteDescription).
@@ -174,6 +180,7 @@ class ParticipantPeer:
                 if self._forward and PREFERRED[kind] in mimes:
                     prefer_codec(transceiver, PREFERRED[kind])
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=cleaned, type="offer"))
+            self._guard_peer_reflexive()
             answer = await self.pc.createAnswer()
             answered = answered_codecs(answer.sdp)
             for kind, transceiver in transceivers.items():
@@ -189,7 +196,36 @@ class ParticipantPeer:
             raise SdpError("The offer could not be negotiated.") from exc
         if self.pc.localDescription is None:
             raise SdpError("The offer could not be negotiated.")
+        if browser_ended:
+            self._end_of_candidates = asyncio.ensure_future(self._end_candidates_later())
         return self.pc.localDescription.sdp
+
+    def _guard_peer_reflexive(self) -> None:
+        """Judge the sources of incoming checks by the candidate filter's rule, before any can
+        arrive (ICE starts with setLocalDescription). Loaded here only: importing the server
+        must leave aiortc's internals alone (tests/test_aiortc_compat.py)."""
+        from media.aiortc_compat.prflx import guard_peer_reflexive
+
+        config = self._config
+        self.prflx = guard_peer_reflexive(self.pc, lambda address: address_allowed(address, config))
+
+    async def _end_candidates_later(self, wait_s: float = PRFLX_WAIT_S) -> None:
+        """Pass the browser's end-of-candidates on once its checks had time to arrive.
+
+        Until then aiortc waits for peer-reflexive candidates instead of failing at once
+        (media/relay/ice.py says why); after it, a browser that never reached us fails ICE
+        as it did before, rather than staying "connecting".
+        """
+        await asyncio.sleep(wait_s)
+        if self.closed or self.pc.iceConnectionState in ("completed", "closed"):
+            return
+        log.info(
+            "peer %s: not connected in %.0f s, passing end-of-candidates on", self.label, wait_s
+        )
+        try:
+            await self.pc.addIceCandidate(None)
+        except Exception:  # a peer closing meanwhile; ICE state says the rest
+            log.exception("peer %s: end-of-candidates failed", self.label)
 
     def _install(self, kind: str, transceiver: RTCRtpTransceiver) -> None:
         """Hook forwarding into the transceiver when the relay forwards and the codec allows."""
@@ -277,6 +313,8 @@ class ParticipantPeer:
             }
         if self.tap is not None:
             out["audio_tap"] = self.tap.stats()
+        if self.prflx is not None:
+            out["prflx_checks_dropped"] = self.prflx.dropped
         return out
 
     # ----------------------------------------------------------------- receiving
@@ -345,6 +383,8 @@ class ParticipantPeer:
         if self.closed:
             return
         self.closed = True
+        if self._end_of_candidates is not None:
+            self._end_of_candidates.cancel()
         for track in self.outbound.values():
             track.stop()
         for forwarder in self.forwarders.values():
