@@ -30,13 +30,13 @@ from .routes import admin, auth, checkin, pages, preferences, sessions, summary,
 from .security import new_token, token_hash
 from .settings import Settings
 from .throttle import LoginThrottle
+from .turn import turn_issuer
 from .web_security import (
     CONTENT_SECURITY_POLICY,
     SAFE_METHODS,
     metrics_refusal,
     same_origin,
 )
-from .turn import turn_issuer
 
 log = logging.getLogger("rapport")
 

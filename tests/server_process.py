@@ -47,6 +47,12 @@ class RapportServer:
     users: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """The running server process (started by ``rapport_server_process``)."""
+        assert self.proc is not None, "the server was never started"
+        return self.proc
+
+    @property
     def ws_url(self) -> str:
         return self.base_url.replace("http://", "ws://")
 
@@ -76,8 +82,7 @@ class RapportServer:
         def healthy() -> bool:
             if proc.poll() is not None:
                 pytest.fail(
-                    f"server exited with {proc.returncode} before it was ready:\n"
-                    f"{self.log_tail()}"
+                    f"server exited with {proc.returncode} before it was ready:\n{self.log_tail()}"
                 )
             try:
                 return httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200

@@ -123,7 +123,7 @@ async def test_sigterm_drains_the_live_call_then_exits_by_the_deadline(
         message="signals stored before the signal",
     )
 
-    server.proc.send_signal(signal.SIGTERM)
+    server.process.send_signal(signal.SIGTERM)
     signalled = time.monotonic()
     ready = await eventually(
         lambda: _readyz(server), timeout=1.0, interval=0.05, message="/readyz answers"
@@ -161,16 +161,16 @@ async def test_sigterm_drains_the_live_call_then_exits_by_the_deadline(
         timeout=8,
         message="RTP still flowing later in the drain",
     )
-    assert server.proc.poll() is None, "the server exited while its call was live"
+    assert server.process.poll() is None, "the server exited while its call was live"
 
     # At the deadline the rooms close with 1012 (reconnect to the next process) and it exits.
     assert await _closed_with(t) == 1012
     assert await _closed_with(c) == 1012
-    server.proc.wait(timeout=DRAIN_TIMEOUT_S + 15)
+    server.process.wait(timeout=DRAIN_TIMEOUT_S + 15)
     exited_after = time.monotonic() - signalled
     print(f"\ndrain: exit {exited_after:.1f} s after SIGTERM (deadline {DRAIN_TIMEOUT_S} s)")
     assert DRAIN_TIMEOUT_S - 1 <= exited_after <= DRAIN_TIMEOUT_S + 10
-    assert server.proc.returncode == 0, server.log_tail()
+    assert server.process.returncode == 0, server.log_tail()
     log = server.log_tail()
     for step in ("drain started: 1 live call", "drain deadline reached", "drain finished"):
         assert step in log, log
@@ -196,20 +196,20 @@ async def test_a_second_sigterm_exits_at_once(draining_server: RapportServer) ->
     await t.send({"type": "agenda_add", "text": "Plan for the holidays"})
     await _agenda_with(t, "Plan for the holidays")
 
-    server.proc.send_signal(signal.SIGTERM)
+    server.process.send_signal(signal.SIGTERM)
     ready = await eventually(
         lambda: _readyz(server), timeout=1.0, interval=0.05, message="/readyz answers"
     )
     assert ready.status_code == 503
     await t.send({"type": "ping", "t": 1})
     await t.expect("pong")
-    assert server.proc.poll() is None  # a live call: the first signal only drains
+    assert server.process.poll() is None  # a live call: the first signal only drains
 
-    server.proc.send_signal(signal.SIGTERM)
+    server.process.send_signal(signal.SIGTERM)
     signalled = time.monotonic()
     assert await _closed_with(t) == 1012
     assert await _closed_with(c) == 1012
-    server.proc.wait(timeout=15)
+    server.process.wait(timeout=15)
     print(f"\nsecond SIGTERM: exit {time.monotonic() - signalled:.1f} s later (deadline 600 s)")
     assert "received again: exiting now" in server.log_tail()
     row = await _stored(server, session["id"])

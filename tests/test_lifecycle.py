@@ -191,7 +191,7 @@ async def test_join_leave_cycles_leave_no_residue(soak_server: RapportServer) ->
         assert response.status_code == 200, response.text
     health = (await admin.get("/api/admin/health")).json()
     worker_pid = int(health["media_workers"][0]["pid"])
-    pids = {"server": server.proc.pid, "worker": worker_pid}
+    pids = {"server": server.process.pid, "worker": worker_pid}
 
     # One session held open by the therapist, with media; the client comes and goes.
     session, t, c, client_cookie = await open_room(server.ws_url, therapist)

@@ -41,6 +41,8 @@ DRAINING_MESSAGE = (
 def _live_room(rooms: RoomRegistry, session_id: str) -> bool:
     room = rooms.get(session_id)
     return room is not None and bool(room.members)
+
+
 async def _too_many_connects(ws: WebSocket, identity: str) -> bool:
     """Socket opens per identity and session are limited (``ConnectLimiter``): a page
     retrying in a tight loop is told so and closed with 4429, and retries later."""
