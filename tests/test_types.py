@@ -189,4 +189,6 @@ def test_quality_incident_keeps_its_wire_name_from() -> None:
         "from": "good",
         "to": "poor",
         "score": 40.0,
+        "kind": "quality",
+        "detail": "",
     }
