@@ -26,15 +26,10 @@ import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
+from tests.server_process import THERAPIST_EMAIL, THERAPIST_PASSWORD, RapportServer
 from tests.support import eventually_sync
 
-from .conftest import (
-    THERAPIST_EMAIL,
-    THERAPIST_PASSWORD,
-    Browsers,
-    RapportServer,
-    serve_rapport,
-)
+from .conftest import Browsers, serve_rapport
 from .helpers import new_page, wait_for, wait_video
 
 pytestmark = pytest.mark.browser
