@@ -25,6 +25,8 @@ THERAPIST_EMAIL = "therapist@example.test"
 THERAPIST_PASSWORD = "quiet-harbour-2417"
 ADMIN_EMAIL = "admin@example.test"
 ADMIN_PASSWORD = "steady-lantern-9035"
+# For tests that exercise HTTP only: no media worker processes to start.
+NO_MEDIA = {"RAPPORT_MEDIA_WORKERS": "0"}
 USERS = (
     (THERAPIST_EMAIL, THERAPIST_PASSWORD, "therapist", "Dr. Ellis Moreau"),
     (ADMIN_EMAIL, ADMIN_PASSWORD, "admin", "Sam Admin"),
@@ -51,6 +53,21 @@ class RapportServer:
         """The running server process (started by ``rapport_server_process``)."""
         assert self.proc is not None, "the server was never started"
         return self.proc
+
+    @property
+    def url(self) -> str:
+        return self.base_url
+
+    @property
+    def database_url(self) -> str:
+        return self.env["RAPPORT_DATABASE_URL"]
+
+    def rss_kib(self) -> int:
+        """Resident memory of the server process, from /proc."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS line")
 
     @property
     def ws_url(self) -> str:
@@ -136,8 +153,11 @@ class RapportServer:
 
 
 @contextlib.contextmanager
-def rapport_server_process(tmp: Path, env: dict[str, str] | None = None) -> Iterator[RapportServer]:
-    """Start a server with a therapist and an admin account; stop it on exit.
+def rapport_server_process(
+    tmp: Path, env: dict[str, str] | None = None, *, accounts: bool = True
+) -> Iterator[RapportServer]:
+    """Start a server with a therapist and an admin account (unless ``accounts`` is false);
+    stop it on exit.
 
     ``env`` adds or overrides ``RAPPORT_*`` settings for this server.
     """
@@ -160,7 +180,7 @@ def rapport_server_process(tmp: Path, env: dict[str, str] | None = None) -> Iter
     server = RapportServer(base_url=base_url, env=full_env, log_path=log_path, port=port)
     try:
         server.start()
-        for email, password, role, name in USERS:
+        for email, password, role, name in USERS if accounts else ():
             # Not a tty, so the CLI reads one line from stdin (a tty would prompt twice).
             result = server.cli(
                 "user", "add", email, "--role", role, "--name", name, stdin=f"{password}\n"

@@ -13,13 +13,13 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import InProcessApp
-from tests.security_server import ChildServer, child_server
+from tests.server_process import NO_MEDIA, RapportServer, rapport_server_process
 
 FIFTY_MB = 50 * 1024 * 1024
 CHUNK = b"x" * (64 * 1024)
 
 
-def post_huge(server: ChildServer, *, chunked: bool) -> bytes:
+def post_huge(server: RapportServer, *, chunked: bool) -> bytes:
     """Send up to 50 MB as fast as the server takes it; return what the server answered."""
     port = int(server.url.rsplit(":", 1)[1])
     length = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {FIFTY_MB}"
@@ -53,7 +53,7 @@ def post_huge(server: ChildServer, *, chunked: bool) -> bytes:
 
 
 def test_fifty_megabyte_login_post_is_refused_cheaply(tmp_path: Path) -> None:
-    with child_server(tmp_path) as server:
+    with rapport_server_process(tmp_path, NO_MEDIA, accounts=False) as server:
         httpx.get(f"{server.url}/login")  # warm up the routes once
         before = server.rss_kib()
         declared = post_huge(server, chunked=False)

@@ -19,7 +19,7 @@ from server.db import Database
 from server.models import AuditEvent, UserRole
 from server.settings import Settings
 from tests.conftest import PASSWORD, InProcessApp, add_user
-from tests.security_server import child_server
+from tests.server_process import NO_MEDIA, rapport_server_process
 
 FLOOD_CLIENTS = 8
 FLOOD_SECONDS = 4.0
@@ -38,10 +38,14 @@ def percentile(values: list[float], q: float) -> float:
 async def test_login_flood_does_not_stall_the_event_loop(tmp_path: Path) -> None:
     # Throttling is lifted so that every attempt costs a real argon2 verification: the worst
     # case, as from many addresses at once. (test_login_is_throttled_* cover the throttle.)
-    with child_server(
+    with rapport_server_process(
         tmp_path,
-        RAPPORT_LOGIN_ATTEMPTS_PER_ADDRESS="100000 per minute",
-        RAPPORT_LOGIN_ATTEMPTS_PER_ACCOUNT="100000 per minute",
+        {
+            **NO_MEDIA,
+            "RAPPORT_LOGIN_ATTEMPTS_PER_ADDRESS": "100000 per minute",
+            "RAPPORT_LOGIN_ATTEMPTS_PER_ACCOUNT": "100000 per minute",
+        },
+        accounts=False,
     ) as server:
         await add_user(
             Settings(database_url=server.database_url), "dr.t@example.org", UserRole.THERAPIST

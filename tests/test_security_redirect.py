@@ -19,7 +19,7 @@ from server.models import UserRole
 from server.security import safe_next
 from server.settings import Settings
 from tests.conftest import PASSWORD, InProcessApp, add_user
-from tests.security_server import child_server
+from tests.server_process import NO_MEDIA, rapport_server_process
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -62,7 +62,7 @@ async def test_login_page_drops_an_off_site_next(api: InProcessApp) -> None:
 
 @pytest.mark.browser
 def test_browser_never_leaves_the_site_after_sign_in(tmp_path: Path) -> None:
-    with child_server(tmp_path) as server:
+    with rapport_server_process(tmp_path, NO_MEDIA, accounts=False) as server:
         settings = Settings(database_url=server.database_url)
         asyncio.run(add_user(settings, "dr.t@example.org", UserRole.THERAPIST))
         blocked: list[str] = []
