@@ -41,7 +41,10 @@ def _serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level="warning",
-        ws_max_size=settings.max_message_bytes,
+        # The transport drops a frame over 4x the message limit (close 1009) before reading it
+        # into memory; a frame a little over the limit still reaches the room, which answers
+        # with a precise `too_large` error and counts it against the sender's flood budget.
+        ws_max_size=4 * settings.max_message_bytes,
         proxy_headers=True,
         # Only reached after a drain or a second signal: do not hang on a stuck connection.
         timeout_graceful_shutdown=5,
