@@ -164,9 +164,14 @@ async def test_mdns_only_client_connects_through_a_media_worker() -> None:
         await pool.close()
 
 
-async def test_checks_from_a_forbidden_source_are_dropped_unanswered() -> None:
+async def test_checks_from_a_forbidden_source_are_dropped_unanswered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A check's source is held to the candidate filter's rule: here loopback is not allowed,
-    so the client's checks from 127.0.0.1 get no answer and teach the server nothing."""
+    so the client's checks from 127.0.0.1 get no answer and teach the server nothing; once the
+    wait for checks is over the server passes the browser's end-of-candidates on and the
+    peer fails instead of staying "connecting"."""
+    monkeypatch.setattr("media.relay.ice.PRFLX_WAIT_S", 2.0)
     strict = MediaConfig(allow_loopback_candidates=False, media_addresses=("127.0.0.1",))
     call = Call(strict)
     client = FakeBrowser()
@@ -185,7 +190,12 @@ async def test_checks_from_a_forbidden_source_are_dropped_unanswered() -> None:
         # No response ever reached the client: none of its candidate pairs succeeded.
         client_ice = client.pc.getTransceivers()[0].receiver.transport.transport
         assert client_ice.state in ("checking", "failed"), client_ice.state
-        assert peer.media_state == "connecting"
+        await eventually(
+            lambda: peer.pc.iceConnectionState == "failed" and peer.media_state == "none",
+            timeout=WAIT_S,
+            message=lambda: f"ICE {peer.pc.iceConnectionState}, media {peer.media_state}",
+        )
+        assert _remote_candidates(peer) == []
     finally:
         await client.close()
         await call.close()

@@ -35,8 +35,9 @@ from av import AudioFrame
 from av.frame import Frame
 
 from ..participants import MediaState
+from . import ice
 from .frames import FORWARDABLE, EncodedFrame
-from .ice import PRFLX_WAIT_S, MediaConfig, address_allowed, withhold_end_of_candidates
+from .ice import MediaConfig, address_allowed, withhold_end_of_candidates
 from .sdp import SdpError, sanitize_offer
 from .tracks import AudioTap, OutboundTrack
 
@@ -209,13 +210,14 @@ class ParticipantPeer:
         config = self._config
         self.prflx = guard_peer_reflexive(self.pc, lambda address: address_allowed(address, config))
 
-    async def _end_candidates_later(self, wait_s: float = PRFLX_WAIT_S) -> None:
+    async def _end_candidates_later(self) -> None:
         """Pass the browser's end-of-candidates on once its checks had time to arrive.
 
         Until then aiortc waits for peer-reflexive candidates instead of failing at once
         (media/relay/ice.py says why); after it, a browser that never reached us fails ICE
         as it did before, rather than staying "connecting".
         """
+        wait_s = ice.PRFLX_WAIT_S  # read when used, so a test can shorten it
         await asyncio.sleep(wait_s)
         if self.closed or self.pc.iceConnectionState in ("completed", "closed"):
             return

@@ -3,7 +3,7 @@
 Playwright drives only its own patched Firefox builds; Debian's ``firefox-esr`` speaks the
 W3C WebDriver BiDi protocol (JSON commands and events over one WebSocket, opened with
 ``--remote-debugging-port``). The handful of commands a browser test needs (session.new,
-browsingContext.navigate, script.evaluate / callFunction, script.addPreloadScript,
+browsingContext.navigate, script.evaluate, script.addPreloadScript,
 input.performActions) fit in a synchronous client on ``websockets``, which keeps npm out of
 the test command and works beside Playwright's sync API in the same thread.
 
@@ -13,9 +13,14 @@ encoding is needed only for element references (a click needs the element's ``sh
 Firefox starts with a fresh profile whose preferences are Firefox's defaults except fake media
 devices and everything that would reach the network on its own (updates, telemetry, safe
 browsing, remote settings, captive portal and connectivity checks, add-on and plugin
-downloads, DNS over HTTPS, prefetching); all non-local HTTP goes to a dead proxy on
-127.0.0.1 as a backstop. WebRTC preferences are left alone: host candidates stay hidden
-behind mDNS names, as for any Firefox user.
+downloads, DNS over HTTPS, prefetching). A release build ignores the remote-settings server
+preference unless ``MOZ_DISABLE_NONLOCAL_CONNECTIONS=1`` is set, as Mozilla's own test
+harnesses do; with it, the dummy server URL turns remote settings off (without it Firefox
+asked for firefox.settings.services.mozilla.com 130 times in 25 s). All non-local HTTP goes
+to a proxy on 127.0.0.1 that answers nothing and records what was asked of it
+(``ProxySentinel``), so a test can assert that Firefox tried to reach nothing beyond this
+machine. WebRTC preferences are left alone: host candidates stay hidden behind mDNS names, as
+for any Firefox user.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -84,7 +90,7 @@ QUIET_PREFS: dict[str, Any] = {
     "browser.safebrowsing.provider.google4.updateURL": "",
     "browser.safebrowsing.provider.google.updateURL": "",
     "browser.safebrowsing.provider.mozilla.updateURL": "",
-    "services.settings.server": "http://127.0.0.1:9/v1",
+    "services.settings.server": "data:,#remote-settings-dummy/v1",
     "network.captive-portal-service.enabled": False,
     "network.connectivity-service.enabled": False,
     "captivedetect.canonicalURL": "",
@@ -109,15 +115,50 @@ QUIET_PREFS: dict[str, Any] = {
     "network.http.speculative-parallel-limit": 0,
     "browser.places.speculativeConnect.enabled": False,
     "browser.urlbar.speculativeConnect.enabled": False,
-    # Backstop: any HTTP(S) not to this machine goes to a port nothing listens on. Firefox never
-    # proxies localhost (network.proxy.allow_hijacking_localhost is false by default).
+    # Backstop: any HTTP(S) not to this machine goes to the sentinel proxy (its port is added
+    # at launch). Firefox never proxies localhost (network.proxy.allow_hijacking_localhost is
+    # false by default).
     "network.proxy.type": 1,
     "network.proxy.http": "127.0.0.1",
-    "network.proxy.http_port": 9,
     "network.proxy.ssl": "127.0.0.1",
-    "network.proxy.ssl_port": 9,
     "network.proxy.no_proxies_on": "",
 }
+
+
+class ProxySentinel:
+    """A proxy on 127.0.0.1 that serves nothing and records the first line of each request
+    ("CONNECT host:443 HTTP/1.1", "GET http://host/ HTTP/1.1"): Firefox's attempts to reach
+    anything off this machine."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._sock.settimeout(0.2)
+        self.port = int(self._sock.getsockname()[1])
+        self.requests: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="proxy-sentinel", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    first = conn.recv(4096).split(b"\r\n", 1)[0]
+                except OSError:
+                    first = b"(nothing read)"
+                self.requests.append(first.decode("latin-1"))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sock.close()
 
 
 class BiDiError(RuntimeError):
@@ -260,6 +301,7 @@ class Firefox:
     bidi: BiDi
     tab: Tab
     log_path: Path
+    proxy: ProxySentinel
     preload_scripts: list[str] = field(default_factory=list)
 
     def add_preload_script(self, function: str) -> None:
@@ -291,10 +333,19 @@ def launch_firefox(
     if not Path(FIREFOX).exists():
         raise FileNotFoundError(f"{FIREFOX} is not installed (apt-get install firefox-esr)")
     profile = workdir / "firefox-profile"
-    write_profile(profile, {**QUIET_PREFS, **FAKE_MEDIA_PREFS, **(extra_prefs or {})})
+    proxy = ProxySentinel()
+    proxy_ports = {"network.proxy.http_port": proxy.port, "network.proxy.ssl_port": proxy.port}
+    write_profile(
+        profile, {**QUIET_PREFS, **proxy_ports, **FAKE_MEDIA_PREFS, **(extra_prefs or {})}
+    )
     port = _free_port()
     log_path = workdir / "firefox.log"
-    env = {**os.environ, "MOZ_CRASHREPORTER_DISABLE": "1", "MOZ_HEADLESS": "1"}
+    env = {
+        **os.environ,
+        "MOZ_CRASHREPORTER_DISABLE": "1",
+        "MOZ_HEADLESS": "1",
+        "MOZ_DISABLE_NONLOCAL_CONNECTIONS": "1",
+    }
     env.pop("DISPLAY", None)
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
@@ -330,7 +381,7 @@ def launch_firefox(
         bidi.command("session.subscribe", {"events": ["log.entryAdded"]})
         tree = bidi.command("browsingContext.getTree", {"maxDepth": 0})
         tab = Tab(bidi, tree["contexts"][0]["context"])
-        yield Firefox(process=process, bidi=bidi, tab=tab, log_path=log_path)
+        yield Firefox(process=process, bidi=bidi, tab=tab, log_path=log_path, proxy=proxy)
     finally:
         if bidi is not None:
             with contextlib.suppress(BiDiError, WebSocketException, OSError):
@@ -342,4 +393,5 @@ def launch_firefox(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
+        proxy.close()
         shutil.rmtree(profile, ignore_errors=True)

@@ -307,6 +307,8 @@ def test_firefox_client_with_chromium_therapist_video_and_audio_both_ways(
         _media_flows(stats, "firefox client / chromium therapist")
         expect(t.get_by_test_id("connection-status")).to_have_text("Connected")
         assert not [line for line in console_log if "pageerror" in line], console_log
+        # Firefox asked for nothing beyond this machine (its only way out is the sentinel).
+        assert firefox.proxy.requests == [], firefox.proxy.requests
     finally:
         console_log.extend(firefox.console())
         t_ctx.close()
