@@ -12,14 +12,16 @@ import logging
 import re
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from server.app import create_app
 from server.settings import Settings
 from server.turn import TurnIssuer, opaque_id, turn_credential
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, make_settings
 from tests.signaling_helpers import (
     Participant,
     invite_token,
@@ -153,6 +155,21 @@ def test_relay_policy_accepts_a_static_turn_server(monkeypatch: pytest.MonkeyPat
         '[{"urls": ["turns:t.example.org:5349"], "username": "u", "credential": "p"}]',
     )
     assert Settings().ice_transport_policy == "relay"
+
+
+def test_the_server_peers_use_their_own_ice_configuration(tmp_path: Path) -> None:
+    """The server is publicly reachable: the browsers' relays are not for its own peers."""
+    fixed = [{"urls": "turn:fixed.example.org:3478", "username": "u", "credential": "p"}]
+    browsers_only = make_settings(
+        tmp_path, 8000, media_workers=0, ice_servers=fixed, turn_urls=TURN_URLS, turn_secret=SECRET
+    )
+    media = create_app(browsers_only).state.rooms.media_config
+    assert media.rtc_configuration().iceServers == []
+    own = make_settings(
+        tmp_path, 8000, media_workers=0, server_ice_servers=[{"urls": "stun:s.example.org"}]
+    )
+    media = create_app(own).state.rooms.media_config
+    assert [s.urls for s in media.rtc_configuration().iceServers] == ["stun:s.example.org"]
 
 
 # ----------------------------------------------------------------- the protocol

@@ -29,6 +29,8 @@ from aiortc import RTCConfiguration, RTCIceServer
 class MediaConfig:
     """What the media layer needs to know about the deployment."""
 
+    # The server's own peers only (RAPPORT_SERVER_ICE_SERVERS): the browsers' TURN credentials
+    # are per participant and never reach the media layer.
     ice_servers: Sequence[dict[str, Any]] = ()
     allow_loopback_candidates: bool = False
     media_addresses: Sequence[str] = field(default_factory=tuple)

@@ -98,9 +98,11 @@ def wait_for(
     )
 
 
-def wait_video(page: Page, key: str, selector: str, min_frames: int = 10) -> Any:
+def wait_video(
+    page: Page, key: str, selector: str, min_frames: int = 10, timeout_ms: float = WAIT_MS
+) -> Any:
     return page.wait_for_function(
-        VIDEO_PLAYING_JS, arg=[selector, key, min_frames], polling=200, timeout=WAIT_MS
+        VIDEO_PLAYING_JS, arg=[selector, key, min_frames], polling=200, timeout=timeout_ms
     ).json_value()
 
 
