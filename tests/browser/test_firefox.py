@@ -7,39 +7,31 @@ connectivity checks (peer-reflexive). The test checks that this is the case it e
 every candidate in Firefox's offer is a ``.local`` name.
 
 Firefox is driven over WebDriver BiDi (tests/browser/bidi.py), the therapist through
-Playwright's chromium. The server listens on 127.0.0.1, but its media uses this machine's own
-non-loopback address: Firefox with default preferences gathers no loopback candidate and does
-not pair its host candidates with a loopback one, so a loopback-only media server could never
-receive its checks. Packets between the browsers and the server still never leave this
-machine (the kernel delivers traffic to a local address through loopback).
+Playwright's chromium. The server listens on 127.0.0.1, but its media uses a throwaway address
+on a veth pair that leads nowhere (see ``private_address``): Firefox with default preferences
+gathers no loopback candidate and does not pair its host candidates with a loopback one, so a
+loopback-only media server could never receive its checks. Nothing off this machine can reach
+that address, and no packet leaves it.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import contextlib
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-import ifaddr
 import pytest
 from playwright.sync_api import expect
 
+from tests.server_process import RapportServer
 from tests.support import eventually_sync
 
 from .bidi import FIREFOX, Firefox, launch_firefox
-from .conftest import (
-    REPO_ROOT,
-    THERAPIST_EMAIL,
-    THERAPIST_PASSWORD,
-    RapportServer,
-    _free_port,
-)
+from .conftest import serve_rapport
 from .helpers import new_page, stage_in
 
 Browsers = Any
@@ -99,81 +91,45 @@ WAITING_JS = """() => {
 _CANDIDATE = re.compile(r"^a=candidate:\S+ \d \S+ \d+ (\S+) \d+ typ (\S+)", re.M)
 
 
-def _host_address() -> str | None:
-    """An IPv4 address of this machine that is not loopback or link-local, if any."""
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            if isinstance(ip.ip, str):
-                address = ipaddress.ip_address(ip.ip)
-                if not (address.is_loopback or address.is_link_local):
-                    return str(address)
-    return None
+@contextlib.contextmanager
+def private_address() -> Iterator[str]:
+    """A throwaway address on a veth pair of this machine, for the media sockets.
+
+    Firefox with default preferences gathers no loopback candidate and does not pair its host
+    candidates with a loopback one, so a loopback-only media server could never receive its
+    checks. An address on a veth pair whose other end goes nowhere is local to this machine, routed by nobody else and
+    removed afterwards: unlike the machine's own network address, nothing off this machine can
+    reach the media sockets bound to it.
+    """
+    name = f"rapport{os.getpid() % 100000}"
+    address = "198.18.77.1"  # RFC 2544 benchmarking range: never a real host's address
+    subprocess.run(
+        ["ip", "link", "add", name, "type", "veth", "peer", "name", f"{name}p"],
+        check=True,
+        timeout=10,
+    )
+    try:
+        subprocess.run(["ip", "addr", "add", f"{address}/32", "dev", name], check=True, timeout=10)
+        for link in (name, f"{name}p"):
+            subprocess.run(["ip", "link", "set", link, "up"], check=True, timeout=10)
+        yield address
+    finally:
+        subprocess.run(["ip", "link", "del", name], check=False, timeout=10)
 
 
 @pytest.fixture(scope="module")
 def host_media_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RapportServer]:
     """The Rapport server on 127.0.0.1 whose media sockets use this machine's own address."""
-    media_address = _host_address()
-    if media_address is None:
-        pytest.fail("this machine has no non-loopback IPv4 address for the media sockets")
-    tmp = tmp_path_factory.mktemp("rapport-firefox")
-    port = _free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "RAPPORT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp / 'rapport.db'}",
-        "RAPPORT_PUBLIC_URL": base_url,
-        "RAPPORT_MEDIA_ADDRESSES": f'["{media_address}"]',
-        "RAPPORT_ALLOW_LOOPBACK_CANDIDATES": "true",
-        "RAPPORT_LOG_JSON": "false",
-        "PYTHONUNBUFFERED": "1",
-    }
-    log_path = tmp / "server.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "server.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                f"{port}",
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    server = RapportServer(base_url=base_url, env=env, log_path=log_path, proc=proc)
-    try:
+    with private_address() as media_address:
+        yield from _media_server(tmp_path_factory, media_address)
 
-        def healthy() -> bool:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{server.log_tail()}")
-            try:
-                return httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
 
-        eventually_sync(
-            healthy, timeout=60, interval=0.2, message=lambda: f"server:\n{server.log_tail()}"
-        )
-        result = server.cli(
-            "user", "add", THERAPIST_EMAIL, "--role", "therapist", "--name", "Dr. Ellis Moreau",
-            stdin=f"{THERAPIST_PASSWORD}\n",
-        )  # fmt: skip
-        assert result.returncode == 0, result.stdout + result.stderr
-        server.users["therapist"] = (THERAPIST_EMAIL, THERAPIST_PASSWORD)
+def _media_server(
+    tmp_path_factory: pytest.TempPathFactory, media_address: str
+) -> Iterator[RapportServer]:
+    env = {"RAPPORT_MEDIA_ADDRESSES": f'["{media_address}"]'}
+    with serve_rapport(tmp_path_factory.mktemp("rapport-firefox"), env) as server:
         yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 @pytest.fixture
