@@ -18,6 +18,7 @@ import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
+from .conftest import Browsers, DialogueWavs, browser_pair
 from .helpers import VIDEO_PLAYING_JS, new_page, stage_in, wait_for
 
 pytestmark = pytest.mark.browser
@@ -93,7 +94,16 @@ def login(server: Any, email: str, password: str) -> httpx.Client:
 
 
 @pytest.fixture(scope="module")
-def call(rapport_server: Any, browsers: Any) -> Iterator[Call]:
+def own_browsers(dialogue_wavs: DialogueWavs) -> Iterator[Browsers]:
+    """Browsers of this module only: the session-wide pair must not be running while another
+    module (test_room_echo) starts its own Playwright, and this module sorts first."""
+    with browser_pair(dialogue_wavs.therapist, dialogue_wavs.client) as pair:
+        yield pair
+
+
+@pytest.fixture(scope="module")
+def call(rapport_server: Any, own_browsers: Browsers) -> Iterator[Call]:
+    browsers = own_browsers
     server = rapport_server
     log: list[str] = []
     email, password = add_therapist(server)

@@ -275,6 +275,7 @@ export function createCallPage(options) {
     let lastGrowth = performance.now();
     let lastPc = null;
     let busy = false;
+    let strikes = 0; // renegotiations in a row that brought no media: wait longer each time
     const reset = () => {
       lastBytes = -1;
       lastGrowth = performance.now();
@@ -299,9 +300,11 @@ export function createCallPage(options) {
         });
         if (pc !== (state.call && state.call.pc)) return;
         if (bytes > lastBytes) {
+          if (lastBytes >= 0) strikes = 0;
           lastBytes = bytes;
           lastGrowth = performance.now();
-        } else if (performance.now() - lastGrowth > NO_MEDIA_RENEGOTIATE_MS) {
+        } else if (performance.now() - lastGrowth > NO_MEDIA_RENEGOTIATE_MS * 2 ** Math.min(strikes, 4)) {
+          strikes += 1;
           renegotiate("no inbound media");
         }
       } catch {
@@ -425,6 +428,10 @@ export function createCallPage(options) {
         // Our own background quality report was refused; nothing the person can act on.
         console.warn("stats report refused:", msg.message);
         return;
+      }
+      if (msg.ref === "offer" && msg.code === "media_failed" && !state.finished) {
+        // The media engine went away under the offer (e.g. a worker restarted): try again.
+        setTimeout(() => renegotiate("the media server was unavailable"), 2000);
       }
       if (onError(msg)) return;
       if (msg.code === "session_ended") {
