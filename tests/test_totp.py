@@ -290,3 +290,38 @@ def test_cli_reset_two_factor(tmp_path: Path) -> None:
         audit = conn.execute("SELECT action, actor, detail FROM audit_log").fetchall()
     assert row == (None, None) and codes == 0
     assert ("two_factor_reset", "cli", "user:1") in audit
+
+
+async def test_a_database_from_before_two_factor_keeps_working(tmp_path: Path) -> None:
+    """Columns added by db._migrate have no default: NULL must read as "not enrolled", and a
+    pending sign-in must work for a user whose ``login_epoch`` is NULL."""
+    from server.app import create_app
+    from server.security import hash_password
+    from tests.conftest import make_settings
+
+    with sqlite3.connect(tmp_path / "rapport.db") as conn:
+        conn.execute(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, email VARCHAR(320) UNIQUE, "
+            "display_name VARCHAR(200), role VARCHAR(20), password_hash VARCHAR(200), "
+            "preferences JSON, created_at DATETIME)"
+        )
+        conn.execute(
+            "INSERT INTO users VALUES (1, ?, 'T', 'THERAPIST', ?, NULL, '2025-01-01 00:00:00')",
+            (THERAPIST, hash_password(PASSWORD)),
+        )
+    settings = make_settings(tmp_path, 8000, media_workers=0)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        api = InProcessApp(settings.public_url, settings, app)
+        async with api.client(timeout=10) as client:
+            r = await client.post("/api/login", json={"email": THERAPIST, "password": PASSWORD})
+            assert r.status_code == 200 and r.json()["user"]["email"] == THERAPIST
+            secret, _ = await enrol(client)
+        async with api.client(timeout=10) as client:
+            pending = await password_step(client)
+            r = await client.post(
+                "/api/login/code", json={"pending_token": pending, "code": code_at(secret, 30)}
+            )
+            assert r.status_code == 200, r.text
+    with sqlite3.connect(tmp_path / "rapport.db") as conn:
+        assert conn.execute("SELECT login_epoch FROM users").fetchone() == (1,)
