@@ -20,7 +20,8 @@ from server.auth import LOGIN_COOKIE
 from server.db import Database
 from server.models import AuditEvent, RecoveryCode, User
 from server.settings import Settings
-from tests.conftest import PASSWORD, InProcessApp
+from tests.conftest import NO_MEDIA_WORKER, PASSWORD, InProcessApp, LiveServer
+from tests.signaling_helpers import Participant, login_cookie
 
 REPO = Path(__file__).resolve().parent.parent
 THERAPIST = "dr.t@example.org"
@@ -325,3 +326,24 @@ async def test_a_database_from_before_two_factor_keeps_working(tmp_path: Path) -
             assert r.status_code == 200, r.text
     with sqlite3.connect(tmp_path / "rapport.db") as conn:
         assert conn.execute("SELECT login_epoch FROM users").fetchone() == (1,)
+
+
+@NO_MEDIA_WORKER
+async def test_required_enrolment_also_closes_the_session_socket(
+    live_server: LiveServer, admin: httpx.AsyncClient, therapist: httpx.AsyncClient
+) -> None:
+    created = await therapist.post("/api/sessions", json={"client_label": "C"})
+    assert created.status_code == 201
+    url = f"{live_server.ws_url}/ws/sessions/{created.json()['id']}"
+    await enrol(admin)
+    r = await admin.put("/api/admin/settings", json={"require_two_factor": True})
+    assert r.status_code == 200
+    socket = await Participant.connect(url, login_cookie(therapist))
+    error = await socket.error()
+    assert error["code"] == "forbidden" and "two-factor" in error["message"]
+    await socket.close()
+    # Once enrolled, the same sign-in opens the room.
+    await enrol(therapist)
+    socket = await Participant.connect(url, login_cookie(therapist))
+    assert (await socket.expect("welcome"))["type"] == "welcome"
+    await socket.close()
