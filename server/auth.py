@@ -14,6 +14,7 @@ from .db import Database
 from .models import LoginSession, User, UserRole
 from .security import new_token, token_hash
 from .settings import Settings
+from .totp import enrolment_required
 
 LOGIN_COOKIE = "rapport_login"
 CLIENT_COOKIE = "rapport_client"
@@ -77,11 +78,27 @@ async def current_user_optional(
     return await user_from_token(db, settings, request.cookies.get(LOGIN_COOKIE))
 
 
-async def current_user(
+# The 403 a signed-in user gets from every API but their account's while the admins require
+# two-factor sign-in and they have not set it up; pages send them to /account on it.
+ENROLMENT_REQUIRED = "two_factor_enrolment_required"
+ENROLMENT_MESSAGE = "Set up two-factor sign-in on your account page first; it is required here."
+
+
+async def signed_in_user(
     user: Annotated[User | None, Depends(current_user_optional)],
 ) -> User:
+    """Any signed-in user, enrolled in two-factor or not: for their account and sign-out."""
     if user is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="Sign in first.")
+    return user
+
+
+async def current_user(user: Annotated[User, Depends(signed_in_user)], db: DbSession) -> User:
+    if await enrolment_required(db, user):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            detail={"code": ENROLMENT_REQUIRED, "message": ENROLMENT_MESSAGE},
+        )
     return user
 
 
@@ -98,6 +115,7 @@ async def current_admin(user: Annotated[User, Depends(current_user)]) -> User:
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
+SignedInUser = Annotated[User, Depends(signed_in_user)]
 OptionalUser = Annotated[User | None, Depends(current_user_optional)]
 Therapist = Annotated[User, Depends(current_therapist)]
 Admin = Annotated[User, Depends(current_admin)]

@@ -155,6 +155,35 @@ def _user_add(args: argparse.Namespace) -> int:
     return asyncio.run(_add_user(args.email, args.role, args.name or "", password))
 
 
+async def _reset_two_factor(email: str) -> int:
+    from .audit import record
+    from .totp import clear_two_factor
+
+    database = Database(Settings().database_url)
+    try:
+        await database.create_schema()
+        async with database.session() as db:
+            user = await db.scalar(select(User).where(func.lower(User.email) == email.lower()))
+            if user is None:
+                print(f"No user with email {email}.", file=sys.stderr)
+                return 1
+            user_id = user.id
+            await clear_two_factor(db, user_id)
+            record(db, "two_factor_reset", "cli", detail=f"user:{user_id}")
+            await db.commit()
+    finally:
+        await database.dispose()
+    print(
+        f"Two-factor sign-in is off for {email}; they sign in with their password and can "
+        "set it up again (it is required again at once if the admins require it)."
+    )
+    return 0
+
+
+def _user_reset_two_factor(args: argparse.Namespace) -> int:
+    return asyncio.run(_reset_two_factor(args.email))
+
+
 def _analyze(args: argparse.Namespace) -> int:
     import json
 
@@ -193,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--role", choices=["therapist", "admin"], required=True)
     add.add_argument("--name", help="display name")
     add.set_defaults(func=_user_add)
+    reset = user_sub.add_parser(
+        "reset-2fa",
+        help="turn two-factor sign-in off for a locked-out user (their recovery codes too)",
+    )
+    reset.add_argument("email")
+    reset.set_defaults(func=_user_reset_two_factor)
 
     analyze = sub.add_parser("analyze", help="alliance signals of two recorded tracks, as JSON")
     analyze.add_argument("therapist", help="the therapist's audio file")

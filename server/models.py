@@ -10,7 +10,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Enum, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -43,6 +43,19 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(200))
     preferences: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Two-factor sign-in (server/totp.py). All nullable: columns added to an existing database
+    # by db._migrate have no default, and NULL reads as "not enrolled".
+    # The base32 TOTP secret once confirmed; a code must be computed from it, so it cannot be
+    # stored as a hash.
+    totp_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # A secret shown for enrolment but not yet confirmed with a code; it signs nobody in.
+    totp_pending_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    totp_enabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The 30 s time step of the last code accepted: a code is good once, and never an older one.
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Bumped whenever a two-step sign-in completes (and on disable or reset): a pending-login
+    # token carries the value it was issued under, so it works once and dies with the change.
+    login_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class LoginSession(Base):
@@ -56,6 +69,29 @@ class LoginSession(Base):
     last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     user: Mapped[User] = relationship(lazy="joined")
+
+
+class RecoveryCode(Base):
+    """A one-time two-factor recovery code. Only a SHA-256 is stored: the codes are random
+    (50 bits each) and sign-in attempts are throttled, so a slow hash would add nothing."""
+
+    __tablename__ = "recovery_codes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(64), index=True)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AppSetting(Base):
+    """Server-wide settings an admin changes at run time (not environment configuration),
+    and server-generated secrets every node must share."""
+
+    __tablename__ = "app_settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class SetupToken(Base):

@@ -12,6 +12,8 @@ from media import ROLES, LoopLagSampler, MediaWorkerPool
 from signaling.messages import QualityLevel
 from signaling.rooms import RoomRegistry
 
+from .. import totp
+from ..audit import record
 from ..auth import Admin, DbSession
 from ..db import Database
 from ..models import AuditEvent, TherapySession
@@ -90,6 +92,40 @@ class Health(BaseModel):
     database: bool
     media_workers: list[WorkerStatus]
     media_worker_restarts: int
+
+
+class SecuritySettings(BaseModel):
+    """Sign-in policy for all staff, stored in the database and changed here at run time."""
+
+    require_two_factor: bool
+
+
+@router.get("/settings")
+async def security_settings(_admin: Admin, db: DbSession) -> SecuritySettings:
+    return SecuritySettings(require_two_factor=await totp.two_factor_required(db))
+
+
+@router.put("/settings")
+async def update_security_settings(
+    body: SecuritySettings, admin: Admin, db: DbSession
+) -> SecuritySettings:
+    before = await totp.two_factor_required(db)
+    if body.require_two_factor and not totp.is_enrolled(admin):
+        # Otherwise the admin turning it on is the first person locked out of this page.
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            "Set up two-factor sign-in on your own account before requiring it of everyone.",
+        )
+    if body.require_two_factor != before:
+        await totp.set_setting(db, totp.REQUIRE_TWO_FACTOR, body.require_two_factor)
+        record(
+            db,
+            "setting_changed",
+            f"user:{admin.id}",
+            detail=f"require_two_factor {'on' if body.require_two_factor else 'off'}",
+        )
+        await db.commit()
+    return SecuritySettings(require_two_factor=body.require_two_factor)
 
 
 @router.get("/audit")

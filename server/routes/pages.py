@@ -182,3 +182,11 @@ async def admin_page(request: Request, user: OptionalUser, settings: SettingsDep
             settings.web_dir, "Admins only", "This page is for administrators.", 403
         )
     return _page(settings.web_dir, "admin.html")
+
+
+@router.get("/account")
+async def account_page(request: Request, user: OptionalUser, settings: SettingsDep) -> Response:
+    """Any signed-in person's own account (two-factor sign-in), therapists and admins alike."""
+    if user is None:
+        return _to_login(request)
+    return _page(settings.web_dir, "account.html")

@@ -14,12 +14,13 @@ from signaling.messages import ErrorCode, ErrorMessage
 from signaling.room import Member
 from signaling.rooms import RoomRegistry
 
-from ..auth import CLIENT_COOKIE, LOGIN_COOKIE, user_from_token
+from ..auth import CLIENT_COOKIE, ENROLMENT_MESSAGE, LOGIN_COOKIE, user_from_token
 from ..db import Database
 from ..invites import InviteProblem, check_invite
 from ..models import Participant, SessionStatus, TherapySession, UserRole, utcnow
 from ..security import token_hash
 from ..settings import Settings
+from ..totp import enrolment_required
 
 router = APIRouter()
 
@@ -85,6 +86,9 @@ async def therapist_socket(ws: WebSocket, session_id: str) -> None:
         user = await user_from_token(db, settings, ws.cookies.get(LOGIN_COOKIE))
         if user is None:
             await _refuse(ws, ErrorCode.UNAUTHORIZED, "Sign in again to open this session.", 4401)
+            return
+        if await enrolment_required(db, user):
+            await _refuse(ws, ErrorCode.FORBIDDEN, ENROLMENT_MESSAGE, 4403)
             return
         session = await db.get(TherapySession, session_id[:64])
         if session is None or session.therapist_id != user.id or user.role != UserRole.THERAPIST:

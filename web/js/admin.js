@@ -31,6 +31,8 @@ const el = {
   detailClose: byTestId("detail-close"),
   incidentsSummary: byTestId("incidents-summary"),
   incidentsRows: byTestId("incidents-rows"),
+  require2fa: byTestId("require-2fa"),
+  policyStatus: byTestId("policy-status"),
 };
 
 const state = { detailId: null, stopped: false };
@@ -335,6 +337,34 @@ el.form.addEventListener("submit", (event) => {
 
 el.signOut.addEventListener("click", signOut);
 
+// ---------- sign-in policy ----------
+async function loadPolicy() {
+  try {
+    const res = await api("/api/admin/settings");
+    el.require2fa.checked = Boolean(res && res.require_two_factor);
+  } catch (err) {
+    problem(err);
+  }
+}
+
+el.require2fa.addEventListener("change", async () => {
+  const wanted = el.require2fa.checked;
+  el.require2fa.disabled = true;
+  showMessage(el.policyStatus, "");
+  try {
+    const res = await api("/api/admin/settings", { method: "PUT", body: { require_two_factor: wanted } });
+    el.require2fa.checked = Boolean(res.require_two_factor);
+    showMessage(el.policyStatus, wanted
+      ? "Two-factor sign-in is now required for all staff."
+      : "Two-factor sign-in is no longer required.", "ok");
+  } catch (err) {
+    el.require2fa.checked = !wanted;
+    showMessage(el.policyStatus, err.message, "error");
+  } finally {
+    el.require2fa.disabled = false;
+  }
+});
+
 /** Run `fn` now and then every `ms`, skipping a round while the previous one is still out. */
 function every(ms, fn) {
   let busy = false;
@@ -371,5 +401,6 @@ function every(ms, fn) {
   });
   every(HEALTH_EVERY_MS, loadHealth);
   every(INCIDENTS_EVERY_MS, loadIncidents);
+  await loadPolicy();
   await loadAudit();
 })();

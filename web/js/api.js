@@ -14,6 +14,8 @@ export function detailText(data, fallback = "Something went wrong. Please try ag
   if (!data) return fallback;
   const detail = data.detail;
   if (typeof detail === "string" && detail.trim()) return detail;
+  // An error with a machine-readable code: {"code": "...", "message": "..."}.
+  if (detail && typeof detail.message === "string" && detail.message.trim()) return detail.message;
   if (Array.isArray(detail) && detail.length) {
     // Validation errors: [{loc: [...], msg: "..."}]
     return detail
@@ -30,6 +32,8 @@ export function detailText(data, fallback = "Something went wrong. Please try ag
   }
   return fallback;
 }
+
+export const ENROLMENT_REQUIRED = "two_factor_enrolment_required";
 
 export function loginUrl(next = location.pathname + location.search) {
   return `/login?next=${encodeURIComponent(next)}`;
@@ -67,6 +71,11 @@ export async function api(path, { method = "GET", body, redirectOn401 = true } =
   if (res.status === 401 && redirectOn401) {
     redirectToLogin();
     throw new ApiError(401, "Please sign in.", data);
+  }
+  if (res.status === 403 && data && data.detail && data.detail.code === ENROLMENT_REQUIRED
+      && location.pathname !== "/account") {
+    // The admins require two-factor sign-in: nothing else works until it is set up.
+    location.assign("/account?required=1");
   }
   if (!res.ok) {
     throw new ApiError(res.status, detailText(data, `The server answered ${res.status}.`), data);
