@@ -74,7 +74,9 @@ async def test_chain_is_written_and_verified(tmp_path: Path) -> None:
     result = rapport(db, "audit", "verify")
     assert result.returncode == 0, result.stderr
     assert "OK: 10 audit entries" in result.stdout
-    assert entries[-1][3] in result.stdout  # the head, to be noted down elsewhere
+    head = entries[-1][3]
+    assert head is not None
+    assert head in result.stdout  # the head, to be noted down elsewhere
 
 
 async def test_tampering_is_reported_at_exactly_that_entry(tmp_path: Path) -> None:
