@@ -26,7 +26,7 @@ from .lifecycle import Drain, Reaper
 from .models import SetupToken, User
 from .ops import CpuMeter, Metrics, loop_lag_monitor
 from .quality_hub import QualityHub
-from .routes import admin, auth, checkin, pages, preferences, sessions, summary, ws
+from .routes import admin, auth, checkin, clients, pages, preferences, sessions, summary, ws
 from .security import new_token, token_hash
 from .settings import Settings
 from .throttle import LoginThrottle
@@ -222,6 +222,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         auth.router,
         sessions.router,
         summary.router,
+        clients.router,
         preferences.router,
         checkin.router,
         admin.router,

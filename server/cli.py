@@ -1,4 +1,4 @@
-"""The ``rapport`` command: serve, manage users, analyse recordings."""
+"""The ``rapport`` command: serve, manage users, verify the audit log, purge, analyse recordings."""
 
 from __future__ import annotations
 
@@ -206,6 +206,72 @@ def _bench(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+async def _audit_verify() -> int:
+    from .audit import verify_chain
+
+    database = Database(Settings().database_url)
+    try:
+        await database.create_schema()
+        result = await verify_chain(database)
+    finally:
+        await database.dispose()
+    if not result.ok:
+        at = result.broken_at.isoformat() if result.broken_at else "?"
+        print(
+            f"BROKEN: audit entry {result.broken_id} ({at}) {result.problem}; "
+            f"the {result.entries} entries before it are intact.",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"OK: {result.entries} audit entries, chain intact; head {result.head}")
+    if result.sealed_before_chain:
+        sealed = result.sealed_at.isoformat() if result.sealed_at else "?"
+        print(
+            f"  The first {result.sealed_before_chain} entries were written before the chain "
+            f"existed and sealed at the upgrade ({sealed}): changes to them since then would "
+            "show, changes before then cannot."
+        )
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    return asyncio.run(_audit_verify())
+
+
+async def _purge(days: int, yes: bool) -> int:
+    from .retention import purge
+
+    database = Database(Settings().database_url)
+    try:
+        await database.create_schema()
+        async with database.session() as db:
+            counts = await purge(db, days, dry_run=not yes)
+    finally:
+        await database.dispose()
+    if yes:
+        print(f"Deleted data of sessions ended over {days} days ago: {counts.describe()}.")
+    else:
+        print(
+            f"Would delete data of sessions ended over {days} days ago: {counts.describe()}. "
+            "Nothing deleted; run with --yes to delete."
+        )
+    return 0
+
+
+def _purge_cmd(args: argparse.Namespace) -> int:
+    days = args.days if args.days is not None else Settings().retention_days
+    if days is None:
+        print(
+            "No retention period: set RAPPORT_RETENTION_DAYS or pass --days. Nothing deleted.",
+            file=sys.stderr,
+        )
+        return 2
+    if days < 1:
+        print("--days must be at least 1.", file=sys.stderr)
+        return 2
+    return asyncio.run(_purge(days, args.yes))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rapport", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -228,6 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reset.add_argument("email")
     reset.set_defaults(func=_user_reset_two_factor)
+    audit = sub.add_parser("audit", help="the tamper-evident audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser(
+        "verify", help="check the hash chain; exit 1 at the first broken entry"
+    )
+    verify.set_defaults(func=_audit)
+
+    purge = sub.add_parser(
+        "purge", help="erase sessions ended longer ago than RAPPORT_RETENTION_DAYS (dry run)"
+    )
+    purge.add_argument("--days", type=int, help="override RAPPORT_RETENTION_DAYS")
+    purge.add_argument("--yes", action="store_true", help="delete (default: only count)")
+    purge.set_defaults(func=_purge_cmd)
 
     analyze = sub.add_parser("analyze", help="alliance signals of two recorded tracks, as JSON")
     analyze.add_argument("therapist", help="the therapist's audio file")

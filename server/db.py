@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from .audit import seal_unchained
 from .models import Base
 
 
@@ -45,6 +46,8 @@ class Database:
         async with self.engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
             await conn.run_sync(_migrate)
+        async with self.engine.begin() as conn:
+            await conn.run_sync(seal_unchained)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -83,7 +86,11 @@ def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: object) -> None:
 
 
 def _migrate(conn: Connection) -> None:
-    """Add columns that newer versions declare but an older database lacks."""
+    """Add columns and indexes that newer versions declare but an older database lacks.
+
+    Indexes too, because some carry guarantees: the unique index on the audit log's
+    ``prev_hash`` is what stops two processes forking the chain.
+    """
     inspector = inspect(conn)
     for table in Base.metadata.sorted_tables:
         existing = {col["name"] for col in inspector.get_columns(table.name)}
@@ -93,3 +100,7 @@ def _migrate(conn: Connection) -> None:
                 conn.exec_driver_sql(
                     f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {col_type}'
                 )
+        indexes = {index["name"] for index in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in indexes:
+                index.create(conn)

@@ -1,7 +1,8 @@
 """Database tables.
 
 Times are stored as timezone-aware UTC. The audit log is append-only: nothing in the code base
-updates or deletes its rows.
+updates or deletes its rows (retention and erasure delete sessions and their derived rows, and
+leave the audit entries about them, which carry no clinical content).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, Enum, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Enum, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -144,9 +145,16 @@ class Participant(Base):
 
 
 class AuditEvent(Base):
-    """Append-only record of who did what and when; never clinical content."""
+    """Append-only record of who did what and when; never clinical content.
+
+    Each entry is chained to the one before it (``server/audit.py``): ``hash`` covers the
+    entry's fields and ``prev_hash``, so changing, inserting or removing an entry breaks the
+    chain at that point. ``prev_hash`` is unique: two writers that both read the same last
+    entry cannot both append after it, whatever process they run in.
+    """
 
     __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_prev_hash", "prev_hash", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
@@ -154,6 +162,9 @@ class AuditEvent(Base):
     actor: Mapped[str] = mapped_column(String(64))  # "user:3", "client:7", "system"
     action: Mapped[str] = mapped_column(String(64))
     detail: Mapped[str] = mapped_column(Text, default="")
+    # NULL only on entries an older version wrote and the upgrade has not sealed yet.
+    prev_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Checkin(Base):

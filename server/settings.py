@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(default=3 * 3600.0, ge=0)
     # A `live` session nobody has been in for this long (e.g. left behind by a crash) is ended.
     idle_end_after_s: float = Field(default=2 * 3600.0, gt=0)
+    # Days an ended session's data is kept before `rapport purge --yes` erases it; unset keeps
+    # everything (a practice's record-keeping duty decides, not the software).
+    retention_days: int | None = Field(default=None, ge=1, le=36500)
     log_json: bool = True
 
     @field_validator(

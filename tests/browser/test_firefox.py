@@ -97,9 +97,9 @@ def private_address() -> Iterator[str]:
 
     Firefox with default preferences gathers no loopback candidate and does not pair its host
     candidates with a loopback one, so a loopback-only media server could never receive its
-    checks. An address on a veth pair whose other end goes nowhere is local to this machine, routed by nobody else and
-    removed afterwards: unlike the machine's own network address, nothing off this machine can
-    reach the media sockets bound to it.
+    checks. An address on a veth pair whose other end goes nowhere is local to this machine,
+    routed by nobody else and removed afterwards: unlike the machine's own network address,
+    nothing off this machine can reach the media sockets bound to it.
     """
     name = f"rapport{os.getpid() % 100000}"
     address = "198.18.77.1"  # RFC 2544 benchmarking range: never a real host's address

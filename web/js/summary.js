@@ -323,7 +323,58 @@ async function load() {
   renderSignals(data.metrics, prefs);
   renderTimeline(data.timeline || []);
   renderTrend(data.trend, session, prefs);
+  if (label) {
+    // The count the deletion will remove: every session with this label, not just the trend's.
+    const clients = await api("/api/clients").catch(() => null);
+    const entry = ((clients && clients.clients) || []).find((c) => c.label === label);
+    renderErase(label, entry ? entry.sessions : 1);
+  }
   el.content.hidden = false;
+}
+
+// ---------- erasure ----------
+/** "Delete this client's data": every session with this label (this therapist's only), after a
+ * confirmation that says what goes and that it cannot be undone. */
+function renderErase(label, sessions) {
+  if (!label) return;
+  const status = h("p", { class: "notice", role: "status", "data-testid": "delete-client-status", hidden: true });
+  const confirmBox = h("div", { class: "notice notice-error", "data-testid": "delete-client-confirmation", hidden: true });
+  const button = h("button", { type: "button", class: "btn btn-secondary btn-small", "data-testid": "delete-client" },
+    "Delete this client's data…");
+  const cancel = h("button", { type: "button", class: "btn btn-quiet btn-small", "data-testid": "delete-client-cancel" }, "Cancel");
+  const confirm = h("button", { type: "button", class: "btn btn-danger btn-small", "data-testid": "delete-client-confirm" },
+    `Delete all data of ${label}`);
+  const count = sessions === 1 ? "1 session" : `${sessions} sessions`;
+  confirmBox.append(
+    h("p", {}, `This deletes ${count} with ${label} — conversation signals, timelines, agenda, homework and check-ins — including this one. It cannot be undone. The audit log keeps only that a deletion happened.`),
+    h("div", { class: "row" }, confirm, cancel),
+  );
+  button.addEventListener("click", () => { confirmBox.hidden = false; button.hidden = true; confirm.focus(); });
+  cancel.addEventListener("click", () => { confirmBox.hidden = true; button.hidden = false; button.focus(); });
+  confirm.addEventListener("click", async () => {
+    confirm.disabled = true;
+    cancel.disabled = true;
+    try {
+      const done = await api("/api/clients/delete", { method: "POST", body: { label } });
+      confirmBox.hidden = true;
+      el.content.hidden = true;
+      el.exports.hidden = true;
+      showMessage(status, `Deleted ${done.sessions} session(s) with ${label}.`, "ok");
+      status.append(" ", h("a", { href: "/sessions" }, "Back to sessions"));
+    } catch (err) {
+      confirm.disabled = false;
+      cancel.disabled = false;
+      showMessage(status, err instanceof ApiError && err.status === 409
+        ? "A session with this client is in progress. End it first, then delete the data."
+        : err.message);
+    }
+  });
+  const section = h("section", { class: "card", "aria-labelledby": "erase-h", "data-testid": "delete-client-section" },
+    h("h2", { id: "erase-h" }, "Client data"),
+    h("p", { class: "hint" }, `Everything Rapport holds about ${label} is in ${count}.`),
+    button, confirmBox);
+  el.content.after(status);
+  el.content.append(section);
 }
 
 el.signOut.addEventListener("click", signOut);
