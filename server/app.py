@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from sqlalchemy import func, select
 
 from media import MediaConfig, MediaWorkerPool, restrict_host_addresses
-from signaling.limits import Limits
+from signaling.limits import ConnectLimiter, Limits
 from signaling.rooms import RoomRegistry
 
 from .alliance_hub import SignalsHub
@@ -119,6 +119,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     signals = SignalsHub(database)
     app.state.signals = signals
+    app.state.connect_limiter = ConnectLimiter(
+        settings.connect_burst, settings.connects_per_minute / 60.0
+    )
     media_config = MediaConfig(
         ice_servers=tuple(settings.server_ice_servers),
         allow_loopback_candidates=settings.allow_loopback_candidates,

@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     max_messages_per_second: float = 50.0
     # Seconds an in-call seat is held for a participant whose socket dropped without leaving.
     reconnect_grace_s: float = Field(default=60.0, ge=0, le=3600)
+    # Socket opens per person and session: a burst, then this many a minute (a page that
+    # reconnects in a tight loop is refused with 4429 and backs off).
+    connect_burst: int = Field(default=20, ge=1)
+    connects_per_minute: float = Field(default=20.0, gt=0)
     secure_cookies: bool | None = None  # None: secure when public_url is https
     web_dir: Path = REPO_ROOT / "web"
     log_level: str = "info"

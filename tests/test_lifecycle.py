@@ -83,7 +83,13 @@ def fast_persistence(monkeypatch: pytest.MonkeyPatch) -> float:
     return 0.4
 
 
-@NO_MEDIA_WORKER
+# A dropped seat is held for reconnection first (RAPPORT_RECONNECT_GRACE_S): keep it short here.
+@pytest.mark.parametrize(
+    "live_server",
+    [{"media_workers": 0, "reconnect_grace_s": 0.5}],
+    indirect=True,
+    ids=["no-worker"],
+)
 async def test_idle_live_session_is_never_rewritten_and_unloads_with_its_room(
     fast_persistence: float, live_server: LiveServer, therapist: httpx.AsyncClient
 ) -> None:
@@ -169,7 +175,13 @@ def _gauge(text: str, name: str) -> int:
 
 @pytest.fixture
 def soak_server(tmp_path: Path) -> Iterator[RapportServer]:
-    with rapport_server_process(tmp_path, {"RAPPORT_MEDIA_WORKERS": "1"}) as server:
+    # One client rejoins many times a minute here, and its dropped seats must free promptly.
+    env = {
+        "RAPPORT_MEDIA_WORKERS": "1",
+        "RAPPORT_CONNECTS_PER_MINUTE": "100000",
+        "RAPPORT_RECONNECT_GRACE_S": "1",
+    }
+    with rapport_server_process(tmp_path, env) as server:
         yield server
 
 

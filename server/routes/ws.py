@@ -47,9 +47,7 @@ def _live_room(rooms: RoomRegistry, session_id: str) -> bool:
 async def _too_many_connects(ws: WebSocket, identity: str) -> bool:
     """Socket opens per identity and session are limited (``ConnectLimiter``): a page
     retrying in a tight loop is told so and closed with 4429, and retries later."""
-    limiter = getattr(ws.app.state, "connect_limiter", None)
-    if limiter is None:
-        limiter = ws.app.state.connect_limiter = ConnectLimiter()
+    limiter: ConnectLimiter = ws.app.state.connect_limiter
     if limiter.take(token_hash(identity)):
         return False
     await _refuse(
