@@ -8,17 +8,15 @@ own ``safeNext`` running in chromium, where the URL parsing that matters happens
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
-from playwright.sync_api import Route, sync_playwright
+from playwright.sync_api import Route
 
-from server.models import UserRole
 from server.security import safe_next
-from server.settings import Settings
-from tests.conftest import PASSWORD, InProcessApp, add_user
+from tests.conftest import InProcessApp
 from tests.server_process import NO_MEDIA, rapport_server_process
 
 CHROMIUM = "/usr/bin/chromium"
@@ -61,10 +59,9 @@ async def test_login_page_drops_an_off_site_next(api: InProcessApp) -> None:
 
 
 @pytest.mark.browser
-def test_browser_never_leaves_the_site_after_sign_in(tmp_path: Path) -> None:
-    with rapport_server_process(tmp_path, NO_MEDIA, accounts=False) as server:
-        settings = Settings(database_url=server.database_url)
-        asyncio.run(add_user(settings, "dr.t@example.org", UserRole.THERAPIST))
+def test_browser_never_leaves_the_site_after_sign_in(pw: Any, tmp_path: Path) -> None:
+    with rapport_server_process(tmp_path, NO_MEDIA) as server:
+        email, password = server.users["therapist"]
         blocked: list[str] = []
 
         def only_this_server(route: Route) -> None:
@@ -74,33 +71,32 @@ def test_browser_never_leaves_the_site_after_sign_in(tmp_path: Path) -> None:
                 blocked.append(route.request.url)
                 route.abort()
 
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM)
-            try:
-                page = browser.new_page()
-                page.route("**/*", only_this_server)
-                page.goto(f"{server.url}/login?next=/sessions")
-                # The page's own function, in the browser, on every case.
-                verdicts = page.evaluate(
-                    """async (values) => {
-                        const { safeNext } = await import("/static/js/api.js");
-                        return values.map((v) => {
-                            const next = safeNext(v);
-                            return next === null ? null
-                                : new URL(next, location.origin).origin === location.origin;
-                        });
-                    }""",
-                    OFF_SITE + ON_SITE,
-                )
-                assert verdicts[: len(OFF_SITE)] == [None] * len(OFF_SITE), verdicts
-                assert verdicts[len(OFF_SITE) :] == [True] * len(ON_SITE), verdicts
+        browser = pw.chromium.launch(executable_path=CHROMIUM)
+        try:
+            page = browser.new_page()
+            page.route("**/*", only_this_server)
+            page.goto(f"{server.url}/login?next=/sessions")
+            # The page's own function, in the browser, on every case.
+            verdicts = page.evaluate(
+                """async (values) => {
+                    const { safeNext } = await import("/static/js/api.js");
+                    return values.map((v) => {
+                        const next = safeNext(v);
+                        return next === null ? null
+                            : new URL(next, location.origin).origin === location.origin;
+                    });
+                }""",
+                OFF_SITE + ON_SITE,
+            )
+            assert verdicts[: len(OFF_SITE)] == [None] * len(OFF_SITE), verdicts
+            assert verdicts[len(OFF_SITE) :] == [True] * len(ON_SITE), verdicts
 
-                # The reported attack, end to end: sign in from the crafted link.
-                page.goto(f"{server.url}/login?next=/%09/evil.example")
-                page.get_by_test_id("login-email").fill("dr.t@example.org")
-                page.get_by_test_id("login-password").fill(PASSWORD)
-                page.get_by_test_id("login-submit").click()
-                page.wait_for_url(f"{server.url}/sessions", timeout=15_000)
-            finally:
-                browser.close()
+            # The reported attack, end to end: sign in from the crafted link.
+            page.goto(f"{server.url}/login?next=/%09/evil.example")
+            page.get_by_test_id("login-email").fill(email)
+            page.get_by_test_id("login-password").fill(password)
+            page.get_by_test_id("login-submit").click()
+            page.wait_for_url(f"{server.url}/sessions", timeout=15_000)
+        finally:
+            browser.close()
         assert blocked == []

@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pluggy import Result
@@ -121,7 +122,7 @@ def _script_wav(tmp: Path, name: str, lines: tuple[tuple[str, str], ...]) -> Pat
 def dialogue_wavs(tmp_path_factory: pytest.TempPathFactory) -> DialogueWavs:
     for tool in ("espeak-ng", "sox"):
         if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed")
+            pytest.fail(f"{tool} is not installed: ./dev.sh test installs it")
     import numpy as np
 
     from media.alliance.engine import Role
@@ -168,27 +169,24 @@ class Browsers:
 
 
 @contextlib.contextmanager
-def browser_pair(therapist_mic: Path, client_mic: Path) -> Iterator[Browsers]:
+def browser_pair(pw: Any, therapist_mic: Path, client_mic: Path) -> Iterator[Browsers]:
     """Two chromium processes, each with its own WAV as the fake microphone (the flag is per
     process, and separate processes also keep the two identities apart)."""
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        therapist = pw.chromium.launch(executable_path=CHROMIUM, args=chromium_args(therapist_mic))
-        client = pw.chromium.launch(executable_path=CHROMIUM, args=chromium_args(client_mic))
-        try:
-            yield Browsers(therapist=therapist, client=client)
-        finally:
-            for browser in (therapist, client):
-                with contextlib.suppress(Exception):
-                    browser.close()
+        pytest.fail(f"{CHROMIUM} is not installed: ./dev.sh test installs it")
+    therapist = pw.chromium.launch(executable_path=CHROMIUM, args=chromium_args(therapist_mic))
+    client = pw.chromium.launch(executable_path=CHROMIUM, args=chromium_args(client_mic))
+    try:
+        yield Browsers(therapist=therapist, client=client)
+    finally:
+        for browser in (therapist, client):
+            with contextlib.suppress(Exception):
+                browser.close()
 
 
 @pytest.fixture(scope="session")
-def browsers(dialogue_wavs: DialogueWavs) -> Iterator[Browsers]:
-    with browser_pair(dialogue_wavs.therapist, dialogue_wavs.client) as pair:
+def browsers(pw: Any, dialogue_wavs: DialogueWavs) -> Iterator[Browsers]:
+    with browser_pair(pw, dialogue_wavs.therapist, dialogue_wavs.client) as pair:
         yield pair
 
 

@@ -49,10 +49,8 @@ def _metrics(http: httpx.Client, session_id: str) -> dict[str, Any]:
 
 @pytest.fixture
 def outage_call(
-    rapport_server: Any, dialogue_wavs: DialogueWavs, tmp_path: Path
+    pw: Any, rapport_server: Any, dialogue_wavs: DialogueWavs, tmp_path: Path
 ) -> Iterator[OutageCall]:
-    from playwright.sync_api import sync_playwright
-
     server = rapport_server
     log: list[str] = []
     email, password = server.users["therapist"]
@@ -63,7 +61,7 @@ def outage_call(
     assert res.status_code == 201, res.text
     session_id, invite_url = res.json()["id"], res.json()["invite_url"]
     cut_chromium = chromium_as_cut_user(CHROMIUM, tmp_path)
-    with NetworkCut() as net, sync_playwright() as pw:
+    with NetworkCut() as net:
         therapist = pw.chromium.launch(
             executable_path=CHROMIUM, args=chromium_args(dialogue_wavs.therapist)
         )

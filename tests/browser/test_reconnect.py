@@ -94,10 +94,10 @@ def login(server: Any, email: str, password: str) -> httpx.Client:
 
 
 @pytest.fixture(scope="module")
-def own_browsers(dialogue_wavs: DialogueWavs) -> Iterator[Browsers]:
+def own_browsers(pw: Any, dialogue_wavs: DialogueWavs) -> Iterator[Browsers]:
     """Browsers of this module only: the session-wide pair must not be running while another
     module (test_room_echo) starts its own Playwright, and this module sorts first."""
-    with browser_pair(dialogue_wavs.therapist, dialogue_wavs.client) as pair:
+    with browser_pair(pw, dialogue_wavs.therapist, dialogue_wavs.client) as pair:
         yield pair
 
 

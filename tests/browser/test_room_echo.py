@@ -87,8 +87,8 @@ def echo_wavs(dialogue_wavs: DialogueWavs, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture(scope="module")
-def echo_browsers(dialogue_wavs: DialogueWavs, echo_wavs: EchoWavs) -> Iterator[Browsers]:
-    with browser_pair(dialogue_wavs.therapist, echo_wavs.client_with_echo) as pair:
+def echo_browsers(pw: Any, dialogue_wavs: DialogueWavs, echo_wavs: EchoWavs) -> Iterator[Browsers]:
+    with browser_pair(pw, dialogue_wavs.therapist, echo_wavs.client_with_echo) as pair:
         yield pair
 
 

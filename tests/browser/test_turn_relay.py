@@ -160,7 +160,9 @@ def _stun_answers(port: int) -> bool:
 @pytest.fixture(scope="module")
 def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
     if not Path(TURNSERVER).exists():
-        pytest.skip(f"{TURNSERVER} is not installed (Debian package coturn)")
+        pytest.fail(
+            f"{TURNSERVER} is not installed (Debian package coturn; ./dev.sh test installs it)"
+        )
     tmp = tmp_path_factory.mktemp("coturn")
     port = _free_udp_tcp_port()
     secret = secrets.token_urlsafe(24)
