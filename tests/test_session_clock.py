@@ -131,18 +131,14 @@ def test_client_away_for_a_minute_is_absence_not_balance_or_silence(how: str) ->
     call.run(5.0, talking={T})
     snap = call.finish()
 
-    undetected = 0.0 if how == "left_and_rejoined" else 3.0
-    assert away.therapist_talk_s == pytest.approx(before.therapist_talk_s + undetected, abs=0.1)
+    # A stall is noticed 3 s late; the absence is then dated back to the client's last audio,
+    # so the therapist's talk to a client who was already gone leaves the totals: both ways
+    # of being away count the same.
+    assert away.therapist_talk_s == pytest.approx(before.therapist_talk_s, abs=0.1)
     assert snap.duration_s == pytest.approx(70.0, abs=0.1)
-    if how == "left_and_rejoined":
-        assert snap.absent_s == pytest.approx(60.0, abs=0.1)
-        assert snap.therapist_talk_s == pytest.approx(10.0, abs=0.1)
-        assert snap.silence_s == 0.0
-    else:
-        # The 3 s before the stall was detected looked like a present, silent client.
-        assert snap.absent_s == pytest.approx(57.0, abs=0.1)
-        assert snap.therapist_talk_s == pytest.approx(13.0, abs=0.1)
-        assert snap.silence_s == 0.0
+    assert snap.absent_s == pytest.approx(60.0, abs=0.1)
+    assert snap.therapist_talk_s == pytest.approx(10.0, abs=0.1)
+    assert snap.silence_s == 0.0
     assert snap.therapist_talk_s == pytest.approx(snap.duration_s - snap.absent_s, abs=EXACT)
     assert snap.client_talk_s == 0.0
     assert snap.long_silences == 0

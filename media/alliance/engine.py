@@ -442,9 +442,10 @@ class SignalEngine:
         as silence (and could complete a false long silence). This turns the frames of that
         window that counted as silence into absence: the totals, the 5-minute window, the
         current silence, long silences and the timeline become what feeding the absence in
-        real time would have given. Frames in which someone talked keep their talk (it
-        happened; only silence was invented). The frames must still be in the 5-minute
-        window. Returns the number of frames re-dated.
+        real time would have given, as the session clock counts it: talk by the person still
+        there leaves the totals too (talk counts only while both are in). Segments, turns and
+        monologues already closed in the window are not redone. The frames must still be in
+        the 5-minute window. Returns the number of frames re-dated.
         """
         if self._finalized or not self._started:
             return 0
@@ -470,8 +471,11 @@ class SignalEngine:
             code = self._win_codes[j]
             if not _is_silence(code):
                 run_intact = False
+            if not code & present_bit:
                 continue
-            new = code & ~present_bit
+            # As the session clock would have fed it: the one still there is present and not
+            # speaking, so their talk in the window leaves the totals with the silence.
+            new = code & ~present_bit & ~(_T_TALK | _C_TALK)
             self._win_codes[j] = new
             self._counts[code] -= 1
             self._counts[new] += 1

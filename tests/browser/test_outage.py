@@ -11,6 +11,7 @@ had would mislead).
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,12 +62,16 @@ def outage_call(
     assert res.status_code == 201, res.text
     session_id, invite_url = res.json()["id"], res.json()["invite_url"]
     cut_chromium = chromium_as_cut_user(CHROMIUM, tmp_path)
+    # The client's browser runs as another user: its fake microphone must be readable to it.
+    client_mic = tmp_path / "client.wav"
+    shutil.copy(dialogue_wavs.client, client_mic)
+    client_mic.chmod(0o644)
     with NetworkCut() as net:
         therapist = pw.chromium.launch(
             executable_path=CHROMIUM, args=chromium_args(dialogue_wavs.therapist)
         )
         client = pw.chromium.launch(
-            executable_path=str(cut_chromium), args=chromium_args(dialogue_wavs.client)
+            executable_path=str(cut_chromium), args=chromium_args(client_mic)
         )
         contexts: list[BrowserContext] = []
         try:
