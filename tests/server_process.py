@@ -134,6 +134,17 @@ class RapportServer:
             check=False,
         )
 
+    def add_user(
+        self, email: str, password: str, role: str = "therapist", name: str = "Dr. Rey"
+    ) -> tuple[str, str]:
+        """Another account, through the CLI as an operator would (one per test that counts
+        its own sessions, so tests sharing a server do not see each other's)."""
+        result = self.cli("user", "add", email, "--role", role, "--name", name,
+                          stdin=f"{password}\n")  # fmt: skip
+        if result.returncode != 0:
+            pytest.fail(f"`user add {email}` failed:\n{result.stdout}\n{result.stderr}")
+        return email, password
+
     def kill(self) -> None:
         """SIGKILL, as a crash: no shutdown code runs, sockets just die."""
         if self.proc is not None and self.proc.poll() is None:
@@ -182,15 +193,7 @@ def rapport_server_process(
         server.start()
         for email, password, role, name in USERS if accounts else ():
             # Not a tty, so the CLI reads one line from stdin (a tty would prompt twice).
-            result = server.cli(
-                "user", "add", email, "--role", role, "--name", name, stdin=f"{password}\n"
-            )
-            if result.returncode != 0:
-                pytest.fail(
-                    f"`user add {email}` failed ({result.returncode}):\n"
-                    f"{result.stdout}\n{result.stderr}"
-                )
-            server.users[role] = (email, password)
+            server.users[role] = server.add_user(email, password, role, name)
         yield server
     finally:
         server.stop()

@@ -54,7 +54,8 @@ def outage_call(
 ) -> Iterator[OutageCall]:
     server = rapport_server
     log: list[str] = []
-    email, password = server.users["therapist"]
+    # Its own account: test_session_flow counts the shared therapist's sessions.
+    email, password = server.add_user("outage.therapist@example.test", "quiet-meadow-8142")
     http = httpx.Client(base_url=server.base_url, timeout=10)
     res = http.post("/api/login", json={"email": email, "password": password})
     assert res.status_code == 200, res.text

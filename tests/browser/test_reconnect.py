@@ -78,12 +78,7 @@ THERAPIST = ("reconnect.therapist@example.test", "calm-river-5521")
 
 
 def add_therapist(server: Any) -> tuple[str, str]:
-    email, password = THERAPIST
-    result = server.cli(
-        "user", "add", email, "--role", "therapist", "--name", "Dr. Rey", stdin=f"{password}\n"
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return email, password
+    return server.add_user(*THERAPIST)  # type: ignore[no-any-return]
 
 
 def login(server: Any, email: str, password: str) -> httpx.Client:
