@@ -238,3 +238,17 @@ class NetEmulator:
             task.add_done_callback(self._pending.discard)
 
         loop.call_later(self.delay_s, later)
+
+
+def mean_rgb(frame: object) -> np.ndarray:
+    """The mean colour of a received video frame (the synthetic tracks send flat colours)."""
+    assert isinstance(frame, VideoFrame)
+    pixels: np.ndarray = frame.to_ndarray(format="rgb24").reshape(-1, 3)
+    mean: np.ndarray = pixels.mean(axis=0)
+    return mean
+
+
+def rms(frame: object) -> float:
+    """The RMS level of a received audio frame."""
+    assert isinstance(frame, AudioFrame)
+    return float(np.sqrt(np.mean(frame.to_ndarray().astype(np.float64) ** 2)))

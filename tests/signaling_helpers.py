@@ -105,3 +105,28 @@ async def next_waiting(therapist: Participant) -> int:
     while not lobby["waiting"]:
         lobby = await therapist.expect("lobby")
     return int(lobby["waiting"][0]["participant_id"])
+
+
+class MemoryChannel:
+    """An in-memory socket for a Room (satisfies signaling.room.Channel): what the room sends
+    lands in ``outbox``; ``inbox`` feeds it; the close code it was given is kept."""
+
+    def __init__(self) -> None:
+        self.inbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self.outbox: list[dict[str, Any]] = []
+        self.closed = False
+        self.close_code: int | None = None
+
+    async def receive_text(self) -> str:
+        item = await self.inbox.get()
+        if item is None:
+            raise ConnectionError("closed")
+        return item
+
+    async def send_text(self, data: str) -> None:
+        self.outbox.append(json.loads(data))
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        self.closed = True
+        self.close_code = code
+        self.inbox.put_nowait(None)

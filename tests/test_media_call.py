@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from av import AudioFrame, VideoFrame
 
 from media.relay.call import Call
 from media.relay.ice import MediaConfig
 from media.relay.sdp import SdpError
-from tests.media_helpers import ColorTrack, FakeBrowser, ToneTrack
+from tests.media_helpers import ColorTrack, FakeBrowser, ToneTrack, mean_rgb, rms
 from tests.support import eventually
 
 CONFIG = MediaConfig(allow_loopback_candidates=True, media_addresses=("127.0.0.1",))
@@ -17,18 +15,6 @@ CONFIG = MediaConfig(allow_loopback_candidates=True, media_addresses=("127.0.0.1
 
 async def _join(call: Call, role: str, browser: FakeBrowser) -> None:
     await browser.accept(await call.connect(role, await browser.offer()))
-
-
-def _mean_rgb(frame: object) -> np.ndarray:
-    assert isinstance(frame, VideoFrame)
-    pixels: np.ndarray = frame.to_ndarray(format="rgb24").reshape(-1, 3)
-    mean: np.ndarray = pixels.mean(axis=0)
-    return mean
-
-
-def _rms(frame: object) -> float:
-    assert isinstance(frame, AudioFrame)
-    return float(np.sqrt(np.mean(frame.to_ndarray().astype(np.float64) ** 2)))
 
 
 async def test_media_flows_both_ways_and_audio_is_tapped() -> None:
@@ -43,9 +29,9 @@ async def test_media_flows_both_ways_and_audio_is_tapped() -> None:
         await client.wait_for("video", 10)
         await therapist.wait_for("audio", 50)
         # The client sees the therapist's red, the therapist sees the client's blue.
-        assert _mean_rgb(client.received["video"][-1])[0] > 150
-        assert _mean_rgb(therapist.received["video"][-1])[2] > 150
-        assert max(_rms(f) for f in therapist.received["audio"][-20:]) > 1000
+        assert mean_rgb(client.received["video"][-1])[0] > 150
+        assert mean_rgb(therapist.received["video"][-1])[2] > 150
+        assert max(rms(f) for f in therapist.received["audio"][-20:]) > 1000
         assert tapped["therapist"] > 20 and tapped["client"] > 20
         assert call.media_state("client") == "connected"
     finally:
@@ -93,7 +79,7 @@ async def test_client_reconnect_with_new_peer_resumes_media() -> None:
         await client.wait_for("video", 5)
         count = len(therapist.received["video"])
         await therapist.wait_for("video", count + 10)
-        assert _mean_rgb(therapist.received["video"][-1])[1] > 150
+        assert mean_rgb(therapist.received["video"][-1])[1] > 150
     finally:
         await therapist.close()
         await client.close()

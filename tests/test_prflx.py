@@ -13,15 +13,13 @@ import re
 import uuid
 from collections.abc import Callable
 
-import numpy as np
 import pytest
-from av import AudioFrame, VideoFrame
 
 from media.relay.call import Call
 from media.relay.ice import MediaConfig, address_allowed, candidate_allowed
 from media.relay.peer import ParticipantPeer
 from media.workers.pool import MediaWorkerPool
-from tests.media_helpers import ColorTrack, FakeBrowser, ToneTrack
+from tests.media_helpers import ColorTrack, FakeBrowser, ToneTrack, mean_rgb, rms
 from tests.support import eventually
 
 CONFIG = MediaConfig(allow_loopback_candidates=True, media_addresses=("127.0.0.1",))
@@ -68,18 +66,6 @@ def _none(_: int) -> None:
     return None
 
 
-def _mean_rgb(frame: object) -> np.ndarray:
-    assert isinstance(frame, VideoFrame)
-    pixels: np.ndarray = frame.to_ndarray(format="rgb24").reshape(-1, 3)
-    mean: np.ndarray = pixels.mean(axis=0)
-    return mean
-
-
-def _rms(frame: object) -> float:
-    assert isinstance(frame, AudioFrame)
-    return float(np.sqrt(np.mean(frame.to_ndarray().astype(np.float64) ** 2)))
-
-
 def _remote_candidates(peer: ParticipantPeer) -> list[tuple[str, str]]:
     """(type, address) of every remote candidate the server peer's ICE agent holds."""
     found: list[tuple[str, str]] = []
@@ -107,10 +93,10 @@ async def _two_way_call(config: MediaConfig, rewrite: Callable[[int], str | None
         await therapist.wait_for("video", 10, timeout=WAIT_S)
         await client.wait_for("audio", 50, timeout=WAIT_S)
         await therapist.wait_for("audio", 50, timeout=WAIT_S)
-        assert _mean_rgb(client.received["video"][-1])[0] > 150  # therapist's red
-        assert _mean_rgb(therapist.received["video"][-1])[2] > 150  # client's blue
-        assert max(_rms(f) for f in therapist.received["audio"][-20:]) > 1000
-        assert max(_rms(f) for f in client.received["audio"][-20:]) > 1000
+        assert mean_rgb(client.received["video"][-1])[0] > 150  # therapist's red
+        assert mean_rgb(therapist.received["video"][-1])[2] > 150  # client's blue
+        assert max(rms(f) for f in therapist.received["audio"][-20:]) > 1000
+        assert max(rms(f) for f in client.received["audio"][-20:]) > 1000
         await eventually(
             lambda: call.media_state("client") == "connected", timeout=WAIT_S, message="client"
         )
@@ -156,7 +142,7 @@ async def test_mdns_only_client_connects_through_a_media_worker() -> None:
         await client.wait_for("video", 10, timeout=WAIT_S)
         await therapist.wait_for("video", 10, timeout=WAIT_S)
         await therapist.wait_for("audio", 50, timeout=WAIT_S)
-        assert _mean_rgb(therapist.received["video"][-1])[2] > 150
+        assert mean_rgb(therapist.received["video"][-1])[2] > 150
     finally:
         await therapist.close()
         await client.close()

@@ -14,6 +14,7 @@ from media import Role
 from media.relay.ice import MediaConfig
 from signaling import messages as m
 from signaling.room import Member, Room
+from tests.signaling_helpers import MemoryChannel
 from tests.support import eventually
 
 LONG = os.environ.get("RAPPORT_LONG_TESTS") == "1"
@@ -35,26 +36,6 @@ CLIENT_MAY_SEE = {
     "shared_balance",
     "quality",
 }
-
-
-class MemoryChannel:
-    def __init__(self) -> None:
-        self.inbox: asyncio.Queue[str | None] = asyncio.Queue()
-        self.outbox: list[dict[str, Any]] = []
-        self.closed = False
-
-    async def receive_text(self) -> str:
-        item = await self.inbox.get()
-        if item is None:
-            raise ConnectionError("closed")
-        return item
-
-    async def send_text(self, data: str) -> None:
-        self.outbox.append(json.loads(data))
-
-    async def close(self, code: int = 1000, reason: str | None = None) -> None:
-        self.closed = True
-        self.inbox.put_nowait(None)
 
 
 class MemoryHooks:

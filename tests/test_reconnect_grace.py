@@ -20,7 +20,13 @@ from server.settings import Settings
 from signaling.room import Member, Room
 from signaling.rooms import RoomRegistry
 from tests.conftest import NO_MEDIA_WORKER, LiveServer
-from tests.signaling_helpers import Participant, invite_token, login_cookie, open_room
+from tests.signaling_helpers import (
+    MemoryChannel,
+    Participant,
+    invite_token,
+    login_cookie,
+    open_room,
+)
 from tests.support import eventually
 
 
@@ -139,28 +145,6 @@ async def test_a_reconnecting_therapist_takes_its_seat_back_even_from_a_stale_so
     await t3.close()
 
 
-class _Channel:
-    """An in-memory socket that remembers the close code it was given."""
-
-    def __init__(self) -> None:
-        self.inbox: asyncio.Queue[str | None] = asyncio.Queue()
-        self.outbox: list[dict[str, Any]] = []
-        self.close_code: int | None = None
-
-    async def receive_text(self) -> str:
-        item = await self.inbox.get()
-        if item is None:
-            raise ConnectionError("closed")
-        return item
-
-    async def send_text(self, data: str) -> None:
-        self.outbox.append(json.loads(data))
-
-    async def close(self, code: int = 1000, reason: str | None = None) -> None:
-        self.close_code = code
-        self.inbox.put_nowait(None)
-
-
 class _Hooks:
     async def audit(self, session_id: str, action: str, actor: str, detail: str = "") -> None:
         pass
@@ -183,7 +167,7 @@ class _Hooks:
 
 async def test_shutdown_closes_sockets_with_service_restart_so_pages_retry() -> None:
     room = Room("s1", _Hooks(), MediaConfig(media_addresses=("127.0.0.1",)))
-    channel = _Channel()
+    channel = MemoryChannel()
     task = asyncio.ensure_future(
         room.serve(Member(role=Role.THERAPIST, channel=channel, actor="user:1"))
     )
