@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,6 +10,8 @@ from .alliance_hub import SignalsHub
 from .audit import record
 from .db import Database
 from .models import Participant, SessionStatus, TherapySession
+
+log = logging.getLogger("rapport.server")
 
 
 class DatabaseRoomHooks:
@@ -38,14 +41,19 @@ class DatabaseRoomHooks:
                 await db.commit()
 
     async def session_ended(self, session_id: str) -> None:
-        if self.signals is not None:
-            await self.signals.finish(session_id)
+        """The status row first: a failed write raises and the room stays live (it can be
+        ended again); the signals are finished only once the session is ended for good."""
         async with self.database.session() as db:
             session = await db.get(TherapySession, session_id)
             if session is not None and session.status != SessionStatus.ENDED:
                 session.status = SessionStatus.ENDED
                 session.ended_at = datetime.now(UTC)
                 await db.commit()
+        if self.signals is not None:
+            try:
+                await self.signals.finish(session_id)
+            except Exception:
+                log.exception("session %s ended, but saving its signals failed", session_id)
 
     async def load_agenda(self, session_id: str) -> dict[str, Any] | None:
         async with self.database.session() as db:

@@ -55,6 +55,13 @@ class Deny(_Inbound):
     participant_id: int
 
 
+class Remove(_Inbound):
+    """Therapist: take a participant (admitted or waiting) out of the session for good."""
+
+    type: Literal["remove"]
+    participant_id: int
+
+
 class Leave(_Inbound):
     type: Literal["leave"]
 
@@ -138,6 +145,7 @@ InboundMessage = Annotated[
     | Offer
     | Admit
     | Deny
+    | Remove
     | Leave
     | End
     | Mute
@@ -225,6 +233,13 @@ class Denied(_Outbound):
     message: str = "Your therapist could not admit you to this session."
 
 
+class Removed(_Outbound):
+    """Client: the therapist took you out of the session; this browser cannot rejoin it."""
+
+    type: Literal["removed"] = "removed"
+    message: str = "Your therapist removed you from this session."
+
+
 class Answer(_Outbound):
     type: Literal["answer"] = "answer"
     sdp: str
@@ -255,6 +270,8 @@ class PeerState(_Outbound):
     media: MediaState = "none"
     # Their socket dropped without `leave`; the seat is held for the grace period.
     reconnecting: bool = False
+    # Therapist only, for the client: whom a `remove` names.
+    participant_id: int | None = None
 
 
 class RestartMedia(_Outbound):
@@ -358,6 +375,7 @@ OutboundMessage = (
     | Admitted
     | Joined
     | Denied
+    | Removed
     | Answer
     | Lobby
     | PeerState
@@ -411,6 +429,12 @@ class ErrorCode(StrEnum):
     UNKNOWN_INVITE = "unknown", "The invite link does not match any session."
     INVITE_ENDED = "ended", "The invite's session has ended (seen before the socket opened)."
     EXPIRED = "expired", "The invite link has expired and this client was never admitted."
+    INVITE_REVOKED = (
+        "invite_revoked",
+        "The therapist replaced the invite link this socket came in on; the socket is closed.",
+    )
+    DENIED = "denied", "The therapist denied or removed this browser; it cannot knock again."
+    LOBBY_FULL = "lobby_full", "The waiting room is full (per session or per address); closed."
     # media and the server
     BAD_SDP = "bad_sdp", "The offer's SDP was rejected (malformed or unsupported)."
     MEDIA_FAILED = "media_failed", "The media server could not set up this participant's peer."

@@ -35,7 +35,7 @@ from media import (
 from . import messages as m
 from .agenda import Agenda, AgendaError
 from .ice import IceProvider, no_ice
-from .limits import Limits, SocketLimiter, TokenBucket, Verdict
+from .limits import ConnectLimiter, Limits, SocketLimiter, TokenBucket, Verdict
 
 log = logging.getLogger("rapport.signaling")
 # A participant in the call whose media has not connected this long is "no_media": shown as
@@ -91,6 +91,27 @@ class RoomObserver(Protocol):
     def on_media_restarted(self, session_id: str, reason: str, detail: str) -> None: ...
 
 
+@dataclass(frozen=True)
+class LobbyLimits:
+    """Bounds on the waiting room, so one leaked link (or one script) cannot fill it.
+
+    ``per_session`` and ``per_address`` cap who is waiting at once; a knock (a ``join`` that
+    enters the waiting room) costs a token from the knocker's identity bucket and from their
+    address's, so leaving and knocking again in a loop is refused too.
+    """
+
+    per_session: int = 5
+    per_address: int = 3
+    knock_burst_identity: int = 5
+    knock_per_second_identity: float = 1 / 12
+    knock_burst_address: int = 30
+    knock_per_second_address: float = 1 / 2
+
+
+def knock_limiter(burst: int, per_second: float) -> ConnectLimiter:
+    return ConnectLimiter(capacity=burst, per_second=per_second)
+
+
 class ChannelClosed(Exception):
     """The participant's transport went away."""
 
@@ -102,6 +123,15 @@ class Member:
     actor: str  # audit identity: "user:3" or "client:7"; never a name
     participant_id: int | None = None
     previously_admitted: bool = False
+    # What the socket came in with, so revocation reaches it: the invite link's hash and
+    # expiry (a client), the browser's identity hash and address (knock limits and lobby
+    # caps), the login's hash and user (a therapist; sign-out closes the socket).
+    invite_hash: str = ""
+    invite_expires_at: float | None = None
+    identity_hash: str = ""
+    address: str = ""
+    login_hash: str = ""
+    user_id: int | None = None
     display_name: str = ""
     state: Literal["connected", "waiting", "in_call", "left", "gone"] = "connected"
     audio_muted: bool = False
@@ -134,8 +164,21 @@ class Room:
         observer: RoomObserver | None = None,
         call_factory: CallFactory | None = None,
         ice: IceProvider = no_ice,
+        lobby: LobbyLimits | None = None,
+        knocks_by_identity: ConnectLimiter | None = None,
+        knocks_by_address: ConnectLimiter | None = None,
     ) -> None:
         self.session_id = session_id
+        self.lobby = lobby or LobbyLimits()
+        self.knocks_by_identity = knocks_by_identity or knock_limiter(
+            self.lobby.knock_burst_identity, self.lobby.knock_per_second_identity
+        )
+        self.knocks_by_address = knocks_by_address or knock_limiter(
+            self.lobby.knock_burst_address, self.lobby.knock_per_second_address
+        )
+        # Participants the therapist denied or removed: their sockets are refused at once.
+        self.denied: set[int] = set()
+        self._expiry: dict[Member, asyncio.Task[None]] = {}
         self.ice = ice
         self.hooks = hooks
         self.limits = limits or Limits()
@@ -175,6 +218,7 @@ class Room:
         """Run one participant's socket until it closes."""
         member.limiter = SocketLimiter(self.limits)
         self.members.add(member)
+        self._watch_expiry(member)
         try:
             await member.send(
                 m.Welcome(
@@ -191,6 +235,9 @@ class Room:
                     break
                 await self._receive(member, raw)
         finally:
+            expiry = self._expiry.pop(member, None)
+            if expiry is not None:
+                expiry.cancel()
             await self._departed(member)
 
     async def _receive(self, member: Member, raw: str) -> None:
@@ -300,6 +347,9 @@ class Room:
                 if self.signals is not None and self.member(member.role) is member:
                     self.signals.set_muted(member.role, audio)
                 await self._send_peer_state(member.role)
+            case m.Remove(participant_id=pid):
+                if await self._require_therapist(member, "remove participants"):
+                    await self._remove(member, pid)
             case m.Leave():
                 await self._leave(member, action="left")
             case m.End():
@@ -463,13 +513,175 @@ class Room:
             )
             return
         member.state = "left"
+        self.denied.add(participant_id)
         await self.hooks.participant_decided(participant_id, admitted=False)
         await self.hooks.audit(
             self.session_id, "client_denied", therapist.actor, f"participant {participant_id}"
         )
         await member.send(m.Denied())
         await self._close_channel(member, 4003)
+        await self._close_denied(participant_id)
         await self._send_lobby()
+
+    async def _close_denied(self, participant_id: int) -> None:
+        """The same browser's other sockets (another tab) go too: the denial is the browser's."""
+        for other in list(self.members):
+            if other.participant_id == participant_id and other.state != "left":
+                await self._evict(
+                    other,
+                    m.ErrorCode.DENIED,
+                    "Your therapist could not admit you to this session.",
+                    4003,
+                    action="client_denied_socket_closed",
+                )
+
+    async def _remove(self, therapist: Member, participant_id: int) -> None:
+        """Take a participant out for good: the call or the waiting room, every socket of
+        theirs, and a held seat; the browser is marked denied so it cannot come back."""
+        client = self.client
+        removed = False
+        if client is not None and client.participant_id == participant_id:
+            removed = True
+            self._retake(client)  # a seat held for their dropped socket ends here too
+            self.client = None
+            client.state = "left"
+            await self.call.disconnect(Role.CLIENT)
+            await client.send(m.Removed())
+            await self._close_channel(client, 4003)
+            await self._send_peer_state(Role.CLIENT)
+        waiting = self.waiting.pop(participant_id, None)
+        if waiting is not None:
+            removed = True
+            waiting.state = "left"
+            await waiting.send(m.Removed())
+            await self._close_channel(waiting, 4003)
+        if not removed and not any(o.participant_id == participant_id for o in self.members):
+            await self._error(
+                therapist,
+                m.ErrorCode.UNKNOWN_PARTICIPANT,
+                "That person is not in this session.",
+                ref="remove",
+            )
+            return
+        self.denied.add(participant_id)
+        await self.hooks.participant_decided(participant_id, admitted=False)
+        await self.hooks.audit(
+            self.session_id, "client_removed", therapist.actor, f"participant {participant_id}"
+        )
+        for other in list(self.members):
+            if other.participant_id == participant_id and other.state != "left":
+                other.state = "left"
+                await other.send(m.Removed())
+                await self._close_channel(other, 4003)
+        await self._send_lobby()
+        self._maybe_empty()
+
+    # ----------------------------------------------------------------- revocation
+    async def _evict(
+        self, member: Member, code: m.ErrorCode, message: str, close_code: int, *, action: str
+    ) -> None:
+        """Take one socket out of the room (call, waiting room, or neither), tell it why with
+        a fatal error, and close it."""
+        lobby_changed = False
+        if self.client is member:
+            self.client = None
+            await self.call.disconnect(Role.CLIENT)
+            await self._send_peer_state(Role.CLIENT)
+        if member.participant_id is not None and self.waiting.get(member.participant_id) is member:
+            del self.waiting[member.participant_id]
+            lobby_changed = True
+        member.state = "left"
+        await self._error(member, code, message, fatal=True)
+        await self._close_channel(member, close_code)
+        await self.hooks.audit(
+            self.session_id, action, "system", f"participant {member.participant_id}"
+        )
+        if lobby_changed:
+            await self._send_lobby()
+
+    def _watch_expiry(self, member: Member) -> None:
+        """A client who was never admitted is refused when their link expires, waiting or not."""
+        if member.role != Role.CLIENT or member.previously_admitted:
+            return
+        if member.invite_expires_at is None:
+            return
+        delay = max(0.0, member.invite_expires_at - time.time())
+        self._expiry[member] = asyncio.ensure_future(self._expire_after(member, delay))
+
+    async def _expire_after(self, member: Member, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._expiry.pop(member, None)
+        if member.previously_admitted or member.state in ("left", "gone"):
+            return
+        await self._evict(
+            member,
+            m.ErrorCode.EXPIRED,
+            "This link has expired. Please ask your therapist for a new one.",
+            4410,
+            action="client_link_expired",
+        )
+
+    def _link_expired(self, member: Member) -> bool:
+        return member.invite_expires_at is not None and time.time() >= member.invite_expires_at
+
+    async def invite_renewed(self, new_hash: str, *, keep_admitted: bool) -> int:
+        """The therapist replaced the invite link: every socket that came in on an old link
+        is closed, waiting or not; an admitted client stays only with ``keep_admitted``.
+
+        Returns how many sockets were closed.
+        """
+        closed = 0
+        for member in list(self.members):
+            if member.role != Role.CLIENT or member.state in ("left", "gone"):
+                continue
+            if member.invite_hash == new_hash:
+                continue
+            if keep_admitted and member.previously_admitted:
+                continue
+            member.previously_admitted = False
+            await self._evict(
+                member,
+                m.ErrorCode.INVITE_REVOKED,
+                "Your therapist replaced the link to this session. "
+                "Please ask them for the new one.",
+                4410,
+                action="client_link_revoked",
+            )
+            closed += 1
+        held = self._held.get(Role.CLIENT)
+        if held is not None and not keep_admitted and self.client is not None:
+            # The seat held for a dropped client who came in on the old link is released.
+            gone = self.client
+            self._retake(gone)
+            self.client = None
+            await self.call.disconnect(Role.CLIENT)
+            await self._send_peer_state(Role.CLIENT)
+            closed += 1
+        self._maybe_empty()
+        return closed
+
+    async def sign_out(self, *, login_hash: str | None = None, user_id: int | None = None) -> int:
+        """Close the therapist's sockets of a login (or of every login of a user) that was
+        signed out: the socket was authenticated once, at open, so it must be told."""
+        closed = 0
+        for member in list(self.members):
+            if member.role != Role.THERAPIST or member.state in ("left", "gone"):
+                continue
+            if not (
+                (login_hash is not None and member.login_hash == login_hash)
+                or (user_id is not None and member.user_id == user_id)
+            ):
+                continue
+            await self._leave(member, action="signed_out")
+            await self._error(
+                member,
+                m.ErrorCode.UNAUTHORIZED,
+                "You signed out. Sign in again to open this session.",
+                fatal=True,
+            )
+            await self._close_channel(member, 4401)
+            closed += 1
+        return closed
 
     # ----------------------------------------------------------------- client
     async def _client_join(self, member: Member, message: m.Join) -> None:
@@ -481,11 +693,22 @@ class Room:
         if member.state in ("waiting", "in_call"):
             await self._error(member, m.ErrorCode.INVALID, "You have already joined.")
             return
+        if member.participant_id in self.denied:
+            await self._evict(
+                member,
+                m.ErrorCode.DENIED,
+                "Your therapist could not admit you to this session.",
+                4003,
+                action="client_denied_knock_refused",
+            )
+            return
         member.display_name = (message.display_name or "").strip()[:80]
         if member.previously_admitted:
             await self._admit(member, rejoined=True)
             return
         assert member.participant_id is not None
+        if not await self._may_knock(member):
+            return
         member.state = "waiting"
         member.waiting_since = time.time()
         self.waiting[member.participant_id] = member
@@ -493,7 +716,56 @@ class Room:
         await member.send(m.Waiting(therapist_present=self.therapist is not None))
         await self._send_lobby()
 
+    async def _may_knock(self, member: Member) -> bool:
+        """The waiting-room bounds (``LobbyLimits``); a refusal is fatal and says which."""
+        lobby = self.lobby
+        same_address = sum(1 for w in self.waiting.values() if w.address == member.address)
+        if len(self.waiting) >= lobby.per_session or same_address >= lobby.per_address:
+            full = (
+                f"{lobby.per_session} people are already waiting"
+                if len(self.waiting) >= lobby.per_session
+                else f"{lobby.per_address} people from your network are already waiting"
+            )
+            await self._evict(
+                member,
+                m.ErrorCode.LOBBY_FULL,
+                f"The waiting room is full ({full}). Please try again later, or contact your "
+                "therapist.",
+                4429,
+                action="client_lobby_full",
+            )
+            return False
+        by_identity = self.knocks_by_identity.take(f"identity:{member.identity_hash}")
+        if not by_identity or not self.knocks_by_address.take(f"address:{member.address}"):
+            which = "this browser" if not by_identity else "your network"
+            await self._evict(
+                member,
+                m.ErrorCode.RATE_LIMITED,
+                f"Too many attempts to enter the waiting room from {which}; "
+                "wait a minute and reload the page.",
+                4429,
+                action="client_knock_rate_limited",
+            )
+            return False
+        return True
+
     async def _admit(self, member: Member, *, rejoined: bool) -> None:
+        if not rejoined and self._link_expired(member):
+            await self._evict(
+                member,
+                m.ErrorCode.EXPIRED,
+                "This link has expired. Please ask your therapist for a new one.",
+                4410,
+                action="client_link_expired",
+            )
+            if self.therapist is not None:
+                await self._error(
+                    self.therapist,
+                    m.ErrorCode.UNKNOWN_PARTICIPANT,
+                    "That person's link expired before they were admitted.",
+                    ref="admit",
+                )
+            return
         if member.participant_id is not None:
             self.waiting.pop(member.participant_id, None)
         previous = self.client
@@ -648,12 +920,33 @@ class Room:
         self._held.clear()
 
     async def end(self, actor: str) -> None:
+        """The database first: if marking the session ended fails, nothing changes here and
+        the caller's error says so; once it is written, everyone is told and closed, whatever
+        else fails (the audit row is logged if it cannot be written)."""
         if self.ended:
+            return
+        try:
+            await self.hooks.session_ended(self.session_id)
+        except Exception:
+            log.exception("session %s: could not mark the session ended", self.session_id)
+            if self.therapist is not None:
+                await self._error(
+                    self.therapist,
+                    m.ErrorCode.INTERNAL,
+                    "The session could not be ended (the database write failed); it is still "
+                    "running. Please try again.",
+                    ref="end",
+                )
             return
         self.status = "ended"
         self._cancel_holds()
-        await self.hooks.session_ended(self.session_id)
-        await self.hooks.audit(self.session_id, "session_ended", actor)
+        for task in self._expiry.values():
+            task.cancel()
+        self._expiry.clear()
+        try:
+            await self.hooks.audit(self.session_id, "session_ended", actor)
+        except Exception:
+            log.exception("session %s: ended, but its audit row failed", self.session_id)
         for member in list(self.members):
             # Only a client who took part is asked for the check-in.
             checkin = member.role == Role.CLIENT and member.previously_admitted
@@ -662,7 +955,10 @@ class Room:
         self.therapist = None
         self.client = None
         self.waiting.clear()
-        await self.call.close()
+        try:
+            await self.call.close()
+        except Exception:
+            log.exception("session %s: ended, but closing its media failed", self.session_id)
         for member in list(self.members):
             await self._close_channel(member, 1000)
 
@@ -713,6 +1009,7 @@ class Room:
             video_muted=bool(member and member.video_muted),
             media=self.media_state(role),
             reconnecting=role in self._held,
+            participant_id=member.participant_id if member and role == Role.CLIENT else None,
         )
 
     def media_state(self, role: Role) -> MediaState:

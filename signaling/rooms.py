@@ -10,7 +10,7 @@ from media import CallFactory, MediaConfig
 
 from .ice import IceProvider, no_ice
 from .limits import Limits
-from .room import Room, RoomHooks, RoomObserver, SignalsPort
+from .room import LobbyLimits, Room, RoomHooks, RoomObserver, SignalsPort, knock_limiter
 
 
 class RoomRegistry:
@@ -23,8 +23,17 @@ class RoomRegistry:
         observer: RoomObserver | None = None,
         call_factory: CallFactory | None = None,
         ice: IceProvider = no_ice,
+        lobby: LobbyLimits | None = None,
     ) -> None:
         self.hooks = hooks
+        self.lobby = lobby or LobbyLimits()
+        # Knock budgets span rooms: a script knocking on many sessions is one knocker.
+        self.knocks_by_identity = knock_limiter(
+            self.lobby.knock_burst_identity, self.lobby.knock_per_second_identity
+        )
+        self.knocks_by_address = knock_limiter(
+            self.lobby.knock_burst_address, self.lobby.knock_per_second_address
+        )
         self.ice = ice
         self.call_factory = call_factory
         self.media_config = media_config
@@ -54,6 +63,9 @@ class RoomRegistry:
                 observer=self.observer,
                 call_factory=self.call_factory,
                 ice=self.ice,
+                lobby=self.lobby,
+                knocks_by_identity=self.knocks_by_identity,
+                knocks_by_address=self.knocks_by_address,
             )
             room.on_empty = self._drop
             self.rooms[session_id] = room
@@ -72,6 +84,13 @@ class RoomRegistry:
         await room.close()
         if self.on_room_closed is not None:
             await self.on_room_closed(room.session_id)
+
+    async def sign_out(self, *, login_hash: str | None = None, user_id: int | None = None) -> int:
+        """Close the therapist sockets of a signed-out login (or of all of a user's logins)."""
+        closed = 0
+        for room in list(self.rooms.values()):
+            closed += await room.sign_out(login_hash=login_hash, user_id=user_id)
+        return closed
 
     async def close_all(self, code: int | None = None) -> None:
         """Close every room without ending its session.

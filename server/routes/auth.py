@@ -219,8 +219,32 @@ async def login_code(
 async def logout(request: Request, response: Response, db: DbSession) -> Response:
     token = request.cookies.get(LOGIN_COOKIE)
     if token:
-        await db.execute(delete(LoginSession).where(LoginSession.token_hash == token_hash(token)))
+        hashed = token_hash(token)
+        await db.execute(delete(LoginSession).where(LoginSession.token_hash == hashed))
         await db.commit()
+        # A socket was authenticated once, when it opened: signing out must reach it too.
+        await request.app.state.rooms.sign_out(login_hash=hashed)
+    response.status_code = 204
+    response.delete_cookie(LOGIN_COOKIE, path="/")
+    return response
+
+
+@router.post("/logout-all", status_code=204)
+async def logout_all(
+    request: Request, response: Response, user: SignedInUser, db: DbSession
+) -> Response:
+    """Sign out everywhere: every login of this user is deleted (the cookie is only a key to
+    a row, so no row means no sign-in), and ``login_epoch`` moves on so that a sign-in waiting
+    for its two-factor code cannot complete either. Open session sockets are closed."""
+    await db.execute(delete(LoginSession).where(LoginSession.user_id == user.id))
+    await db.execute(
+        update(User)
+        .where(User.id == user.id)
+        .values(login_epoch=func.coalesce(User.login_epoch, 0) + 1)
+    )
+    record(db, "logout_all", f"user:{user.id}")
+    await db.commit()
+    await request.app.state.rooms.sign_out(user_id=user.id)
     response.status_code = 204
     response.delete_cookie(LOGIN_COOKIE, path="/")
     return response

@@ -6,14 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from media import SnapshotPayload, TimelineSecond
 
 from ..alliance_hub import SignalsHub, unpack_timeline
 from ..audit import record
 from ..auth import DbSession, SettingsDep, Therapist
-from ..models import SessionStatus, TherapySession, User
+from ..models import Participant, SessionStatus, TherapySession, User
 from ..security import new_session_id, new_token, token_hash
 from ..settings import Settings
 
@@ -47,6 +47,16 @@ class SessionList(BaseModel):
 class InviteOut(BaseModel):
     invite_url: str
     invite_expires_at: datetime
+    # Sockets that came in on the old link and were closed by this renewal.
+    closed_connections: int = 0
+
+
+class RenewInvite(BaseModel):
+    """A renewal usually means "the link leaked": whoever came in on it is shown out, except
+    (by default) the client the therapist already admitted, who saw them on camera."""
+
+    model_config = {"extra": "forbid"}
+    keep_participants: bool = True
 
 
 def session_out(session: TherapySession, settings: Settings) -> SessionOut:
@@ -127,15 +137,42 @@ async def get_session(
 
 @router.post("/{session_id}/invite")
 async def renew_invite(
-    session_id: str, user: Therapist, db: DbSession, settings: SettingsDep
+    session_id: str,
+    request: Request,
+    user: Therapist,
+    db: DbSession,
+    settings: SettingsDep,
+    body: RenewInvite | None = None,
 ) -> InviteOut:
+    keep = body.keep_participants if body is not None else True
     session = await own_session(db, user, session_id)
     if session.status == SessionStatus.ENDED:
         raise HTTPException(status.HTTP_409_CONFLICT, "This session has ended.")
     invite_url = _new_invite(session, settings, None)
-    record(db, "invite_renewed", f"user:{user.id}", session.id)
+    if not keep:
+        # Nobody is re-admitted silently on the new link: the therapist sees everyone again.
+        await db.execute(
+            update(Participant)
+            .where(Participant.session_id == session.id, Participant.admitted.is_(True))
+            .values(admitted=False)
+        )
+    record(
+        db,
+        "invite_renewed",
+        f"user:{user.id}",
+        session.id,
+        "kept participants" if keep else "removed participants",
+    )
     await db.commit()
-    return InviteOut(invite_url=invite_url, invite_expires_at=session.invite_expires_at)
+    closed = 0
+    room = request.app.state.rooms.get(session.id)
+    if room is not None:
+        closed = await room.invite_renewed(session.invite_token_hash, keep_admitted=keep)
+    return InviteOut(
+        invite_url=invite_url,
+        invite_expires_at=session.invite_expires_at,
+        closed_connections=closed,
+    )
 
 
 class TimelineOut(BaseModel):

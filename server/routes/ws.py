@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from datetime import UTC
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, WebSocket
@@ -94,6 +95,7 @@ async def therapist_socket(ws: WebSocket, session_id: str) -> None:
             return
         status = str(session.status)
         actor = f"user:{user.id}"
+        user_id = user.id
     if status == SessionStatus.ENDED:
         await _refuse(ws, ErrorCode.SESSION_ENDED, "This session has ended.", 4410)
         return
@@ -106,7 +108,15 @@ async def therapist_socket(ws: WebSocket, session_id: str) -> None:
     await ws.accept()
     await ws.app.state.signals.prepare(session_id)
     room = rooms.get_or_create(session_id, status)
-    await room.serve(Member(role=Role.THERAPIST, channel=ws, actor=actor))
+    await room.serve(
+        Member(
+            role=Role.THERAPIST,
+            channel=ws,
+            actor=actor,
+            login_hash=token_hash(ws.cookies.get(LOGIN_COOKIE, "")),
+            user_id=user_id,
+        )
+    )
 
 
 @router.websocket("/ws/join/{token}")
@@ -141,7 +151,15 @@ async def client_socket(ws: WebSocket, token: str) -> None:
                 Participant.session_id == session.id, Participant.identity_hash == identity_hash
             )
         )
-        returning = participant is not None and participant.admitted and not participant.denied
+        if participant is not None and participant.denied:
+            await _refuse(
+                ws,
+                ErrorCode.DENIED,
+                "Your therapist could not admit you to this session.",
+                4003,
+            )
+            return
+        returning = participant is not None and participant.admitted
         if check.problem == InviteProblem.EXPIRED and not returning:
             await _refuse(ws, ErrorCode.EXPIRED, check.message, 4410)
             return
@@ -157,6 +175,9 @@ async def client_socket(ws: WebSocket, token: str) -> None:
         participant.last_seen_at = utcnow()
         await db.commit()
         session_id, status, participant_id = session.id, str(session.status), participant.id
+        invite_hash = session.invite_token_hash
+        expires = session.invite_expires_at
+        invite_expires_at = (expires if expires.tzinfo else expires.replace(tzinfo=UTC)).timestamp()
     await ws.accept()
     await ws.app.state.signals.prepare(session_id)
     room = rooms.get_or_create(session_id, status)
@@ -167,5 +188,9 @@ async def client_socket(ws: WebSocket, token: str) -> None:
             actor=f"client:{participant_id}",
             participant_id=participant_id,
             previously_admitted=returning,
+            invite_hash=invite_hash,
+            invite_expires_at=invite_expires_at,
+            identity_hash=identity_hash,
+            address=ws.client.host if ws.client else "unknown",
         )
     )
