@@ -154,4 +154,36 @@ el.disableForm.addEventListener("submit", async (event) => {
 });
 
 el.signOut.addEventListener("click", signOut);
+
+// ---------- sign out everywhere (with a confirmation) ----------
+const everywhere = {
+  button: byTestId("logout-all"),
+  confirm: byTestId("logout-all-confirm"),
+  yes: byTestId("logout-all-confirm-button"),
+  no: byTestId("logout-all-cancel"),
+};
+function closeEverywhere() {
+  everywhere.confirm.hidden = true;
+  everywhere.button.setAttribute("aria-expanded", "false");
+  everywhere.button.focus();
+}
+everywhere.button.addEventListener("click", () => {
+  everywhere.confirm.hidden = false;
+  everywhere.button.setAttribute("aria-expanded", "true");
+  everywhere.no.focus();
+});
+everywhere.no.addEventListener("click", closeEverywhere);
+everywhere.confirm.addEventListener("keydown", (event) => {
+  if (event.key === "Escape") closeEverywhere();
+});
+everywhere.yes.addEventListener("click", async () => {
+  everywhere.yes.disabled = true;
+  try {
+    await api("/api/logout-all", { method: "POST", redirectOn401: false });
+    location.assign("/login");
+  } catch (err) {
+    everywhere.yes.disabled = false;
+    showMessage(el.error, err.message);
+  }
+});
 load();

@@ -40,6 +40,29 @@ const state = {
   mediaConnected: false,
 };
 
+const REFUSALS = {
+  invite_revoked: {
+    title: "This link was replaced",
+    detail: "Your therapist made a new link for this session. Please ask them for it.",
+  },
+  expired: {
+    title: "This link has expired",
+    detail: "Please ask your therapist for a new link.",
+  },
+  denied: {
+    title: "You could not join this session",
+    detail: "Your therapist could not admit you to this session.",
+  },
+  lobby_full: {
+    title: "The waiting room is full",
+    detail: "Please try again in a few minutes, or contact your therapist.",
+  },
+  rate_limited: {
+    title: "Please wait a moment",
+    detail: "There were too many attempts to enter the waiting room. Wait a minute, then reload the page.",
+  },
+};
+
 const page = createCallPage({
   role: "client",
   wsPath: `/ws/join/${encodeURIComponent(token)}`,
@@ -76,6 +99,14 @@ const page = createCallPage({
     page.send(joinMessage());
   },
   onEnded: (msg) => finishEnded(Boolean(msg.checkin)),
+  // Refusals that end this page's visit, each with words the client can act on.
+  onError: (msg) => {
+    const ending = REFUSALS[msg.code];
+    if (!ending || !msg.fatal) return false;
+    el.waiting.hidden = true;
+    page.finish("denied", { ...ending, detail: msg.message || ending.detail });
+    return true;
+  },
   endings: {
     left: () => ({
       title: "You left the session",
@@ -325,6 +356,13 @@ function connect() {
         ? Boolean(msg.reconnecting)
         : page.peerAwayAfterOurOutage();
       renderCallStage();
+    },
+    removed: (msg) => {
+      el.waiting.hidden = true;
+      page.finish("denied", {
+        title: "You were removed from this session",
+        detail: msg.message || "Your therapist removed you from this session.",
+      });
     },
     denied: (msg) => {
       el.waiting.hidden = true;

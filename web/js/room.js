@@ -30,6 +30,11 @@ const el = {
   inviteStatus: byTestId("invite-status"),
   copyLink: byTestId("copy-link"),
   end: byTestId("end-button"),
+  remove: byTestId("remove-button"),
+  removeConfirm: byTestId("remove-confirm"),
+  removeYes: byTestId("remove-confirm-button"),
+  removeNo: byTestId("remove-cancel-button"),
+  removeAll: byTestId("new-link-remove-all"),
 };
 
 const announce = announcer(byTestId("announcer"));
@@ -38,7 +43,7 @@ const announce = announcer(byTestId("announcer"));
 const state = {
   joined: false,
   endRequested: false,
-  peer: { present: false, everPresent: false, reconnecting: false },
+  peer: { present: false, everPresent: false, reconnecting: false, participantId: null },
   lobbyIds: new Set(),
   linkWanted: false,
 };
@@ -203,9 +208,36 @@ function renderPeer(p) {
   el.peer.dataset.present = String(Boolean(p.present));
   el.peer.dataset.media = p.media || "none";
   el.peer.dataset.reconnecting = String(state.peer.reconnecting);
+  state.peer.participantId = p.present ? (p.participant_id ?? null) : null;
+  el.remove.hidden = state.peer.participantId === null || page.state.finished;
+  if (el.remove.hidden) closeRemoveConfirm(false);
   renderLobbySection();
   renderStage();
 }
+
+// ---------- removing the client (with a confirmation) ----------
+function closeRemoveConfirm(focusButton = true) {
+  el.removeConfirm.hidden = true;
+  el.remove.setAttribute("aria-expanded", "false");
+  if (focusButton && !el.remove.hidden) el.remove.focus();
+}
+
+el.remove.addEventListener("click", () => {
+  el.removeConfirm.hidden = false;
+  el.remove.setAttribute("aria-expanded", "true");
+  el.removeNo.focus(); // the safe choice first
+});
+el.removeNo.addEventListener("click", () => closeRemoveConfirm());
+el.removeConfirm.addEventListener("keydown", (event) => {
+  if (event.key === "Escape") closeRemoveConfirm();
+});
+el.removeYes.addEventListener("click", () => {
+  const id = state.peer.participantId;
+  closeRemoveConfirm(false);
+  if (id === null) return;
+  page.send({ type: "remove", participant_id: id });
+  announce("Your client was removed from the session.");
+});
 
 // ---------- waiting room ----------
 function waitingSinceText(value) {
@@ -286,7 +318,10 @@ el.copyLink.addEventListener("click", async () => {
 el.newLink.addEventListener("click", async () => {
   el.newLink.disabled = true;
   try {
-    const res = await api(`/api/sessions/${encodeURIComponent(sessionId)}/invite`, { method: "POST" });
+    const res = await api(`/api/sessions/${encodeURIComponent(sessionId)}/invite`, {
+      method: "POST",
+      body: { keep_participants: !el.removeAll.checked },
+    });
     rememberInvite(sessionId, res.invite_url);
     showInvite(res.invite_url);
     el.newLinkBox.hidden = true;
@@ -294,6 +329,10 @@ el.newLink.addEventListener("click", async () => {
     if (res.invite_expires_at) {
       el.inviteStatus.textContent += ` It works until ${formatDateTime(res.invite_expires_at)}.`;
     }
+    if (res.closed_connections) {
+      el.inviteStatus.textContent += ` ${res.closed_connections} connection(s) from the previous link were closed.`;
+    }
+    el.removeAll.checked = false;
   } catch (err) {
     if (!(err instanceof ApiError && err.status === 401)) page.showError(err.message);
   } finally {
