@@ -48,6 +48,7 @@ _API: dict[str, str] = {
     "PeerStatsSampler": "media.relay.quality",
     "SmoothedScore": "media.relay.quality",
     "label_for": "media.relay.quality",
+    "rtp_lost": "media.relay.quality",
     # worker processes
     "MediaWorkerPool": "media.workers.pool",
     # alliance signals
@@ -92,6 +93,7 @@ __all__ = [
     "label_for",
     "other_role",
     "restrict_host_addresses",
+    "rtp_lost",
     "snapshot_from_json",
     "snapshot_json",
 ]
@@ -126,6 +128,7 @@ if TYPE_CHECKING:
         PeerStatsSampler,
         SmoothedScore,
         label_for,
+        rtp_lost,
     )
     from media.relay.sdp import SdpError
     from media.workers.pool import MediaWorkerPool

@@ -23,11 +23,13 @@ from media import (
     DirectionSample,
     KindSample,
     Label,
+    MediaState,
     PeerStatsSampler,
     Role,
     SmoothedScore,
     label_for,
     other_role,
+    rtp_lost,
 )
 from signaling import messages as m
 from signaling.rooms import RoomRegistry
@@ -38,6 +40,7 @@ from .ops import Metrics
 
 log = logging.getLogger("rapport.quality")
 SAMPLE_EVERY_S = 2.0
+WATCH_EVERY_S = 0.25  # how often media states are checked between samples (no worker request)
 HISTORY = 1800  # one hour at 2 s
 
 
@@ -89,6 +92,9 @@ class CallQuality:
     session_id: str
     started: float = field(default_factory=time.time)
     roles: dict[str, ParticipantQuality] = field(default_factory=dict)
+    # Media state per present role at the last sample; a change samples the room at once.
+    states: dict[str, MediaState] = field(default_factory=dict)
+    labels: list[Label] = field(default_factory=list)  # given at the last sample
 
 
 class QualityHub:
@@ -138,66 +144,116 @@ class QualityHub:
         self.metrics.media_restarts.labels(reason).inc()
 
     async def _run(self) -> None:
+        """A full sample every 2 s, and a room sampled at once when a participant's media
+        state changes between samples: a link that died shows "lost" within the stall
+        detector's 1.5–2 s, not up to a whole sampling interval later."""
+        next_full = time.monotonic() + SAMPLE_EVERY_S
         while True:
-            await asyncio.sleep(SAMPLE_EVERY_S)
+            await asyncio.sleep(WATCH_EVERY_S)
             try:
-                await self.sample_all()
+                if time.monotonic() >= next_full:
+                    next_full = time.monotonic() + SAMPLE_EVERY_S
+                    await self.sample_all()
+                else:
+                    await self.sample_changed()
             except Exception:
                 log.exception("quality sampling failed")
 
+    def _media_states(self, room: Any) -> dict[str, MediaState]:
+        return {role: room.media_state(role) for role in ROLES if room.member(role)}
+
+    async def sample_changed(self) -> None:
+        """Sample only the rooms whose media states moved since their last sample."""
+        changed = False
+        for session_id, room in list(self.rooms.rooms.items()):
+            call = self.calls.get(session_id)
+            if call is not None and call.states != self._media_states(room):
+                await self._sample_room(session_id, room, call, time.monotonic())
+                changed = True
+        if changed:
+            self._set_gauges()
+
     async def sample_all(self) -> None:
         now = time.monotonic()
-        labels: dict[str, int] = dict.fromkeys(("excellent", "good", "poor", "lost", "no_media"), 0)
-        media_states: dict[str, int] = dict.fromkeys(
-            ("none", "connecting", "connected", "lost", "no_media"), 0
-        )
-        peers = 0
         live = set()
         for session_id, room in list(self.rooms.rooms.items()):
             call = self.calls.setdefault(session_id, CallQuality(session_id, room.created_at))
             live.add(session_id)
-            peers += room.call.peer_count
-            states = {role: room.media_state(role) for role in ROLES if room.member(role)}
-            for state in states.values():
-                media_states[state] += 1
-            for seat, state in states.items():
-                if state == "no_media":
-                    # Never "excellent" without media: a peer that never connected has no
-                    # loss to score, which used to read as a perfect call.
-                    pq = call.roles.setdefault(seat, ParticipantQuality())
-                    await self._transition(session_id, seat, pq, "no_media")
-                    pq.score, pq.label = 0.0, "no_media"
-                    labels["no_media"] += 1
-            for peer in await room.call.peer_reports():
-                role = peer.role
-                if states.get(Role(role)) not in ("connected", "lost"):
-                    continue  # not connected yet (or no_media, above): nothing to score
-                pq = call.roles.setdefault(role, ParticipantQuality())
-                up, down = pq.sampler.sample(peer.rtc, now, lost=peer.media_state == "lost")
-                down = self._with_client(pq, down, now)
-                up_score, _ = pq.up.update(up)
-                down_score, _ = pq.down.update(down)
-                score = min(up_score, down_score)
-                label = label_for(score, up.lost or down.lost)
-                await self._transition(session_id, role, pq, label)
-                pq.score, pq.label = score, label
-                labels[label] += 1
-                self._observe(up, down)
-                pq.history.append(self._point(up, down, up_score, down_score, pq.client))
-            await self._tell_participants(room, call)
+            await self._sample_room(session_id, room, call, now)
         for session_id in list(self.calls):
             if session_id not in live:
                 del self.calls[session_id]
+        self._set_gauges()
+
+    def _set_gauges(self) -> None:
+        """/metrics from each call's last sample, full or not, so they agree with what the
+        participants were last told."""
+        labels: dict[str, int] = dict.fromkeys(("excellent", "good", "poor", "lost", "no_media"), 0)
+        media_states: dict[str, int] = dict.fromkeys(
+            ("none", "connecting", "connected", "lost", "no_media"), 0
+        )
+        for call in self.calls.values():
+            for label in call.labels:
+                labels[label] += 1
+            for state in call.states.values():
+                media_states[state] += 1
         for name, count in labels.items():
             self.metrics.quality_labels.labels(name).set(count)
         for name, count in media_states.items():
             self.metrics.media_states.labels(name).set(count)
-        self.metrics.peer_connections.set(peers)
-        self.metrics.active_sessions.set(len(self.rooms.rooms))
+        rooms = list(self.rooms.rooms.values())
+        self.metrics.peer_connections.set(sum(r.call.peer_count for r in rooms))
+        self.metrics.active_sessions.set(len(rooms))
         for role in ROLES:
             self.metrics.participants.labels(role).set(
-                sum(1 for r in self.rooms.rooms.values() if r.member(role) is not None)
+                sum(1 for r in rooms if r.member(role) is not None)
             )
+
+    async def _sample_room(
+        self, session_id: str, room: Any, call: CallQuality, now: float
+    ) -> list[Label]:
+        """Score each participant of one room and tell them; return the labels given."""
+        labels: list[Label] = []
+        states = self._media_states(room)
+        call.states = states
+        for seat, state in states.items():
+            if state == "no_media":
+                # Never "excellent" without media: a peer that never connected has no
+                # loss to score, which used to read as a perfect call.
+                pq = call.roles.setdefault(seat, ParticipantQuality())
+                await self._transition(session_id, seat, pq, "no_media")
+                pq.score, pq.label = 0.0, "no_media"
+                labels.append("no_media")
+        reports = await room.call.peer_reports()
+        ages = {peer.role: peer.rtp_age_s for peer in reports}
+        for peer in reports:
+            role = peer.role
+            if states.get(Role(role)) not in ("connected", "lost"):
+                continue  # not connected yet (or no_media, above): nothing to score
+            pq = call.roles.setdefault(role, ParticipantQuality())
+            up_stale, down_stale = rtp_lost(
+                peer.rtp_age_s, ages.get(other_role(role), {}).get("up")
+            )
+            state_lost = peer.media_state == "lost" or states.get(Role(role)) == "lost"
+            up, down = pq.sampler.sample(
+                peer.rtc,
+                now,
+                lost=state_lost or up_stale,
+                down_lost=state_lost or up_stale or down_stale,
+            )
+            down = self._with_client(pq, down, now)
+            up_score, _ = pq.up.update(up)
+            down_score, _ = pq.down.update(down)
+            score = min(up_score, down_score)
+            label = label_for(score, up.lost or down.lost)
+            await self._transition(session_id, role, pq, label)
+            pq.score, pq.label = score, label
+            labels.append(label)
+            self._observe(up, down)
+            pq.history.append(self._point(up, down, up_score, down_score, pq.client))
+        call.labels = labels
+        await self._tell_participants(room, call)
+        return labels
 
     @staticmethod
     def _with_client(pq: ParticipantQuality, down: DirectionSample, now: float) -> DirectionSample:

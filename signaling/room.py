@@ -41,6 +41,10 @@ log = logging.getLogger("rapport.signaling")
 # A participant in the call whose media has not connected this long is "no_media": shown as
 # such to the other person, in their own quality indicator, to admins and in /metrics.
 NO_MEDIA_AFTER_S = 10.0
+# Media lost this long (and not back) is written to the audit log as `media_lost`, once per
+# outage: a short blip is an incident for the admin's quality view, a long one a fact of
+# the session's record.
+MEDIA_LOST_AUDIT_AFTER_S = 30.0
 
 
 class Channel(Protocol):
@@ -201,6 +205,9 @@ class Room:
         self.no_media_after_s = NO_MEDIA_AFTER_S
         # Per role: the member we are waiting on for media, and since when (monotonic).
         self._awaiting_media: dict[Role, tuple[Member, float]] = {}
+        self.media_lost_audit_after_s = MEDIA_LOST_AUDIT_AFTER_S
+        # Per role: the pending `media_lost` audit of the current outage (cancelled on recovery).
+        self._media_lost_timers: dict[Role, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # Seats held for an in-call member whose socket dropped without `leave`; each task
         # releases its seat when the grace period runs out.
@@ -1060,8 +1067,44 @@ class Room:
     def _media_changed(self, role: str, _state: MediaState) -> None:
         if role not in ROLES:
             return
+        self._watch_media_lost(Role(role))
         self._sync_signals(Role(role))
         task = asyncio.ensure_future(self._send_peer_state(Role(role)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _watch_media_lost(self, role: Role) -> None:
+        """Arm the `media_lost` audit when ``role``'s media goes lost; disarm it otherwise."""
+        lost = self.call.media_state(role) == "lost" and self.member(role) is not None
+        timer = self._media_lost_timers.get(role)
+        if not lost:
+            if timer is not None:
+                timer.cancel()
+                del self._media_lost_timers[role]
+            return
+        if timer is not None:
+            return  # this outage is already being timed
+        with contextlib.suppress(RuntimeError):  # no loop: nothing to audit
+            member = self.member(role)
+            self._media_lost_timers[role] = asyncio.get_running_loop().call_later(
+                self.media_lost_audit_after_s, self._media_lost_for_long, role, member
+            )
+
+    def _media_lost_for_long(self, role: Role, member: Member | None) -> None:
+        self._media_lost_timers.pop(role, None)
+        if member is None or self.member(role) is not member:
+            return  # they left or were replaced: that has its own audit entry
+        if self.call.media_state(role) != "lost":
+            return
+        # The participant's audit id and role only: no name, address or device.
+        task = asyncio.ensure_future(
+            self.hooks.audit(
+                self.session_id,
+                "media_lost",
+                member.actor,
+                f"{role} media lost for {self.media_lost_audit_after_s:g} s",
+            )
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -53,6 +54,10 @@ class PeerReport:
     role: str
     media_state: MediaState
     rtc: RTCStatsReport
+    #: Seconds since the last RTP packet per direction ("up": from the participant, "down":
+    #: to them), None before the first. The 2-s stats alone show a dead link only as counters
+    #: that stop moving, a sample or two late; this says it at once.
+    rtp_age_s: dict[str, float | None] = field(default_factory=dict)
 
 
 class CallHandle(Protocol):
@@ -118,6 +123,18 @@ def prepare_process(config: MediaConfig) -> None:
         log.warning("aiortc speed patches unavailable; using aiortc's own", exc_info=True)
     if configured_mode(config) == "forward":
         import media.aiortc_compat.forwarding  # noqa: F401  (raises ForwardingUnavailable)
+
+
+def rtp_age(peer: ParticipantPeer, now: float | None = None) -> dict[str, float | None]:
+    """Seconds since ``peer`` last received ("up") and sent ("down") media, any kind."""
+    now = time.monotonic() if now is None else now
+    received = max(peer.last_frame_at.values(), default=None)
+    sent_at = [t._last_out_at for t in peer.outbound.values() if t._last_out_at > 0]
+    sent = max(sent_at, default=None)
+    return {
+        "up": None if received is None else round(now - received, 3),
+        "down": None if sent is None else round(now - sent, 3),
+    }
 
 
 class Call:
@@ -215,7 +232,7 @@ class Call:
                 rtc = await peer.pc.getStats()
             except Exception:  # a peer closing under our feet has no stats; skip it this round
                 continue
-            reports.append(PeerReport(role, peer.media_state, rtc))
+            reports.append(PeerReport(role, peer.media_state, rtc, rtp_age(peer)))
         return reports
 
     # ----------------------------------------------------------------- relay decisions

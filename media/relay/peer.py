@@ -49,7 +49,10 @@ log = logging.getLogger("rapport.media")
 
 FrameSink = Callable[[str, Frame], None]
 EncodedSink = Callable[[str, EncodedFrame], None]
-STALL_AFTER_S = 3.0
+# No RTP for this long on a connected peer is "lost": audio alone is 50 packets a second
+# (muted tracks still send), so 1.5 s is a dead link, and the watchdog's 0.5 s tick puts the
+# room's "lost" within 2 s of the last packet (it used to take 3 s plus the tick).
+STALL_AFTER_S = 1.5
 KINDS = ("audio", "video")
 # What the relay forwards, per kind, when the browser offers it.
 PREFERRED = {"video": "video/vp8", "audio": "audio/opus"}
@@ -321,7 +324,8 @@ class ParticipantPeer:
 
     # ----------------------------------------------------------------- receiving
     def check_stall(self, now: float | None = None) -> bool:
-        """Mark media lost when no RTP arrived for 3 s on a connected peer; return change.
+        """Mark media lost when no RTP arrived for ``STALL_AFTER_S`` on a connected peer; return
+        whether that changed.
 
         aiortc keeps a dead peer 'connected' for ~30 s, so silence on the wire is the signal.
         """

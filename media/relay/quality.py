@@ -11,9 +11,10 @@ chosen so that the labels line up with the loss thresholds:
 
 ``score = 100 − max(audio penalty, video penalty)``, each kind's penalty the sum of its loss,
 RTT, jitter, freeze and bitrate penalties (capped at 100). Labels: excellent ≥ 85, good ≥ 60,
-poor < 60, and *lost* (score 0) when no RTP arrived for 3 s. Scores are smoothed with an
-exponential average that falls fast and recovers slowly, so a single bad sample shows but a
-good one does not hide a bad trend.
+poor < 60, and *lost* (score 0) when no RTP arrived for ``RTP_LOST_AFTER_S`` (the peer's
+report carries the time since the last packet each way, so a sample says so at once).
+Scores are smoothed with an exponential average that falls fast and recovers slowly, so a
+single bad sample shows but a good one does not hide a bad trend.
 """
 
 from __future__ import annotations
@@ -29,6 +30,29 @@ Kind = Literal["audio", "video"]
 LOSS_THRESHOLDS: dict[str, tuple[float, float]] = {"audio": (0.025, 0.075), "video": (0.02, 0.06)}
 CLOCK_RATE = {"audio": 48_000, "video": 90_000}
 VIDEO_TARGET_BPS = 300_000
+# media.relay.peer.STALL_AFTER_S (kept equal by a test; not imported, this module stays pure),
+# so the room's "lost" and the quality label's agree.
+RTP_LOST_AFTER_S = 1.5
+
+
+def rtp_lost(
+    rtp_age_s: Mapping[str, float | None], source_age_s: float | None = None
+) -> tuple[bool, bool]:
+    """Whether the up and the down direction are lost, from the seconds since the last RTP
+    packet each way.
+
+    ``up`` (from the participant) is lost when it stopped. ``down`` (to them) only counts
+    when the server had media to send (``source_age_s``: the other participant's ``up``):
+    with nobody else in the call, or the other person gone quiet on the wire, nothing goes
+    down and that is not this participant's connection failing.
+    """
+
+    def stale(age: float | None) -> bool:
+        return age is not None and age >= RTP_LOST_AFTER_S
+
+    up = stale(rtp_age_s.get("up"))
+    down = stale(rtp_age_s.get("down")) and source_age_s is not None and not stale(source_age_s)
+    return up, down
 
 
 def loss_penalty(kind: str, loss: float) -> float:
@@ -150,8 +174,14 @@ class PeerStatsSampler:
         self._prev_t: float | None = None
 
     def sample(
-        self, report: Mapping[str, Any], now: float, lost: bool = False
+        self,
+        report: Mapping[str, Any],
+        now: float,
+        lost: bool = False,
+        *,
+        down_lost: bool | None = None,
     ) -> tuple[DirectionSample, DirectionSample]:
+        """``lost`` marks the up direction (and the down one unless ``down_lost`` says)."""
         counters = _Counters()
         rtts: list[float] = []
         up_jitter: dict[str, float] = {}
@@ -206,6 +236,9 @@ class PeerStatsSampler:
             rtt_ms=rtt, kinds=up_kinds, bitrate_bps=bitrate_in, packets_per_s=pps, lost=lost
         )
         down_sample = DirectionSample(
-            rtt_ms=rtt, kinds=down_kinds, bitrate_bps=bitrate_out, lost=lost
+            rtt_ms=rtt,
+            kinds=down_kinds,
+            bitrate_bps=bitrate_out,
+            lost=lost if down_lost is None else down_lost,
         )
         return up, down_sample

@@ -97,6 +97,16 @@ class _Worker:
         self._ids = itertools.count(1)
         self._reader_task: asyncio.Task[None] | None = None
 
+    @property
+    def is_ready(self) -> bool:
+        """Started and serving (its ``Ready`` arrived), as opposed to alive but importing."""
+        return (
+            self.alive
+            and self.ready.done()
+            and not self.ready.cancelled()
+            and self.ready.exception() is None
+        )
+
     async def start(self) -> None:
         parent, child = socket.socketpair()
         env = dict(os.environ)
@@ -339,11 +349,18 @@ class MediaWorkerPool:
         return RemoteCall(self, session_id, on_audio, on_media_state)
 
     def pick(self) -> _Worker:
-        """The live worker with the fewest calls (a dead one only when none is alive)."""
+        """The ready worker with the fewest calls; one still starting only when none is ready
+        (a dead one only when none is alive).
+
+        A replacement counts as alive from its spawn, but needs about 2 s of imports before it
+        serves: a call re-pinned after a crash onto it waited that long for its media (3.3 s
+        from `restart_media` to video in the browser test) while another worker stood idle.
+        """
         if not self.workers:
             raise MediaUnavailable("media workers are not started")
-        live = [w for w in self.workers if w.alive] or self.workers
-        return min(live, key=lambda w: (len(w.calls), w.index))
+        live = [w for w in self.workers if w.alive]
+        ready = [w for w in live if w.is_ready]
+        return min(ready or live or self.workers, key=lambda w: (len(w.calls), w.index))
 
     def worker_exited(self, worker: _Worker, code: int | None, calls: int) -> None:
         if self.closing:
