@@ -226,3 +226,14 @@ def test_the_allow_list_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     )
     media_config = create_app(settings).state.rooms.media_config
     assert media_config.allowed_candidate_networks == ("192.168.1.0/24",)
+
+
+async def test_a_connection_address_that_is_not_an_ip_is_refused(offer: str) -> None:
+    """aiortc keeps c= and a=rtcp: addresses and raises ValueError on them each time the
+    remote description is read (found by the 10,000-offer fuzz)."""
+    for bad in (
+        offer.replace("c=IN IP4 127.0.0.1", "c=IN IP4 127.0.0.é", 1),
+        offer.replace("a=rtcp:9 IN IP4 0.0.0.0", "a=rtcp:9 IN IP4 example.org", 1),
+    ):
+        with pytest.raises(SdpError, match="connection address is not an IP address"):
+            sanitize_offer(bad, STRICT)

@@ -15,6 +15,7 @@ CRLF and verified to split back into exactly the lines that were checked.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -71,6 +72,17 @@ def _attribute(line: str) -> str | None:
     return line[2:].split(":", 1)[0]
 
 
+def _connection_address(line: str) -> str | None:
+    """The address of a ``c=`` or ``a=rtcp:`` line, which aiortc keeps and writes out again
+    with ``ipaddress`` whenever the remote description is read: one that is not an IP
+    address would raise there, long after the offer was accepted."""
+    if line.startswith("c="):
+        return line[2:].split(" ")[-1]
+    if _attribute(line) == "rtcp" and " " in line:
+        return line.split(" ")[-1]
+    return None
+
+
 def parse_offer(sdp: str) -> ParsedOffer:
     """Split ``sdp`` into its session part and media sections, refusing what aiortc would
     split differently; raise ``SdpError`` with the line at fault."""
@@ -95,6 +107,14 @@ def parse_offer(sdp: str) -> ParsedOffer:
     for number, line in lines:
         if not _LINE.fullmatch(line):
             raise SdpError(f"Line {number} is not of the form 'x=value'.")
+        address = _connection_address(line)
+        if address is not None:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise SdpError(
+                    f"Line {number}: the connection address is not an IP address."
+                ) from None
         if line.startswith("m="):
             fields = line[2:].split()
             if len(fields) < 4 or not fields[1].isdigit():
