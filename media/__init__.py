@@ -39,6 +39,8 @@ _API: dict[str, str] = {
     "CallHandle": "media.relay.call",
     "MediaUnavailable": "media.relay.call",
     "MediaConfig": "media.relay.ice",
+    "PRIVATE_NETWORKS": "media.relay.ice",
+    "check_allowed_networks": "media.relay.ice",
     "restrict_host_addresses": "media.relay.ice",
     "SdpError": "media.relay.sdp",
     # call quality (pure scoring of getStats samples)
@@ -66,6 +68,7 @@ _API: dict[str, str] = {
 }
 
 __all__ = [
+    "PRIVATE_NETWORKS",
     "ROLES",
     "AudioInput",
     "Call",
@@ -90,6 +93,7 @@ __all__ = [
     "SnapshotPayload",
     "TimelineSecond",
     "analyze_files",
+    "check_allowed_networks",
     "label_for",
     "other_role",
     "restrict_host_addresses",
@@ -120,7 +124,12 @@ if TYPE_CHECKING:
     from media.loops import LoopLagSampler
     from media.participants import ROLES, MediaState, Role, other_role
     from media.relay.call import AudioInput, Call, CallFactory, CallHandle, MediaUnavailable
-    from media.relay.ice import MediaConfig, restrict_host_addresses
+    from media.relay.ice import (
+        PRIVATE_NETWORKS,
+        MediaConfig,
+        check_allowed_networks,
+        restrict_host_addresses,
+    )
     from media.relay.quality import (
         DirectionSample,
         KindSample,

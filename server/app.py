@@ -125,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     media_config = MediaConfig(
         ice_servers=tuple(settings.server_ice_servers),
         allow_loopback_candidates=settings.allow_loopback_candidates,
+        allowed_candidate_networks=tuple(settings.allowed_candidate_networks),
         media_addresses=tuple(settings.media_addresses),
         relay_mode=settings.relay_mode,
     )

@@ -45,6 +45,12 @@ def usable_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     return max(1, cores)
 
 
+def _private_networks() -> tuple[str, ...]:
+    from media import PRIVATE_NETWORKS  # media code loads when settings are made, not imported
+
+    return PRIVATE_NETWORKS
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAPPORT_", extra="ignore")
 
@@ -75,6 +81,11 @@ class Settings(BaseSettings):
     media_addresses: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Accept loopback ICE candidates from browsers (only sensible for local development/tests).
     allow_loopback_candidates: bool = False
+    # Private networks (RFC 1918, 100.64.0.0/10, fc00::/7) browsers' ICE candidates may be in;
+    # default all of them, as on a LAN; "" allows none (a cloud host's internal services).
+    allowed_candidate_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(_private_networks())
+    )
     # "forward": relay encoded VP8/Opus frames as they are (no video decode/encode);
     # "transcode": decode and re-encode everything (the original relay, for comparison).
     relay_mode: Literal["forward", "transcode"] = "forward"
@@ -119,6 +130,7 @@ class Settings(BaseSettings):
         "turn_urls",
         "stun_urls",
         "server_ice_servers",
+        "allowed_candidate_networks",
         mode="before",
     )
     @classmethod
@@ -131,6 +143,14 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @field_validator("allowed_candidate_networks", mode="after")
+    @classmethod
+    def _private_allow_list(cls, value: list[str]) -> list[str]:
+        """Refuse a mistyped or non-private network at start, not in a media worker."""
+        from media import check_allowed_networks
+
+        return list(check_allowed_networks(value))
 
     @field_validator("ice_servers", "server_ice_servers", mode="after")
     @classmethod

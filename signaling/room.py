@@ -252,7 +252,9 @@ class Room:
             return
         try:
             data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):
+            # ValueError: JSONDecodeError, and an integer beyond Python's digit limit;
+            # RecursionError: nesting deeper than the parser's stack (60,000 "[" fit a frame).
             await self._error(member, m.ErrorCode.BAD_JSON, "Messages must be JSON objects.")
             return
         if not isinstance(data, dict) or not isinstance(data.get("type"), str):

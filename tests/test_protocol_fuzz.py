@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import random
+import threading
+import time
+from collections import Counter
 from typing import Any
 
+import pytest
+from aiortc.sdp import SessionDescription
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from media import Role
+from media.relay.call import Call
 from media.relay.ice import MediaConfig
+from media.relay.sdp import LINE_BREAKS, MAX_MEDIA_SECTIONS, SdpError
 from signaling import messages as m
 from signaling.room import Member, Room
+from tests.media_helpers import FakeBrowser
 from tests.signaling_helpers import MemoryChannel
 from tests.support import eventually
 
@@ -210,3 +220,198 @@ def test_therapist_fuzz_keeps_room_serving(messages: list[str]) -> None:
         await _finish(room, [t_chan, c_chan], tasks)
 
     asyncio.run(scenario())
+
+
+def test_hostile_json_is_bad_json_and_the_call_goes_on() -> None:
+    """Nesting deeper than the parser's stack and an integer past Python's digit limit are
+    malformed JSON to the sender, not a traceback that drops the socket."""
+    hostile = [
+        "[" * 60_000,
+        '{"type": "ping", "t": ' + "9" * 5000 + "}",
+        "[" * 30_000 + "]" * 30_000,
+        '{"type": "ping", "t": ' + '{"a":' * 9_000 + "1" + "}" * 9_000 + "}",
+        "-" + "1" * 4301,
+    ]
+
+    async def scenario() -> None:
+        room, t_chan, c_chan, tasks = await _started_room()
+        for channel, t in ((c_chan, 424242), (t_chan, 1)):
+            for raw in hostile:
+                channel.inbox.put_nowait(raw)
+            channel.inbox.put_nowait(json.dumps({"type": "ping", "t": t}))
+            await _wait_for(channel, "pong", t=t)
+            codes = [msg["code"] for msg in channel.outbox if msg["type"] == "error"]
+            assert codes == ["bad_json"] * len(hostile)
+            assert not channel.closed
+        assert room.therapist is not None and room.status != "ended"
+        assert room.client is not None and room.client.participant_id == 7
+        await _finish(room, [t_chan, c_chan], tasks)
+
+    asyncio.run(scenario())
+
+
+# --- SDP: mutated offers through a real aiortc peer -------------------------------------------
+
+OFFERS = 10_000 if LONG else 1_000
+# Loopback-only media that refuses loopback candidates: every candidate an offer carries is
+# filtered, so however an offer is mutated the server contacts nothing (a candidate that got
+# through would show up at the listener below).
+STRICT = MediaConfig(media_addresses=("127.0.0.1",))
+SEPARATORS = sorted(LINE_BREAKS | {"\n"})
+ADDRESSES = [
+    "127.0.0.1",
+    "169.254.169.254",
+    "fd00:ec2::254",
+    "0.0.0.0",
+    "0.1.2.3",
+    "::1",
+    "::ffff:127.0.0.1",
+    "10.0.0.1",
+    "192.0.2.1",
+    "localhost",
+    "x.local",
+    "999.1.1.1",
+    "",
+]
+GARBAGE = ["\x00", "\t", " ", ":", "=", "\u2028", "\x85", "\r", "\x7f", "é", "9" * 30, "-1", "/"]
+
+
+def _mutate(offer: str, rng: random.Random, listener_port: int) -> str:
+    lines = offer.split("\r\n")
+
+    def candidate() -> str:
+        address = rng.choice([*ADDRESSES, "127.0.0.1"])
+        port = rng.choice([listener_port, listener_port, 0, 70000, -1])
+        proto = rng.choice(["udp", "UDP", "tcp", "sctp"])
+        return f"a=candidate:1 {rng.choice([1, 2, 0, 256])} {proto} 1 {address} {port} typ host"
+
+    for _ in range(rng.randint(1, 3)):
+        i = rng.randrange(len(lines))
+        choice = rng.randrange(11)
+        if choice == 0:  # a separator and a candidate or section glued to a line
+            extra = candidate() if rng.random() < 0.6 else "m=audio 9 UDP/TLS/RTP/SAVPF 0"
+            lines[i] += rng.choice(SEPARATORS) + extra
+        elif choice == 1:
+            del lines[i]
+        elif choice == 2:
+            lines.insert(i, lines[i])
+        elif choice == 3:
+            j = rng.randrange(len(lines))
+            lines[i], lines[j] = lines[j], lines[i]
+        elif choice == 4 and lines[i]:
+            k = rng.randrange(len(lines[i]))
+            lines[i] = lines[i][:k] + rng.choice(GARBAGE) + lines[i][k + 1 :]
+        elif choice == 5:
+            lines.insert(i, candidate())
+        elif choice == 6:  # more media sections than allowed
+            start = next(n for n, line in enumerate(lines) if line.startswith("m="))
+            lines += lines[start:] * rng.randint(1, 3)
+        elif choice == 7 and lines[i].startswith("m="):
+            fields = lines[i].split(" ")
+            fields[rng.randrange(len(fields))] = rng.choice(["x", "application", "", "99999999"])
+            lines[i] = " ".join(fields)
+        elif choice == 8:
+            lines = [line for line in lines if not line.startswith(rng.choice(["a=ice", "a=fin"]))]
+        elif choice == 9:
+            return "\r\n".join(lines)[: rng.randrange(len(offer))]
+        else:
+            lines[i] = lines[i].replace(" ", rng.choice(GARBAGE))
+    return rng.choice(["\r\n", "\n", "\r\n"]).join(lines)
+
+
+def _separator_offers(offer: str, listener_port: int) -> list[str]:
+    """Every separator before a candidate and between sections, with a candidate aimed at the
+    listener, once each: the systematic part, before the random one."""
+    target = f"a=candidate:1 1 udp 2122252543 127.0.0.1 {listener_port} typ host"
+    found = []
+    for sep in SEPARATORS:
+        for anchor, extra in (
+            ("a=candidate:", target + sep),
+            ("m=video", target + sep),
+            ("m=video", "m=audio 9 UDP/TLS/RTP/SAVPF 0" + sep + "a=mid:7" + sep),
+        ):
+            found.append(offer.replace(anchor, extra + anchor, 1))
+    return found
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.slow
+async def test_mutated_offers_never_cause_internal_errors(caplog: pytest.LogCaptureFixture) -> None:
+    """Thousands of mutated offers into one real call: each is answered or refused with
+    ``SdpError``; none raises anything else; an answered one left aiortc holding no candidate
+    (all are refused here) and at most four sections; none made the server send a STUN packet
+    to the listener its candidates point at; and file descriptors, threads and tasks return to their
+    baseline once the call closes."""
+    caplog.set_level(logging.INFO, logger="rapport.media")
+    received: list[bytes] = []
+
+    class Listener(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            received.append(data)
+
+    browser = FakeBrowser()
+    base = await browser.offer()
+    await browser.close()
+    await asyncio.sleep(0)
+    fds, threads = _open_fds(), threading.active_count()
+    tasks = len(asyncio.all_tasks())
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        Listener, local_addr=("127.0.0.1", 0)
+    )
+    port = transport.get_extra_info("sockname")[1]
+    rng = random.Random(12)
+    offers = _separator_offers(base, port)
+    offers += [_mutate(base, rng, port) for _ in range(OFFERS - len(offers))]
+    outcomes: Counter[str] = Counter()
+    internal: list[tuple[int, str]] = []
+    slipped: list[tuple[int, str]] = []
+    call = Call(STRICT)
+    started = time.monotonic()
+    try:
+        for n, offer in enumerate(offers):
+            try:
+                await call.connect("client", offer)
+                outcomes["answered"] += 1
+                # What aiortc holds is what the filter passed: no candidate, few sections.
+                held = call.peers["client"].pc.remoteDescription
+                assert held is not None
+                parsed = SessionDescription.parse(held.sdp)
+                candidates = [c.ip for media in parsed.media for c in media.ice_candidates]
+                if candidates or len(parsed.media) > MAX_MEDIA_SECTIONS:
+                    slipped.append((n, f"{len(parsed.media)} sections, candidates {candidates}"))
+            except SdpError as exc:
+                outcomes["refused" if exc.__cause__ is None else "refused by aiortc"] += 1
+            except Exception as exc:
+                internal.append((n, repr(exc)))
+        assert outcomes["answered"] > 0 and outcomes["refused"] > 0
+        assert internal == []
+        assert slipped == []
+        assert received == []
+        separated = outcomes.copy()
+    finally:
+        await call.close()
+        transport.close()
+    elapsed = time.monotonic() - started
+    aiortc_reasons = Counter(
+        r.getMessage() for r in caplog.records if "offer rejected by aiortc" in r.getMessage()
+    )
+    print(f"{len(offers)} offers in {elapsed:.1f} s: {dict(separated)}; {dict(aiortc_reasons)}")
+
+    def at_baseline() -> bool:
+        return (
+            _open_fds() <= fds
+            and threading.active_count() <= threads
+            and len(asyncio.all_tasks()) <= tasks
+        )
+
+    await eventually(
+        at_baseline,
+        timeout=20.0,
+        message=lambda: (
+            f"fds {_open_fds()}/{fds}, threads {threading.active_count()}/{threads}, "
+            f"tasks {len(asyncio.all_tasks())}/{tasks}"
+        ),
+    )

@@ -16,6 +16,7 @@ withheld from aiortc and given to it only after ``PRFLX_WAIT_S`` without a conne
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,59 @@ from typing import Any
 
 import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Private address space (RFC 1918, carrier-grade NAT of RFC 6598, IPv6 unique local of
+# RFC 4193): where a LAN deployment's browsers are, and where a cloud host's internal services
+# are. Candidates there are allowed only inside MediaConfig.allowed_candidate_networks, which
+# by default is all of it, as before the allow-list existed (a server on a practice's LAN
+# keeps working); a server in a cloud narrows it, usually to nothing.
+PRIVATE_NETWORKS: tuple[str, ...] = (
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "fc00::/7",
+)
+# Never contacted, whatever the allow-list says: "this network" (RFC 1122: some stacks send
+# 0.x.x.x to the local host) and cloud metadata services reachable at ordinary-looking
+# addresses (AWS IMDS over IPv6 inside fc00::/7, Alibaba's inside 100.64.0.0/10, Azure's host
+# endpoint). The IPv4 metadata address 169.254.169.254 is link-local, refused as such.
+DENIED_NETWORKS: tuple[str, ...] = (
+    "0.0.0.0/8",
+    "fd00:ec2::254/128",
+    "100.100.100.200/32",
+    "168.63.129.16/32",
+)
+
+
+@functools.cache
+def parse_networks(entries: tuple[str, ...]) -> tuple[IpNetwork, ...]:
+    """``entries`` as networks; ``ValueError`` names the first one that is not a network."""
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an IP network (like 192.168.1.0/24)") from None
+    return tuple(networks)
+
+
+def check_allowed_networks(entries: Sequence[str]) -> tuple[str, ...]:
+    """Refuse an allow-list entry outside private space: it would read as a grant and do nothing
+    (public addresses are always allowed; loopback has its own setting; link-local, metadata
+    and the like never are)."""
+    private = parse_networks(PRIVATE_NETWORKS)
+    for entry, network in zip(entries, parse_networks(tuple(entries)), strict=True):
+        if not any(
+            network.version == p.version and network.subnet_of(p)  # type: ignore[arg-type]
+            for p in private
+        ):
+            raise ValueError(
+                f"{entry!r} is not inside a private range ({', '.join(PRIVATE_NETWORKS)})"
+            )
+    return tuple(entries)
 
 
 @dataclass(frozen=True)
@@ -33,10 +87,16 @@ class MediaConfig:
     # are per participant and never reach the media layer.
     ice_servers: Sequence[dict[str, Any]] = ()
     allow_loopback_candidates: bool = False
+    # Private networks remote candidates (and peer-reflexive sources) may be in; see
+    # PRIVATE_NETWORKS. Validated on construction, so a worker never starts with a bad one.
+    allowed_candidate_networks: tuple[str, ...] = PRIVATE_NETWORKS
     media_addresses: Sequence[str] = field(default_factory=tuple)
     # "forward": pass encoded VP8/Opus frames through (no video decode or encode);
     # "transcode": aiortc decodes and re-encodes everything (the original relay).
     relay_mode: str = "forward"
+
+    def __post_init__(self) -> None:
+        check_allowed_networks(self.allowed_candidate_networks)
 
     def rtc_configuration(self) -> RTCConfiguration:
         # An explicit empty list matters: with None aiortc falls back to a public STUN server.
@@ -121,4 +181,18 @@ def address_allowed(address: str, config: MediaConfig) -> bool:
         return config.allow_loopback_candidates
     if config.loopback_only:
         return False
-    return not (ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved)
+    if ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved:
+        return False  # reserved includes ::ffff:0:0/96, so a mapped IPv4 never slips through
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
+        return False  # fec0::/10, deprecated (RFC 3879) but still routed inside some sites
+    if _within(ip, parse_networks(DENIED_NETWORKS)):
+        return False
+    if _within(ip, parse_networks(PRIVATE_NETWORKS)):
+        return _within(ip, parse_networks(config.allowed_candidate_networks))
+    return True
+
+
+def _within(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: Iterable[IpNetwork]
+) -> bool:
+    return any(ip.version == n.version and ip in n for n in networks)
