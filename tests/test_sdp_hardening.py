@@ -237,3 +237,32 @@ async def test_a_connection_address_that_is_not_an_ip_is_refused(offer: str) -> 
     ):
         with pytest.raises(SdpError, match="connection address is not an IP address"):
             sanitize_offer(bad, STRICT)
+
+
+def _drop_fingerprint(offer: str, section: int) -> str:
+    """``offer`` without the fingerprint of media section ``section`` (1-based)."""
+    parts = offer.split("\r\nm=")
+    assert len(parts) > section and "a=fingerprint:" in parts[section]
+    lines = parts[section].split("\r\n")
+    parts[section] = "\r\n".join(x for x in lines if not x.startswith("a=fingerprint:"))
+    return "\r\nm=".join(parts)
+
+
+async def test_a_fingerprint_in_only_some_media_sections_is_refused(offer: str) -> None:
+    """aiortc accepted such an offer and its background connect task then raised an
+    AssertionError nobody collected: the call stayed without media and no error was sent."""
+    sections = offer.split("\r\nm=")[1:]
+    assert len(sections) == 2 and all("a=fingerprint:" in x for x in sections)
+    for section in (1, 2):
+        with pytest.raises(
+            SdpError, match=f"Media section\\(s\\) {section} lack a DTLS fingerprint"
+        ):
+            sanitize_offer(_drop_fingerprint(offer, section), LOOPBACK_OK)
+    with pytest.raises(SdpError, match="lacks a DTLS fingerprint"):
+        sanitize_offer(_drop_fingerprint(_drop_fingerprint(offer, 1), 2), LOOPBACK_OK)
+    # At session level it covers every section, as aiortc reads it.
+    fingerprint = next(x for x in offer.split("\r\n") if x.startswith("a=fingerprint:"))
+    moved = _drop_fingerprint(_drop_fingerprint(offer, 1), 2).replace(
+        "\r\nm=", f"\r\n{fingerprint}\r\nm=", 1
+    )
+    assert fingerprint in sanitize_offer(moved, LOOPBACK_OK).split("\r\nm=")[0]

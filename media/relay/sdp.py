@@ -148,6 +148,27 @@ def filter_candidates(offer: ParsedOffer, config: MediaConfig) -> ParsedOffer:
     )
 
 
+def _has_fingerprint(lines: Iterator[str] | tuple[str, ...]) -> bool:
+    return any(line.startswith("a=fingerprint:") for line in lines)
+
+
+def _require_fingerprints(offer: ParsedOffer) -> None:
+    """A DTLS fingerprint at session level (aiortc copies it into every section) or in every
+    media section. aiortc accepts a section without one and only its background connect task
+    fails, with an AssertionError nobody collects, leaving the call without media."""
+    if _has_fingerprint(offer.session):
+        return
+    missing = [n for n, s in enumerate(offer.sections, start=1) if not _has_fingerprint(s.lines)]
+    if len(missing) == len(offer.sections):
+        raise SdpError("The offer lacks a DTLS fingerprint.")
+    if missing:
+        which = ", ".join(str(n) for n in missing)
+        raise SdpError(
+            f"Media section(s) {which} lack a DTLS fingerprint; put one at session level or "
+            "in every media section."
+        )
+
+
 def sanitize_offer(sdp: str, config: MediaConfig) -> str:
     """Validate an offer's structure and drop unsafe ICE candidates; return the cleaned SDP,
     the only text of the offer aiortc is given."""
@@ -157,12 +178,9 @@ def sanitize_offer(sdp: str, config: MediaConfig) -> str:
     unknown = sorted({s.kind for s in offer.sections} - _ALLOWED_MEDIA)
     if unknown:
         raise SdpError(f"Unsupported media kind(s): {', '.join(unknown)}.")
-    for prefix, why in (
-        ("a=ice-ufrag:", "ICE credentials"),
-        ("a=fingerprint:", "a DTLS fingerprint"),
-    ):
-        if not any(line.startswith(prefix) for line in offer.lines()):
-            raise SdpError(f"The offer lacks {why}.")
+    if not any(line.startswith("a=ice-ufrag:") for line in offer.lines()):
+        raise SdpError("The offer lacks ICE credentials.")
+    _require_fingerprints(offer)
     text = offer.serialise()
     if text.splitlines() != list(offer.lines()):  # what aiortc will see is what was checked
         raise SdpError("The offer's lines could not be separated unambiguously.")
