@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .models import SessionStatus, TherapySession
+from .models import Participant, SessionStatus, TherapySession
 from .security import token_hash
 
 
@@ -54,3 +54,30 @@ async def check_invite(db: AsyncSession, token: str) -> InviteCheck:
     if expires < datetime.now(UTC):
         return InviteCheck(session, InviteProblem.EXPIRED)
     return InviteCheck(session, None)
+
+
+async def kept_participant(
+    db: AsyncSession, token: str, identity_hash: str
+) -> tuple[TherapySession, Participant] | None:
+    """The session and admitted client whose own browser (``identity_hash``) comes back on a
+    link the therapist replaced while keeping participants: their page still holds that link
+    and reconnects on it. Anyone else on the old link stays refused, and a renewal that did
+    not keep participants forgets the old links (and un-admits everyone)."""
+    if not token or len(token) > 200:
+        return None
+    old_hash = token_hash(token)
+    rows = await db.execute(
+        select(TherapySession, Participant)
+        .join(Participant, Participant.session_id == TherapySession.id)
+        .where(
+            Participant.identity_hash == identity_hash,
+            Participant.admitted.is_(True),
+            Participant.denied.is_(False),
+            TherapySession.status != SessionStatus.ENDED,
+            TherapySession.kept_invite_hashes.is_not(None),
+        )
+    )
+    for session, participant in rows:
+        if old_hash in (session.kept_invite_hashes or []):
+            return session, participant
+    return None

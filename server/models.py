@@ -116,6 +116,9 @@ class TherapySession(Base):
     )
     invite_token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     invite_expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Hashes of links replaced with keep_participants: they still let an admitted client's
+    # own browser back in (its page holds the old link), and nobody else (server/invites.py).
+    kept_invite_hashes: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

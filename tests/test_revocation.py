@@ -52,6 +52,15 @@ async def _knocker(
     return c
 
 
+async def _open(server: LiveServer, invite_url: str, cookie: str | None = None) -> Participant:
+    """A client socket on ``invite_url`` that is refused before any welcome."""
+    ws = await websockets.connect(
+        f"{server.ws_url}/ws/join/{invite_token(invite_url)}",
+        additional_headers={"Cookie": cookie or new_client_cookie()},
+    )
+    return Participant(ws)
+
+
 async def _refused(c: Participant, code: str, close_code: int, within: float = WITHIN_S) -> str:
     """The socket is told ``code`` (fatal) and closed with ``close_code``, within ``within``."""
     error = await c.expect("error", timeout=within, code=code)
@@ -112,6 +121,35 @@ async def test_renewal_closes_old_link_sockets_and_keeps_the_admitted_client_onl
     await eventually(
         lambda: _has(admin, session["id"], "client_link_revoked"), message="no revocation audit"
     )
+    await t.close()
+
+
+async def test_a_kept_client_reconnects_on_the_old_link_and_nobody_else_does(
+    live_server: LiveServer, therapist: httpx.AsyncClient
+) -> None:
+    """After a renewal that kept participants, the admitted client's page still holds the old
+    link: when their socket drops, their own browser must get back in on it, while a new
+    browser on that link, and anyone after a renewal without keep, stays refused."""
+    session, t, c, cookie = await open_room(live_server.ws_url, therapist)
+    old_url = session["invite_url"]
+    renewed = await therapist.post(f"/api/sessions/{session['id']}/invite")
+    assert renewed.status_code == 200
+    await _alive(c)
+    await c.close()  # the kept client's socket drops; their page retries on the old link
+
+    back = await _knocker(live_server, old_url, cookie)
+    await back.expect("admitted", timeout=5)
+    await _alive(back)
+    await _refused(await _open(live_server, old_url), "unknown", 4404)
+
+    # Without keep, the old links are forgotten: the client is shown out and stays out.
+    again = await therapist.post(
+        f"/api/sessions/{session['id']}/invite", json={"keep_participants": False}
+    )
+    assert again.status_code == 200
+    await _refused(back, "invite_revoked", 4410)
+    for url in (old_url, renewed.json()["invite_url"]):
+        await _refused(await _open(live_server, url, cookie), "unknown", 4404)
     await t.close()
 
 

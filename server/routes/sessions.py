@@ -80,6 +80,10 @@ async def own_session(db: DbSession, user: User, session_id: str) -> TherapySess
     return session
 
 
+# Replaced links an admitted client's page may still hold (renewals kept them); older ones go.
+MAX_KEPT_INVITES = 10
+
+
 def _new_invite(session: TherapySession, settings: Settings, ttl_hours: float | None) -> str:
     token = new_token()
     session.invite_token_hash = token_hash(token)
@@ -148,6 +152,11 @@ async def renew_invite(
     session = await own_session(db, user, session_id)
     if session.status == SessionStatus.ENDED:
         raise HTTPException(status.HTTP_409_CONFLICT, "This session has ended.")
+    if keep:
+        kept = [*(session.kept_invite_hashes or []), session.invite_token_hash]
+        session.kept_invite_hashes = kept[-MAX_KEPT_INVITES:]
+    else:
+        session.kept_invite_hashes = None
     invite_url = _new_invite(session, settings, None)
     if not keep:
         # Nobody is re-admitted silently on the new link: the therapist sees everyone again.

@@ -17,7 +17,7 @@ from signaling.rooms import RoomRegistry
 
 from ..auth import CLIENT_COOKIE, ENROLMENT_MESSAGE, LOGIN_COOKIE, user_from_token
 from ..db import Database
-from ..invites import InviteProblem, check_invite
+from ..invites import InviteCheck, InviteProblem, check_invite, kept_participant
 from ..models import Participant, SessionStatus, TherapySession, UserRole, utcnow
 from ..security import token_hash
 from ..settings import Settings
@@ -141,16 +141,27 @@ async def client_socket(ws: WebSocket, token: str) -> None:
     async with database.session() as db:
         check = await check_invite(db, token)
         session = check.session
-        if session is None or check.problem == InviteProblem.ENDED:
-            code = ErrorCode.INVITE_ENDED if session is not None else ErrorCode.UNKNOWN_INVITE
-            await _refuse(ws, code, check.message, 4404)
-            return
         identity_hash = token_hash(identity)
-        participant = await db.scalar(
-            select(Participant).where(
-                Participant.session_id == session.id, Participant.identity_hash == identity_hash
+        kept = None
+        participant: Participant | None
+        if session is None:
+            # An admitted client's page reconnects on the link it was opened with, which the
+            # therapist may have replaced while keeping them in the session.
+            kept = await kept_participant(db, token, identity_hash)
+        if kept is not None:
+            session, participant = kept
+            check = InviteCheck(session, None)
+        else:
+            if session is None or check.problem == InviteProblem.ENDED:
+                code = ErrorCode.INVITE_ENDED if session is not None else ErrorCode.UNKNOWN_INVITE
+                await _refuse(ws, code, check.message, 4404)
+                return
+            participant = await db.scalar(
+                select(Participant).where(
+                    Participant.session_id == session.id,
+                    Participant.identity_hash == identity_hash,
+                )
             )
-        )
         if participant is not None and participant.denied:
             await _refuse(
                 ws,
