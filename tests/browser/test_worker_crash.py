@@ -38,6 +38,7 @@ RECORD_RESTART_JS = """
 (() => {
   const Original = window.WebSocket;
   window.__restartAt = null;
+  window.__offerAt = null;
   class RecordingWebSocket extends Original {
     constructor(...args) {
       super(...args);
@@ -50,7 +51,31 @@ RECORD_RESTART_JS = """
       });
     }
   }
+  const send = Original.prototype.send;
+  Original.prototype.send = function (data) {
+    try {
+      if (window.__restartAt !== null && window.__offerAt === null
+          && JSON.parse(data).type === "offer") {
+        window.__offerAt = performance.now();
+      }
+    } catch {}
+    return send.call(this, data);
+  };
   window.WebSocket = RecordingWebSocket;
+  window.__connectedAt = null;
+  const OriginalPc = window.RTCPeerConnection;
+  window.RTCPeerConnection = class extends OriginalPc {
+    constructor(...args) {
+      super(...args);
+      const created = window.__restartAt;
+      this.addEventListener("connectionstatechange", () => {
+        if (created !== null && this.connectionState === "connected"
+            && window.__connectedAt === null) {
+          window.__connectedAt = performance.now();
+        }
+      });
+    }
+  };
 })();
 """
 
@@ -135,6 +160,13 @@ def test_a_killed_media_worker_brings_both_videos_back_within_3_s(
             for name, page in (("therapist", t), ("client", c))
         }
         since_kill = time.monotonic() - killed
+        # Where the time went, per page: restart_media -> offer sent -> connected -> frames.
+        for name, page in (("therapist", t), ("client", c)):
+            offer, connected = page.evaluate(
+                "() => [window.__offerAt - window.__restartAt,"
+                " window.__connectedAt - window.__restartAt]"
+            )
+            print(f"{name}: offer sent {offer / 1000:.2f} s, connected {connected / 1000:.2f} s")
         print(
             "media back after restart_media: "
             + ", ".join(f"{name} {s:.2f} s" for name, s in back.items())

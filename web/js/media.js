@@ -246,12 +246,19 @@ export class MicMeter {
   }
 }
 
-/** Resolve once ICE gathering is complete, or after `timeoutMs`. */
-export function waitForIceGathering(pc, timeoutMs = 3000) {
+/**
+ * Resolve once ICE gathering is complete, or after `timeoutMs`. With `quietMs`, also once a
+ * candidate came and no other followed for `quietMs`: without ICE servers only host candidates
+ * can come, within a few ms of each other, while Chromium reports "complete" ~100 ms later;
+ * that wait delayed every (re)connection (a worker crash's re-offer among them).
+ */
+export function waitForIceGathering(pc, timeoutMs = 3000, { quietMs = 0 } = {}) {
   if (pc.iceGatheringState === "complete") return Promise.resolve();
   return new Promise((resolve) => {
+    let quiet = null;
     const done = () => {
       clearTimeout(timer);
+      clearTimeout(quiet);
       pc.removeEventListener("icegatheringstatechange", check);
       pc.removeEventListener("icecandidate", onCandidate);
       resolve();
@@ -260,7 +267,12 @@ export function waitForIceGathering(pc, timeoutMs = 3000) {
       if (pc.iceGatheringState === "complete") done();
     };
     const onCandidate = (event) => {
-      if (!event.candidate) done();
+      if (!event.candidate) {
+        done();
+      } else if (quietMs > 0) {
+        clearTimeout(quiet);
+        quiet = setTimeout(done, quietMs);
+      }
     };
     const timer = setTimeout(done, timeoutMs);
     pc.addEventListener("icegatheringstatechange", check);
@@ -378,7 +390,9 @@ export class PeerCall {
     try {
       const offer = await pc.createOffer();
       await pc.setLocalDescription(offer);
-      await waitForIceGathering(pc, 3000);
+      // Host candidates only (no STUN/TURN): nothing else will come after the first burst.
+      const hostOnly = !this.iceServers || this.iceServers.length === 0;
+      await waitForIceGathering(pc, 3000, { quietMs: hostOnly ? 40 : 0 });
     } catch (err) {
       console.error("could not create an offer", err);
       this.onState("failed");
