@@ -154,7 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     quality = QualityHub(app.state.rooms, metrics, database)
     app.state.rooms.observer = quality
-    loop_lag = loop_lag_monitor(metrics)
+    loop_lag = loop_lag_monitor(metrics, settings.loop_lag_interval_s)
     # Leak watch (the soak test reads them): tasks must return to baseline after calls end,
     # and a session's signals must not stay loaded once nobody is in its room.
     Gauge(

@@ -77,9 +77,11 @@ class Metrics:
         )
 
 
-def loop_lag_monitor(metrics: Metrics) -> LoopLagSampler:
-    """The server's own loop lag: every 0.25 s, two minutes kept, also into Prometheus."""
-    return LoopLagSampler(0.25, 480, on_sample=metrics.loop_lag.observe)
+def loop_lag_monitor(metrics: Metrics, interval_s: float = 0.25) -> LoopLagSampler:
+    """The server's own loop lag: every ``interval_s``, two minutes kept, also into Prometheus."""
+    return LoopLagSampler(
+        interval_s, max(1, round(120 / interval_s)), on_sample=metrics.loop_lag.observe
+    )
 
 
 class CpuMeter:

@@ -106,6 +106,8 @@ class Settings(BaseSettings):
     # Socket opens per person and session: a burst, then this many a minute (a page that
     # reconnects in a tight loop is refused with 4429 and backs off).
     connect_burst: int = Field(default=20, ge=1)
+    # How often the event loop's lag is sampled (/metrics rapport_loop_lag_seconds).
+    loop_lag_interval_s: float = Field(default=0.25, ge=0.01, le=10)
     connects_per_minute: float = Field(default=20.0, gt=0)
     secure_cookies: bool | None = None  # None: secure when public_url is https
     web_dir: Path = REPO_ROOT / "web"

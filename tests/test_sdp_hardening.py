@@ -239,6 +239,20 @@ async def test_a_connection_address_that_is_not_an_ip_is_refused(offer: str) -> 
             sanitize_offer(bad, STRICT)
 
 
+async def test_an_mdns_rtcp_address_is_dropped_not_refused_or_resolved(offer: str) -> None:
+    """Firefox names its RTCP address by its mDNS host name; refusing it cut every Firefox
+    client off (found by tests/browser/test_firefox.py). The line is dropped (rtcp-mux), a
+    ``.local`` c= address becomes 0.0.0.0, and neither name reaches aiortc."""
+    name = "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9.local"
+    firefoxish = offer.replace("a=rtcp:9 IN IP4 0.0.0.0", f"a=rtcp:9 IN IP4 {name}", 1).replace(
+        "c=IN IP4 127.0.0.1", f"c=IN IP4 {name}", 1
+    )
+    assert name in firefoxish
+    cleaned = sanitize_offer(firefoxish, STRICT)
+    assert name not in cleaned
+    assert "c=IN IP4 0.0.0.0" in cleaned
+
+
 def _drop_fingerprint(offer: str, section: int) -> str:
     """``offer`` without the fingerprint of media section ``section`` (1-based)."""
     parts = offer.split("\r\nm=")

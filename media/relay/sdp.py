@@ -112,9 +112,17 @@ def parse_offer(sdp: str) -> ParsedOffer:
             try:
                 ipaddress.ip_address(address)
             except ValueError:
-                raise SdpError(
-                    f"Line {number}: the connection address is not an IP address."
-                ) from None
+                # Firefox names its RTCP address by its mDNS host name (``a=rtcp:9 IN IP4
+                # <uuid>.local``), and an address in ``c=`` means nothing once ICE runs: never
+                # resolve such a name, never hand it to aiortc (which would raise on it later).
+                if not address.endswith(".local"):
+                    raise SdpError(
+                        f"Line {number}: the connection address is not an IP address."
+                    ) from None
+                if line.startswith("c="):
+                    line = "c=IN IP4 0.0.0.0"
+                else:
+                    continue  # a=rtcp: with rtcp-mux (which aiortc requires) it is unused
         if line.startswith("m="):
             fields = line[2:].split()
             if len(fields) < 4 or not fields[1].isdigit():

@@ -21,7 +21,8 @@ def test_therapist_removes_the_client_after_confirming(
     t_ctx, t = _open(browsers.therapist, server, console_log, "therapist")
     c_ctx, c = _open(browsers.client, server, console_log, "client")
     try:
-        email, password = server.users["therapist"]
+        # Its own account: test_session_flow counts the shared therapist's sessions.
+        email, password = server.add_user("remove.therapist@example.test", "still-harbor-6603")
         assert t.request.post("/api/login", data={"email": email, "password": password}).ok
         created = t.request.post("/api/sessions", data={"client_label": "Remove test"}).json()
         t.goto(f"/sessions/{created['id']}", wait_until="domcontentloaded")
