@@ -622,6 +622,9 @@ class Room:
         self._expiry.pop(member, None)
         if member.previously_admitted or member.state in ("left", "gone"):
             return
+        await self._evict_expired(member)
+
+    async def _evict_expired(self, member: Member) -> None:
         await self._evict(
             member,
             m.ErrorCode.EXPIRED,
@@ -760,13 +763,7 @@ class Room:
 
     async def _admit(self, member: Member, *, rejoined: bool) -> None:
         if not rejoined and self._link_expired(member):
-            await self._evict(
-                member,
-                m.ErrorCode.EXPIRED,
-                "This link has expired. Please ask your therapist for a new one.",
-                4410,
-                action="client_link_expired",
-            )
+            await self._evict_expired(member)
             if self.therapist is not None:
                 await self._error(
                     self.therapist,

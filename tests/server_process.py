@@ -145,6 +145,13 @@ class RapportServer:
             pytest.fail(f"`user add {email}` failed:\n{result.stdout}\n{result.stderr}")
         return email, password
 
+    def signed_in(self, email: str, password: str) -> httpx.Client:
+        """An HTTP client signed in as ``email`` (close it when done)."""
+        http = httpx.Client(base_url=self.base_url, timeout=10)
+        res = http.post("/api/login", json={"email": email, "password": password})
+        assert res.status_code == 200, res.text
+        return http
+
     def kill(self) -> None:
         """SIGKILL, as a crash: no shutdown code runs, sockets just die."""
         if self.proc is not None and self.proc.poll() is None:

@@ -82,10 +82,7 @@ def add_therapist(server: Any) -> tuple[str, str]:
 
 
 def login(server: Any, email: str, password: str) -> httpx.Client:
-    http = httpx.Client(base_url=server.base_url, timeout=10)
-    res = http.post("/api/login", json={"email": email, "password": password})
-    assert res.status_code == 200, res.text
-    return http
+    return server.signed_in(email, password)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
