@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from media import MediaConfig, MediaWorkerPool, restrict_host_addresses
 from signaling.limits import ConnectLimiter, Limits
+from signaling.room import LobbyLimits
 from signaling.rooms import RoomRegistry
 
 from .alliance_hub import SignalsHub
@@ -144,6 +145,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         signals_for=signals.for_session,
         call_factory=pool.call if pool is not None else None,
         ice=turn_issuer(settings),
+        lobby=LobbyLimits(
+            knock_burst_address=settings.knock_burst_per_address,
+            knock_per_second_address=settings.knocks_per_minute_per_address / 60.0,
+        ),
     )
     signals.rooms = app.state.rooms
     app.state.rooms.on_room_closed = signals.unload

@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     reconnect_grace_s: float = Field(default=60.0, ge=0, le=3600)
     # Socket opens per person and session: a burst, then this many a minute (a page that
     # reconnects in a tight loop is refused with 4429 and backs off).
+    # Knocks (joins that enter the waiting room) from one network address: a burst, then
+    # this many a minute; beyond it the knock is refused (a script cycling browser identities).
+    knock_burst_per_address: int = Field(default=30, ge=1)
+    knocks_per_minute_per_address: float = Field(default=30.0, gt=0)
     connect_burst: int = Field(default=20, ge=1)
     # How often the event loop's lag is sampled (/metrics rapport_loop_lag_seconds).
     loop_lag_interval_s: float = Field(default=0.25, ge=0.01, le=10)

@@ -179,6 +179,9 @@ def soak_server(tmp_path: Path) -> Iterator[RapportServer]:
     env = {
         "RAPPORT_MEDIA_WORKERS": "1",
         "RAPPORT_CONNECTS_PER_MINUTE": "100000",
+        # Every fifth cycle a new client knocks from this one address: 100 knocks in the
+        # long run, beyond the per-address knock budget meant for scripts.
+        "RAPPORT_KNOCKS_PER_MINUTE_PER_ADDRESS": "100000",
         "RAPPORT_RECONNECT_GRACE_S": "1",
     }
     with rapport_server_process(tmp_path, env) as server:
