@@ -24,7 +24,7 @@ from aiortc.codecs.opus import OpusDecoder, OpusEncoder
 from aiortc.codecs.vpx import Vp8Decoder, Vp8Encoder, VpxPayloadDescriptor
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci, unpack_remb_fci
-from av import AudioFrame, Packet, VideoFrame
+from av import AudioFrame, Packet
 
 from media.aiortc_compat import forwarding, guard, speed
 from media.aiortc_compat.forwarding import FrameAssembler
@@ -37,7 +37,7 @@ from media.relay.frames import EncodedFrame, ForwardedPayloads
 from media.relay.ice import MediaConfig, restrict_host_addresses
 from media.relay.tracks import OutboundTrack
 from server.bench.loadgen import LoadPeer, make_clip
-from tests.media_helpers import ColorTrack, FakeBrowser, PcmTrack, ToneTrack, speech
+from tests.media_helpers import ColorTrack, FakeBrowser, PcmTrack, ToneTrack, mean_rgb, rms, speech
 from tests.support import eventually
 
 FORWARD = MediaConfig(allow_loopback_candidates=True, media_addresses=("127.0.0.1",))
@@ -50,18 +50,6 @@ WAIT_S = 15.0  # media over loopback peers: generous, as a loaded 2-core CI mach
 
 async def join(call: Call, role: str, peer: FakeBrowser | LoadPeer) -> None:
     await peer.accept(await call.connect(role, await peer.offer()))
-
-
-def mean_rgb(frame: object) -> np.ndarray:
-    assert isinstance(frame, VideoFrame)
-    pixels: np.ndarray = frame.to_ndarray(format="rgb24").reshape(-1, 3)
-    mean: np.ndarray = pixels.mean(axis=0)
-    return mean
-
-
-def rms(frame: object) -> float:
-    assert isinstance(frame, AudioFrame)
-    return float(np.sqrt(np.mean(frame.to_ndarray().astype(np.float64) ** 2)))
 
 
 def video_sender(browser: FakeBrowser) -> RTCRtpSender:
