@@ -58,7 +58,8 @@ case "$cmd" in
     exec "$VENV/bin/rapport" serve "$@"
     ;;
   test)
-    apt_install chromium espeak-ng sox asterisk-core-sounds-en-wav pocketsphinx-testdata nftables coturn firefox-esr
+    apt_install chromium espeak-ng sox asterisk-core-sounds-en-wav pocketsphinx-testdata nftables coturn firefox-esr \
+      postgresql redis-server prometheus
     ensure_venv test
     # Coverage of our three packages, on by default: about 5 % of the suite's wall time, far
     # more for CPU-bound media files on a busy machine (the tracer sees every aiortc frame),
