@@ -8,6 +8,7 @@ strings.
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args
 
@@ -17,6 +18,7 @@ from pydantic import (
     Field,
     SerializerFunctionWrapHandler,
     TypeAdapter,
+    field_validator,
     model_serializer,
 )
 
@@ -140,6 +142,37 @@ class ClientStats(_Inbound):
     video_loss_in: float | None = Field(default=None, ge=0, le=1)
 
 
+# --- chat (issue 13) -------------------------------------------------------------------------
+CHAT_MAX_CHARS = 2000
+
+
+class ChatSend(_Inbound):
+    """A chat message. From a waiting client it goes to the therapist only.
+
+    ``participant_id`` is the therapist's choice of whom to write to (someone in the waiting
+    room); without it the message goes to the admitted client (or the one person waiting).
+    Clients leave it out: their messages always go to the therapist.
+    """
+
+    type: Literal["chat"]
+    text: str
+    participant_id: int | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _bounded(cls, value: str) -> str:
+        # Counted after stripping, in code points (what the page's counter shows).
+        text = value.replace("\r\n", "\n").strip()
+        if not text:
+            raise ValueError("the message is empty")
+        if len(text) > CHAT_MAX_CHARS:
+            raise ValueError(
+                f"chat messages are limited to {CHAT_MAX_CHARS} characters; "
+                f"this one has {len(text)}"
+            )
+        return text
+
+
 InboundMessage = Annotated[
     Join
     | Offer
@@ -157,7 +190,8 @@ InboundMessage = Annotated[
     | AgendaReorder
     | Homework
     | ShareBalance
-    | ClientStats,
+    | ClientStats
+    | ChatSend,
     Field(discriminator="type"),
 ]
 # Derived from the union so a new message type cannot be forgotten here.
@@ -359,6 +393,31 @@ class Pong(_Outbound):
     t: float = 0.0
 
 
+# --- chat (issue 13) -------------------------------------------------------------------------
+class ChatMessage(_Outbound):
+    """One chat message, to both ends of its thread (the sender gets it back as the receipt).
+
+    ``from_name``: the therapist's name, or the name the client chose (else "Client"); never
+    the therapist's private label for the client. ``participant_id`` names the thread and is
+    sent to the therapist only (who may be writing with several people in the waiting room).
+    """
+
+    type: Literal["chat_message"] = "chat_message"
+    id: int
+    from_role: Role
+    from_name: str
+    text: str
+    at: datetime
+    participant_id: int | None = None
+
+
+class ChatHistory(_Outbound):
+    """Every message this participant may see, on each (re)join and admission."""
+
+    type: Literal["chat_history"] = "chat_history"
+    messages: list[ChatMessage]
+
+
 class ErrorMessage(_Outbound):
     """A precise, human-readable error. The socket stays open unless ``fatal``."""
 
@@ -390,6 +449,8 @@ OutboundMessage = (
     | SharedBalance
     | Quality
     | RestartMedia
+    | ChatMessage
+    | ChatHistory
 )
 
 

@@ -34,6 +34,7 @@ from media import (
 
 from . import messages as m
 from .agenda import Agenda, AgendaError
+from .chat import MAX_WAITING_MESSAGES, ChatEntry, ChatLog
 from .ice import IceProvider, no_ice
 from .limits import ConnectLimiter, Limits, SocketLimiter, TokenBucket, Verdict
 
@@ -214,6 +215,8 @@ class Room:
         self._held: dict[Role, asyncio.Task[None]] = {}
         self.agenda: Agenda | None = None
         self.sharing_balance = False
+        # Chat lives here only, for the session (see signaling/chat.py).
+        self.chat = ChatLog()
         self.on_empty: Callable[[Room], None] | None = None
 
     @property
@@ -273,8 +276,11 @@ class Room:
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"][1:]) or "message"
+            # A validator's own words, without pydantic's "Value error, " prefix.
+            problem = first.get("ctx", {}).get("error") if first["type"] == "value_error" else None
+            detail = str(problem) if problem is not None else first["msg"]
             await self._error(
-                member, m.ErrorCode.INVALID, f"Invalid '{kind}': {where}: {first['msg']}.", ref=kind
+                member, m.ErrorCode.INVALID, f"Invalid '{kind}': {where}: {detail}.", ref=kind
             )
             return
         if self.observer is not None:
@@ -400,6 +406,8 @@ class Room:
             case m.Homework(text=homework):
                 if await self._require_therapist(member, "set homework"):
                     await self._change_agenda(member, lambda a: a.set_homework(homework))
+            case m.ChatSend():
+                await self._chat(member, message)
             case m.ShareBalance(on=on):
                 if await self._require_therapist(member, "share the talk balance"):
                     self.sharing_balance = on
@@ -408,6 +416,108 @@ class Room:
                     await self.hooks.audit(
                         self.session_id, f"balance_shared_{'on' if on else 'off'}", member.actor
                     )
+
+    # ----------------------------------------------------------------- chat
+    async def _chat(self, member: Member, message: m.ChatSend) -> None:
+        """Keep the message for the session and send it to both ends of its thread."""
+        if member.role == Role.THERAPIST:
+            if not await self._require_therapist(member, "chat"):
+                return
+            thread = await self._chat_thread(member, message.participant_id)
+            if thread is None:
+                return
+            name = member.display_name or "Therapist"
+        else:
+            thread = member.participant_id
+            if message.participant_id is not None and message.participant_id != thread:
+                await self._error(
+                    member,
+                    m.ErrorCode.FORBIDDEN,
+                    "Your messages always go to your therapist; leave out 'participant_id'.",
+                    ref="chat",
+                )
+                return
+            waiting = thread is not None and self.waiting.get(thread) is member
+            if thread is None or (self.client is not member and not waiting):
+                await self._error(
+                    member,
+                    m.ErrorCode.NOT_JOINED,
+                    "You can send messages once you are in the waiting room or the session.",
+                    ref="chat",
+                )
+                return
+            if waiting and not self.chat.may_send_waiting(thread):
+                await self._error(
+                    member,
+                    m.ErrorCode.RATE_LIMITED,
+                    f"You can send up to {MAX_WAITING_MESSAGES} messages from the waiting "
+                    "room; your therapist has the ones you sent.",
+                    ref="chat",
+                )
+                return
+            # Never the therapist's own label for the client: only the name they chose.
+            name = member.display_name or "Client"
+        entry = self.chat.add(thread, member.role, name, message.text)
+        if self.therapist is not None:
+            await self.therapist.send(self._chat_out(entry, for_therapist=True))
+        for target in list(self.members):
+            if (
+                target.role == Role.CLIENT
+                and target.participant_id == thread
+                and (target is self.client or target.state == "waiting")
+            ):
+                await target.send(self._chat_out(entry, for_therapist=False))
+
+    async def _chat_thread(self, therapist: Member, requested: int | None) -> int | None:
+        """Whom the therapist writes to: the person named, else the admitted client, else
+        the one person waiting; anything else is an error that says what to do."""
+        admitted = self.client.participant_id if self.client is not None else None
+        if requested is not None:
+            if requested == admitted or requested in self.waiting:
+                return requested
+            await self._error(
+                therapist,
+                m.ErrorCode.UNKNOWN_PARTICIPANT,
+                "That person is no longer in the waiting room or the session.",
+                ref="chat",
+            )
+            return None
+        if admitted is not None:
+            return admitted
+        if len(self.waiting) == 1:
+            return next(iter(self.waiting))
+        await self._error(
+            therapist,
+            m.ErrorCode.INVALID,
+            "Several people are waiting: reply to one of them from the waiting room."
+            if self.waiting
+            else "There is no one to send this to yet: your client is not here.",
+            ref="chat",
+        )
+        return None
+
+    @staticmethod
+    def _chat_out(entry: ChatEntry, *, for_therapist: bool) -> m.ChatMessage:
+        return m.ChatMessage(
+            id=entry.id,
+            from_role=entry.from_role,
+            from_name=entry.from_name,
+            text=entry.text,
+            at=entry.at,
+            participant_id=entry.participant_id if for_therapist else None,
+        )
+
+    async def _send_chat_history(self, member: Member) -> None:
+        if member.role == Role.THERAPIST:
+            entries = self.chat.all()
+        elif member.participant_id is not None:
+            entries = self.chat.thread(member.participant_id)
+        else:
+            entries = []
+        therapist = member.role == Role.THERAPIST
+        await member.send(
+            m.ChatHistory(messages=[self._chat_out(e, for_therapist=therapist) for e in entries])
+        )
 
     # ----------------------------------------------------------------- agenda
     def _in_call(self, member: Member) -> bool:
@@ -490,6 +600,7 @@ class Room:
         )
         await member.send(self._joined(member))
         await self._send_agenda(member)
+        await self._send_chat_history(member)
         await self._send_lobby()
         await self._send_peer_state(Role.CLIENT)
         await self._send_peer_state(Role.THERAPIST)
@@ -726,6 +837,7 @@ class Room:
         self.waiting[member.participant_id] = member
         await self.hooks.audit(self.session_id, "client_waiting", member.actor)
         await member.send(m.Waiting(therapist_present=self.therapist is not None))
+        await self._send_chat_history(member)
         await self._send_lobby()
 
     async def _may_knock(self, member: Member) -> bool:
@@ -810,6 +922,7 @@ class Room:
             )
         )
         await self._send_agenda(member)
+        await self._send_chat_history(member)
         await self._send_lobby()
         await self._send_peer_state(Role.THERAPIST)
         await self._send_peer_state(Role.CLIENT)
@@ -945,6 +1058,7 @@ class Room:
                 )
             return
         self.status = "ended"
+        self.chat.clear()  # chat is for the session only
         self._cancel_holds()
         for task in self._expiry.values():
             task.cancel()
@@ -973,6 +1087,7 @@ class Room:
 
         1012 ("service restart") tells the pages to reconnect by themselves.
         """
+        self.chat.clear()  # the room unloads: its chat goes with it, never to storage
         self._cancel_holds()
         await self.call.close()
         for member in list(self.members):

@@ -96,6 +96,8 @@ async def therapist_socket(ws: WebSocket, session_id: str) -> None:
         status = str(session.status)
         actor = f"user:{user.id}"
         user_id = user.id
+        # Shown to the client beside the therapist's chat messages.
+        therapist_name = user.display_name
     if status == SessionStatus.ENDED:
         await _refuse(ws, ErrorCode.SESSION_ENDED, "This session has ended.", 4410)
         return
@@ -115,6 +117,7 @@ async def therapist_socket(ws: WebSocket, session_id: str) -> None:
             actor=actor,
             login_hash=token_hash(ws.cookies.get(LOGIN_COOKIE, "")),
             user_id=user_id,
+            display_name=therapist_name,
         )
     )
 
