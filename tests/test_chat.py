@@ -181,8 +181,8 @@ async def test_a_waiting_client_writes_to_the_therapist_only_and_sees_only_their
     # Alex is admitted: the waiting-room conversation comes along.
     await t.send({"type": "admit", "participant_id": a_id})
     await a.expect("admitted")
-    history = await a.expect("chat_history")
-    assert [m["text"] for m in history["messages"]] == [
+    admitted_history = await a.expect("chat_history")
+    assert [m["text"] for m in admitted_history["messages"]] == [
         "Running 5 minutes late, sorry!",
         "No problem, see you soon",
     ]

@@ -45,6 +45,9 @@ CLIENT_MAY_SEE = {
     "agenda",
     "shared_balance",
     "quality",
+    # chat (issue 13): the client's own thread only (tests/test_chat.py)
+    "chat_history",
+    "chat_message",
 }
 
 

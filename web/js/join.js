@@ -9,6 +9,7 @@ import { createCallPage, reloadButton } from "./call.js";
 import { checkinStatus, showCheckin } from "./checkin.js";
 import { measureRoundTrip } from "./quality.js";
 import { formatShare } from "./charts.js";
+import { setupChat } from "./chat.js";
 
 const token = pathParam("/join/");
 
@@ -101,6 +102,7 @@ const page = createCallPage({
   onEnded: (msg) => finishEnded(Boolean(msg.checkin)),
   // Refusals that end this page's visit, each with words the client can act on.
   onError: (msg) => {
+    if (chat.onError(msg)) return true;
     const ending = REFUSALS[msg.code];
     if (!ending || !msg.fatal) return false;
     el.waiting.hidden = true;
@@ -132,6 +134,7 @@ const page = createCallPage({
   },
 });
 Object.assign(el, { main: page.el.main, stage: page.el.stage, camera: page.el.camera });
+const chat = setupChat({ role: "client", send: page.send });
 
 /** The side column shows the device panel, the call panel, both, or nothing. */
 function layoutSide() {
@@ -328,7 +331,7 @@ function enterCall() {
 
 // ---------- signalling: what only the client hears ----------
 function connect() {
-  page.connect({
+  chat.attach(page.connect({
     shared_balance: (msg) => {
       if (!page.state.finished) renderShared(msg);
     },
@@ -371,7 +374,7 @@ function connect() {
         detail: msg.message || "Your therapist could not admit you to this session.",
       });
     },
-  });
+  }));
 }
 
 async function main() {

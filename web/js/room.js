@@ -10,6 +10,7 @@ import {
 import { announcer, setConnectionStatus } from "./callui.js";
 import { createCallPage, reloadButton } from "./call.js";
 import { setupPanel } from "./panel.js";
+import { setupChat } from "./chat.js";
 
 const sessionId = pathParam("/sessions/");
 
@@ -85,6 +86,7 @@ const page = createCallPage({
   onRejoin: () => page.send({ type: "join", takeover: true }),
   onEnded: () => finishEnded(),
   onError: (msg) => {
+    if (chat.onError(msg)) return true;
     if (msg.code === "already_connected") {
       page.setStage("takeover");
       el.takeoverPanel.hidden = false;
@@ -136,6 +138,7 @@ const page = createCallPage({
 });
 
 const panel = setupPanel({ sessionId, send: page.send, announce, onProblem: page.showError });
+const chat = setupChat({ role: "therapist", send: page.send, peerLabel: () => state.clientLabel || "" });
 
 // ---------- stage text ----------
 function renderStage() {
@@ -358,7 +361,7 @@ el.takeover.addEventListener("click", () => {
 
 // ---------- signalling: what only the therapist hears ----------
 function connect() {
-  page.connect({
+  chat.attach(page.connect({
     joined: () => {
       state.joined = true;
       el.takeoverPanel.hidden = true;
@@ -385,7 +388,7 @@ function connect() {
         panel.onPeer(msg.reconnecting ? { ...msg, media: "connecting" } : msg);
       }
     },
-  });
+  }));
 }
 
 async function main() {
@@ -408,6 +411,7 @@ async function main() {
     return;
   }
   const label = (session.client_label || "").trim();
+  state.clientLabel = label;
   el.label.textContent = label ? `Session with ${label}` : "Session";
   document.title = `${label ? `${label} · ` : ""}Session room · Rapport`;
 
