@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
-from .helpers import page_errors, shoot
+from .helpers import WCAG_TAGS, describe_violations, page_errors, shoot
 from .test_session_flow import PHONE, Browsers, RapportServer, _open, client_joins
 
 pytestmark = pytest.mark.browser
@@ -58,6 +58,20 @@ def _open_chat(page: Page) -> None:
     expect(page.get_by_test_id("chat-panel")).to_be_visible()
 
 
+def _chat_axe_violations(page: Page) -> list[dict[str, Any]]:
+    """axe (WCAG 2.1 A/AA) on the chat's own parts: the panel and its toggle."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    context = {"include": [['[data-testid="chat-dock"]'], ['[data-testid="chat-toggle"]']]}
+    results = Axe().run(
+        page,
+        context=context,
+        options={"runOnly": {"type": "tag", "values": WCAG_TAGS}, "resultTypes": ["violations"]},
+    )
+    violations: list[dict[str, Any]] = results.response["violations"]
+    return violations
+
+
 def _texts(page: Page) -> list[str]:
     return page.locator(f'{MESSAGES} [data-testid="chat-text"]').all_inner_texts()
 
@@ -80,6 +94,10 @@ def test_chat_from_the_waiting_room_then_both_ways_with_links_markup_and_unread(
         expect(c.get_by_test_id("chat-input")).to_have_value("")
         expect(t.get_by_test_id("lobby-chat")).to_have_text("“Running 5 minutes late, sorry!”")
         expect(t.get_by_test_id("chat-unread")).to_have_text("1")
+        shoot(c, artifacts_dir, "chat-client-waiting-room")
+        shoot(t, artifacts_dir, "chat-therapist-lobby")
+        violations = _chat_axe_violations(c)
+        assert not violations, describe_violations(violations)
 
         # The therapist replies from the lobby entry; only the waiting client gets it.
         t.get_by_test_id("chat-reply").click()
@@ -153,6 +171,8 @@ def test_chat_from_the_waiting_room_then_both_ways_with_links_markup_and_unread(
         expect(box).to_have_value(too_long)
         expect(c.locator(MESSAGES)).to_have_count(6)
         shoot(t, artifacts_dir, "chat-therapist-panel")
+        violations = _chat_axe_violations(t)
+        assert not violations, describe_violations(violations)
         assert not page_errors(console_log), console_log
     finally:
         t_ctx.close()
@@ -192,6 +212,15 @@ def test_chat_history_survives_a_client_reload_on_a_phone(
                 box,
             )
         shoot(c, artifacts_dir, "chat-client-phone")
+        t.set_viewport_size(PHONE)  # the therapist's room on a phone too
+        t.get_by_test_id("chat-toggle").scroll_into_view_if_needed()
+        for testid in ("chat-toggle", "chat-panel", "chat-send"):
+            box = t.get_by_test_id(testid).bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, (
+                testid,
+                box,
+            )
+        shoot(t, artifacts_dir, "chat-therapist-phone")
 
         c.reload(wait_until="domcontentloaded")
         # Back in the call: straight away, or through the Join button of the device check.

@@ -87,7 +87,8 @@ export function setupChat({ role, send, peerLabel = () => "" }) {
     controls: byTestId("controls"),
   };
   const therapist = role === "therapist";
-  const readKey = `rapport.chat.read:${location.pathname}`;
+  // Per tab (sessionStorage). The client's path holds the invite token: not used as a key.
+  const readKey = therapist ? `rapport.chat.read:${location.pathname}` : "rapport.chat.read:client";
   const state = {
     ready: false,
     open: false,
@@ -247,8 +248,10 @@ export function setupChat({ role, send, peerLabel = () => "" }) {
         });
         box = h("div", { class: "lobby-chat" },
           h("p", { class: "lobby-chat-text", "data-testid": "lobby-chat", hidden: true }));
-        li.append(box);
-        (li.querySelector(".actions") || box).append(reply);
+        // Their words under their name, before the buttons; Reply beside Admit and Deny.
+        const actions = li.querySelector(".actions");
+        li.insertBefore(box, actions);
+        (actions || box).append(reply);
       }
       const line = box.querySelector(".lobby-chat-text");
       const latest = [...state.messages.values()]
