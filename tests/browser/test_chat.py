@@ -13,11 +13,19 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from .helpers import WCAG_TAGS, describe_violations, page_errors, shoot
-from .test_session_flow import PHONE, Browsers, RapportServer, _open, client_joins
+from .test_session_flow import DESKTOP, PHONE, Browsers, RapportServer, _open, client_joins
 
 pytestmark = pytest.mark.browser
 
 MESSAGES = '[data-testid="chat-log"] [data-testid="chat-message"]'
+ENDED_OR_CONFIRM_JS = """
+() => {
+  const stage = document.querySelector('[data-testid="stage"]');
+  const confirm = document.querySelector('[data-testid="end-confirm-both"]');
+  const asking = Boolean(confirm && !confirm.closest("[hidden]"));
+  return (stage && stage.dataset.state === "ended") || asking;
+}
+"""
 READY_TO_REJOIN_JS = """
 () => {
   const shown = (id) => {
@@ -238,6 +246,18 @@ def test_chat_history_survives_a_client_reload_on_a_phone(
         _say(t, "Good to have you back")
         expect(c.locator(MESSAGES)).to_have_count(3)
         assert "Jordan" not in c.get_by_test_id("chat-panel").inner_text()
+
+        # The session ends: the chat goes from both pages (and from the server).
+        t.set_viewport_size(DESKTOP)
+        t.get_by_test_id("end-button").click()
+        confirm_both = t.get_by_test_id("end-confirm-both")  # if ending asks first
+        t.wait_for_function(ENDED_OR_CONFIRM_JS)
+        if confirm_both.is_visible():
+            confirm_both.click()
+        expect(c.get_by_test_id("chat-toggle")).to_be_hidden()
+        expect(c.get_by_test_id("chat-panel")).to_be_hidden()
+        expect(t.get_by_test_id("chat-toggle")).to_be_hidden()
+        assert c.locator(MESSAGES).count() == 0
         assert not page_errors(console_log), console_log
     finally:
         t_ctx.close()

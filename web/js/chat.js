@@ -357,7 +357,11 @@ export function setupChat({ role, send, peerLabel = () => "" }) {
   }
 
   function onHistory(msg) {
+    const before = state.messages;
     state.messages = new Map((msg.messages || []).map((m) => [m.id, m]));
+    // A rejoin usually brings what is shown plus what came while away: append only that, so
+    // the live log does not read every message out again.
+    const grows = state.ready && before.size > 0 && [...before.keys()].every((id) => state.messages.has(id));
     // What the server has is the truth after a (re)join: a message sent as the connection
     // dropped, and not in it, goes back into the box to be sent again.
     const delivered = [...state.messages.values()].filter((m) => m.from_role === role).map((m) => m.text);
@@ -372,7 +376,12 @@ export function setupChat({ role, send, peerLabel = () => "" }) {
       showError("The connection dropped before your last message arrived. It is back in the box: send it again.");
     }
     setReady(true);
-    render();
+    if (grows) {
+      for (const m of state.messages.values()) if (!before.has(m.id)) append(m);
+      renderUnread();
+      renderTarget();
+      decorateLobby();
+    } else render();
   }
 
   function onMessage(msg) {
@@ -385,10 +394,13 @@ export function setupChat({ role, send, peerLabel = () => "" }) {
     } else if (!state.open || document.hidden) {
       el.announcer.textContent = `New message from ${senderName(msg)}.`;
     }
-    if (wasEmpty || therapist) render();
+    // Appended, never re-rendered: the log is live (role="log") and reads out what is added.
+    if (wasEmpty) render();
     else {
       append(msg);
       renderUnread();
+      renderTarget();
+      decorateLobby();
     }
   }
 
