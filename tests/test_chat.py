@@ -196,11 +196,18 @@ async def test_a_waiting_client_writes_to_the_therapist_only_and_sees_only_their
 
 
 @NO_MEDIA_WORKER
-async def test_a_waiting_room_allowance_and_a_client_who_has_not_joined(
+async def test_a_waiting_room_allowance_and_messages_with_no_one_to_read_them(
     live_server: LiveServer, therapist: httpx.AsyncClient
 ) -> None:
     session = await _session(therapist)
     t = await _therapist(live_server.ws_url, login_cookie(therapist), session["id"])
+    await _chat(t, "Anyone?")  # nobody has arrived yet
+    error = await t.error()
+    assert error["code"] == "invalid_message" and error["ref"] == "chat"
+    assert "no one to send this to" in error["message"]
+    await _chat(t, "To a stranger", participant_id=987654)
+    error = await t.error()
+    assert error["code"] == "unknown_participant" and error["ref"] == "chat"
     c = await Participant.connect(
         f"{live_server.ws_url}/ws/join/{invite_token(session['invite_url'])}",
         new_client_cookie(),
