@@ -11,7 +11,8 @@ from sqlalchemy import select
 from ..audit import record
 from ..auth import CLIENT_COOKIE, DbSession
 from ..checkins import QUESTIONS
-from ..models import Checkin, Participant, SessionStatus, TherapySession
+from ..invites import check_invite
+from ..models import Checkin, Participant, SessionStatus, TherapySession, User
 from ..security import token_hash
 
 router = APIRouter(prefix="/api/join", tags=["checkin"])
@@ -112,3 +113,29 @@ async def submit_checkin(
     )
     await db.commit()
     return CheckinSaved(ok=True)
+
+
+# --- therapist: who the client is meeting, and when (issue 13) ---
+
+
+class JoinAbout(BaseModel):
+    """What the client's waiting room shows: whom they are meeting and when. Only what the
+    therapist chose to share (their display name), nothing about other sessions."""
+
+    therapist_name: str
+    planned_start: datetime | None
+    planned_minutes: int | None
+
+
+@router.get("/{token}/about")
+async def join_about(token: str, db: DbSession) -> JoinAbout:
+    check = await check_invite(db, token)
+    if check.session is None or check.problem is not None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, check.message or "This link is not valid.")
+    session = check.session
+    therapist = await db.get(User, session.therapist_id)
+    return JoinAbout(
+        therapist_name=(therapist.display_name if therapist else "").strip(),
+        planned_start=session.planned_start,
+        planned_minutes=session.planned_minutes,
+    )
