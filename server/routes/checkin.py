@@ -136,6 +136,10 @@ async def join_about(token: str, db: DbSession) -> JoinAbout:
     therapist = await db.get(User, session.therapist_id)
     return JoinAbout(
         therapist_name=(therapist.display_name if therapist else "").strip(),
-        planned_start=session.planned_start,
+        planned_start=(
+            session.planned_start.replace(tzinfo=session.planned_start.tzinfo or UTC)
+            if session.planned_start
+            else None
+        ),
         planned_minutes=session.planned_minutes,
     )

@@ -99,12 +99,15 @@ def session_out(session: TherapySession, settings: Settings) -> SessionOut:
         id=session.id,
         client_label=session.client_label,
         status=str(session.status),
-        created_at=session.created_at,
-        invite_expires_at=session.invite_expires_at,
-        started_at=session.started_at,
-        ended_at=session.ended_at,
+        # SQLite hands back naive datetimes: send them with their zone, or the browser reads
+        # them as local time (the room's clock would be off by the therapist's UTC offset).
+        created_at=_aware(session.created_at),
+        invite_expires_at=_aware(session.invite_expires_at),
+        started_at=_aware(session.started_at) if session.started_at else None,
+        ended_at=_aware(session.ended_at) if session.ended_at else None,
         room_url=settings.public(f"/sessions/{session.id}"),
-        planned_start=session.planned_start,
+        # Always with its zone: a bare time would be read as local time by the browser.
+        planned_start=_aware(session.planned_start) if session.planned_start else None,
         planned_minutes=session.planned_minutes,
         invite_expired=session.status != SessionStatus.ENDED and invite_expired(session),
         invite_available=session.invite_salt is not None,
@@ -270,7 +273,7 @@ async def renew_invite(
         closed = await room.invite_renewed(session.invite_token_hash, keep_admitted=keep)
     return InviteOut(
         invite_url=invite_url,
-        invite_expires_at=session.invite_expires_at,
+        invite_expires_at=_aware(session.invite_expires_at),
         invite_expired=False,
         closed_connections=closed,
     )
@@ -292,7 +295,7 @@ async def current_invite(
         )
     return InviteOut(
         invite_url=url,
-        invite_expires_at=session.invite_expires_at,
+        invite_expires_at=_aware(session.invite_expires_at),
         invite_expired=invite_expired(session),
     )
 
