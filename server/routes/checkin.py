@@ -38,6 +38,8 @@ class CheckinStatus(BaseModel):
     open: bool
     submitted: bool
     questions: dict[str, str]
+    # The homework the therapist set, so it stays in front of the client after the call.
+    homework: str = ""
 
 
 async def _participant(
@@ -72,8 +74,12 @@ def _open(session: TherapySession) -> bool:
 async def checkin_status(token: str, request: Request, db: DbSession) -> CheckinStatus:
     session, _ = await _participant(db, request, token)
     done = await db.scalar(select(Checkin.id).where(Checkin.session_id == session.id))
+    homework = (session.agenda or {}).get("homework", "")
     return CheckinStatus(
-        open=_open(session) and done is None, submitted=done is not None, questions=QUESTIONS
+        open=_open(session) and done is None,
+        submitted=done is not None,
+        questions=QUESTIONS,
+        homework=homework if isinstance(homework, str) else "",
     )
 
 

@@ -24,6 +24,12 @@ pytestmark = pytest.mark.browser
 expect.set_options(timeout=20_000)
 
 REMOTE = '[data-testid="remote-video"]'
+# What sticks out of a 390 px page, to name it in a failure.
+WIDER_THAN_390_JS = """() => [...document.querySelectorAll('body *')]
+  .filter((e) => { const r = e.getBoundingClientRect(); return r.right > 391 && r.width > 0; })
+  .slice(0, 10)
+  .map((e) => `${e.tagName.toLowerCase()}.${e.className} ${Math.round(e.getBoundingClientRect().right)}`)"""
+HOMEWORK = "Write down one kind thing you did each day."
 
 
 @dataclass
@@ -138,6 +144,10 @@ def test_client_link_copied_after_a_reload(room: Room) -> None:
 
 def test_end_asks_leave_for_now_keeps_the_session_then_end_for_both(room: Room) -> None:
     t, c = room.t, room.c
+    # The client's header names the therapist's *connection*, not the therapist.
+    expect(c.get_by_test_id("quality-peer")).to_contain_text("Therapist's connection:")
+    t.get_by_test_id("homework").fill(HOMEWORK)
+    expect(c.get_by_test_id("homework")).to_have_text(HOMEWORK)
     dialog = t.get_by_test_id("end-dialog")
     t.get_by_test_id("end-button").click()
     expect(dialog).to_be_visible()
@@ -164,6 +174,10 @@ def test_end_asks_leave_for_now_keeps_the_session_then_end_for_both(room: Room) 
     expect(end_title(t, "ended")).to_have_text("Session ended")
     expect(c.get_by_test_id("checkin-title")).to_be_visible()
     assert room.http.get(f"/api/sessions/{room.session_id}").json()["status"] == "ended"
+    # The homework stays in front of the client once the call is over, also after a reload.
+    expect(c.get_by_test_id("checkin-homework")).to_contain_text(HOMEWORK)
+    c.reload(wait_until="domcontentloaded")
+    expect(c.get_by_test_id("checkin-homework")).to_contain_text(HOMEWORK)
 
 
 def test_checkin_has_no_default_answers(room: Room) -> None:
@@ -199,9 +213,31 @@ def test_checkin_has_no_default_answers(room: Room) -> None:
         shoot(c, room.artifacts, f"checkin-answered-{suffix}")
     submit.click()
     expect(c.get_by_test_id("checkin-done")).to_be_visible()
+    expect(c.get_by_test_id("checkin-homework")).to_contain_text(HOMEWORK)
 
     summary = room.http.get(f"/api/sessions/{room.session_id}/summary").json()
     assert {k: summary["checkin"][k] for k in answers} == answers
     # Total 20 of 40, but it is this client's first check-in: nothing to be lower than.
     assert summary["checkin"]["total"] == 20 and summary["checkin"]["low"] is False
     assert not page_errors(room.log), room.log
+
+
+def test_summary_fits_a_phone(room: Room) -> None:
+    t = room.t
+    t.goto(f"/sessions/{room.session_id}/summary", wait_until="domcontentloaded")
+    expect(t.get_by_test_id("summary-content")).to_be_visible()
+    chart = t.get_by_test_id("summary-timeline").locator("svg")
+    expect(chart).to_be_visible()
+    for size, suffix in (
+        ({"width": 1280, "height": 800}, "1280"),
+        ({"width": 390, "height": 844}, "390"),
+    ):
+        t.set_viewport_size(size)  # type: ignore[arg-type]
+        shoot(t, room.artifacts, f"summary-{suffix}")
+    box = chart.bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, box
+    # Nothing on the page needs sideways scrolling on a phone.
+    width = t.evaluate("() => document.documentElement.scrollWidth")
+    wide = t.evaluate(WIDER_THAN_390_JS)
+    assert width <= 390, f"the summary is {width} px wide at 390 px: {wide}"
+    t.set_viewport_size({"width": 1280, "height": 800})

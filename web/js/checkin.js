@@ -50,6 +50,26 @@ function chosen(view, key) {
   return picked ? Number(picked.value) : null;
 }
 
+/** The homework as the room last showed it (the server's copy may not be saved yet). */
+function roomHomework() {
+  const shown = document.querySelector('[data-testid="homework"]');
+  return shown && !shown.hidden ? shown.textContent.trim() : "";
+}
+
+/** Homework stays in front of the client after the call: above the questions and after them. */
+function showHomework(view, text) {
+  const existing = view.querySelector('[data-testid="checkin-homework"]');
+  if (!text || !text.trim()) {
+    if (existing) existing.remove();
+    return;
+  }
+  const box = h("section", { class: "checkin-homework", "data-testid": "checkin-homework", "aria-labelledby": "checkin-homework-h" },
+    h("h2", { id: "checkin-homework-h" }, "Your homework"),
+    h("p", { class: "homework-text" }, text.trim()));
+  if (existing) existing.replaceWith(box);
+  else view.querySelector("#checkin-title").after(box);
+}
+
 /**
  * Show the check-in in `view` (the [data-testid=checkin] element). `hideRest()` hides the room.
  * Returns once it is on screen.
@@ -77,6 +97,7 @@ export async function showCheckin({ view, token, status, hideRest }) {
   };
   if (hideRest) hideRest();
   view.hidden = false;
+  showHomework(view, (info && info.homework) || roomHomework());
 
   const finished = (text) => {
     el.questions.hidden = true;
