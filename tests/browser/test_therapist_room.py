@@ -145,7 +145,9 @@ def test_client_link_copied_after_a_reload(room: Room) -> None:
 def test_end_asks_leave_for_now_keeps_the_session_then_end_for_both(room: Room) -> None:
     t, c = room.t, room.c
     # The client's header names the therapist's *connection*, not the therapist.
-    expect(c.get_by_test_id("quality-peer")).to_contain_text("Therapist's connection:")
+    expect(c.get_by_test_id("quality-peer")).to_contain_text(
+        "Therapist's connection:", use_inner_text=True
+    )
     t.get_by_test_id("homework").fill(HOMEWORK)
     expect(c.get_by_test_id("homework")).to_have_text(HOMEWORK)
     dialog = t.get_by_test_id("end-dialog")
@@ -241,3 +243,37 @@ def test_summary_fits_a_phone(room: Room) -> None:
     wide = t.evaluate(WIDER_THAN_390_JS)
     assert width <= 390, f"the summary is {width} px wide at 390 px: {wide}"
     t.set_viewport_size({"width": 1280, "height": 800})
+
+
+def test_expired_link_says_so_and_a_new_link_is_one_click(room: Room) -> None:
+    t = room.t
+    res = room.http.post(
+        "/api/sessions", json={"client_label": "E.X.", "invite_ttl_hours": 0.0003}
+    )  # about one second
+    assert res.status_code == 201, res.text
+    sid = res.json()["id"]
+    wait_for(
+        lambda: room.http.get(f"/api/sessions/{sid}").json()["invite_expired"],
+        15,
+        "the one-second link to expire",
+    )
+    t.goto("/sessions", wait_until="domcontentloaded")
+    item = t.locator(f'[data-testid="session-item"][data-session-id="{sid}"]')
+    expect(item.get_by_test_id("session-status")).to_have_text("Link expired")
+    item.get_by_test_id("new-link").click()
+    item = t.locator(f'[data-testid="session-item"][data-session-id="{sid}"]')
+    expect(item.get_by_test_id("session-status")).to_have_text("Scheduled")
+    fresh = room.http.get(f"/api/sessions/{sid}/invite").json()
+    assert fresh["invite_expired"] is False
+    assert t.evaluate("() => navigator.clipboard.readText()") == fresh["invite_url"]
+    expect(item.get_by_test_id("copy-session-link")).to_be_focused()
+    expect(item.get_by_test_id("link-status")).to_contain_text("Link copied")
+    for size, suffix in (
+        ({"width": 1280, "height": 800}, "1280"),
+        ({"width": 390, "height": 844}, "390"),
+    ):
+        t.set_viewport_size(size)  # type: ignore[arg-type]
+        shoot(t, room.artifacts, f"sessions-planned-{suffix}")
+    t.set_viewport_size({"width": 1280, "height": 800})
+    width = t.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= 1280

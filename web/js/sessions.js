@@ -46,8 +46,19 @@ async function copySessionLink(s, button, status) {
     }
     rememberInvite(s.id, res.invite_url);
     const ok = await copyText(res.invite_url);
-    status.textContent = `${ok ? "Link copied" : `Copy this link: ${res.invite_url}`}. It works until ${formatDateTime(res.invite_expires_at)}.`;
-    if (s.invite_expired || !s.invite_available) await loadSessions();
+    const text = `${ok ? "Link copied" : `Copy this link: ${res.invite_url}`}. It works until ${formatDateTime(res.invite_expires_at)}.`;
+    if (s.invite_expired || !s.invite_available) {
+      await loadSessions(); // the item is drawn again (status, button): say it in the new one
+      const item = el.list.querySelector(`[data-session-id="${CSS.escape(s.id)}"]`);
+      const fresh = item && item.querySelector('[data-testid="link-status"]');
+      if (fresh) {
+        fresh.textContent = text;
+        const again = item.querySelector('[data-testid="copy-session-link"]');
+        if (again) again.focus();
+      }
+    } else {
+      status.textContent = text;
+    }
   } catch (err) {
     if (!(err instanceof ApiError && err.status === 401)) status.textContent = err.message;
   } finally {

@@ -82,7 +82,7 @@ function renderCheckin(checkin) {
   if (checkin.low) {
     parts.unshift(h("p", { class: "calm-flag", "data-testid": "checkin-low" },
       h("span", { class: "flag-icon", "aria-hidden": "true" }, "i"),
-      h("span", {}, "Lower than usual. It may be worth gently asking how the session felt next time.")));
+      h("span", {}, `Lower than usual for this client (compared with their ${checkin.compared_with > 1 ? `last ${checkin.compared_with} check-ins` : "previous check-in"}). It may be worth gently asking how the session felt next time.`)));
   }
   if (checkin.comment) {
     parts.push(h("figure", { class: "comment" },
