@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from sqlalchemy import update
 
-from server.checkins import checkin_out, lower_than_usual
+from server import checkins
 from server.db import Database
 from server.models import Checkin, Participant, SessionStatus, TherapySession
 from tests.conftest import InProcessApp
@@ -103,28 +103,28 @@ def _checkin(**scores: int) -> Checkin:
 
 def test_lower_than_usual_needs_a_usual() -> None:
     low_first = _checkin(bond=5, goals=5, tasks=5, overall=5)
-    assert lower_than_usual(low_first, []) is False
-    scored = checkin_out(low_first)
+    scored = checkins.checkin_out(low_first)
     assert scored is not None and scored["low"] is False and scored["total"] == 20
+    assert checkins.lower_than_usual(low_first, []) is False
 
     usual = [
         _checkin(bond=9, goals=8, tasks=9, overall=9),
         _checkin(bond=8, goals=8, tasks=8, overall=9),
     ]
     # The same 20 after two sessions around 34: lower than usual.
-    assert lower_than_usual(low_first, usual) is True
+    assert checkins.lower_than_usual(low_first, usual) is True
     # A client who always answers around 20 is not flagged for answering 20 again.
     steady = [
         _checkin(bond=5, goals=6, tasks=5, overall=5),
         _checkin(bond=5, goals=5, tasks=4, overall=6),
     ]
-    assert lower_than_usual(low_first, steady) is False
+    assert checkins.lower_than_usual(low_first, steady) is False
     # One sharp drop (feeling heard) is flagged even when the total holds.
     drop = _checkin(bond=5, goals=10, tasks=10, overall=10)
-    assert lower_than_usual(drop, usual) is True
+    assert checkins.lower_than_usual(drop, usual) is True
     # Skipped check-ins are not part of the usual.
     skipped = Checkin(session_id="s", participant_id=1, skipped=True, comment="")
-    assert lower_than_usual(low_first, [skipped]) is False
+    assert checkins.lower_than_usual(low_first, [skipped]) is False
 
 
 async def test_first_checkin_is_not_flagged_in_the_summary(

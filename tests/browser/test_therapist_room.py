@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ REMOTE = '[data-testid="remote-video"]'
 WIDER_THAN_390_JS = """() => [...document.querySelectorAll('body *')]
   .filter((e) => { const r = e.getBoundingClientRect(); return r.right > 391 && r.width > 0; })
   .slice(0, 10)
-  .map((e) => `${e.tagName.toLowerCase()}.${e.className} ${Math.round(e.getBoundingClientRect().right)}`)"""
+  .map((e) => `${e.tagName.toLowerCase()}.${e.className} `
+    + `${Math.round(e.getBoundingClientRect().right)}`)"""
 HOMEWORK = "Write down one kind thing you did each day."
 
 
@@ -277,3 +279,26 @@ def test_expired_link_says_so_and_a_new_link_is_one_click(room: Room) -> None:
     t.set_viewport_size({"width": 1280, "height": 800})
     width = t.evaluate("() => document.documentElement.scrollWidth")
     assert width <= 1280
+
+
+def test_new_session_form_sets_the_planned_time(room: Room) -> None:
+    t = room.t
+    t.goto("/sessions", wait_until="domcontentloaded")
+    t.get_by_test_id("client-label").fill("P.F.")
+    t.get_by_test_id("planned-date").fill("2030-01-15")
+    t.get_by_test_id("planned-time").fill("14:30")
+    t.get_by_test_id("planned-minutes").select_option("60")
+    t.get_by_test_id("create-session").click()
+    expect(t.get_by_test_id("invite-url")).to_contain_text("/join/")
+    sid = t.get_by_test_id("open-created-room").get_attribute("data-session-id")
+    session = room.http.get(f"/api/sessions/{sid}").json()
+    # The therapist's local 14:30, as the browser reads it, is what the server keeps.
+    local = t.evaluate("() => new Date('2030-01-15T14:30').toISOString()")
+    assert session["planned_minutes"] == 60
+    assert datetime.fromisoformat(session["planned_start"]) == datetime.fromisoformat(local)
+    item = t.locator(f'[data-testid="session-item"][data-session-id="{sid}"]')
+    expect(item).to_contain_text("Planned")
+    expect(item).to_contain_text("60 min")
+    # The room shows the plan before the session starts.
+    t.goto(f"/sessions/{sid}", wait_until="domcontentloaded")
+    expect(t.get_by_test_id("session-clock")).to_contain_text("60 min planned")
