@@ -19,7 +19,17 @@ import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
-from .helpers import end_title, new_page, page_errors, shoot, stage_in, wait_for, wait_video
+from .helpers import (
+    axe_violations,
+    describe_violations,
+    end_title,
+    new_page,
+    page_errors,
+    shoot,
+    stage_in,
+    wait_for,
+    wait_video,
+)
 
 pytestmark = pytest.mark.browser
 expect.set_options(timeout=20_000)
@@ -157,6 +167,8 @@ def test_end_asks_leave_for_now_keeps_the_session_then_end_for_both(room: Room) 
     expect(dialog).to_be_visible()
     expect(t.get_by_test_id("end-cancel")).to_be_focused()
     shoot(t, room.artifacts, "therapist-end-dialog-1280")
+    violations = axe_violations(t)
+    assert not violations, describe_violations(violations)
     # Escape keeps the call; focus goes back to "End session".
     t.keyboard.press("Escape")
     expect(dialog).to_be_hidden()

@@ -563,9 +563,13 @@ def test_panel_by_keyboard_settings_and_cues(call: Call) -> None:
     monologue = t.get_by_test_id("cue").filter(has_text="You have been speaking for")
     expect(monologue).to_be_visible(timeout=25_000)
     expect(monologue).to_contain_text("You have been speaking for 1 second")
+    shoot(t, call.artifacts, "therapist-cue-1280")
+    # One cue slot: the newer cue took the place of the older one, nothing stacks.
+    expect(t.get_by_test_id("cue")).to_have_count(1)
     call.c.get_by_test_id("mute-audio").click()
     expect(call.c.get_by_test_id("mute-audio")).to_have_attribute("aria-pressed", "false")
-    shoot(t, call.artifacts, "therapist-cue-1280")
+    # Once the client speaks, "You have been speaking…" is no longer true: it goes by itself.
+    expect(monologue).to_have_count(0, timeout=25_000)
     while t.get_by_test_id("cue").count():
         tab_to(t, "cue-dismiss")
         t.keyboard.press("Enter")

@@ -42,7 +42,7 @@ function scale(key, question) {
     h("div", { class: "scale-row" }, ...choices),
     h("div", { class: "slider-anchors", id: `${id}-anchors` },
       h("span", {}, "0 not at all"), h("span", {}, "10 completely")),
-    h("p", { class: "scale-value visually-hidden", "data-testid": `${id}-value`, "aria-live": "polite" }, ""));
+    h("p", { class: "scale-value visually-hidden", "data-testid": `${id}-value` }, ""));
 }
 
 function chosen(view, key) {

@@ -93,6 +93,7 @@ const page = createCallPage({
     renderLobby([]);
   },
   onEndPanel: () => {
+    if (el.endDialog.open) el.endDialog.close();
     el.takeoverPanel.hidden = true;
     // Nothing in the side panel is current any more.
     el.side.hidden = true;
