@@ -454,10 +454,23 @@ export function setupPanel({ sessionId, send, announce, onProblem, onPrefs = () 
     above: { icon: "▲", word: "Above your band" },
   };
 
-  function bandState(share) {
+  // A share hovering on an edge of the band must not make the indicator flicker: it leaves
+  // (or comes back into) the band only once it is a point past the edge.
+  const BAND_HYSTERESIS = 0.01;
+
+  function bandState(share, previous) {
     if (share === null || share === undefined) return "unknown";
     const { target_low: lo, target_high: hi } = state.prefs;
-    return share < lo ? "below" : share > hi ? "above" : "within";
+    const plain = share < lo ? "below" : share > hi ? "above" : "within";
+    if (previous === "unknown" || previous === undefined || plain === previous) return plain;
+    const margin = BAND_HYSTERESIS;
+    if (previous === "within") {
+      if (share < lo - margin) return "below";
+      if (share > hi + margin) return "above";
+      return "within";
+    }
+    if (previous === "below") return share >= lo + margin ? plain : "below";
+    return share <= hi - margin ? plain : "above";
   }
 
   function bandWord(share) {
@@ -498,7 +511,7 @@ export function setupPanel({ sessionId, send, announce, onProblem, onPrefs = () 
     const { target_low: lo, target_high: hi } = state.prefs;
     const where = bandWord(share);
     el.bandNote.textContent = `Your band ${pct(lo)}–${pct(hi)}%${where ? ` · whole session ${where}` : ""}`;
-    const band = bandState(share);
+    const band = bandState(share, el.glance.dataset.band);
     if (el.glance.dataset.band !== band) {
       el.glance.dataset.band = band;
       el.glance.querySelector(".band-icon").textContent = BAND_LOOK[band].icon;
