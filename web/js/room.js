@@ -625,6 +625,17 @@ async function main() {
     showExpiry(session);
     offerNewLink("This link has expired. Make a new one to send to your client.");
     renderLobbySection();
+  } else if (session.status !== "ended") {
+    // A new tab or a reload shows the link the client holds, and until when it works.
+    api(`/api/sessions/${encodeURIComponent(sessionId)}/invite`).then((res) => {
+      rememberInvite(sessionId, res.invite_url);
+      showInvite(res.invite_url);
+      showExpiry(res);
+    }).catch((err) => {
+      if (err instanceof ApiError && err.status === 409 && !known) {
+        offerNewLink("This link was made before links could be shown again. You can make a new one; the previous link will stop working.");
+      }
+    });
   }
 
   if (session.status === "ended") {
