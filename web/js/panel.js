@@ -255,7 +255,9 @@ export function setupPanel({ sessionId, send, announce, onProblem, onPrefs = () 
       return;
     }
     const [kind, { text }] = top;
-    const dismiss = h("button", { type: "button", class: "btn btn-quiet btn-small", "data-testid": "cue-dismiss", "aria-label": `Dismiss: ${text}` }, "Dismiss");
+    // A small "×" keeps the text to two lines in the slot; its name says what it dismisses.
+    const dismiss = h("button", { type: "button", class: "icon-btn cue-dismiss", "data-testid": "cue-dismiss", "aria-label": `Dismiss: ${text}`, title: "Dismiss" },
+      h("span", { "aria-hidden": "true" }, "×"));
     const cue = h("div", { class: "cue", "data-testid": "cue", "data-kind": kind, "data-text": text },
       h("span", { class: "cue-icon", "aria-hidden": "true" }, "i"), h("p", {}, text), dismiss);
     dismiss.addEventListener("click", () => {
