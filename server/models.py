@@ -127,6 +127,15 @@ class TherapySession(Base):
     agenda: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # Run-length encoded per-tick speech states: replayed to resume after a server restart.
     signal_input: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    # --- therapist: planned time and re-derivable client links (issue 13) ---
+    # When the therapist means to meet, and for how long: the room's clock counts against it
+    # and the client's waiting room shows it. Both optional (an ad-hoc session has neither).
+    planned_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    planned_minutes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Random per-link salt: the link's token is HMAC(server invite key, id + salt), so the
+    # therapist can copy the same working link again (another tab, after a reload) while only
+    # its hash is stored. NULL for links made before this existed (they can only be renewed).
+    invite_salt: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     therapist: Mapped[User] = relationship(lazy="joined")
 

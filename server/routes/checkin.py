@@ -11,7 +11,8 @@ from sqlalchemy import select
 from ..audit import record
 from ..auth import CLIENT_COOKIE, DbSession
 from ..checkins import QUESTIONS
-from ..models import Checkin, Participant, SessionStatus, TherapySession
+from ..invites import check_invite
+from ..models import Checkin, Participant, SessionStatus, TherapySession, User
 from ..security import token_hash
 
 router = APIRouter(prefix="/api/join", tags=["checkin"])
@@ -37,6 +38,8 @@ class CheckinStatus(BaseModel):
     open: bool
     submitted: bool
     questions: dict[str, str]
+    # The homework the therapist set, so it stays in front of the client after the call.
+    homework: str = ""
 
 
 async def _participant(
@@ -71,8 +74,12 @@ def _open(session: TherapySession) -> bool:
 async def checkin_status(token: str, request: Request, db: DbSession) -> CheckinStatus:
     session, _ = await _participant(db, request, token)
     done = await db.scalar(select(Checkin.id).where(Checkin.session_id == session.id))
+    homework = (session.agenda or {}).get("homework", "")
     return CheckinStatus(
-        open=_open(session) and done is None, submitted=done is not None, questions=QUESTIONS
+        open=_open(session) and done is None,
+        submitted=done is not None,
+        questions=QUESTIONS,
+        homework=homework if isinstance(homework, str) else "",
     )
 
 
@@ -112,3 +119,33 @@ async def submit_checkin(
     )
     await db.commit()
     return CheckinSaved(ok=True)
+
+
+# --- therapist: who the client is meeting, and when (issue 13) ---
+
+
+class JoinAbout(BaseModel):
+    """What the client's waiting room shows: whom they are meeting and when. Only what the
+    therapist chose to share (their display name), nothing about other sessions."""
+
+    therapist_name: str
+    planned_start: datetime | None
+    planned_minutes: int | None
+
+
+@router.get("/{token}/about")
+async def join_about(token: str, db: DbSession) -> JoinAbout:
+    check = await check_invite(db, token)
+    if check.session is None or check.problem is not None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, check.message or "This link is not valid.")
+    session = check.session
+    therapist = await db.get(User, session.therapist_id)
+    return JoinAbout(
+        therapist_name=(therapist.display_name if therapist else "").strip(),
+        planned_start=(
+            session.planned_start.replace(tzinfo=session.planned_start.tzinfo or UTC)
+            if session.planned_start
+            else None
+        ),
+        planned_minutes=session.planned_minutes,
+    )

@@ -24,6 +24,8 @@ class PanelPreferences(BaseModel):
     share_below_band: Cue = Cue(minutes=5)
     long_silence_seconds: float = Field(default=3.0, ge=1, le=60)
     panel_open: bool = True
+    # A soft chime when a client enters the waiting room (issue 13); the therapist can mute it.
+    arrival_chime: bool = True
 
     @model_validator(mode="after")
     def _band(self) -> PanelPreferences:

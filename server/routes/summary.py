@@ -17,7 +17,7 @@ from signaling.messages import AgendaItemOut
 
 from ..alliance_hub import SignalsHub, unpack_timeline
 from ..auth import DbSession, SettingsDep, Therapist
-from ..checkins import checkin_out
+from ..checkins import checkins_in_order
 from ..models import Checkin, TherapySession, User
 from .sessions import SessionOut, own_session, session_out
 
@@ -41,7 +41,10 @@ class CheckinOut(BaseModel):
     tasks: int | None = None
     overall: int | None = None
     total: int | None
+    # Lower than this client's own earlier check-ins (never on a first check-in).
     low: bool
+    # How many earlier answered check-ins "usual" was taken from.
+    compared_with: int = 0
     comment: str | None = None
     submitted_at: datetime
 
@@ -94,9 +97,8 @@ async def _checkins(db: DbSession, ids: list[str]) -> dict[str, Checkin]:
     return {c.session_id: c for c in rows}
 
 
-def _trend_point(session: TherapySession, checkin: Checkin | None) -> TrendPoint:
+def _trend_point(session: TherapySession, scored: dict[str, Any] | None) -> TrendPoint:
     metrics = session.metrics or {}
-    scored = checkin_out(checkin)
     return TrendPoint(
         id=session.id,
         date=session.started_at or session.created_at,
@@ -129,20 +131,25 @@ async def build_summary(
 ) -> Summary:
     metrics = hub.latest(session.id) or session.metrics
     timeline = hub.timeline(session.id) or unpack_timeline(session.timeline or [])
-    history = (
+    # All of this client's sessions: each check-in is compared with the ones before it.
+    every = (
         [session]
         if not session.client_label
-        else await _client_sessions(db, user, session.client_label, TREND_SESSIONS)
+        else await _client_sessions(db, user, session.client_label, None)
     )
-    checkins = await _checkins(db, [s.id for s in history])
-    checkin = checkin_out(checkins.get(session.id))
+    if session not in every:
+        every = [session]
+    checkins = await _checkins(db, [s.id for s in every])
+    scored = checkins_in_order([s.id for s in every], checkins)
+    history = every[-TREND_SESSIONS:]
+    checkin = scored.get(session.id)
     return Summary(
         session=session_out(session, settings),
         metrics=None if metrics is None else SnapshotPayload.model_validate(metrics),
         timeline=[TimelineSecond(**second) for second in timeline],
         agenda=_agenda(session),
         checkin=None if checkin is None else CheckinOut.model_validate(checkin),
-        trend=[_trend_point(s, checkins.get(s.id)) for s in history],
+        trend=[_trend_point(s, scored.get(s.id)) for s in history],
     )
 
 
@@ -218,12 +225,13 @@ async def client_history_csv(
     if not sessions:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "No sessions with that client label.")
     checkins = await _checkins(db, [s.id for s in sessions])
+    scored = checkins_in_order([s.id for s in sessions], checkins)
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     for s in sessions:
         m = s.metrics or {}
-        c = checkin_out(checkins.get(s.id)) or {}
+        c = scored.get(s.id) or {}
         agenda = _agenda(s)
         writer.writerow(
             {

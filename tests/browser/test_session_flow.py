@@ -277,6 +277,7 @@ def test_admit_talk_leave_rejoin_end(
 
         # Therapist ends the session; both see it.
         t.get_by_test_id("end-button").click()
+        t.get_by_test_id("end-confirm-both").click()
         expect(end_title(t, "ended")).to_have_text("Session ended")
         # The client took part, so the check-in replaces the room.
         expect(c.get_by_test_id("checkin-title")).to_be_visible()
@@ -363,6 +364,7 @@ def test_stranger_with_same_link_is_denied(
         expect(a.get_by_test_id("checkin")).to_be_hidden()
 
         t.get_by_test_id("end-button").click()
+        t.get_by_test_id("end-confirm-both").click()
         expect(a.get_by_test_id("checkin-title")).to_be_visible()
         events = audit_actions(server, session_id, {"client_denied"})
         assert "client_denied" in {e["action"] for e in events}

@@ -24,22 +24,50 @@ export async function checkinStatus(token) {
   }
 }
 
-function slider(key, question) {
+// Each question is a row of eleven choices (0–10) with nothing chosen at first: an untouched
+// form must not look like an answer. Arrow keys move within a row (native radio groups).
+function scale(key, question) {
   const id = `checkin-${key}`;
-  const input = h("input", {
-    type: "range", id, min: "0", max: "10", step: "1", value: "5",
-    "data-testid": id, "aria-describedby": `${id}-anchors`, "aria-valuetext": "5 out of 10",
-  });
-  const output = h("output", { for: id, class: "slider-value", "data-testid": `${id}-value`, "aria-hidden": "true" }, "5");
-  input.addEventListener("input", () => {
-    output.textContent = input.value;
-    input.setAttribute("aria-valuetext", `${input.value} out of 10`);
-  });
-  return h("div", { class: "slider-field" },
-    h("label", { for: id, class: "slider-question" }, question),
-    h("div", { class: "slider-row" }, input, output),
+  const choices = [];
+  for (let v = 0; v <= 10; v += 1) {
+    const input = h("input", {
+      type: "radio", name: id, id: `${id}-${v}`, value: String(v), "data-testid": `${id}-${v}`,
+    });
+    choices.push(h("label", { class: "scale-choice", for: `${id}-${v}` }, input,
+      h("span", { class: "scale-num" }, String(v)),
+      h("span", { class: "visually-hidden" }, v === 0 ? " (not at all)" : v === 10 ? " (completely)" : "")));
+  }
+  return h("fieldset", { class: "scale-field", "data-testid": id, "aria-describedby": `${id}-anchors` },
+    h("legend", { class: "slider-question" }, question),
+    h("div", { class: "scale-row" }, ...choices),
     h("div", { class: "slider-anchors", id: `${id}-anchors` },
-      h("span", {}, "0 not at all"), h("span", {}, "10 completely")));
+      h("span", {}, "0 not at all"), h("span", {}, "10 completely")),
+    h("p", { class: "scale-value visually-hidden", "data-testid": `${id}-value` }, ""));
+}
+
+function chosen(view, key) {
+  const picked = view.querySelector(`input[name="checkin-${key}"]:checked`);
+  return picked ? Number(picked.value) : null;
+}
+
+/** The homework as the room last showed it (the server's copy may not be saved yet). */
+function roomHomework() {
+  const shown = document.querySelector('[data-testid="homework"]');
+  return shown && !shown.hidden ? shown.textContent.trim() : "";
+}
+
+/** Homework stays in front of the client after the call: above the questions and after them. */
+function showHomework(view, text) {
+  const existing = view.querySelector('[data-testid="checkin-homework"]');
+  if (!text || !text.trim()) {
+    if (existing) existing.remove();
+    return;
+  }
+  const box = h("section", { class: "checkin-homework", "data-testid": "checkin-homework", "aria-labelledby": "checkin-homework-h" },
+    h("h2", { id: "checkin-homework-h" }, "Your homework"),
+    h("p", { class: "homework-text" }, text.trim()));
+  if (existing) existing.replaceWith(box);
+  else view.querySelector("#checkin-title").after(box);
 }
 
 /**
@@ -69,6 +97,7 @@ export async function showCheckin({ view, token, status, hideRest }) {
   };
   if (hideRest) hideRest();
   view.hidden = false;
+  showHomework(view, (info && info.homework) || roomHomework());
 
   const finished = (text) => {
     el.questions.hidden = true;
@@ -90,8 +119,24 @@ export async function showCheckin({ view, token, status, hideRest }) {
     return;
   }
 
-  el.sliders.replaceChildren(...CHECKIN_KEYS.map((key) => slider(key, questions[key])));
+  el.sliders.replaceChildren(...CHECKIN_KEYS.map((key) => scale(key, questions[key])));
   el.title.focus();
+  // Submit once every question has an answer; until then say what is missing.
+  const hint = h("p", { class: "hint", id: "checkin-submit-hint", "data-testid": "checkin-submit-hint" });
+  el.submit.parentElement.before(hint);
+  el.submit.setAttribute("aria-describedby", "checkin-submit-hint");
+  const refresh = () => {
+    const missing = CHECKIN_KEYS.filter((key) => chosen(view, key) === null).length;
+    el.submit.disabled = missing > 0;
+    hint.textContent = missing === 0 ? "" : `${missing} question${missing === 1 ? "" : "s"} still to answer, or skip.`;
+    for (const key of CHECKIN_KEYS) {
+      const v = chosen(view, key);
+      byTestId(`checkin-${key}-value`, view).textContent = v === null ? "" : String(v);
+      byTestId(`checkin-${key}`, view).dataset.answered = String(v !== null);
+    }
+  };
+  el.sliders.addEventListener("change", refresh);
+  refresh();
 
   const post = async (body) => {
     showMessage(el.error, "");
@@ -108,15 +153,19 @@ export async function showCheckin({ view, token, status, hideRest }) {
         return;
       }
       showMessage(el.error, err.message);
-      el.submit.disabled = false;
       el.skip.disabled = false;
+      refresh();
     }
   };
 
   el.form.addEventListener("submit", (event) => {
     event.preventDefault();
     const body = { comment: el.comment.value.trim().slice(0, 2000) };
-    for (const key of CHECKIN_KEYS) body[key] = Number(byTestId(`checkin-${key}`, view).value);
+    for (const key of CHECKIN_KEYS) body[key] = chosen(view, key);
+    if (CHECKIN_KEYS.some((key) => body[key] === null)) {
+      showMessage(el.error, "Please answer all four questions, or skip the check-in.");
+      return;
+    }
     post(body);
   });
   el.skip.addEventListener("click", () => post({ skipped: true }));

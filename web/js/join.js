@@ -329,6 +329,34 @@ function enterCall() {
   page.startCall();
 }
 
+// ---------- whom the client is meeting, and when (therapist feature, issue 13) ----------
+let about = null;
+fetch(`/api/join/${encodeURIComponent(token)}/about`, { credentials: "same-origin" })
+  .then((res) => (res.ok ? res.json() : null))
+  .then((data) => {
+    about = data;
+    const text = aboutText();
+    if (text && !el.waiting.hidden && !el.waiting.querySelector('[data-testid="waiting-about"]')) {
+      el.waiting.append(h("span", { class: "muted-line", "data-testid": "waiting-about" }, ` ${text}`));
+    }
+  })
+  .catch(() => { /* the waiting room still works without it */ });
+
+function aboutText() {
+  if (!about) return "";
+  const name = (about.therapist_name || "").trim();
+  let when = "";
+  if (about.planned_start) {
+    when = new Date(about.planned_start).toLocaleString([], {
+      weekday: "long", day: "numeric", month: "long", hour: "2-digit", minute: "2-digit",
+    });
+    if (about.planned_minutes) when += ` (${about.planned_minutes} minutes)`;
+  }
+  if (name && when) return `Your session with ${name} is planned for ${when}.`;
+  if (name) return `Your session is with ${name}.`;
+  return when ? `Your session is planned for ${when}.` : "";
+}
+
 // ---------- signalling: what only the client hears ----------
 function connect() {
   chat.attach(page.connect({
@@ -343,6 +371,8 @@ function connect() {
       el.join.hidden = true;
       el.nameField.hidden = true;
       const lines = [h("strong", {}, "Waiting for your therapist to let you in…")];
+      const about = aboutText(); // therapist feature (issue 13): whom and when
+      if (about) lines.push(h("span", { class: "muted-line", "data-testid": "waiting-about" }, ` ${about}`));
       if (msg.therapist_present === false) {
         lines.push(h("span", { class: "muted-line" }, " Your therapist hasn't opened the session yet. Please keep this page open."));
       }

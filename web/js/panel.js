@@ -1,6 +1,8 @@
-// The therapist's live panel: talk balance against the target band, who is speaking, silence,
-// turns/interruptions/backchannels/monologues, a 10-minute timeline, gentle cues, settings.
-// Fed by `signals` snapshots (≥ 2/s) and `speaking` messages (immediate).
+// The therapist's live panel. At a glance: the client's share of talk against the therapist's
+// band (it changes colour, shape and word only when out of band), who is speaking, the current
+// silence, and one gentle cue at a time (a newer cue replaces an older one; a cue goes away by
+// itself when its condition ends). Behind "Details": last 5 minutes, the timeline and the
+// counts. Fed by `signals` snapshots (≥ 2/s) and `speaking` messages (immediate).
 
 import { api, ApiError, byTestId, h, showMessage } from "./api.js";
 import { formatClock, formatShare, formatSpoken, laneChart } from "./charts.js";
@@ -14,6 +16,7 @@ const DEFAULT_PREFS = {
   share_below_band: { on: true, minutes: 5 },
   long_silence_seconds: 3,
   panel_open: true,
+  arrival_chime: true,
 };
 // A monologue ends when the client talks this long, or the therapist pauses this long.
 const FLOOR_TAKEN_S = 1.0;
@@ -33,7 +36,7 @@ function minutesText(minutes) {
 
 const pct = (v) => Math.round(Number(v) * 100);
 
-export function setupPanel({ sessionId, send, announce, onProblem }) {
+export function setupPanel({ sessionId, send, announce, onProblem, onPrefs = () => {} }) {
   const $ = (id) => byTestId(id);
   const el = {
     panel: $("live-panel"),
@@ -47,6 +50,9 @@ export function setupPanel({ sessionId, send, announce, onProblem }) {
     silence: $("current-silence"),
     balanceStatus: $("balance-status"),
     balance: $("talk-balance"),
+    glance: $("balance-glance"),
+    bandWordEl: $("band-word"),
+    details: $("signals-details"),
     balance5: $("talk-balance-5min"),
     bar: $("balance-bar"),
     bar5: $("balance-bar-5min"),
@@ -90,6 +96,8 @@ export function setupPanel({ sessionId, send, announce, onProblem }) {
     monologueCued: false,
     belowSince: null,
     belowCued: false,
+    // The one cue slot: active cues by kind, newest last; the newest undismissed one shows.
+    cues: new Map(),
     sharing: false,
     // The signals only count while both are in the call; until then a balance is meaningless.
     together: false,
@@ -103,6 +111,7 @@ export function setupPanel({ sessionId, send, announce, onProblem }) {
     state.prefs = { ...structuredClone(DEFAULT_PREFS), ...prefs };
     setOpen(state.prefs.panel_open !== false, false);
     renderBalance();
+    onPrefs(state.prefs);
   }
 
   async function loadPrefs() {
@@ -233,18 +242,43 @@ export function setupPanel({ sessionId, send, announce, onProblem }) {
   });
   renderShare();
 
-  // ---------- cues ----------
-  function showCue(kind, text) {
-    const old = el.cues.querySelector(`[data-kind="${kind}"]`);
-    if (old) old.remove();
-    const dismiss = h("button", { type: "button", class: "btn btn-quiet btn-small", "data-testid": "cue-dismiss", "aria-label": `Dismiss: ${text}` }, "Dismiss");
-    const cue = h("div", { class: "cue", "data-testid": "cue", "data-kind": kind }, h("p", {}, text), dismiss);
+  // ---------- cues: one slot ----------
+  function renderCue() {
+    const live = [...state.cues.entries()].filter(([, c]) => !c.dismissed);
+    const top = live.length ? live[live.length - 1] : null;
+    const shown = el.cues.querySelector('[data-testid="cue"]');
+    if (top && shown && shown.dataset.kind === top[0] && shown.dataset.text === top[1].text) return;
+    const hadFocus = shown && shown.contains(document.activeElement);
+    if (!top) {
+      el.cues.replaceChildren();
+      if (hadFocus) el.settingsButton.focus();
+      return;
+    }
+    const [kind, { text }] = top;
+    // A small "×" keeps the text to two lines in the slot; its name says what it dismisses.
+    const dismiss = h("button", { type: "button", class: "icon-btn cue-dismiss", "data-testid": "cue-dismiss", "aria-label": `Dismiss: ${text}`, title: "Dismiss" },
+      h("span", { "aria-hidden": "true" }, "×"));
+    const cue = h("div", { class: "cue", "data-testid": "cue", "data-kind": kind, "data-text": text },
+      h("span", { class: "cue-icon", "aria-hidden": "true" }, "i"), h("p", {}, text), dismiss);
     dismiss.addEventListener("click", () => {
-      const wasFocused = cue.contains(document.activeElement);
-      cue.remove();
-      if (wasFocused) (el.cues.querySelector("button") || el.settingsButton).focus();
+      const entry = state.cues.get(kind);
+      if (entry) entry.dismissed = true;
+      const focusBack = cue.contains(document.activeElement);
+      renderCue();
+      if (focusBack) (el.cues.querySelector("button") || el.settingsButton).focus();
     });
-    el.cues.append(cue);
+    el.cues.replaceChildren(cue);
+    if (hadFocus) dismiss.focus();
+  }
+
+  function showCue(kind, text) {
+    state.cues.delete(kind); // re-inserted last: the newest cue takes the slot
+    state.cues.set(kind, { text, dismissed: false });
+    renderCue();
+  }
+
+  function clearCue(kind) {
+    if (state.cues.delete(kind)) renderCue();
   }
 
   function checkCues(now) {
@@ -260,6 +294,8 @@ export function setupPanel({ sessionId, send, announce, onProblem }) {
         state.monologueCued = false;
       }
     }
+    // "You have been speaking…" is wrong the moment the client speaks or the run ends.
+    if (state.monologueStart === null || state.speaking.has("client")) clearCue("monologue");
     // After the client had the floor, a therapist who talks on alone starts a new run.
     if (state.monologueStart === null && state.speaking.has("therapist") && !state.speaking.has("client")) {
       state.monologueStart = now;
@@ -282,6 +318,11 @@ export function setupPanel({ sessionId, send, announce, onProblem }) {
     } else if (share5 !== null && share5 !== undefined) {
       state.belowSince = null;
       state.belowCued = false;
+      clearCue("share-below");
+    }
+    if (!state.together) {
+      clearCue("share-below");
+      clearCue("monologue");
     }
   }
 
@@ -359,7 +400,7 @@ export function setupPanel({ sessionId, send, announce, onProblem }) {
   }
 
   function renderTimeline(force = false) {
-    if (el.body.hidden) return;
+    if (el.body.hidden || !el.details.open) return;
     const now = nowS();
     const totals = windowTotals(now);
     const span = windowSpan(now);
@@ -406,6 +447,34 @@ export function setupPanel({ sessionId, send, announce, onProblem }) {
     bar.dataset.known = String(known);
   }
 
+  // Where the share is against the band: in band is quiet (neutral colour, a plain dot);
+  // out of band adds colour, an arrow shape and words, so colour is never the only sign.
+  const BAND_LOOK = {
+    unknown: { icon: "", word: "" },
+    within: { icon: "●", word: "In your band" },
+    below: { icon: "▼", word: "Below your band" },
+    above: { icon: "▲", word: "Above your band" },
+  };
+
+  // A share hovering on an edge of the band must not make the indicator flicker: it leaves
+  // (or comes back into) the band only once it is a point past the edge.
+  const BAND_HYSTERESIS = 0.01;
+
+  function bandState(share, previous) {
+    if (share === null || share === undefined) return "unknown";
+    const { target_low: lo, target_high: hi } = state.prefs;
+    const plain = share < lo ? "below" : share > hi ? "above" : "within";
+    if (previous === "unknown" || previous === undefined || plain === previous) return plain;
+    const margin = BAND_HYSTERESIS;
+    if (previous === "within") {
+      if (share < lo - margin) return "below";
+      if (share > hi + margin) return "above";
+      return "within";
+    }
+    if (previous === "below") return share >= lo + margin ? plain : "below";
+    return share <= hi - margin ? plain : "above";
+  }
+
   function bandWord(share) {
     if (share === null || share === undefined) return "";
     const { target_low: lo, target_high: hi } = state.prefs;
@@ -427,7 +496,7 @@ export function setupPanel({ sessionId, send, announce, onProblem }) {
     el.balanceStatus.dataset.state = state.peer;
     el.balanceStatus.textContent = PEER_TEXT[state.peer];
     el.balanceStatus.hidden = state.together;
-    for (const node of [el.balance, el.balance5, el.bar, el.bar5, el.bandNote]) {
+    for (const node of [el.glance, el.balance5, el.bar, el.bar5, el.bandNote]) {
       const row = node.closest(".balance-row") || node;
       row.hidden = !state.together;
     }
@@ -444,6 +513,12 @@ export function setupPanel({ sessionId, send, announce, onProblem }) {
     const { target_low: lo, target_high: hi } = state.prefs;
     const where = bandWord(share);
     el.bandNote.textContent = `Your band ${pct(lo)}–${pct(hi)}%${where ? ` · whole session ${where}` : ""}`;
+    const band = bandState(share, el.glance.dataset.band);
+    if (el.glance.dataset.band !== band) {
+      el.glance.dataset.band = band;
+      el.glance.querySelector(".band-icon").textContent = BAND_LOOK[band].icon;
+      el.bandWordEl.textContent = BAND_LOOK[band].word;
+    }
   }
 
   function renderNumbers(snap) {
@@ -481,10 +556,16 @@ export function setupPanel({ sessionId, send, announce, onProblem }) {
     if (ticks % 4 === 0) renderTimeline();
   }, 250);
 
+  el.details.addEventListener("toggle", () => {
+    if (el.details.open) renderTimeline(true);
+  });
+
   renderPresence();
 
   return {
     loadPrefs,
+    savePrefs,
+    prefs: () => state.prefs,
     start() {
       state.active = true;
       send({ type: "share_balance", on: state.sharing });
@@ -495,6 +576,8 @@ export function setupPanel({ sessionId, send, announce, onProblem }) {
       state.active = false;
       clearInterval(timer);
       setSpeaking([]);
+      state.cues.clear();
+      renderCue();
     },
     onSignals(msg) {
       onSnapshot(msg.snapshot);

@@ -70,7 +70,9 @@ export class QualityIndicator {
       : label && level.score !== undefined && level.score !== null
         ? `${who} connection: ${word} (score ${Math.round(level.score)} of 100)`
         : `${who} connection: ${word}`;
-    const parts = [barsIcon(label || "unknown"), h("span", { class: "q-who" }, `${who}: `), h("span", { class: "q-label" }, word)];
+    const parts = [barsIcon(label || "unknown"), h("span", { class: "q-who" },
+      h("span", { class: "q-long" }, `${who === "You" ? "Your" : `${who}'s`} connection`),
+      h("span", { class: "q-short" }, who), ": "), h("span", { class: "q-label" }, word)];
     if (label === "no_media" && who === "You") {
       parts.push(h("span", { class: "q-advice", role: "status", "data-testid": "quality-advice" }, ` ${NO_MEDIA_ADVICE}`));
     }

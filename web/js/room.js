@@ -11,6 +11,7 @@ import { announcer, setConnectionStatus } from "./callui.js";
 import { createCallPage, reloadButton } from "./call.js";
 import { setupPanel } from "./panel.js";
 import { setupChat } from "./chat.js";
+import { formatClock } from "./charts.js";
 
 const sessionId = pathParam("/sessions/");
 
@@ -36,6 +37,19 @@ const el = {
   removeYes: byTestId("remove-confirm-button"),
   removeNo: byTestId("remove-cancel-button"),
   removeAll: byTestId("new-link-remove-all"),
+  newLinkWhy: byTestId("new-link-why"),
+  linkExpiry: byTestId("link-expiry"),
+  endDialog: byTestId("end-dialog"),
+  endBoth: byTestId("end-confirm-both"),
+  endLeave: byTestId("end-confirm-leave"),
+  endCancel: byTestId("end-cancel"),
+  leave: byTestId("leave-button"),
+  clock: byTestId("session-clock"),
+  clockElapsed: byTestId("clock-elapsed"),
+  clockPlanned: byTestId("clock-planned"),
+  clockNote: byTestId("clock-note"),
+  chime: byTestId("arrival-chime"),
+  notifyEnable: byTestId("notify-enable"),
 };
 
 const announce = announcer(byTestId("announcer"));
@@ -47,6 +61,11 @@ const state = {
   peer: { present: false, everPresent: false, reconnecting: false, participantId: null },
   lobbyIds: new Set(),
   linkWanted: false,
+  baseTitle: document.title,
+  // Session clock: when both were first in the call (server's started_at), and the plan.
+  startedAt: null,
+  plannedMinutes: null,
+  chimes: 0,
 };
 
 function sessionsLink(kind = "btn-primary") {
@@ -75,6 +94,7 @@ const page = createCallPage({
     renderLobby([]);
   },
   onEndPanel: () => {
+    if (el.endDialog.open) el.endDialog.close();
     el.takeoverPanel.hidden = true;
     // Nothing in the side panel is current any more.
     el.side.hidden = true;
@@ -137,8 +157,134 @@ const page = createCallPage({
   },
 });
 
-const panel = setupPanel({ sessionId, send: page.send, announce, onProblem: page.showError });
 const chat = setupChat({ role: "therapist", send: page.send, peerLabel: () => state.clientLabel || "" });
+const panel = setupPanel({
+  sessionId,
+  send: page.send,
+  announce,
+  onProblem: page.showError,
+  onPrefs: (prefs) => { el.chime.checked = prefs.arrival_chime !== false; },
+});
+
+// ---------- session clock ----------
+// Elapsed since both were first in the call, against the planned length: "23:41 / 50 min".
+// Near the end (5 minutes left) and after it the clock says so in words, calmly: no flashing.
+const NEAR_END_S = 5 * 60;
+
+function renderClock() {
+  const planned = state.plannedMinutes;
+  if (state.startedAt === null) {
+    el.clock.hidden = planned === null || page.state.finished;
+    el.clock.dataset.state = "idle";
+    el.clockElapsed.textContent = "Not started";
+    el.clockPlanned.textContent = planned ? ` · ${planned} min planned` : "";
+    el.clockNote.textContent = "";
+    return;
+  }
+  el.clock.hidden = page.state.finished;
+  const elapsed = Math.max(0, (Date.now() - state.startedAt) / 1000);
+  el.clockElapsed.textContent = formatClock(elapsed);
+  el.clockPlanned.textContent = planned ? ` / ${planned} min` : "";
+  let clockState = "running";
+  let note = "";
+  if (planned) {
+    const left = planned * 60 - elapsed;
+    if (left <= 0) {
+      clockState = "over";
+      note = `${Math.max(1, Math.round(-left / 60))} min over`;
+    } else if (left <= NEAR_END_S) {
+      clockState = "near";
+      note = `${Math.max(1, Math.round(left / 60))} min left`;
+    }
+  }
+  if (el.clock.dataset.state !== clockState && clockState !== "running") announce(`Session time: ${note}.`);
+  el.clock.dataset.state = clockState;
+  el.clockNote.textContent = note;
+}
+setInterval(renderClock, 1000);
+
+async function refreshStartedAt() {
+  // The server sets started_at when both are first in the call; ask once it happened.
+  try {
+    const s = await api(`/api/sessions/${encodeURIComponent(sessionId)}`);
+    if (s && s.started_at) state.startedAt = Date.parse(s.started_at);
+  } catch {
+    /* the clock falls back to this page's own count */
+  }
+  if (state.startedAt === null) state.startedAt = Date.now();
+  renderClock();
+}
+
+// ---------- arrival notice ----------
+// A soft two-note chime, made on the spot (no audio file), the waiting count in the tab title,
+// and a desktop notification when the therapist allowed them (asked only on their click).
+let audioCtx = null;
+
+function chime() {
+  try {
+    audioCtx = audioCtx || new AudioContext();
+    if (audioCtx.state === "suspended") audioCtx.resume().catch(() => {});
+    const t0 = audioCtx.currentTime + 0.02;
+    for (const [i, freq] of [659.25, 880].entries()) {
+      const osc = audioCtx.createOscillator();
+      const gain = audioCtx.createGain();
+      osc.type = "sine";
+      osc.frequency.value = freq;
+      const start = t0 + i * 0.22;
+      gain.gain.setValueAtTime(0, start);
+      gain.gain.linearRampToValueAtTime(0.06, start + 0.04);
+      gain.gain.exponentialRampToValueAtTime(0.0001, start + 0.9);
+      osc.connect(gain).connect(audioCtx.destination);
+      osc.start(start);
+      osc.stop(start + 0.95);
+    }
+    state.chimes += 1;
+    el.lobbySection.dataset.chimes = String(state.chimes);
+  } catch {
+    /* no audio output: the title and the notice still tell */
+  }
+}
+
+function renderTitle() {
+  const n = state.lobbyIds.size;
+  document.title = n > 0 && !page.state.finished ? `(${n}) ${state.baseTitle}` : state.baseTitle;
+}
+
+function notifyArrival(name) {
+  if (!("Notification" in window) || Notification.permission !== "granted") return;
+  if (document.visibilityState === "visible" && document.hasFocus()) return;
+  try {
+    const note = new Notification("Rapport: someone is in the waiting room", {
+      body: `${name} is waiting to be admitted.`,
+      tag: `rapport-lobby-${sessionId}`,
+    });
+    note.onclick = () => { window.focus(); note.close(); };
+  } catch {
+    /* some browsers only allow notifications from a service worker */
+  }
+}
+
+function renderNotifyButton() {
+  el.notifyEnable.hidden = !("Notification" in window) || Notification.permission !== "default";
+}
+
+el.notifyEnable.addEventListener("click", async () => {
+  try {
+    await Notification.requestPermission();
+  } catch {
+    /* denied or unsupported: nothing more to ask */
+  }
+  renderNotifyButton();
+});
+renderNotifyButton();
+
+el.chime.addEventListener("change", () => {
+  const on = el.chime.checked;
+  panel.savePrefs({ ...panel.prefs(), arrival_chime: on }).catch((err) => {
+    if (!(err instanceof ApiError && err.status === 401)) page.showError(`Your chime setting was not saved: ${err.message}`);
+  });
+  if (on) chime(); // a sample, and it unlocks audio output on this click
+});
 
 // ---------- stage text ----------
 function renderStage() {
@@ -252,12 +398,16 @@ function waitingSinceText(value) {
 function renderLobby(waiting) {
   const entries = Array.isArray(waiting) ? waiting : [];
   const seen = new Set();
+  const arrived = [];
   el.lobby.replaceChildren(
     ...entries.map((entry) => {
       const id = entry.participant_id;
       seen.add(id);
       const name = (entry.display_name || "").trim() || "Client";
-      if (!state.lobbyIds.has(id)) announce(`${name} is in the waiting room.`);
+      if (!state.lobbyIds.has(id)) {
+        announce(`${name} is in the waiting room.`);
+        arrived.push(name);
+      }
       const since = waitingSinceText(entry.waiting_since);
       const admit = h("button", {
         type: "button", class: "btn btn-primary btn-small", "data-testid": "admit-button",
@@ -285,6 +435,11 @@ function renderLobby(waiting) {
     }),
   );
   state.lobbyIds = seen;
+  if (arrived.length && !page.state.finished) {
+    if (panel.prefs().arrival_chime !== false) chime();
+    notifyArrival(arrived.join(", "));
+  }
+  renderTitle();
   el.lobbyEmpty.hidden = entries.length > 0;
   renderLobbySection();
   renderStage();
@@ -303,18 +458,48 @@ async function copyInvite(url) {
     : "Select the link above and copy it to send it to your client.";
 }
 
+function showExpiry(res) {
+  const when = formatDateTime(res.invite_expires_at);
+  el.linkExpiry.hidden = false;
+  el.linkExpiry.dataset.expired = String(Boolean(res.invite_expired));
+  el.linkExpiry.textContent = res.invite_expired ? `Link expired (${when}).` : `The link works until ${when}.`;
+}
+
+function offerNewLink(why) {
+  el.newLinkWhy.textContent = why;
+  el.newLinkBox.hidden = false;
+}
+
 el.copyLink.addEventListener("click", async () => {
   state.linkWanted = true;
   renderLobbySection();
-  const url = recallInvite(sessionId);
-  if (url) {
-    showInvite(url);
-    el.newLinkBox.hidden = true;
-    await copyInvite(url);
-  } else {
-    el.newLinkBox.hidden = false;
-    el.inviteStatus.textContent = "";
-    el.newLink.focus();
+  el.copyLink.disabled = true;
+  try {
+    // The same link the client holds, derived again by the server: works after a reload and
+    // in a new tab, and leaves the client's copy working.
+    const res = await api(`/api/sessions/${encodeURIComponent(sessionId)}/invite`);
+    rememberInvite(sessionId, res.invite_url);
+    showInvite(res.invite_url);
+    showExpiry(res);
+    if (res.invite_expired) {
+      el.inviteStatus.textContent = "";
+      offerNewLink("This link has expired. Make a new one to send to your client.");
+      el.newLink.focus();
+    } else {
+      el.newLinkBox.hidden = true;
+      await copyInvite(res.invite_url);
+    }
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) return;
+    if (err instanceof ApiError && err.status === 409) {
+      el.inviteStatus.textContent = err.message;
+      offerNewLink("You can make a new link; the previous link will stop working.");
+      el.newLink.focus();
+    } else {
+      page.showError(err.message);
+    }
+  } finally {
+    el.copyLink.disabled = false;
   }
 });
 
@@ -327,11 +512,9 @@ el.newLink.addEventListener("click", async () => {
     });
     rememberInvite(sessionId, res.invite_url);
     showInvite(res.invite_url);
+    showExpiry(res);
     el.newLinkBox.hidden = true;
     await copyInvite(res.invite_url);
-    if (res.invite_expires_at) {
-      el.inviteStatus.textContent += ` It works until ${formatDateTime(res.invite_expires_at)}.`;
-    }
     if (res.closed_connections) {
       el.inviteStatus.textContent += ` ${res.closed_connections} connection(s) from the previous link were closed.`;
     }
@@ -344,7 +527,23 @@ el.newLink.addEventListener("click", async () => {
 });
 
 // ---------- controls only the therapist has ----------
+// "End session" asks first: end for both, or only leave for now (the session stays open).
+// A modal <dialog> keeps focus inside; Escape or "Keep the call" closes it and the call goes on.
 el.end.addEventListener("click", () => {
+  if (page.state.finished || el.endDialog.open) return;
+  el.endDialog.showModal();
+  el.endCancel.focus();
+});
+el.endDialog.addEventListener("close", () => {
+  if (!page.state.finished) el.end.focus();
+});
+el.endCancel.addEventListener("click", () => el.endDialog.close());
+el.endLeave.addEventListener("click", () => {
+  el.endDialog.close();
+  el.leave.click();
+});
+el.endBoth.addEventListener("click", () => {
+  el.endDialog.close();
   if (page.state.finished) return;
   if (!page.send({ type: "end" })) {
     page.showError("Not connected to the server, so the session could not be ended. Reload and try again.");
@@ -383,6 +582,10 @@ function connect() {
     },
     peer_state: (msg) => {
       if (msg.role === "client" && !page.state.finished) {
+        if (msg.present && msg.media === "connected" && state.startedAt === null && !state.fetchingStart) {
+          state.fetchingStart = true;
+          refreshStartedAt();
+        }
         renderPeer(msg);
         // A held seat is not "together", whatever its last media state was.
         panel.onPeer(msg.reconnecting ? { ...msg, media: "connecting" } : msg);
@@ -414,9 +617,30 @@ async function main() {
   state.clientLabel = label;
   el.label.textContent = label ? `Session with ${label}` : "Session";
   document.title = `${label ? `${label} · ` : ""}Session room · Rapport`;
+  state.baseTitle = document.title;
+  state.plannedMinutes = session.planned_minutes ?? null;
+  if (session.started_at) state.startedAt = Date.parse(session.started_at);
+  renderClock();
 
   const known = recallInvite(sessionId);
   if (known) showInvite(known);
+  if (session.invite_expired) {
+    state.linkWanted = true;
+    showExpiry(session);
+    offerNewLink("This link has expired. Make a new one to send to your client.");
+    renderLobbySection();
+  } else if (session.status !== "ended") {
+    // A new tab or a reload shows the link the client holds, and until when it works.
+    api(`/api/sessions/${encodeURIComponent(sessionId)}/invite`).then((res) => {
+      rememberInvite(sessionId, res.invite_url);
+      showInvite(res.invite_url);
+      showExpiry(res);
+    }).catch((err) => {
+      if (err instanceof ApiError && err.status === 409 && !known) {
+        offerNewLink("This link was made before links could be shown again. You can make a new one; the previous link will stop working.");
+      }
+    });
+  }
 
   if (session.status === "ended") {
     finishEnded();

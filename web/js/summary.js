@@ -82,7 +82,7 @@ function renderCheckin(checkin) {
   if (checkin.low) {
     parts.unshift(h("p", { class: "calm-flag", "data-testid": "checkin-low" },
       h("span", { class: "flag-icon", "aria-hidden": "true" }, "i"),
-      h("span", {}, "Lower than usual. It may be worth gently asking how the session felt next time.")));
+      h("span", {}, `Lower than usual for this client (compared with their ${checkin.compared_with > 1 ? `last ${checkin.compared_with} check-ins` : "previous check-in"}). It may be worth gently asking how the session felt next time.`)));
   }
   if (checkin.comment) {
     parts.push(h("figure", { class: "comment" },
@@ -169,7 +169,23 @@ function renderSignals(m, prefs) {
 }
 
 // ---------- timeline ----------
+// The chart is drawn at the width it is shown (a phone gets a narrower drawing with fewer
+// ticks), so its words stay readable instead of being shrunk to a fraction of their size.
+let lastSeconds = null;
+let drawnWidth = 0;
+
+function chartWidth() {
+  // Hidden until loaded: then the page's width (less the card's padding) is the estimate.
+  const shown = el.timeline.clientWidth || document.documentElement.clientWidth - 72;
+  return Math.max(300, Math.min(800, Math.round(shown)));
+}
+
+window.addEventListener("resize", () => {
+  if (lastSeconds && Math.abs(chartWidth() - drawnWidth) > 40) renderTimeline(lastSeconds);
+});
+
 function renderTimeline(seconds) {
+  lastSeconds = seconds;
   if (!seconds.length) {
     el.timelineCaption.textContent = "No timeline was recorded for this session.";
     el.timeline.replaceChildren();
@@ -177,7 +193,10 @@ function renderTimeline(seconds) {
     return;
   }
   const n = seconds.length;
-  const step = [1, 2, 5, 10, 15, 30, 60].find((m) => n / (m * 60) <= 8) || 60;
+  const width = chartWidth();
+  drawnWidth = width;
+  const maxTicks = width < 500 ? 4 : 8;
+  const step = [1, 2, 5, 10, 15, 30, 60].find((m) => n / (m * 60) <= maxTicks) || 60;
   const ticks = [];
   for (let t = 0; t <= n; t += step * 60) ticks.push({ at: t, label: `${t / 60} min` });
   const talkT = seconds.filter((x) => x.therapist).length;
@@ -190,7 +209,7 @@ function renderTimeline(seconds) {
     ],
     domain: [0, Math.max(n, 1)],
     ticks,
-    width: 800,
+    width,
     laneHeight: 22,
     gap: 10,
     labelWidth: 56,
