@@ -1,0 +1,227 @@
+"""Every page, looked at: a screenshot at 1280x800 and 390x844 in test-artifacts/ and axe's
+WCAG 2.1 A/AA check, in the states a therapist, a client and an admin meet them.
+
+One walk through a session (sign in, create, the client's device check, the waiting room, the
+call, the end, the check-in, the summary) plus the pages off that path (first-run setup,
+account, admin, the client's dead ends). Axe findings are gathered and reported together at
+the end, so one run names every page that needs fixing. The integrator re-runs it after
+merging other UI changes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import BrowserContext, Page, expect
+
+from .helpers import (
+    DESKTOP,
+    PHONE,
+    axe_violations,
+    describe_violations,
+    new_page,
+    page_errors,
+    shoot,
+    stage_in,
+    wait_video,
+)
+
+pytestmark = pytest.mark.browser
+expect.set_options(timeout=20_000)
+
+REMOTE = '[data-testid="remote-video"]'
+SELF = '[data-testid="self-video"]'
+SIZES = (("1280", DESKTOP), ("390", PHONE))
+
+
+@dataclass
+class Tour:
+    """Screenshots and axe findings of the pages visited so far."""
+
+    artifacts: Path
+    problems: list[str] = field(default_factory=list)
+    seen: list[str] = field(default_factory=list)
+
+    def look(self, page: Page, name: str) -> None:
+        """Both sizes: a picture, and axe; the page is left at the desktop size."""
+        for label, size in SIZES:
+            page.set_viewport_size(size)
+            # Layout settles on the next frames; a picture before that would show the old size.
+            page.evaluate("() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))")
+            shoot(page, self.artifacts, f"page-{name}-{label}")
+            violations = axe_violations(page)
+            if violations:
+                self.problems.append(f"{name} at {label}:\n{describe_violations(violations)}")
+        page.set_viewport_size(DESKTOP)
+        self.seen.append(name)
+
+
+@pytest.fixture
+def tour(artifacts_dir: Path) -> Tour:
+    return Tour(artifacts_dir)
+
+
+def _sign_in(page: Page, email: str, password: str) -> None:
+    res = page.request.post("/api/login", data={"email": email, "password": password})
+    assert res.ok, res.text()
+
+
+def _new_session(page: Page, label: str, ttl_hours: float | None = None) -> tuple[str, str]:
+    body: dict[str, Any] = {"client_label": label}
+    if ttl_hours is not None:
+        body["invite_ttl_hours"] = ttl_hours
+    res = page.request.post("/api/sessions", data=body)
+    assert res.status == 201, res.text()
+    created = res.json()
+    return created["id"], created["invite_url"]
+
+
+@pytest.fixture
+def contexts(
+    rapport_server: Any, browsers: Any, console_log: list[str]
+) -> Iterator[dict[str, tuple[BrowserContext, Page]]]:
+    opened: dict[str, tuple[BrowserContext, Page]] = {}
+    base = rapport_server.base_url
+    opened["therapist"] = new_page(browsers.therapist, base, console_log, "therapist")
+    opened["client"] = new_page(browsers.client, base, console_log, "client")
+    opened["other"] = new_page(browsers.client, base, console_log, "other")
+    opened["admin"] = new_page(browsers.therapist, base, console_log, "admin")
+    try:
+        yield opened
+    finally:
+        for ctx, _ in opened.values():
+            ctx.close()
+
+
+def test_every_page_screenshot_and_axe(
+    rapport_server: Any,
+    contexts: dict[str, tuple[BrowserContext, Page]],
+    console_log: list[str],
+    tour: Tour,
+) -> None:
+    server = rapport_server
+    _, t = contexts["therapist"]
+    _, c = contexts["client"]
+    _, o = contexts["other"]
+    _, m = contexts["admin"]
+    email, password = server.users["therapist"]
+
+    # Signed out: the sign-in page and a first-run setup link that is not (or no longer) valid.
+    t.goto("/login", wait_until="domcontentloaded")
+    expect(t.get_by_test_id("login-submit")).to_be_visible()
+    tour.look(t, "login")
+    t.goto("/setup/not-a-setup-token", wait_until="domcontentloaded")
+    expect(t.locator("main")).to_be_visible()
+    tour.look(t, "setup")
+
+    # The therapist's list, after creating a session there.
+    _sign_in(t, email, password)
+    t.goto("/sessions", wait_until="domcontentloaded")
+    t.get_by_test_id("client-label").fill("R.K.")
+    t.get_by_test_id("create-session").click()
+    expect(t.get_by_test_id("invite-url")).to_contain_text("/join/")
+    invite_url = t.get_by_test_id("invite-url").inner_text().strip()
+    room_href = t.get_by_test_id("open-created-room").get_attribute("href") or ""
+    session_id = room_href.rstrip("/").rsplit("/", 1)[-1]
+    tour.look(t, "sessions")
+
+    # The room, nobody there yet.
+    t.goto(f"/sessions/{session_id}", wait_until="domcontentloaded")
+    expect(stage_in(t, "waiting")).to_be_visible()
+    wait_video(t, "self", SELF, min_frames=3)
+    tour.look(t, "room-empty")
+
+    # The client's device check, then the waiting room; the therapist sees them waiting.
+    c.goto(invite_url, wait_until="domcontentloaded")
+    expect(c.get_by_test_id("join-button")).to_be_enabled()
+    wait_video(c, "self", SELF, min_frames=3)
+    tour.look(c, "join-device-check")
+    c.get_by_test_id("display-name").fill("Robin")
+    c.get_by_test_id("join-button").click()
+    expect(c.get_by_test_id("waiting-message")).to_contain_text("Waiting for your therapist")
+    tour.look(c, "join-waiting")
+    expect(t.get_by_test_id("lobby-entry")).to_have_count(1)
+    tour.look(t, "room-client-waiting")
+
+    # In the call, both sides.
+    t.get_by_test_id("admit-button").click()
+    wait_video(t, "call", REMOTE)
+    wait_video(c, "call", REMOTE)
+    tour.look(t, "room-in-call")
+    tour.look(c, "join-in-call")
+
+    # A stranger on the same link is turned away.
+    o.goto(invite_url, wait_until="domcontentloaded")
+    expect(o.get_by_test_id("join-button")).to_be_enabled()
+    o.get_by_test_id("join-button").click()
+    expect(t.get_by_test_id("deny-button")).to_be_visible()
+    t.get_by_test_id("deny-button").click()
+    expect(stage_in(o, "denied")).to_be_visible()
+    tour.look(o, "join-denied")
+
+    # The end: the therapist's end panel, the client's check-in, then its thanks.
+    t.get_by_test_id("end-button").click()
+    confirm = t.get_by_test_id("end-confirm-both")
+    if confirm.count():
+        confirm.click()
+    expect(stage_in(t, "ended")).to_be_visible()
+    tour.look(t, "room-ended")
+    expect(c.get_by_test_id("checkin-title")).to_be_visible()
+    tour.look(c, "join-checkin")
+    c.get_by_test_id("checkin-skip").click()
+    expect(c.get_by_test_id("checkin-done")).to_be_visible()
+    tour.look(c, "join-checkin-done")
+
+    # The link after the end, for the stranger who was turned away and for someone new.
+    o.goto(invite_url, wait_until="domcontentloaded")
+    tour.look(o, "join-after-end-denied")
+
+    # The summary.
+    t.goto(f"/sessions/{session_id}/summary", wait_until="domcontentloaded")
+    expect(t.locator("main")).to_be_visible()
+    t.wait_for_load_state("load")
+    tour.look(t, "summary")
+
+    # The account page.
+    t.goto("/account", wait_until="domcontentloaded")
+    expect(t.locator("main")).to_be_visible()
+    tour.look(t, "account")
+
+    # Dead ends: a link that never was, an expired one, a therapist page for an admin.
+    fresh_ctx, fresh = new_page(contexts["other"][0].browser, server.base_url, console_log, "fresh")
+    try:
+        fresh.goto("/join/not-a-real-link", wait_until="domcontentloaded")
+        tour.look(fresh, "join-unknown-link")
+        _, expired_url = _new_session(t, "Expired", ttl_hours=0.0002)  # under a second
+        expired_path = "/join/" + expired_url.rstrip("/").rsplit("/", 1)[-1]
+
+        def expired() -> bool:
+            return httpx.get(server.base_url + expired_path, timeout=5).status_code == 410
+
+        from tests.support import eventually_sync
+
+        eventually_sync(expired, timeout=10, interval=0.2, message="the link to expire")
+        fresh.goto(expired_path, wait_until="domcontentloaded")
+        tour.look(fresh, "join-expired-link")
+    finally:
+        fresh_ctx.close()
+
+    # The admin's page (it loads its figures after the page).
+    admin_email, admin_password = server.users["admin"]
+    _sign_in(m, admin_email, admin_password)
+    m.goto("/admin", wait_until="domcontentloaded")
+    expect(m.locator("main")).to_be_visible()
+    m.wait_for_load_state("networkidle")
+    tour.look(m, "admin")
+    m.goto("/sessions", wait_until="domcontentloaded")
+    tour.look(m, "message-therapists-only")
+
+    assert not page_errors(console_log), page_errors(console_log)
+    assert not tour.problems, "axe found WCAG 2.1 A/AA violations:\n" + "\n".join(tour.problems)
+    assert re.search(r"summary", " ".join(tour.seen))
