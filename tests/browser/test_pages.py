@@ -38,6 +38,8 @@ expect.set_options(timeout=20_000)
 REMOTE = '[data-testid="remote-video"]'
 SELF = '[data-testid="self-video"]'
 SIZES = (("1280", DESKTOP), ("390", PHONE))
+NEXT_FRAMES_JS = "() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))"
+SCROLLED_JS = "() => [window.scrollY, document.querySelector('#main').scrollTop]"
 
 
 @dataclass
@@ -53,7 +55,7 @@ class Tour:
         for label, size in SIZES:
             page.set_viewport_size(size)
             # Layout settles on the next frames; a picture before that would show the old size.
-            page.evaluate("() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))")
+            page.evaluate(NEXT_FRAMES_JS)
             shoot(page, self.artifacts, f"page-{name}-{label}")
             violations = axe_violations(page)
             if violations:
@@ -225,3 +227,35 @@ def test_every_page_screenshot_and_axe(
     assert not page_errors(console_log), page_errors(console_log)
     assert not tour.problems, "axe found WCAG 2.1 A/AA violations:\n" + "\n".join(tour.problems)
     assert re.search(r"summary", " ".join(tour.seen))
+
+
+def test_join_button_above_the_fold(
+    rapport_server: Any, contexts: dict[str, tuple[BrowserContext, Page]]
+) -> None:
+    """Preview, name and Join on the first view at desktop and phone sizes, without scrolling
+    (the device pickers are folded away)."""
+    _, t = contexts["therapist"]
+    _, c = contexts["client"]
+    _sign_in(t, *rapport_server.users["therapist"])
+    _, invite_url = _new_session(t, "Fold")
+    for label, size in SIZES:
+        c.set_viewport_size(size)
+        c.goto(invite_url, wait_until="domcontentloaded")
+        join = c.get_by_test_id("join-button")
+        expect(join).to_be_enabled()
+        wait_video(c, f"self-{label}", SELF, min_frames=3)
+        scrolled = c.evaluate(SCROLLED_JS)
+        assert scrolled == [0, 0], (label, scrolled)
+        for testid in ("self-video", "display-name", "join-button"):
+            box = c.get_by_test_id(testid).bounding_box()
+            assert box is not None, (label, testid)
+            inside = (
+                box["x"] >= 0
+                and box["y"] >= 0
+                and box["x"] + box["width"] <= size["width"]
+                and box["y"] + box["height"] <= size["height"]
+            )
+            assert inside, f"{testid} at {label} is outside the {size} viewport: {box}"
+        expect(c.get_by_test_id("camera-select")).to_be_hidden()
+        c.get_by_test_id("device-details").locator("summary").click()
+        expect(c.get_by_test_id("camera-select")).to_be_visible()
