@@ -259,3 +259,87 @@ def test_join_button_above_the_fold(
         expect(c.get_by_test_id("camera-select")).to_be_hidden()
         c.get_by_test_id("device-details").locator("summary").click()
         expect(c.get_by_test_id("camera-select")).to_be_visible()
+
+
+def _admitted_call(
+    server: Any, t: Page, c: Page, label: str, name: str
+) -> tuple[str, str]:
+    """A session with the client admitted and both videos playing."""
+    _sign_in(t, *server.users["therapist"])
+    session_id, invite_url = _new_session(t, label)
+    t.goto(f"/sessions/{session_id}", wait_until="domcontentloaded")
+    expect(stage_in(t, "waiting")).to_be_visible()
+    c.goto(invite_url, wait_until="domcontentloaded")
+    expect(c.get_by_test_id("join-button")).to_be_enabled()
+    c.get_by_test_id("display-name").fill(name)
+    c.get_by_test_id("join-button").click()
+    t.get_by_test_id("admit-button").click()
+    wait_video(t, "call", REMOTE)
+    wait_video(c, "call", REMOTE)
+    return session_id, invite_url
+
+
+def test_mute_tiles_and_badges(
+    rapport_server: Any,
+    contexts: dict[str, tuple[BrowserContext, Page]],
+    console_log: list[str],
+    artifacts_dir: Path,
+) -> None:
+    """A camera that is off shows the person's name tile to the other side (not a black
+    rectangle), a muted microphone a badge on both sides; the buttons say what they do."""
+    _, t = contexts["therapist"]
+    _, c = contexts["client"]
+    _admitted_call(rapport_server, t, c, "M.T.", "Robin")
+    for page in (t, c):
+        for testid in ("remote-tile", "remote-mic-off", "self-tile", "self-mic-off"):
+            expect(page.get_by_test_id(testid)).to_be_hidden()
+        expect(page.get_by_test_id("mute-audio")).to_have_text("Mute")
+        expect(page.get_by_test_id("mute-video")).to_have_text("Stop video")
+
+    # The client turns both off.
+    c.get_by_test_id("mute-audio").click()
+    c.get_by_test_id("mute-video").click()
+    expect(c.get_by_test_id("mute-audio")).to_have_attribute("aria-pressed", "true")
+    expect(c.get_by_test_id("mute-audio")).to_have_text("Unmute")
+    expect(c.get_by_test_id("mute-video")).to_have_attribute("aria-pressed", "true")
+    expect(c.get_by_test_id("mute-video")).to_have_text("Start video")
+    expect(c.get_by_test_id("self-mic-off")).to_be_visible()
+    expect(c.get_by_test_id("self-tile")).to_be_visible()
+    tile = t.get_by_test_id("remote-tile")
+    expect(tile).to_be_visible()
+    expect(tile).to_contain_text("M.T.")
+    expect(tile).to_contain_text("Camera off")
+    expect(tile.locator(".tile-avatar")).to_have_text("MT")
+    expect(t.get_by_test_id("remote-mic-off")).to_be_visible()
+    expect(t.get_by_test_id("remote-mic-off")).to_contain_text("microphone off")
+    # The tile covers the (black) video: it is on top at the stage's centre.
+    covered = t.evaluate(
+        """() => {
+          const r = document.querySelector('[data-testid="remote-video"]').getBoundingClientRect();
+          const top = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+          return Boolean(top && top.closest('[data-testid="remote-tile"]'));
+        }"""
+    )
+    assert covered
+    shoot(t, artifacts_dir, "mute-therapist-sees-client-off-1280")
+    shoot(c, artifacts_dir, "mute-client-off-1280")
+
+    # The therapist's camera off: the client sees their name and initials.
+    t.get_by_test_id("mute-video").click()
+    ctile = c.get_by_test_id("remote-tile")
+    expect(ctile).to_be_visible()
+    expect(ctile).to_contain_text("Dr. Ellis Moreau")
+    expect(ctile.locator(".tile-avatar")).to_have_text("EM")
+    expect(c.get_by_test_id("remote-mic-off")).to_be_hidden()
+    c.set_viewport_size(PHONE)
+    shoot(c, artifacts_dir, "mute-client-sees-therapist-off-390")
+    c.set_viewport_size(DESKTOP)
+
+    # Back on: every tile and badge goes.
+    c.get_by_test_id("mute-audio").click()
+    c.get_by_test_id("mute-video").click()
+    t.get_by_test_id("mute-video").click()
+    for page in (t, c):
+        for testid in ("remote-tile", "remote-mic-off", "self-tile", "self-mic-off"):
+            expect(page.get_by_test_id(testid)).to_be_hidden()
+    assert not page_errors(console_log), page_errors(console_log)

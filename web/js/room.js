@@ -409,6 +409,7 @@ async function main() {
   }
   const label = (session.client_label || "").trim();
   el.label.textContent = label ? `Session with ${label}` : "Session";
+  page.tiles.setPeerName(label || "Your client");
   document.title = `${label ? `${label} · ` : ""}Session room · Rapport`;
 
   const known = recallInvite(sessionId);
