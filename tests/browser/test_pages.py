@@ -261,9 +261,7 @@ def test_join_button_above_the_fold(
         expect(c.get_by_test_id("camera-select")).to_be_visible()
 
 
-def _admitted_call(
-    server: Any, t: Page, c: Page, label: str, name: str
-) -> tuple[str, str]:
+def _admitted_call(server: Any, t: Page, c: Page, label: str, name: str) -> tuple[str, str]:
     """A session with the client admitted and both videos playing."""
     _sign_in(t, *server.users["therapist"])
     session_id, invite_url = _new_session(t, label)
@@ -343,3 +341,59 @@ def test_mute_tiles_and_badges(
         for testid in ("remote-tile", "remote-mic-off", "self-tile", "self-mic-off"):
             expect(page.get_by_test_id(testid)).to_be_hidden()
     assert not page_errors(console_log), page_errors(console_log)
+
+
+LOAD_FLAG_JS = """
+window.__loadFired = false;
+window.addEventListener("load", () => { window.__loadFired = true; });
+"""
+
+
+def test_load_event_fires_before_admission(
+    rapport_server: Any,
+    browsers: Any,
+    contexts: dict[str, tuple[BrowserContext, Page]],
+    console_log: list[str],
+) -> None:
+    """The tab stops "loading" while the client waits to be let in (and while the therapist
+    waits for them): no <video> holds the page's load event until media arrives."""
+    _, t = contexts["therapist"]
+    _sign_in(t, *rapport_server.users["therapist"])
+    session_id, invite_url = _new_session(t, "Load")
+    t_ctx, t2 = new_page(
+        browsers.therapist,
+        rapport_server.base_url,
+        console_log,
+        "therapist-load",
+        init_script=LOAD_FLAG_JS,
+    )
+    c_ctx, c = new_page(
+        browsers.client,
+        rapport_server.base_url,
+        console_log,
+        "client-load",
+        init_script=LOAD_FLAG_JS,
+    )
+    try:
+        _sign_in(t2, *rapport_server.users["therapist"])
+        t2.goto(f"/sessions/{session_id}", wait_until="commit")
+        expect(stage_in(t2, "waiting")).to_be_visible()
+        wait_video(t2, "self", SELF, min_frames=3)
+        t2.wait_for_function("() => window.__loadFired", timeout=20_000)
+
+        c.goto(invite_url, wait_until="commit")
+        expect(c.get_by_test_id("join-button")).to_be_enabled()
+        c.get_by_test_id("join-button").click()
+        expect(c.get_by_test_id("waiting-message")).to_be_visible()
+        c.wait_for_function("() => window.__loadFired", timeout=20_000)
+        # Still waiting: nobody admitted the client, so no remote media has arrived.
+        expect(stage_in(c, "waiting")).to_be_visible()
+        assert c.evaluate("() => document.readyState") == "complete"
+
+        # Admission then brings the therapist's video as before.
+        t2.get_by_test_id("admit-button").click()
+        wait_video(c, "after-load", REMOTE)
+        wait_video(t2, "after-load", REMOTE)
+    finally:
+        t_ctx.close()
+        c_ctx.close()

@@ -12,7 +12,9 @@
 import { byTestId, h, showMessage } from "./api.js";
 import { Signaling } from "./signaling.js";
 import { LocalMedia, PeerCall } from "./media.js";
-import { setConnectionStatus, setupDevices, setupMuteButtons, setupRemotePlayback, setupTiles } from "./callui.js";
+import {
+  pageLoaded, setConnectionStatus, setupDevices, setupMuteButtons, setupRemotePlayback, setupTiles,
+} from "./callui.js";
 import { setupAgenda } from "./agenda.js";
 import { QualityIndicator, StatsReporter } from "./quality.js";
 
@@ -324,6 +326,8 @@ export function createCallPage(options) {
   /** Start (once) and offer the call, as soon as the camera and microphone are open. */
   async function startCall() {
     await mediaReady;
+    // The call's remote <video> must not hold the page's load event (see pageLoaded).
+    await pageLoaded;
     if (state.finished) return;
     if (!state.call) {
       state.call = new PeerCall({

@@ -41,6 +41,24 @@ const STATUS_TEXT = {
   offline: ["Disconnected from the server", "problem"],
 };
 
+/**
+ * Resolves once the page's load event has fired (at once if it already has); `.done` says so
+ * synchronously. Media elements get their streams only after it: until a stream carries a
+ * frame, the element delays the load event, and the tab shows "loading" all that time.
+ */
+export const pageLoaded = (() => {
+  let resolve;
+  const promise = new Promise((r) => { resolve = r; });
+  promise.done = false;
+  const finish = () => {
+    promise.done = true;
+    resolve();
+  };
+  if (document.readyState === "complete") finish();
+  else window.addEventListener("load", finish, { once: true });
+  return promise;
+})();
+
 export function setConnectionStatus(el, state) {
   if (!el) return;
   const [text, look] = STATUS_TEXT[state] || [state, "idle"];
@@ -54,14 +72,17 @@ export function setConnectionStatus(el, state) {
  */
 export function setupDevices({ local, cameraSelect, micSelect, meterEl, selfVideo, onProblem }) {
   const meter = new MicMeter(meterEl);
-  selfVideo.srcObject = local.stream;
 
   const showSelf = () => {
     const video = local.track("video");
     selfVideo.classList.toggle("video-off", !video || local.videoMuted);
+    // A <video> with a stream and no frames yet holds the page's load event (the tab keeps
+    // "loading", and never stops with no camera): attach the stream only once loaded.
+    if (!pageLoaded.done) return;
     if (selfVideo.srcObject !== local.stream) selfVideo.srcObject = local.stream;
     ensurePlaying(selfVideo);
   };
+  pageLoaded.then(showSelf);
 
   local.onTrackChange((kind, track) => {
     if (kind === "audio") meter.attach(track);
