@@ -39,6 +39,11 @@ REMOTE = '[data-testid="remote-video"]'
 SELF = '[data-testid="self-video"]'
 SIZES = (("1280", DESKTOP), ("390", PHONE))
 NEXT_FRAMES_JS = "() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))"
+SCROLL_MAIN_TO_END_JS = """() => {
+  const main = document.querySelector('#main');
+  main.scrollTop = main.scrollHeight;
+  return main.scrollTop + window.scrollY;
+}"""
 SCROLLED_JS = "() => [window.scrollY, document.querySelector('#main').scrollTop]"
 
 
@@ -157,6 +162,19 @@ def test_every_page_screenshot_and_axe(
     wait_video(c, "call", REMOTE)
     tour.look(t, "room-in-call")
     tour.look(c, "join-in-call")
+
+    # On a phone the therapist's video stays on screen while a long agenda scrolls.
+    for i in range(8):
+        c.get_by_test_id("agenda-input").fill(f"Something to talk about, number {i + 1}")
+        c.get_by_test_id("agenda-add").click()
+    expect(c.get_by_test_id("agenda-list").locator("li")).to_have_count(8)
+    c.set_viewport_size(PHONE)
+    scrolled = c.evaluate(SCROLL_MAIN_TO_END_JS)
+    assert scrolled > 100, f"the page did not scroll ({scrolled} px): nothing to test"
+    box = c.get_by_test_id("remote-video").bounding_box()
+    assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= PHONE["height"], box
+    shoot(c, tour.artifacts, "page-join-in-call-agenda-scrolled-390")
+    c.set_viewport_size(DESKTOP)
 
     # A stranger on the same link is turned away.
     o.goto(invite_url, wait_until="domcontentloaded")
