@@ -44,6 +44,10 @@ SCROLL_MAIN_TO_END_JS = """() => {
   main.scrollTop = main.scrollHeight;
   return main.scrollTop + window.scrollY;
 }"""
+WIDE_ELEMENTS_JS = """() => [...document.querySelectorAll('body *')]
+  .filter((e) => e.getBoundingClientRect().right > innerWidth + 1)
+  .slice(0, 8).map((e) => `${e.tagName}.${e.className}[${e.dataset.testid || ''}]`
+    + ` ${Math.round(e.getBoundingClientRect().right)}`)"""
 SCROLLED_JS = "() => [window.scrollY, document.querySelector('#main').scrollTop]"
 
 
@@ -176,6 +180,35 @@ def test_every_page_screenshot_and_axe(
     shoot(c, tour.artifacts, "page-join-in-call-agenda-scrolled-390")
     c.set_viewport_size(DESKTOP)
 
+    # The admin's page during the call: live calls first, health levels in words, the call's
+    # charts with their threshold lines, staff named in the audit log; it fits a phone.
+    _sign_in(m, *server.users["admin"])
+    m.goto("/admin", wait_until="domcontentloaded")
+    row = m.locator(f'[data-testid="call-row"][data-session-id="{session_id}"]')
+    expect(row).to_be_visible()
+    calls_y = m.locator("#calls-h").bounding_box()
+    health_y = m.locator("#health-h").bounding_box()
+    assert calls_y and health_y and calls_y["y"] < health_y["y"], (calls_y, health_y)
+    for testid in ("health-cpu", "health-lag-p99", "health-database"):
+        level = m.get_by_test_id(f"{testid}-level")
+        expect(level).to_have_text(re.compile(r"^(Fine|Watch|Problem)$"))
+    expect(m.get_by_test_id("health-database-level")).to_have_text("Fine")
+    row.get_by_test_id("call-details").click()
+    for key in ("rtt_ms", "loss", "jitter_ms"):
+        expect(m.get_by_test_id(f"detail-{key}").locator("line.threshold-line")).to_have_count(1)
+    expect(m.get_by_test_id("audit-rows")).to_contain_text("Dr. Ellis Moreau")
+    expect(m.get_by_test_id("audit-rows")).not_to_contain_text("user:")
+    expect(m.get_by_test_id("audit-rows")).not_to_contain_text("R.K.")
+    m.wait_for_load_state("networkidle")
+    tour.look(m, "admin")
+    m.set_viewport_size(PHONE)
+    overflow = m.evaluate("() => document.scrollingElement.scrollWidth")
+    assert overflow <= PHONE["width"], (
+        f"the admin page is {overflow} px wide on a phone: {m.evaluate(WIDE_ELEMENTS_JS)}"
+    )
+    expect(row.locator("td").first).to_have_attribute("data-label", "Session")
+    m.set_viewport_size(DESKTOP)
+
     # A stranger on the same link is turned away.
     o.goto(invite_url, wait_until="domcontentloaded")
     expect(o.get_by_test_id("join-button")).to_be_enabled()
@@ -232,13 +265,8 @@ def test_every_page_screenshot_and_axe(
     finally:
         fresh_ctx.close()
 
-    # The admin's page (it loads its figures after the page).
     admin_email, admin_password = server.users["admin"]
     _sign_in(m, admin_email, admin_password)
-    m.goto("/admin", wait_until="domcontentloaded")
-    expect(m.locator("main")).to_be_visible()
-    m.wait_for_load_state("networkidle")
-    tour.look(m, "admin")
     m.goto("/sessions", wait_until="domcontentloaded")
     tour.look(m, "message-therapists-only")
 
