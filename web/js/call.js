@@ -149,7 +149,9 @@ export function createCallPage(options) {
   }
 
   // Name tiles and "microphone off" badges for a camera or microphone that is off (callui.js).
-  const tiles = setupTiles({ stage: el.stage, local, peerName: options.peerTileName || "" });
+  const tiles = setupTiles({
+    stage: el.stage, local, peerName: options.peerTileName || "", peerFallback: options.peerTileFallback,
+  });
   setupMuteButtons({
     local, audioButton: el.muteAudio, videoButton: el.muteVideo, onChange: sendMute, showSelf: devices.showSelf,
     onRender: tiles.render,

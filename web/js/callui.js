@@ -24,7 +24,8 @@ export function initialsOf(name) {
   const words = String(name || "").trim().split(/\s+/).filter(Boolean);
   const named = words.filter((w) => !/^[A-Za-z]{1,4}\.$/.test(w) || words.length === 1);
   const letters = (named.length ? named : words).join(" ").match(/\p{L}/gu) || [];
-  if (named.length === 1 && letters.length <= 3) return letters.join("").toUpperCase();
+  // One abbreviated word ("R.K.") is already initials.
+  if (named.length === 1 && named[0].includes(".") && letters.length <= 3) return letters.join("").toUpperCase();
   const firstOf = (named.length ? named : words).map((w) => (w.match(/\p{L}/u) || [""])[0]);
   return (firstOf[0] + (firstOf.length > 1 ? firstOf[firstOf.length - 1] : "")).toUpperCase();
 }
@@ -152,7 +153,7 @@ export function setupMuteButtons({ local, audioButton, videoButton, onChange, sh
  * place of our own self-view. The other person's state comes from peer_state; ours from
  * LocalMedia. The stage's data-state decides (in CSS) where the tiles may show at all.
  */
-export function setupTiles({ stage, local, peerName = "" }) {
+export function setupTiles({ stage, local, peerName = "", peerFallback = "The other person" }) {
   let name = peerName;
   let peer = null;
   const avatar = h("span", { class: "tile-avatar", "aria-hidden": "true" });
@@ -169,7 +170,7 @@ export function setupTiles({ stage, local, peerName = "" }) {
   stage.append(remoteTile, remoteMic, selfTile, selfMic);
 
   const render = () => {
-    const shown = name || "The other person";
+    const shown = name || peerFallback;
     const initials = name ? initialsOf(name) : "";
     avatar.replaceChildren(initials || icon("person"));
     tileName.textContent = shown;
@@ -189,6 +190,7 @@ export function setupTiles({ stage, local, peerName = "" }) {
       peer = msg;
       render();
     },
+    /** Their name (initials come from it); blank shows the fallback and a person icon. */
     setPeerName(value) {
       name = String(value || "").trim();
       render();

@@ -76,7 +76,8 @@ const page = createCallPage({
   role: "client",
   wsPath: `/ws/join/${encodeURIComponent(token)}`,
   peerName: "Therapist",
-  peerTileName: therapistName || "Your therapist",
+  peerTileName: therapistName,
+  peerTileFallback: "Your therapist",
   // Mute changes mean nothing to the server before the client is in the call.
   canSendMute: () => state.phase === "call",
   onMediaState: (s) => {

@@ -62,6 +62,7 @@ const page = createCallPage({
   role: "therapist",
   wsPath: `/ws/sessions/${encodeURIComponent(sessionId)}`,
   peerName: "Client",
+  peerTileFallback: "Your client",
   announce,
   onQualityChange: (now, before) => {
     const bad = (label) => label === "poor" || label === "lost";
@@ -409,7 +410,7 @@ async function main() {
   }
   const label = (session.client_label || "").trim();
   el.label.textContent = label ? `Session with ${label}` : "Session";
-  page.tiles.setPeerName(label || "Your client");
+  page.tiles.setPeerName(label);
   document.title = `${label ? `${label} · ` : ""}Session room · Rapport`;
 
   const known = recallInvite(sessionId);
