@@ -360,6 +360,8 @@ function connect() {
       page.recovered(); // a rejoin that lands in the waiting room has no media to wait for
       el.join.hidden = true;
       el.nameField.hidden = true;
+      el.hint.hidden = true;
+      el.checkTitle.textContent = "In the waiting room";
       const lines = [h("strong", {}, "Waiting for your therapist to let you in…")];
       if (msg.therapist_present === false) {
         lines.push(h("span", { class: "muted-line" }, ` ${Who} hasn't opened the session yet. Please keep this page open.`));
