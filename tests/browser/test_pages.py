@@ -219,11 +219,25 @@ def test_every_page_screenshot_and_axe(
     tour.look(o, "join-denied")
 
     # The end: the therapist's end panel, the client's check-in, then its thanks.
+    # Someone still in the waiting room when it ends was never let in: no thanks for them.
+    late_ctx, late = new_page(o.context.browser, server.base_url, console_log, "late")
+    late.goto(invite_url, wait_until="domcontentloaded")
+    expect(late.get_by_test_id("join-button")).to_be_enabled()
+    late.get_by_test_id("join-button").click()
+    expect(late.get_by_test_id("waiting-message")).to_be_visible()
     t.get_by_test_id("end-button").click()
+    # The therapist's page may ask first ("End for both" / "Leave for now").
     confirm = t.get_by_test_id("end-confirm-both")
-    if confirm.count():
+    ended = stage_in(t, "ended")
+    confirm.or_(ended).first.wait_for()
+    if confirm.is_visible():
         confirm.click()
-    expect(stage_in(t, "ended")).to_be_visible()
+    expect(ended).to_be_visible()
+    expect(stage_in(late, "ended").get_by_test_id("end-detail")).to_contain_text(
+        "before you were let in"
+    )
+    tour.look(late, "join-ended-while-waiting")
+    late_ctx.close()
     tour.look(t, "room-ended")
     expect(c.get_by_test_id("checkin-title")).to_be_visible()
     tour.look(c, "join-checkin")
@@ -365,6 +379,9 @@ def test_mute_tiles_and_badges(
         }"""
     )
     assert covered
+    for page, who in ((t, "therapist"), (c, "client")):
+        violations = axe_violations(page)
+        assert not violations, f"{who}: {describe_violations(violations)}"
     shoot(t, artifacts_dir, "mute-therapist-sees-client-off-1280")
     shoot(c, artifacts_dir, "mute-client-off-1280")
 
