@@ -384,7 +384,7 @@ function connect() {
       el.waiting.hidden = true;
       page.finish("denied", {
         title: "You were removed from this session",
-        detail: `${Who} ended your place in this session. If you think this is a mistake, please contact ${therapistName ? "them" : "your therapist"} directly.`,
+        detail: `${Who} removed you from this session. If you think this is a mistake, please contact ${therapistName ? "them" : "your therapist"} directly.`,
       });
     },
     denied: (msg) => {
