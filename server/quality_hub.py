@@ -14,6 +14,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -36,6 +37,7 @@ from signaling.rooms import RoomRegistry
 
 from .audit import record_now
 from .db import Database
+from .models import Incident as IncidentRow
 from .ops import Metrics
 
 log = logging.getLogger("rapport.quality")
@@ -105,6 +107,7 @@ class QualityHub:
         self.calls: dict[str, CallQuality] = {}
         self.incidents: deque[Incident] = deque(maxlen=500)
         self._task: asyncio.Task[None] | None = None
+        self._writes: set[asyncio.Future[None]] = set()
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
@@ -129,19 +132,43 @@ class QualityHub:
         pq.client_at = time.monotonic()
 
     def on_media_restarted(self, session_id: str, reason: str, detail: str) -> None:
-        self.incidents.appendleft(
-            Incident(
-                at=time.time(),
-                session_id=session_id,
-                role="both",
-                from_label=None,
-                to="lost",
-                score=None,
-                kind=reason,
-                detail=detail,
-            )
+        incident = Incident(
+            at=time.time(),
+            session_id=session_id,
+            role="both",
+            from_label=None,
+            to="lost",
+            score=None,
+            kind=reason,
+            detail=detail,
         )
+        self.incidents.appendleft(incident)
         self.metrics.media_restarts.labels(reason).inc()
+        # Called from synchronous code: the row is written by a task of its own.
+        task = asyncio.ensure_future(self.store_incident(incident))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def store_incident(self, incident: Incident) -> None:
+        """Keep the incident in the database, so the admin's list survives a restart. A
+        failed write is logged and the in-memory list still has it."""
+        try:
+            async with self.database.session() as db:
+                db.add(
+                    IncidentRow(
+                        at=datetime.fromtimestamp(incident.at, UTC),
+                        session_id=incident.session_id[:32],
+                        role=incident.role[:20],
+                        from_label=incident.from_label,
+                        to_label=incident.to,
+                        score=incident.score,
+                        kind=incident.kind[:32],
+                        detail=incident.detail,
+                    )
+                )
+                await db.commit()
+        except Exception:
+            log.exception("could not store a quality incident for session %s", incident.session_id)
 
     async def _run(self) -> None:
         """A full sample every 2 s, and a room sampled at once when a participant's media
@@ -340,6 +367,7 @@ class QualityHub:
                 score=pq.score,
             )
             self.incidents.appendleft(incident)
+            await self.store_incident(incident)
             action = "quality_recovered" if label not in bad else f"quality_{label}"
             await record_now(
                 self.database,

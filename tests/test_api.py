@@ -90,7 +90,7 @@ async def test_expired_unknown_and_renewed_invites(
     created = (await therapist.post("/api/sessions", json={})).json()
     async with api.client() as browser:
         unknown = await browser.get(api.url + "/join/not-a-real-token")
-        assert unknown.status_code == 404 and "not valid" in unknown.text
+        assert unknown.status_code == 404 and "does not open a session" in unknown.text
         renewed = (await therapist.post(f"/api/sessions/{created['id']}/invite")).json()
         old = await browser.get(created["invite_url"])
         assert old.status_code == 404  # the previous link stops working

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import cast
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from media import ROLES, LoopLagSampler, MediaWorkerPool
+from media import ROLES, Label, LoopLagSampler, MediaWorkerPool
 from signaling.messages import QualityLevel
 from signaling.rooms import RoomRegistry
 
@@ -16,7 +17,8 @@ from .. import totp
 from ..audit import record
 from ..auth import Admin, DbSession
 from ..db import Database
-from ..models import AuditEvent, TherapySession
+from ..models import AuditEvent, TherapySession, User
+from ..models import Incident as IncidentRow
 from ..ops import CpuMeter
 from ..quality_hub import Incident, QualityHub, QualityPoint
 
@@ -27,6 +29,8 @@ class AuditOut(BaseModel):
     at: datetime
     session_id: str | None
     actor: str
+    # Who, in words: a staff member's name; never a client's label or name ("Client").
+    actor_name: str
     action: str
     detail: str
 
@@ -141,15 +145,47 @@ async def audit_log(
         query = query.where(AuditEvent.session_id == session_id)
     if action:
         query = query.where(AuditEvent.action == action)
-    rows = await db.scalars(query)
+    events = list(await db.scalars(query))
+    names = await _actor_names(db, {e.actor for e in events})
     return AuditList(
         events=[
             AuditOut(
-                at=e.at, session_id=e.session_id, actor=e.actor, action=e.action, detail=e.detail
+                at=e.at,
+                session_id=e.session_id,
+                actor=e.actor,
+                actor_name=names.get(e.actor, e.actor),
+                action=e.action,
+                detail=e.detail,
             )
-            for e in rows
+            for e in events
         ]
     )
+
+
+async def _actor_names(db: DbSession, actors: set[str]) -> dict[str, str]:
+    """Audit actors ("user:3", "client:7", "system") as the admin reads them: staff by their
+    name (their email when they have none), clients only as "Client" (the therapist's label
+    for a client is clinical context an admin has no need of), the server as "System"."""
+    ids = {
+        int(actor.split(":", 1)[1])
+        for actor in actors
+        if actor.startswith("user:") and actor.split(":", 1)[1].isdigit()
+    }
+    users = {}
+    if ids:
+        for user in await db.scalars(select(User).where(User.id.in_(ids))):
+            users[f"user:{user.id}"] = user.display_name.strip() or user.email
+    names: dict[str, str] = {}
+    for actor in actors:
+        if actor in users:
+            names[actor] = users[actor]
+        elif actor.startswith("user:"):
+            names[actor] = "A removed account"
+        elif actor.startswith("client"):
+            names[actor] = "Client"
+        elif actor == "system":
+            names[actor] = "System"
+    return names
 
 
 def _quality(request: Request) -> QualityHub:
@@ -204,9 +240,28 @@ async def call_detail(session_id: str, _admin: Admin, request: Request) -> CallD
 
 @router.get("/incidents")
 async def incidents(
-    _admin: Admin, request: Request, limit: int = Query(default=100, ge=1, le=500)
+    _admin: Admin, db: DbSession, limit: int = Query(default=100, ge=1, le=500)
 ) -> IncidentList:
-    return IncidentList(incidents=list(_quality(request).incidents)[:limit])
+    """Newest first, from the database: the list outlives a restart of the server."""
+    rows = await db.scalars(
+        select(IncidentRow).order_by(IncidentRow.at.desc(), IncidentRow.id.desc()).limit(limit)
+    )
+    listed = []
+    for row in rows:
+        at = row.at if row.at.tzinfo is not None else row.at.replace(tzinfo=UTC)
+        listed.append(
+            Incident(
+                at=at.timestamp(),
+                session_id=row.session_id,
+                role=row.role,
+                from_label=cast(Label | None, row.from_label),
+                to=cast(Label, row.to_label),
+                score=row.score,
+                kind=row.kind,
+                detail=row.detail,
+            )
+        )
+    return IncidentList(incidents=listed)
 
 
 @router.get("/health")

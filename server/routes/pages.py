@@ -2,8 +2,9 @@
 
 The templates only compose shared chrome (base.html and the layouts that extend it) with each
 page's markup: nothing about the user or the session is rendered into them, so the browser
-code fetches everything it shows. No build step: templates are read (and re-read when they
-change) at request time.
+code fetches everything it shows. The one exception is the client's: their page and its dead
+ends name their therapist, which the holder of the link may know. No build step: templates
+are read (and re-read when they change) at request time.
 """
 
 from __future__ import annotations
@@ -32,18 +33,41 @@ def _templates(web_dir: Path) -> Environment:
     return Environment(loader=FileSystemLoader(web_dir / "templates"), autoescape=True)
 
 
-def _render(web_dir: Path, name: str, **context: str) -> str:
+def _render(web_dir: Path, name: str, **context: str | bool | None) -> str:
     return _templates(Path(web_dir)).get_template(name).render(**context)
 
 
-def message_page(web_dir: Path, title: str, text: str, status_code: int) -> HTMLResponse:
-    """A plain, friendly page for dead ends (bad links, ended sessions)."""
-    body = _render(web_dir, "message.html", title=title, text=text)
-    return HTMLResponse(body, status_code=status_code)
+def message_page(
+    web_dir: Path,
+    title: str,
+    text: str,
+    status_code: int,
+    *,
+    next_step: str = "",
+    therapist_name: str = "",
+    client: bool = False,
+    action: tuple[str, str] | None = None,
+) -> HTMLResponse:
+    """A page for the end of a road (bad links, ended sessions, wrong role) that still says
+    what to do next. A client's (``client``) is in the room's dark theme and names their
+    therapist, so it reads as part of their session rather than a server error."""
+    href, label = action or ("", "")
+    body = _render(
+        web_dir,
+        "message.html",
+        title=title,
+        text=text,
+        next_step=next_step,
+        therapist_name=therapist_name,
+        client=client,
+        action_href=href,
+        action_label=label,
+    )
+    return HTMLResponse(body, status_code=status_code, headers={"Cache-Control": "no-store"})
 
 
-def _page(web_dir: Path, name: str) -> HTMLResponse:
-    return HTMLResponse(_render(web_dir, name), headers={"Cache-Control": "no-store"})
+def _page(web_dir: Path, name: str, **context: str) -> HTMLResponse:
+    return HTMLResponse(_render(web_dir, name, **context), headers={"Cache-Control": "no-store"})
 
 
 @router.get("/")
@@ -78,7 +102,12 @@ def _refuse_non_therapist(
         return _to_login(request)
     if user.role != UserRole.THERAPIST:
         return message_page(
-            settings.web_dir, "Therapists only", "This page is for therapists.", 403
+            settings.web_dir,
+            "Therapists only",
+            "This page is for therapists.",
+            403,
+            next_step="Your own start page has what your account can do.",
+            action=("/", "Go to your start page"),
         )
     return None
 
@@ -98,7 +127,11 @@ async def _own_session_page(
     session = await db.get(TherapySession, session_id[:64])
     if session is None or user is None or session.therapist_id != user.id:
         return message_page(
-            settings.web_dir, "Session not found", "There is no such session in your list.", 404
+            settings.web_dir,
+            "Session not found",
+            "There is no such session in your list.",
+            404,
+            action=("/sessions", "Back to sessions"),
         )
     return _page(settings.web_dir, page)
 
@@ -124,40 +157,101 @@ async def summary_page(
     return await _own_session_page("summary.html", session_id, request, user, db, settings)
 
 
-async def _checkin_pending(db: DbSession, request: Request, session: TherapySession) -> bool:
-    """A client who took part may still answer the check-in after the session ended."""
+async def _this_browser(
+    db: DbSession, request: Request, session: TherapySession
+) -> Participant | None:
+    """The participant row of the browser asking (its identity cookie), if it used this link."""
     identity = request.cookies.get(CLIENT_COOKIE)
     if not identity:
-        return False
-    participant = await db.scalar(
+        return None
+    participant: Participant | None = await db.scalar(
         select(Participant).where(
             Participant.session_id == session.id, Participant.identity_hash == token_hash(identity)
         )
     )
+    return participant
+
+
+async def _checkin_pending(
+    db: DbSession, session: TherapySession, participant: Participant | None
+) -> bool:
+    """A client who took part may still answer the check-in after the session ended."""
     if participant is None or not participant.admitted:
         return False
     done = await db.scalar(select(Checkin.id).where(Checkin.session_id == session.id))
     return done is None
 
 
+async def _therapist_name(db: DbSession, session: TherapySession | None) -> str:
+    """Whom the client knows the session by; blank when the link says nothing about it."""
+    if session is None:
+        return ""
+    therapist = await db.get(User, session.therapist_id)
+    return therapist.display_name.strip() if therapist is not None else ""
+
+
+def _link_problem_page(
+    web_dir: Path, problem: InviteProblem, therapist: str, participant: Participant | None
+) -> HTMLResponse:
+    """Plain words about what happened to the link, never blaming the client, and what to do:
+    nearly always, ask the therapist (by name when the link still tells us who that is)."""
+    who = therapist or "your therapist"
+    if problem == InviteProblem.UNKNOWN:
+        return message_page(
+            web_dir,
+            "This link does not open a session",
+            "It may have been replaced by a newer link, or only part of it was opened.",
+            404,
+            next_step=(
+                "Open the whole link your therapist sent you again, "
+                "or ask your therapist for a new one."
+            ),
+            client=True,
+        )
+    if problem == InviteProblem.EXPIRED:
+        return message_page(
+            web_dir,
+            "This link has expired",
+            "Links to a session only work for a limited time, and this one has run out.",
+            410,
+            next_step=f"Please ask {who} for a new link.",
+            therapist_name=therapist,
+            client=True,
+        )
+    if participant is not None and participant.admitted and not participant.denied:
+        text = "Thank you for joining."
+        next_step = "You can close this window now."
+    else:
+        # Someone who was turned away, or never got in, has nothing to be thanked for.
+        text = "There is nothing more to join on this link."
+        next_step = f"If you expected to meet, please contact {who} to arrange a time."
+    return message_page(
+        web_dir,
+        "This session has ended",
+        text,
+        410,
+        next_step=next_step,
+        therapist_name=therapist,
+        client=True,
+    )
+
+
 @router.get("/join/{token}")
 async def join_page(token: str, request: Request, db: DbSession, settings: SettingsDep) -> Response:
     check = await check_invite(db, token)
+    therapist = await _therapist_name(db, check.session)
+    participant = None
+    if check.session is not None:
+        participant = await _this_browser(db, request, check.session)
     if (
         check.problem == InviteProblem.ENDED
         and check.session is not None
-        and await _checkin_pending(db, request, check.session)
+        and await _checkin_pending(db, check.session, participant)
     ):
-        return _page(settings.web_dir, "join.html")
+        return _page(settings.web_dir, "join.html", therapist_name=therapist)
     if check.problem is not None:
-        code = 404 if check.problem == InviteProblem.UNKNOWN else 410
-        title = {
-            InviteProblem.UNKNOWN: "Link not valid",
-            InviteProblem.EXPIRED: "Link expired",
-            InviteProblem.ENDED: "Session ended",
-        }[check.problem]
-        return message_page(settings.web_dir, title, check.message, code)
-    response = _page(settings.web_dir, "join.html")
+        return _link_problem_page(settings.web_dir, check.problem, therapist, participant)
+    response = _page(settings.web_dir, "join.html", therapist_name=therapist)
     if not request.cookies.get(CLIENT_COOKIE):
         # The browser's identity for this and later visits: lets a refresh rejoin without a
         # second admission, and tells a different device apart.
@@ -179,7 +273,12 @@ async def admin_page(request: Request, user: OptionalUser, settings: SettingsDep
         return _to_login(request)
     if user.role != UserRole.ADMIN:
         return message_page(
-            settings.web_dir, "Admins only", "This page is for administrators.", 403
+            settings.web_dir,
+            "Admins only",
+            "This page is for administrators.",
+            403,
+            next_step="Your own start page has what your account can do.",
+            action=("/", "Go to your start page"),
         )
     return _page(settings.web_dir, "admin.html")
 

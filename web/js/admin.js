@@ -64,6 +64,18 @@ function relayText(mode) {
   return entries.map(([dir, v]) => `${dir.replace("->", " → ")}: ${v}`).join("; ");
 }
 
+/** Each cell carries its column's name, shown beside the value when a phone stacks the
+ * table's rows into cards (app.css, .stack-table). */
+function labelCells(tbody) {
+  const table = tbody.closest("table");
+  const names = [...table.querySelectorAll("thead th")].map((th) => th.textContent.trim());
+  for (const row of tbody.rows) {
+    [...row.cells].forEach((cell, i) => {
+      if (names[i]) cell.dataset.label = names[i];
+    });
+  }
+}
+
 // ---------- live calls ----------
 async function loadCalls() {
   try {
@@ -95,6 +107,7 @@ async function loadCalls() {
         ),
         h("td", {}, details));
     }));
+    labelCells(el.callsRows);
     if (focusedRow) {
       const again = el.callsRows.querySelector(`tr[data-session-id="${CSS.escape(focusedRow)}"] [data-testid="call-details"]`);
       if (again) again.focus();
@@ -108,15 +121,22 @@ async function loadCalls() {
 }
 
 // ---------- call detail ----------
+// `limit`: where the quality score (media/relay/quality.py) starts to take points off; drawn
+// as a dotted line on the chart ("above" or "below" it is worse).
 const METRICS = [
-  { key: "rtt_ms", title: "Round-trip time", unit: "ms", fmt: (v) => `${Math.round(v)} ms` },
+  { key: "rtt_ms", title: "Round-trip time", unit: "ms", fmt: (v) => `${Math.round(v)} ms`,
+    limit: { value: 200, worse: "above" } },
   { key: "loss", title: "Packet loss (worse direction)", unit: "%", fmt: (v) => `${v.toFixed(1)}%`,
-    value: (p) => (p.loss_up === null && p.loss_down === null ? null : Math.max(p.loss_up || 0, p.loss_down || 0) * 100) },
-  { key: "jitter_ms", title: "Audio jitter", unit: "ms", fmt: (v) => `${Math.round(v)} ms` },
+    value: (p) => (p.loss_up === null && p.loss_down === null ? null : Math.max(p.loss_up || 0, p.loss_down || 0) * 100),
+    limit: { value: 2, worse: "above" } },
+  { key: "jitter_ms", title: "Audio jitter", unit: "ms", fmt: (v) => `${Math.round(v)} ms`,
+    limit: { value: 30, worse: "above" } },
   { key: "bitrate_in", title: "Bitrate received by the server", unit: "kbps", fmt: (v) => `${Math.round(v)} kbps`,
-    value: (p) => (p.bitrate_in === null || p.bitrate_in === undefined ? null : p.bitrate_in / 1000) },
+    value: (p) => (p.bitrate_in === null || p.bitrate_in === undefined ? null : p.bitrate_in / 1000),
+    limit: { value: 150, worse: "below" } },
   { key: "bitrate_out", title: "Bitrate sent by the server", unit: "kbps", fmt: (v) => `${Math.round(v)} kbps`,
-    value: (p) => (p.bitrate_out === null || p.bitrate_out === undefined ? null : p.bitrate_out / 1000) },
+    value: (p) => (p.bitrate_out === null || p.bitrate_out === undefined ? null : p.bitrate_out / 1000),
+    limit: { value: 150, worse: "below" } },
   { key: "fps", title: "Frames per second received", unit: "fps", fmt: (v) => `${Math.round(v)} fps` },
 ];
 const valueOf = (metric, p) => {
@@ -152,8 +172,12 @@ function renderDetail(data) {
         markers: false,
         formatX: (v) => formatClock(v),
         formatY: (v, d) => v.toFixed(d),
-        label: `${metric.title} (${metric.unit}) over the call. ${summaries.join("; ")}.`,
-      }));
+        thresholds: metric.limit ? [{ value: metric.limit.value, className: "limit-line" }] : [],
+        label: `${metric.title} (${metric.unit}) over the call. ${summaries.join("; ")}.${
+          metric.limit ? ` Quality suffers ${metric.limit.worse} ${metric.fmt(metric.limit.value)}.` : ""}`,
+      }),
+      metric.limit ? h("p", { class: "hint limit-note", "data-testid": `limit-${metric.key}` },
+        `Dotted line: ${metric.fmt(metric.limit.value)}; quality suffers ${metric.limit.worse} it.`) : null);
   }));
   const rows = [];
   for (const [role, p] of roles) {
@@ -227,9 +251,10 @@ async function loadIncidents() {
       h("td", {}, i.role || ""),
       h("td", {}, `${i.from ? QUALITY_WORDS[i.from] || i.from : "start"} → ${QUALITY_WORDS[i.to] || i.to}`),
       h("td", { class: "num" }, Number.isFinite(i.score) ? String(Math.round(i.score)) : "–"))));
+    labelCells(el.incidentsRows);
     el.incidentsSummary.textContent = incidents.length
       ? `${incidents.length} recent change${incidents.length === 1 ? "" : "s"} into or out of poor or lost quality, newest first.`
-      : "No incidents since the server started.";
+      : "No incidents recorded.";
   } catch (err) {
     problem(err);
   }
@@ -245,19 +270,53 @@ function workersText(workers, restarts) {
   return restarts ? `${text}, ${restarts} restart${restarts === 1 ? "" : "s"}` : text;
 }
 
+// Thresholds for the health figures: [watch from, problem from]. The level is said in words
+// next to the colour, and the thresholds are printed under each figure.
+const HEALTH_LIMITS = {
+  cpu: { watch: 0.7, problem: 0.9, text: "Watch from 70 %, a problem from 90 %" },
+  lagP99: { watch: 50, problem: 200, text: "Watch from 50 ms, a problem from 200 ms" },
+  lagMax: { watch: 250, problem: 1000, text: "Watch from 250 ms, a problem from 1 s" },
+};
+const LEVEL_WORDS = { ok: "Fine", watch: "Watch", problem: "Problem", none: "No data" };
+
+function levelFor(value, limits) {
+  if (!Number.isFinite(value)) return "none";
+  if (value >= limits.problem) return "problem";
+  if (value >= limits.watch) return "watch";
+  return "ok";
+}
+
+function workersLevel(workers, restarts) {
+  if (workers.some((w) => !w.alive)) return "problem";
+  return restarts ? "watch" : "ok";
+}
+
 async function loadHealth() {
   try {
     const hl = await api("/api/admin/health");
-    const item = (label, value, testid) => h("div", {}, h("dt", {}, label), h("dd", { "data-testid": testid }, value));
+    const item = (label, value, testid, level = null, rule = "") => h("div", { class: "health-item", "data-level": level || "plain" },
+      h("dt", {}, label),
+      h("dd", { "data-testid": testid }, value),
+      level ? h("dd", { class: "level-word", "data-testid": `${testid}-level` },
+        h("span", { class: "level-dot", "aria-hidden": "true" }), LEVEL_WORDS[level]) : null,
+      rule ? h("dd", { class: "level-rule" }, rule) : null);
     const ms = (v) => (Number.isFinite(v) ? `${Math.round(v * 10) / 10} ms` : "–");
+    const workers = hl.media_workers || [];
+    const restarts = hl.media_worker_restarts || 0;
     el.health.replaceChildren(
-      item("CPU", Number.isFinite(hl.cpu_fraction) ? `${Math.round(hl.cpu_fraction * 100)}%` : "–", "health-cpu"),
-      item("Event-loop lag (p99)", ms(hl.event_loop_lag_p99_ms), "health-lag-p99"),
-      item("Event-loop lag (max)", ms(hl.event_loop_lag_max_ms), "health-lag-max"),
+      item("CPU", Number.isFinite(hl.cpu_fraction) ? `${Math.round(hl.cpu_fraction * 100)}%` : "–", "health-cpu",
+        levelFor(hl.cpu_fraction, HEALTH_LIMITS.cpu), HEALTH_LIMITS.cpu.text),
+      item("Event-loop lag (p99)", ms(hl.event_loop_lag_p99_ms), "health-lag-p99",
+        levelFor(hl.event_loop_lag_p99_ms, HEALTH_LIMITS.lagP99), HEALTH_LIMITS.lagP99.text),
+      item("Event-loop lag (max)", ms(hl.event_loop_lag_max_ms), "health-lag-max",
+        levelFor(hl.event_loop_lag_max_ms, HEALTH_LIMITS.lagMax), HEALTH_LIMITS.lagMax.text),
+      item("Database", hl.database ? "reachable" : "not reachable", "health-database",
+        hl.database ? "ok" : "problem", "A problem when it cannot be reached"),
+      item("Media workers", workersText(workers, restarts), "health-workers",
+        workers.length ? workersLevel(workers, restarts) : null,
+        workers.length ? "Watch after a restart, a problem when one is down" : ""),
       item("Rooms", String(hl.rooms ?? "–"), "health-rooms"),
       item("Peer connections", String(hl.peer_connections ?? "–"), "health-peers"),
-      item("Database", hl.database ? "reachable" : "not reachable", "health-database"),
-      item("Media workers", workersText(hl.media_workers || [], hl.media_worker_restarts || 0), "health-workers"),
     );
     el.healthUpdated.textContent = `Updated ${new Date().toLocaleTimeString()}.`;
   } catch (err) {
@@ -306,9 +365,10 @@ async function loadAudit() {
       h("td", { class: "mono" }, e.session_id
         ? h("a", { href: `?session_id=${encodeURIComponent(e.session_id)}`, "data-session": e.session_id }, e.session_id)
         : "—"),
-      h("td", { class: "mono" }, e.actor || ""),
+      h("td", { title: e.actor || "" }, e.actor_name || e.actor || ""),
       h("td", {}, e.action || ""),
       h("td", {}, e.detail || ""))));
+    labelCells(el.rows);
     const scope = `${sessionId ? ` for session ${sessionId}` : ""}${action ? ` with action ${action}` : ""}`;
     el.summary.textContent = events.length
       ? `${events.length} event${events.length === 1 ? "" : "s"}${scope}, newest first.`

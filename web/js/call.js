@@ -12,7 +12,9 @@
 import { byTestId, h, showMessage } from "./api.js";
 import { Signaling } from "./signaling.js";
 import { LocalMedia, PeerCall } from "./media.js";
-import { setConnectionStatus, setupDevices, setupMuteButtons, setupRemotePlayback } from "./callui.js";
+import {
+  pageLoaded, setConnectionStatus, setupDevices, setupMuteButtons, setupRemotePlayback, setupTiles,
+} from "./callui.js";
 import { setupAgenda } from "./agenda.js";
 import { QualityIndicator, StatsReporter } from "./quality.js";
 
@@ -146,8 +148,13 @@ export function createCallPage(options) {
     }
   }
 
+  // Name tiles and "microphone off" badges for a camera or microphone that is off (callui.js).
+  const tiles = setupTiles({
+    stage: el.stage, local, peerName: options.peerTileName || "", peerFallback: options.peerTileFallback,
+  });
   setupMuteButtons({
     local, audioButton: el.muteAudio, videoButton: el.muteVideo, onChange: sendMute, showSelf: devices.showSelf,
+    onRender: tiles.render,
   });
 
   /** Show `kind` as the stage's state; `lead` (and `detail`) in the overlay, or clear it.
@@ -195,6 +202,7 @@ export function createCallPage(options) {
   function stop() {
     state.finished = true;
     state.recovering = null;
+    tiles.peer(null);
     watchdog.stop();
     stats.stop();
     quality.clear();
@@ -320,6 +328,8 @@ export function createCallPage(options) {
   /** Start (once) and offer the call, as soon as the camera and microphone are open. */
   async function startCall() {
     await mediaReady;
+    // The call's remote <video> must not hold the page's load event (see pageLoaded).
+    await pageLoaded;
     if (state.finished) return;
     if (!state.call) {
       state.call = new PeerCall({
@@ -407,6 +417,7 @@ export function createCallPage(options) {
     sig.on("peer_state", (msg) => {
       if (msg.role === role) return;
       state.peer = msg;
+      tiles.peer(msg);
       if (msg.present) state.peerWasPresent = false;
     });
     sig.on("restart_media", (msg) => renegotiate(`server asked (${msg.reason})`));
@@ -461,7 +472,7 @@ export function createCallPage(options) {
   }
 
   return {
-    el, state, local, devices, agenda, quality, stats,
+    el, state, local, devices, agenda, quality, stats, tiles,
     send, showError, setStage, showEnd, stop, finish, startCall, startMedia, connect, renegotiate, recovered,
     peerAwayAfterOurOutage,
   };

@@ -148,7 +148,7 @@ function stepDecimals(step) {
 export function lineChart({
   series, label, width = 560, height = 180, yDomain, band, formatX = String,
   formatY = (v, decimals) => v.toFixed(decimals),
-  xTicks, yTickCount = 4, markers = true, xPad = 0,
+  xTicks, yTickCount = 4, markers = true, xPad = 0, thresholds = [],
 }) {
   const pad = { top: 10, right: 12, bottom: 22, left: 46 };
   const xs = [];
@@ -164,7 +164,10 @@ export function lineChart({
   // Categorical x (one point per session): half a step of room at both ends.
   x0 -= xPad;
   x1 += xPad;
-  let [y0, y1] = yDomain || (ys.length ? [Math.min(0, ...ys), Math.max(...ys)] : [0, 1]);
+  // Threshold lines ({ value, className }) widen the y range so they are always drawn.
+  const limits = thresholds.map((t) => t.value).filter((v) => Number.isFinite(v));
+  let [y0, y1] = yDomain || (ys.length || limits.length
+    ? [Math.min(0, ...ys, ...limits), Math.max(...ys, ...limits)] : [0, 1]);
   if (y1 === y0) y1 = y0 + 1;
   const yStep = niceStep(y0, y1, yTickCount);
   if (!yDomain) {
@@ -213,6 +216,13 @@ export function lineChart({
       }
     }
     svg.append(g);
+  }
+  for (const t of thresholds) {
+    if (!Number.isFinite(t.value) || t.value < y0 || t.value > y1) continue;
+    svg.append(s("line", {
+      x1: pad.left, x2: width - pad.right, y1: Y(t.value), y2: Y(t.value),
+      class: `threshold-line ${t.className || ""}`, "aria-hidden": "true", "data-value": t.value,
+    }));
   }
   svg.append(s("line", { x1: pad.left, x2: width - pad.right, y1: Y(y0), y2: Y(y0), class: "axis-line", "aria-hidden": "true" }));
   return svg;

@@ -30,8 +30,14 @@ const el = {
   sharedYou: byTestId("shared-you"),
   sharedThem: byTestId("shared-them"),
   precheck: byTestId("precheck"),
+  details: byTestId("device-details"),
   checkin: byTestId("checkin"),
 };
+
+// Whom the client knows the session by (the server names the therapist on this page).
+const therapistName = (byTestId("side-stack").dataset.therapistName || "").trim();
+const who = therapistName || "your therapist";
+const Who = therapistName || "Your therapist";
 
 /** What only the client page tracks; the shared call state is page.state. */
 const state = {
@@ -41,33 +47,38 @@ const state = {
   mediaConnected: false,
 };
 
+// Refusals in plain words: what happened, never the client's fault, and what to do next.
 const REFUSALS = {
   invite_revoked: {
     title: "This link was replaced",
-    detail: "Your therapist made a new link for this session. Please ask them for it.",
+    detail: `${Who} made a new link for this session. Please ask ${therapistName ? "them" : "your therapist"} for it.`,
   },
   expired: {
     title: "This link has expired",
-    detail: "Please ask your therapist for a new link.",
+    detail: `Links to a session only work for a limited time. Please ask ${who} for a new link.`,
   },
   denied: {
     title: "You could not join this session",
-    detail: "Your therapist could not admit you to this session.",
+    detail: `${Who} could not admit you to this session. If you expected to meet, please contact ${therapistName ? "them" : "your therapist"} directly.`,
   },
   lobby_full: {
     title: "The waiting room is full",
-    detail: "Please try again in a few minutes, or contact your therapist.",
+    detail: `Please try again in a few minutes, or contact ${who}.`,
   },
   rate_limited: {
     title: "Please wait a moment",
     detail: "There were too many attempts to enter the waiting room. Wait a minute, then reload the page.",
   },
 };
+// The server's own sentence for these is generic ("your therapist"); ours names them.
+const OWN_WORDS = new Set(["denied", "expired", "invite_revoked"]);
 
 const page = createCallPage({
   role: "client",
   wsPath: `/ws/join/${encodeURIComponent(token)}`,
   peerName: "Therapist",
+  peerTileName: therapistName,
+  peerTileFallback: "Your therapist",
   // Mute changes mean nothing to the server before the client is in the call.
   canSendMute: () => state.phase === "call",
   onMediaState: (s) => {
@@ -106,30 +117,34 @@ const page = createCallPage({
     const ending = REFUSALS[msg.code];
     if (!ending || !msg.fatal) return false;
     el.waiting.hidden = true;
-    page.finish("denied", { ...ending, detail: msg.message || ending.detail });
+    page.finish("denied", { ...ending, detail: OWN_WORDS.has(msg.code) ? ending.detail : (msg.message || ending.detail) });
     return true;
   },
   endings: {
     left: () => ({
       title: "You left the session",
-      detail: "You can rejoin while the session is still open.",
+      detail: `You can rejoin while the session is still open, or close this window if you are done.`,
       actions: [reloadButton("rejoin-button", "Rejoin")],
     }),
     replaced: (msg) => ({
       title: "This session was opened somewhere else",
       detail: msg.message || "It continues in another tab or on another device.",
     }),
-    fatal: (msg) => ({ title: "The session could not continue", detail: msg.message || "" }),
+    fatal: (msg) => ({
+      title: "The session could not continue",
+      detail: `${msg.message ? `${msg.message} ` : ""}Reload the page to try again, or contact ${who}.`,
+      actions: [reloadButton("reload-button", "Try again")],
+    }),
     disconnected: (info) => (info.receivedAny
       ? {
         title: "Disconnected",
-        detail: "The connection to the session was lost.",
+        detail: "The connection to the session was lost. Reconnect to go back in; you will not need to wait to be let in again.",
         actions: [reloadButton("reconnect-button", "Reconnect")],
       }
       : {
         kind: "fatal",
         title: "This link could not be opened",
-        detail: "It may have expired or been replaced. Please ask your therapist for a new link.",
+        detail: `It may have expired or been replaced by a newer one. Please ask ${who} for a new link.`,
       }),
   },
 });
@@ -182,9 +197,13 @@ function finishEnded(checkin = false) {
     showCheckin({ view: el.checkin, token, hideRest: hideRoom });
     return;
   }
+  // Only someone who was in the call is thanked; a person still waiting was never let in.
+  const wasIn = state.phase === "call";
   page.finish("ended", {
     title: "The session has ended",
-    detail: "Thank you. You can close this window now.",
+    detail: wasIn
+      ? "Thank you for joining. You can close this window now."
+      : `It ended before you were let in. Please contact ${who} to arrange another time.`,
   }, "ended");
 }
 
@@ -323,6 +342,8 @@ function enterCall() {
   el.hint.hidden = true;
   el.precheck.hidden = true;
   el.checkTitle.textContent = "Camera and microphone";
+  el.details.open = true;
+  el.details.querySelector("summary").hidden = true;
   page.el.controls.hidden = false;
   renderCallStage();
   page.stats.start();
@@ -370,11 +391,13 @@ function connect() {
       page.recovered(); // a rejoin that lands in the waiting room has no media to wait for
       el.join.hidden = true;
       el.nameField.hidden = true;
+      el.hint.hidden = true;
+      el.checkTitle.textContent = "In the waiting room";
       const lines = [h("strong", {}, "Waiting for your therapist to let you in…")];
       const about = aboutText(); // therapist feature (issue 13): whom and when
       if (about) lines.push(h("span", { class: "muted-line", "data-testid": "waiting-about" }, ` ${about}`));
       if (msg.therapist_present === false) {
-        lines.push(h("span", { class: "muted-line" }, " Your therapist hasn't opened the session yet. Please keep this page open."));
+        lines.push(h("span", { class: "muted-line" }, ` ${Who} hasn't opened the session yet. Please keep this page open.`));
       }
       el.waiting.replaceChildren(...lines);
       el.waiting.hidden = false;
@@ -394,15 +417,12 @@ function connect() {
       el.waiting.hidden = true;
       page.finish("denied", {
         title: "You were removed from this session",
-        detail: msg.message || "Your therapist removed you from this session.",
+        detail: `${Who} removed you from this session. If you think this is a mistake, please contact ${therapistName ? "them" : "your therapist"} directly.`,
       });
     },
     denied: (msg) => {
       el.waiting.hidden = true;
-      page.finish("denied", {
-        title: "You could not join this session",
-        detail: msg.message || "Your therapist could not admit you to this session.",
-      });
+      page.finish("denied", { ...REFUSALS.denied });
     },
   }));
 }

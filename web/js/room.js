@@ -82,6 +82,7 @@ const page = createCallPage({
   role: "therapist",
   wsPath: `/ws/sessions/${encodeURIComponent(sessionId)}`,
   peerName: "Client",
+  peerTileFallback: "Your client",
   announce,
   onQualityChange: (now, before) => {
     const bad = (label) => label === "poor" || label === "lost";
@@ -616,6 +617,7 @@ async function main() {
   const label = (session.client_label || "").trim();
   state.clientLabel = label;
   el.label.textContent = label ? `Session with ${label}` : "Session";
+  page.tiles.setPeerName(label);
   document.title = `${label ? `${label} · ` : ""}Session room · Rapport`;
   state.baseTitle = document.title;
   state.plannedMinutes = session.planned_minutes ?? null;
