@@ -81,6 +81,7 @@ class WorkerStatus(BaseModel):
     cpu_fraction: float | None = None
     loop_lag_p99_ms: float | None = None
     audio_dropped: int | None = None
+    tasks: int | None = None
 
 
 class Health(BaseModel):
