@@ -1043,6 +1043,10 @@ class Room:
         """The therapist or the admitted client, if in the call."""
         return self.therapist if role == Role.THERAPIST else self.client
 
+    def reconnecting(self, role: str) -> bool:
+        """Whether ``role``'s seat is held for a reconnect: still ``member()``, not present."""
+        return role in self._held
+
     def _sync_signals(self, role: Role) -> None:
         """Present for the signals = in the call with media flowing; lost media is absence."""
         if self.signals is None:
