@@ -140,6 +140,14 @@ class ClientStats(_Inbound):
     video_loss_in: float | None = Field(default=None, ge=0, le=1)
 
 
+# --- ICE refresh (issue 16): fresh TURN credentials for a page that rebuilds its peer
+# connection without rejoining (a media restart hours into a call).
+class IceRefresh(_Inbound):
+    """Ask for ICE servers issued now; answered with ``ice_servers`` (in the call only)."""
+
+    type: Literal["ice_refresh"]
+
+
 InboundMessage = Annotated[
     Join
     | Offer
@@ -157,7 +165,8 @@ InboundMessage = Annotated[
     | AgendaReorder
     | Homework
     | ShareBalance
-    | ClientStats,
+    | ClientStats
+    | IceRefresh,
     Field(discriminator="type"),
 ]
 # Derived from the union so a new message type cannot be forgotten here.
@@ -217,6 +226,7 @@ class Admitted(_Outbound):
     rejoined: bool = False
     ice_servers: list[IceServer] = Field(default_factory=list)
     ice_transport_policy: IceTransportPolicy = "all"
+    ice_ttl_s: int | None = None  # lifetime of the TURN credentials in ice_servers, if any
 
 
 class Joined(_Outbound):
@@ -226,6 +236,7 @@ class Joined(_Outbound):
     sharing_balance: bool = False  # so a reloaded page shows what the client sees
     ice_servers: list[IceServer] = Field(default_factory=list)
     ice_transport_policy: IceTransportPolicy = "all"
+    ice_ttl_s: int | None = None
 
 
 class Denied(_Outbound):
@@ -283,6 +294,16 @@ class RestartMedia(_Outbound):
 
     type: Literal["restart_media"] = "restart_media"
     reason: Literal["worker_restarted", "media_lost"]
+
+
+# --- ICE refresh (issue 16)
+class IceServers(_Outbound):
+    """The answer to ``ice_refresh``: ICE servers as on ``joined``/``admitted``, issued now."""
+
+    type: Literal["ice_servers"] = "ice_servers"
+    ice_servers: list[IceServer] = Field(default_factory=list)
+    ice_transport_policy: IceTransportPolicy = "all"
+    ice_ttl_s: int | None = None
 
 
 class Left(_Outbound):
@@ -390,6 +411,7 @@ OutboundMessage = (
     | SharedBalance
     | Quality
     | RestartMedia
+    | IceServers
 )
 
 

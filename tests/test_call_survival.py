@@ -7,14 +7,30 @@ Real sockets to a live server, no media worker (nothing here sends an offer).
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 
 import httpx
 
 from signaling.rooms import RoomRegistry
 from tests.conftest import NO_MEDIA_WORKER, LiveServer
-from tests.signaling_helpers import open_room
+from tests.signaling_helpers import (
+    Participant,
+    invite_token,
+    login_cookie,
+    new_client_cookie,
+    next_waiting,
+    open_room,
+)
 from tests.support import eventually
+from tests.test_turn import (
+    SECRET,
+    TTL_S,
+    WITH_TURN,
+    assert_fresh_turn,
+    credentials_in,
+    drain,
+)
 
 
 def _gauge(text: str, name: str, role: str) -> float | None:
@@ -51,3 +67,43 @@ async def test_a_held_seat_is_reconnecting_not_present_in_the_admin_view_and_met
     assert await row() == {"participants": 1, "reconnecting": 1}
     await eventually(lambda: gauges_are(0, 1), timeout=10, message="client gauges not (0, 1)")
     await t.close()
+
+
+@WITH_TURN
+async def test_ice_refresh_gives_fresh_turn_credentials_in_the_call_and_none_before(
+    live_server: LiveServer, therapist: httpx.AsyncClient
+) -> None:
+    session = (await therapist.post("/api/sessions", json={"client_label": "C"})).json()
+    ws = live_server.ws_url
+    t = await Participant.connect(f"{ws}/ws/sessions/{session['id']}", login_cookie(therapist))
+    # Not joined yet: nothing to refresh.
+    await t.send({"type": "ice_refresh"})
+    refused = await t.error()
+    assert (refused["code"], refused["ref"]) == ("not_joined", "ice_refresh")
+    await t.send({"type": "join"})
+    joined = await t.expect("joined")
+    assert joined["ice_ttl_s"] == TTL_S
+
+    c = await Participant.connect(
+        f"{ws}/ws/join/{invite_token(session['invite_url'])}", new_client_cookie()
+    )
+    await c.send({"type": "join", "display_name": "Kim"})
+    await c.expect("waiting")
+    await c.send({"type": "ice_refresh"})  # a waiting socket gets no relay
+    refused = await c.error()
+    assert (refused["code"], refused["ref"]) == ("not_admitted", "ice_refresh")
+    assert credentials_in(await drain(c)) == []
+
+    await t.send({"type": "admit", "participant_id": await next_waiting(t)})
+    admitted = await c.expect("admitted")
+    assert admitted["ice_ttl_s"] == TTL_S
+    pseudonym = assert_fresh_turn(admitted).split(":")[1]
+    for p in (c, t):
+        await p.send({"type": "ice_refresh"})
+        fresh = await p.expect("ice_servers")
+        assert fresh["ice_ttl_s"] == TTL_S
+        assert_fresh_turn(fresh)  # issued now, valid for a whole lifetime
+    assert assert_fresh_turn(fresh).split(":")[1] != pseudonym  # the therapist's own
+    assert SECRET not in json.dumps([*await drain(t), *await drain(c)])
+    for p in (t, c):
+        await p.close()
