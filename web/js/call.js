@@ -276,6 +276,7 @@ export function createCallPage(options) {
     }
     // TURN credentials past half their life may expire before this connection needs a
     // relay: ask for fresh ones first (a rejoin would get them on admitted/joined).
+    if (iceWaiters.length) return; // already asked: that answer starts the connection
     const call = state.call;
     refreshIce().then(() => {
       if (!state.finished && state.call === call) call.start();
