@@ -328,7 +328,9 @@ def test_relay_only_call_through_coturn_and_a_new_call_after_the_credentials_exp
         first.therapist.evaluate(
             "window.__sockets[window.__sockets.length - 1].send(JSON.stringify({type: 'join'}))"
         )
-        first.therapist.wait_for_function(f"window.__pcs.length > {built}")
+        # A function, not an expression string: the page's CSP forbids the eval that polling
+        # an expression needs (it failed under load, when the first check was not yet true).
+        first.therapist.wait_for_function("(n) => window.__pcs.length > n", arg=built)
         renewed = _assert_page_relayed(first.therapist, coturn, "rejoined", "therapist rejoined")
         assert int(renewed.split(":")[0]) > expires, renewed
         # Same person, same session: the same pseudonym under a new expiry.
