@@ -131,7 +131,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         relay_mode=settings.relay_mode,
     )
     workers = settings.media_worker_count
-    pool = MediaWorkerPool(media_config, workers, log_level=settings.log_level) if workers else None
+    pool = (
+        MediaWorkerPool(
+            media_config, workers, log_level=settings.log_level, spare=settings.media_spare_worker
+        )
+        if workers
+        else None
+    )
     app.state.media_pool = pool
     room_hooks = DatabaseRoomHooks(database, signals)
     app.state.rooms = RoomRegistry(

@@ -22,6 +22,13 @@ class Metrics:
         self.participants = Gauge(
             "rapport_participants", "Participants in calls", ["role"], registry=r
         )
+        # A seat held for reconnection is not a participant in the call (issue 16).
+        self.participants_reconnecting = Gauge(
+            "rapport_participants_reconnecting",
+            "Seats held for a participant whose connection dropped",
+            ["role"],
+            registry=r,
+        )
         self.peer_connections = Gauge(
             "rapport_peer_connections", "Open server peer connections", registry=r
         )

@@ -232,9 +232,10 @@ class QualityHub:
         self.metrics.peer_connections.set(sum(r.call.peer_count for r in rooms))
         self.metrics.active_sessions.set(len(rooms))
         for role in ROLES:
-            self.metrics.participants.labels(role).set(
-                sum(1 for r in rooms if r.member(role) is not None)
-            )
+            seated = [r for r in rooms if r.member(role) is not None]
+            held = sum(1 for r in seated if r.reconnecting(role))
+            self.metrics.participants.labels(role).set(len(seated) - held)
+            self.metrics.participants_reconnecting.labels(role).set(held)
 
     async def _sample_room(
         self, session_id: str, room: Any, call: CallQuality, now: float

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # Media worker processes; each session's call is pinned to one. None: one per core.
     # 0 runs the media in the server process itself (one core at most; handy for debugging).
     media_workers: int | None = Field(default=None, ge=0, le=256)
+    # --- spare media worker (issue 16): a started, idle worker that replaces a crashed one at
+    # once. None: only when there is a single worker (with more, calls move to a running one).
+    media_spare_worker: bool | None = None
     invite_ttl_hours: float = 24.0
     login_idle_minutes: float = 60.0
     # Sign-in attempts allowed (``limits`` notation); over either, the answer is 429.

@@ -84,7 +84,9 @@ class TurnIssuer:
 
     def __call__(self, session_id: str, actor: str) -> IceGrant:
         servers = self._fixed
+        ttl_s: int | None = None
         if self._turn_urls and self._secret:
+            ttl_s = self._ttl_s
             expires_at = int(self._clock()) + self._ttl_s
             username = turn_username(expires_at, opaque_id(self._secret, session_id, actor))
             servers += (
@@ -94,7 +96,7 @@ class TurnIssuer:
                     credential=turn_credential(self._secret, username),
                 ),
             )
-        return IceGrant(servers=servers, transport_policy=self._policy)
+        return IceGrant(servers=servers, transport_policy=self._policy, ttl_s=ttl_s)
 
     def __repr__(self) -> str:  # never the secret, should the issuer end up in a log line
         return f"TurnIssuer(turn_urls={self._turn_urls!r}, ttl_s={self._ttl_s})"

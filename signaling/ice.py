@@ -20,6 +20,9 @@ class IceGrant:
 
     servers: tuple[m.IceServer, ...] = field(default_factory=tuple)
     transport_policy: m.IceTransportPolicy = "all"
+    #: Seconds the TURN credentials in ``servers`` stay valid (None: nothing expires). The
+    #: page asks for fresh ones (``ice_refresh``) when it rebuilds its connection late.
+    ttl_s: int | None = None
 
 
 class IceProvider(Protocol):

@@ -173,6 +173,14 @@ class ChatSend(_Inbound):
         return text
 
 
+# --- ICE refresh (issue 16): fresh TURN credentials for a page that rebuilds its peer
+# connection without rejoining (a media restart hours into a call).
+class IceRefresh(_Inbound):
+    """Ask for ICE servers issued now; answered with ``ice_servers`` (in the call only)."""
+
+    type: Literal["ice_refresh"]
+
+
 InboundMessage = Annotated[
     Join
     | Offer
@@ -191,7 +199,8 @@ InboundMessage = Annotated[
     | Homework
     | ShareBalance
     | ClientStats
-    | ChatSend,
+    | ChatSend
+    | IceRefresh,
     Field(discriminator="type"),
 ]
 # Derived from the union so a new message type cannot be forgotten here.
@@ -251,6 +260,7 @@ class Admitted(_Outbound):
     rejoined: bool = False
     ice_servers: list[IceServer] = Field(default_factory=list)
     ice_transport_policy: IceTransportPolicy = "all"
+    ice_ttl_s: int | None = None  # lifetime of the TURN credentials in ice_servers, if any
 
 
 class Joined(_Outbound):
@@ -260,6 +270,7 @@ class Joined(_Outbound):
     sharing_balance: bool = False  # so a reloaded page shows what the client sees
     ice_servers: list[IceServer] = Field(default_factory=list)
     ice_transport_policy: IceTransportPolicy = "all"
+    ice_ttl_s: int | None = None
 
 
 class Denied(_Outbound):
@@ -317,6 +328,16 @@ class RestartMedia(_Outbound):
 
     type: Literal["restart_media"] = "restart_media"
     reason: Literal["worker_restarted", "media_lost"]
+
+
+# --- ICE refresh (issue 16)
+class IceServers(_Outbound):
+    """The answer to ``ice_refresh``: ICE servers as on ``joined``/``admitted``, issued now."""
+
+    type: Literal["ice_servers"] = "ice_servers"
+    ice_servers: list[IceServer] = Field(default_factory=list)
+    ice_transport_policy: IceTransportPolicy = "all"
+    ice_ttl_s: int | None = None
 
 
 class Left(_Outbound):
@@ -451,6 +472,7 @@ OutboundMessage = (
     | RestartMedia
     | ChatMessage
     | ChatHistory
+    | IceServers
 )
 
 

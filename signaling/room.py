@@ -351,6 +351,8 @@ class Room:
                 )
             case m.Offer(sdp=sdp):
                 await self._offer(member, sdp)
+            case m.IceRefresh():
+                await self._ice_refresh(member)
             case m.Admit(participant_id=pid):
                 if await self._require_therapist(member, "admit participants"):
                     await self._admit_waiting(pid)
@@ -613,6 +615,7 @@ class Room:
             sharing_balance=self.sharing_balance,
             ice_servers=list(grant.servers),
             ice_transport_policy=grant.transport_policy,
+            ice_ttl_s=grant.ttl_s,
         )
 
     async def _admit_waiting(self, participant_id: int) -> None:
@@ -919,6 +922,7 @@ class Room:
                 rejoined=rejoined,
                 ice_servers=list(grant.servers),
                 ice_transport_policy=grant.transport_policy,
+                ice_ttl_s=grant.ttl_s,
             )
         )
         await self._send_agenda(member)
@@ -928,6 +932,26 @@ class Room:
         await self._send_peer_state(Role.CLIENT)
 
     # ----------------------------------------------------------------- both
+    async def _ice_refresh(self, member: Member) -> None:
+        """Fresh ICE servers for a page about to re-offer: only to whom ``joined`` or
+        ``admitted`` gave them, so a waiting socket still gets no TURN credentials."""
+        if self.member(member.role) is not member:
+            code = (
+                m.ErrorCode.NOT_ADMITTED if member.role == Role.CLIENT else m.ErrorCode.NOT_JOINED
+            )
+            await self._error(
+                member, code, "ICE servers are given once you are in the call.", ref="ice_refresh"
+            )
+            return
+        grant = self.ice(self.session_id, member.actor)
+        await member.send(
+            m.IceServers(
+                ice_servers=list(grant.servers),
+                ice_transport_policy=grant.transport_policy,
+                ice_ttl_s=grant.ttl_s,
+            )
+        )
+
     async def _offer(self, member: Member, sdp: str) -> None:
         if member.role == Role.CLIENT and self.client is not member:
             await self._error(
@@ -1157,6 +1181,10 @@ class Room:
     def member(self, role: str) -> Member | None:
         """The therapist or the admitted client, if in the call."""
         return self.therapist if role == Role.THERAPIST else self.client
+
+    def reconnecting(self, role: str) -> bool:
+        """Whether ``role``'s seat is held for a reconnect: still ``member()``, not present."""
+        return role in self._held
 
     def _sync_signals(self, role: Role) -> None:
         """Present for the signals = in the call with media flowing; lost media is absence."""

@@ -4,6 +4,8 @@ and many join/leave cycles leave no residue behind."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import re
 import time
@@ -13,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
 from sqlalchemy import event, select
 
 import server.alliance_hub as alliance_hub
@@ -157,13 +160,30 @@ LONG = os.environ.get("RAPPORT_LONG_TESTS") == "1"
 CYCLES = 500 if LONG else 30
 
 
+# SQLAlchemy's pool for a SQLite file keeps up to 5 connections (pool_size), each with its
+# own aiosqlite thread and file descriptors (database, -wal, -shm): the pool grows to what
+# the busiest moment needed and stays there, which is not a leak.
+DB_POOL_SIZE = 5
+
+
 def _proc_figures(pid: int) -> dict[str, int]:
     status = Path(f"/proc/{pid}/status").read_text()
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    links = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    db_fds = sum("/rapport.db" in link for link in links)
+    db_connections = sum(link.endswith("/rapport.db") for link in links)
+    threads = int(fields["Threads"].strip())
     return {
-        "fds": len(os.listdir(f"/proc/{pid}/fd")),
-        "threads": int(fields["Threads"].strip()),
+        "fds": len(links),
+        "threads": threads,
         "rss_kb": int(fields["VmRSS"].split()[0]),
+        "db_connections": db_connections,
+        # What is left once the database pool is set aside: what a leak would grow.
+        "other_fds": len(links) - db_fds,
+        "other_threads": threads - db_connections,
     }
 
 
@@ -188,6 +208,54 @@ def soak_server(tmp_path: Path) -> Iterator[RapportServer]:
         yield server
 
 
+def _udp_sockets(pid: int) -> int:
+    """UDP sockets the process holds: its ICE ports (one per gathered candidate)."""
+    inodes: set[str] = set()
+    for table in ("udp", "udp6"):
+        with contextlib.suppress(OSError):
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+            inodes.update(line.split()[9] for line in lines)
+    held = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            held += link.startswith("socket:[") and link[8:-1] in inodes
+    return held
+
+
+class _Reader:
+    """Reads a participant's socket all the time, as a browser does.
+
+    A socket nobody reads is not a participant: once 16 messages queue up, the websockets
+    client stops reading, so it no longer sees keepalive pongs, and the connection is dropped
+    40 s in (ping interval + timeout). The soak's therapist used to be such a socket, and
+    its seat was released mid-run, taking the client's audio with it.
+    """
+
+    def __init__(self, p: Participant) -> None:
+        self.p = p
+        self.messages = 0
+        self.closed: str | None = None
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        try:
+            async for raw in self.p.ws:
+                self.messages += 1
+                json.loads(raw)
+        except websockets.ConnectionClosed:
+            pass
+        self.closed = f"closed (code {self.p.ws.close_code}, {self.p.ws.close_reason!r})"
+
+    def describe(self) -> str:
+        return f"{self.messages} messages read, socket {self.closed or 'open'}"
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(BaseException):
+            await self.task
+
+
 async def _drop(p: Participant) -> None:
     """A killed browser: the TCP connection vanishes without a close frame or a leave."""
     p.ws.transport.abort()
@@ -196,6 +264,7 @@ async def _drop(p: Participant) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600 if LONG else 300)  # 500 cycles take 2.5-5 min on a busy machine
 async def test_join_leave_cycles_leave_no_residue(soak_server: RapportServer) -> None:
     server = soak_server
     therapist = httpx.AsyncClient(base_url=server.base_url, timeout=10)
@@ -212,6 +281,7 @@ async def test_join_leave_cycles_leave_no_residue(soak_server: RapportServer) ->
     session, t, c, client_cookie = await open_room(server.ws_url, therapist)
     await t.start_media()
     await c.close()
+    therapist_socket = _Reader(t)
     join_url = f"{server.ws_url}/ws/join/{invite_token(session['invite_url'])}"
 
     async def cycle(i: int) -> None:
@@ -250,6 +320,10 @@ async def test_join_leave_cycles_leave_no_residue(soak_server: RapportServer) ->
             f"{name}_{k}": v for name, pid in pids.items() for k, v in _proc_figures(pid).items()
         }
         out["tasks"] = _gauge(metrics, "rapport_asyncio_tasks")
+        out["worker_tasks"] = int(h["media_workers"][0]["tasks"])
+        out["worker_udp_sockets"] = _udp_sockets(worker_pid)
+        out["worker_calls"] = int(h["media_workers"][0]["calls"])
+        out["worker_peers"] = int(h["media_workers"][0]["peers"])
         out["signals_loaded"] = _gauge(metrics, "rapport_signal_sessions_loaded")
         out["rooms"] = int(h["rooms"])
         out["peers"] = int(h["peer_connections"])
@@ -262,18 +336,43 @@ async def test_join_leave_cycles_leave_no_residue(soak_server: RapportServer) ->
             return None
         if base is None:
             return now
-        for key, slack in (("fds", 4), ("threads", 2)):
+        for key, slack in (("other_fds", 4), ("other_threads", 2)):
             for name in pids:
                 if now[f"{name}_{key}"] > base[f"{name}_{key}"] + slack:
                     return None
-        return now if now["tasks"] <= base["tasks"] + 5 else None
+        if now["server_db_connections"] > DB_POOL_SIZE:
+            return None
+        if now["worker_udp_sockets"] > base["worker_udp_sockets"]:
+            return None
+        ok = now["tasks"] <= base["tasks"] + 5 and now["worker_tasks"] <= base["worker_tasks"] + 5
+        return now if ok else None
+
+    async def state(i: int, exc: BaseException) -> str:
+        """What a failed cycle leaves to look at: the cycle, the processes, the calls."""
+        lines = [f"cycle {i} (of {5 + CYCLES}) failed: {type(exc).__name__}: {exc}"]
+        with contextlib.suppress(Exception):
+            lines += [f"  {k}: {v}" for k, v in sorted((await figures()).items())]
+        with contextlib.suppress(Exception):
+            calls = (await admin.get("/api/admin/calls")).json()["calls"]
+            lines.append(f"  live calls: {[(x['session_id'], x['participants']) for x in calls]}")
+        lines.append(f"  held session {session['id']}: therapist {therapist_socket.describe()}")
+        lines.append("server log tail:\n" + server.log_tail(3000))
+        return "\n".join(lines)
+
+    async def run_cycle(i: int) -> None:
+        try:
+            await cycle(i)
+        except Exception as exc:
+            raise AssertionError(await state(i, exc)) from exc
 
     for i in range(5):  # warm-up: lazy imports, thread pools, codec set-up
-        await cycle(i)
+        await run_cycle(i)
     base = await eventually(lambda: settled(None), timeout=60, interval=0.5, message="settled")
     started = time.monotonic()
     for i in range(5, 5 + CYCLES):
-        await cycle(i)
+        await run_cycle(i)
+        if LONG and i % 100 == 4:
+            print(f"cycle {i}: {time.monotonic() - started:.0f} s, {await figures()}", flush=True)
     took = time.monotonic() - started
 
     def report(now: dict[str, int] | None = None) -> str:
@@ -290,6 +389,9 @@ async def test_join_leave_cycles_leave_no_residue(soak_server: RapportServer) ->
     for name in pids:
         grown_mb = (after[f"{name}_rss_kb"] - base[f"{name}_rss_kb"]) / 1024
         assert grown_mb < (120 if LONG else 40), report(after)
+    # The held call lasted the whole run: its therapist never dropped.
+    assert therapist_socket.closed is None, therapist_socket.describe()
+    await therapist_socket.stop()
     await t.close()
     await therapist.aclose()
     await admin.aclose()

@@ -186,6 +186,51 @@ async def test_a_dead_worker_is_replaced_and_the_call_reconnects(
         await call.close()
 
 
+async def test_with_one_worker_a_started_spare_takes_over_a_crashed_call() -> None:
+    """The re-offers after a crash are answered by a process that was running before it, not
+    by a replacement that first spends ~2 s importing aiortc; a new spare follows."""
+    pool = MediaWorkerPool(CONFIG, 1)  # one worker: a spare by default
+    await pool.start()
+    call = pool.call("s-spare")
+    therapist = FakeBrowser(ToneTrack(440), ColorTrack((200, 0, 0)))
+    client = FakeBrowser(ToneTrack(660), ColorTrack((0, 0, 200)))
+    try:
+        await _join(call, "therapist", therapist)
+        await _join(call, "client", client)
+        await client.wait_for("video", 3)
+
+        def spare_ready() -> bool:
+            spare = getattr(pool, "spare", None)
+            return spare is not None and spare.is_ready
+
+        await eventually(spare_ready, timeout=60, message="a started spare worker")
+        running = {w.pid for w in pool.workers} | {pool.spare.pid if pool.spare else None}
+        dead_pid = call.worker.pid
+        assert dead_pid is not None and len(running) == 2
+        started = asyncio.get_running_loop().time()
+        os.kill(dead_pid, signal.SIGKILL)
+        await eventually(lambda: call.media_state("client") == "lost", timeout=10)
+        for old in (therapist, client):
+            await old.close()
+        therapist = FakeBrowser(ToneTrack(440), ColorTrack((200, 0, 0)))
+        client = FakeBrowser(ToneTrack(660), ColorTrack((0, 0, 200)))
+        await _join(call, "therapist", therapist)
+        await _join(call, "client", client)
+        answered = asyncio.get_running_loop().time() - started
+        await client.wait_for("video", 3, timeout=20)
+        print(f"\nre-offers answered {answered:.2f} s after the SIGKILL, by pid {call.worker.pid}")
+        assert call.worker.pid in running - {dead_pid}
+        assert pool.restarts == 1 and [w.pid for w in pool.workers] == [call.worker.pid]
+        # A new spare is started for the next crash.
+        await eventually(spare_ready, timeout=60, message="a new spare worker")
+        assert pool.spare is not None and pool.spare.pid not in running
+    finally:
+        await therapist.close()
+        await client.close()
+        await call.close()
+        await pool.close()
+
+
 async def test_workers_exit_when_the_server_goes_away() -> None:
     pool = MediaWorkerPool(CONFIG, 1)
     await pool.start()

@@ -101,6 +101,8 @@ class WorkerHealth:
     cpu_fraction: float
     loop_lag_p99_ms: float | None
     audio_dropped: int
+    #: asyncio tasks alive in the worker: a leak soak needs them as much as fds and memory.
+    tasks: int = 0
 
 
 Payload = Answer | Left | Closed | PeerReports | RelayStats | Pong | WorkerHealth

@@ -11,7 +11,9 @@ report their media as lost and call ``on_worker_lost``, so the room tells both b
 re-offer now (rather than after their own ICE checks time out), and a call's next connect
 goes to a live worker (or waits for the replacement to be ready). A connect that was in
 flight when its worker died is retried once on another, so a participant normally never
-sees the crash as an error.
+sees the crash as an error. A pool may keep a spare (by default when it has one worker): an
+idle worker, already started, that takes the dead one's slot instead, so the re-offers do not
+wait for a replacement's imports; a new spare then starts in the background.
 
 The two ends speak ``media.workers.messages``: typed requests with ids, replies that echo
 them, and events. A frame that is not one of those messages is logged and skipped, never
@@ -77,6 +79,7 @@ STOP_TIMEOUT_S = 10.0
 RESPAWN_BACKOFF_S = 1.0
 WATCH_EVERY_S = 5.0  # how often each worker is pinged
 HUNG_AFTER_S = 15.0  # a worker that does not answer a ping this long is killed and replaced
+SPARE_INDEX = -1  # the spare's index until it takes a dead worker's slot
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
@@ -291,11 +294,17 @@ class MediaWorkerPool:
         log_level: str = "info",
         watch_every_s: float = WATCH_EVERY_S,
         hung_after_s: float = HUNG_AFTER_S,
+        spare: bool | None = None,
     ) -> None:
         if size < 1:
             raise ValueError("a pool needs at least one worker")
         self.config = config
         self.size = size
+        # A started, idle worker that takes a dead one's slot at once. With two or more
+        # workers a crashed call moves to another running one; with one, its calls used to
+        # wait ~2 s (more on a busy machine) for the replacement's imports. None: only then.
+        self.keep_spare = size == 1 if spare is None else spare
+        self.spare: _Worker | None = None
         self.log_level = log_level
         self.watch_every_s = watch_every_s
         self.hung_after_s = hung_after_s
@@ -313,6 +322,27 @@ class MediaWorkerPool:
             "media workers ready: %s", ", ".join(f"{w.index}=pid {w.pid}" for w in self.workers)
         )
         self._watchdog = asyncio.ensure_future(self._watch())
+        self._start_spare()  # after the workers, so it never slows the server's start
+
+    def _start_spare(self, delay_s: float = 0.0) -> None:
+        if not self.keep_spare or self.closing:
+            return
+        task = asyncio.ensure_future(self._run_spare(delay_s))
+        self._respawning.add(task)
+        task.add_done_callback(self._respawning.discard)
+
+    async def _run_spare(self, delay_s: float) -> None:
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        if self.closing or self.spare is not None:
+            return
+        spare = self.spare = _Worker(self, SPARE_INDEX)
+        try:
+            await spare.start()
+        except Exception:
+            log.exception("the spare media worker could not be started")
+            return
+        log.info("spare media worker ready: pid %s", spare.pid)
 
     async def _watch(self) -> None:
         """Kill a worker that stops answering, so it is replaced like one that crashed.
@@ -322,7 +352,8 @@ class MediaWorkerPool:
         """
         while not self.closing:
             await asyncio.sleep(self.watch_every_s)
-            await asyncio.gather(*(self._check(w) for w in list(self.workers)))
+            spare = [self.spare] if self.spare is not None else []
+            await asyncio.gather(*(self._check(w) for w in [*self.workers, *spare]))
 
     async def _check(self, worker: _Worker) -> None:
         if not worker.alive or not worker.ready.done():
@@ -365,6 +396,11 @@ class MediaWorkerPool:
     def worker_exited(self, worker: _Worker, code: int | None, calls: int) -> None:
         if self.closing:
             return
+        if worker is self.spare:
+            log.error("the spare media worker (pid %s) exited with code %s", worker.pid, code)
+            self.spare = None
+            self._start_spare(RESPAWN_BACKOFF_S)
+            return
         log.error(
             "media worker %d (pid %s) exited with code %s; %d call(s) lost their media; "
             "starting a replacement",
@@ -375,6 +411,21 @@ class MediaWorkerPool:
         )
         died_starting = not worker.ready.done() or worker.ready.exception() is not None
         replacement: _Worker | None = None
+        spare = self.spare
+        if (
+            not died_starting
+            and self.workers[worker.index] is worker
+            and spare is not None
+            and spare.is_ready
+        ):
+            # The spare is serving already: calls re-pinned from now on go straight to it.
+            self.spare = None
+            spare.index = worker.index
+            self.workers[worker.index] = spare
+            self.restarts += 1
+            log.info("spare media worker (pid %s) took slot %d", spare.pid, worker.index)
+            self._start_spare()
+            return
         if not died_starting and self.workers[worker.index] is worker:
             # In place at once (started by the task below): calls re-pinned from now on wait
             # for it to be ready instead of finding no live worker.
@@ -414,7 +465,8 @@ class MediaWorkerPool:
         self.closing = True
         for task in [*self._respawning, *([self._watchdog] if self._watchdog else [])]:
             task.cancel()
-        await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)
+        spare = [self.spare] if self.spare is not None else []
+        await asyncio.gather(*(w.stop() for w in [*self.workers, *spare]), return_exceptions=True)
 
 
 class RemoteCall:

@@ -290,6 +290,7 @@ class WorkerServer:
             cpu_fraction=round((cpu - cpu_then) / (now - then), 3) if now > then else 0.0,
             loop_lag_p99_ms=p99,
             audio_dropped=self.audio_dropped,
+            tasks=len(asyncio.all_tasks()),
         )
 
 

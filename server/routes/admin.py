@@ -47,8 +47,10 @@ class LiveCall(BaseModel):
     status: str
     started_at: datetime
     duration_s: int
-    participants: int
+    participants: int  # in the call now; a held seat counts under ``reconnecting``
     waiting: int
+    # Seats held for someone whose socket dropped (RAPPORT_RECONNECT_GRACE_S): not present.
+    reconnecting: int = 0
     worst_quality: QualityLevel | None
     relay_mode: dict[str, str] | str  # per direction, e.g. {"therapist->client": "forward"}
     media_worker: int | None  # which media worker process carries the call (None: in-process)
@@ -85,6 +87,7 @@ class WorkerStatus(BaseModel):
     cpu_fraction: float | None = None
     loop_lag_p99_ms: float | None = None
     audio_dropped: int | None = None
+    tasks: int | None = None
 
 
 class Health(BaseModel):
@@ -206,7 +209,9 @@ async def live_calls(_admin: Admin, request: Request, db: DbSession) -> LiveCall
         started = session.started_at or session.created_at
         if started.tzinfo is None:
             started = started.replace(tzinfo=UTC)
-        present = [r for r in ROLES if room.member(r) is not None]
+        seated = [r for r in ROLES if room.member(r) is not None]
+        held = [r for r in seated if room.reconnecting(r)]
+        present = [r for r in seated if r not in held]
         calls.append(
             LiveCall(
                 session_id=session_id,
@@ -216,6 +221,7 @@ async def live_calls(_admin: Admin, request: Request, db: DbSession) -> LiveCall
                 duration_s=round((datetime.now(UTC) - started).total_seconds()),
                 participants=len(present),
                 waiting=len(room.waiting),
+                reconnecting=len(held),
                 worst_quality=hub.worst(session_id),
                 relay_mode=getattr(room.call, "relay_mode", "transcode"),
                 media_worker=getattr(room.call, "worker_index", None),

@@ -98,6 +98,9 @@ async function loadCalls() {
         h("td", {}, c.therapist || ""),
         h("td", { "data-testid": "call-duration" }, formatClock(c.duration_s)),
         h("td", { class: "num", "data-testid": "call-participants" }, String(c.participants ?? 0),
+          c.reconnecting
+            ? h("span", { class: "hint", "data-testid": "call-reconnecting" }, ` +${c.reconnecting} reconnecting`)
+            : null,
           c.waiting ? h("span", { class: "hint" }, ` +${c.waiting} waiting`) : null),
         h("td", {}, qualityBadge(c.worst_quality)),
         h(

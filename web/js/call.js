@@ -37,6 +37,8 @@ const NO_MEDIA_RENEGOTIATE_MS = 5000;
 // After our own outage (e.g. the server restarted), the other person needs a moment to come
 // back too; until then they are "reconnecting", not "left".
 const PEER_RETURN_MS = 30000;
+// How long a re-offer waits for fresh ICE servers (`ice_refresh`) before using the old ones.
+const ICE_REFRESH_WAIT_MS = 2000;
 
 /** A button that reloads the page: rejoining or reconnecting starts the page afresh. */
 export function reloadButton(testid, label) {
@@ -111,6 +113,8 @@ export function createCallPage(options) {
     signaling: null,
     welcome: null,
     ice: { iceServers: [], iceTransportPolicy: "all" }, // from the latest joined/admitted
+    iceAt: 0, // performance.now() when those ICE servers were issued
+    iceTtlMs: null, // how long their TURN credentials last (null: nothing expires)
     call: null,
     stage: el.stage.dataset.state || "",
     finished: false, // stopped for good: ended, left, replaced, denied, fatal or disconnected
@@ -274,7 +278,35 @@ export function createCallPage(options) {
     console.info(`renegotiating media: ${reason}`);
     startRecovering("media");
     watchdog.reset();
-    state.call.start();
+    if (!iceIsStale()) {
+      state.call.start();
+      return;
+    }
+    // TURN credentials past half their life may expire before this connection needs a
+    // relay: ask for fresh ones first (a rejoin would get them on admitted/joined).
+    if (iceWaiters.length) return; // already asked: that answer starts the connection
+    const call = state.call;
+    refreshIce().then(() => {
+      if (!state.finished && state.call === call) call.start();
+    });
+  }
+
+  function iceIsStale() {
+    return Boolean(state.iceTtlMs) && performance.now() - state.iceAt > state.iceTtlMs / 2;
+  }
+
+  let iceWaiters = [];
+  /** Resolves once fresh ICE servers arrived, or after ICE_REFRESH_WAIT_MS (keep the old). */
+  function refreshIce() {
+    return new Promise((resolve) => {
+      const done = () => {
+        iceWaiters = iceWaiters.filter((w) => w !== done);
+        resolve();
+      };
+      iceWaiters.push(done);
+      if (iceWaiters.length === 1) send({ type: "ice_refresh" });
+      setTimeout(done, ICE_REFRESH_WAIT_MS);
+    });
   }
 
   /** Inbound RTP bytes must grow while the other person is in the call with media. */
@@ -410,10 +442,16 @@ export function createCallPage(options) {
     // on every (re)join, before the page's own handler starts the call.
     const takeIce = (msg) => {
       state.ice = { iceServers: msg.ice_servers || [], iceTransportPolicy: msg.ice_transport_policy || "all" };
+      state.iceAt = performance.now();
+      state.iceTtlMs = msg.ice_ttl_s ? msg.ice_ttl_s * 1000 : null;
       if (state.call) state.call.setIce(state.ice);
     };
     sig.on("joined", takeIce);
     sig.on("admitted", takeIce);
+    sig.on("ice_servers", (msg) => {
+      takeIce(msg);
+      for (const done of [...iceWaiters]) done();
+    });
     sig.on("peer_state", (msg) => {
       if (msg.role === role) return;
       state.peer = msg;
@@ -440,9 +478,20 @@ export function createCallPage(options) {
         console.warn("stats report refused:", msg.message);
         return;
       }
+      if (msg.ref === "ice_refresh") {
+        // Not in the call (any more): the re-offer goes ahead with the ICE servers it has.
+        console.warn("ICE refresh refused:", msg.message);
+        return;
+      }
       if (msg.ref === "offer" && msg.code === "media_failed" && !state.finished) {
-        // The media engine went away under the offer (e.g. a worker restarted): try again.
-        setTimeout(() => renegotiate("the media server was unavailable"), 2000);
+        // The media engine went away under the offer (e.g. a worker restarted): try again,
+        // unless a newer connection was started meanwhile (restart_media, a reconnect): the
+        // retry would tear down that fresh call just as it connects.
+        const generation = state.call ? state.call.generation : null;
+        setTimeout(() => {
+          if (state.call && state.call.generation !== generation) return;
+          renegotiate("the media server was unavailable");
+        }, 2000);
       }
       if (onError(msg)) return;
       if (msg.code === "session_ended") {
