@@ -159,6 +159,8 @@ async def test_a_whole_session_logs_json_lines_an_operator_can_use(
         return found if wanted <= found.keys() else None
 
     lifecycle = await eventually(events, timeout=10, message="lifecycle lines")
+    about = [r for r in _records(server) if session_id in r["msg"]]
+    assert all(r.get("session_id") == session_id for r in about), about
     assert lifecycle["client_waiting"]["role"] == "client"
     assert lifecycle["client_admitted"]["role"] == "therapist"
     failed_login = [r for r in _records(server) if r.get("logger") == "rapport.auth"]
