@@ -97,7 +97,12 @@ class AccessLog:
                     {
                         "type": "http.response.start",
                         "status": 500,
-                        "headers": [(b"content-type", b"application/json"), header],
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"cache-control", b"no-store"),
+                            (b"x-content-type-options", b"nosniff"),
+                            header,
+                        ],
                     }
                 )
                 await send({"type": "http.response.body", "body": _SERVER_ERROR})
