@@ -39,12 +39,19 @@ ensure_venv() {
   local have
   have="$(cat "$STAMP" 2>/dev/null || true)"
   if [ "$have" != "$want" ] && ! { [ "$1" = run ] && [ "$have" = "${want%-run}-test" ]; }; then
-    "$VENV/bin/python" -m pip install -q --upgrade pip >&2
-    if [ "$1" = test ]; then
-      "$VENV/bin/python" -m pip install -q -e ".[test]" >&2
-    else
-      "$VENV/bin/python" -m pip install -q -e . >&2
+    # Said before the minute of silence a first install takes; pip's and the build backend's
+    # output (setuptools' warning boxes) goes to a log, shown only if the install fails.
+    echo "Installing Rapport and its Python packages into $VENV (first start or pyproject" \
+      "changed; about a minute)..." >&2
+    local log="$VENV/install.log" spec=.
+    [ "$1" = test ] && spec=".[test]"
+    if ! { "$VENV/bin/python" -m pip install -q --upgrade pip \
+        && "$VENV/bin/python" -m pip install -q -e "$spec"; } >"$log" 2>&1; then
+      cat "$log" >&2
+      echo "Installing failed (the output above is also in $log)." >&2
+      exit 1
     fi
+    echo "Installed." >&2
     echo "$want" > "$STAMP"
   fi
 }

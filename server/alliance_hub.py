@@ -126,6 +126,7 @@ class SignalsHub:
                 "resumed signals for session %s from %d stored ticks",
                 session_id,
                 sum(count for _, count in runs),
+                extra={"session_id": session_id},
             )
 
     def latest(self, session_id: str) -> dict[str, Any] | None:
@@ -184,7 +185,11 @@ class SignalsHub:
         del self.sessions[session_id]
         self._saved.pop(session_id, None)
         self._configs.pop(session_id, None)
-        log.info("unloaded signals of session %s (nobody connected)", session_id)
+        log.info(
+            "unloaded signals of session %s (nobody connected)",
+            session_id,
+            extra={"session_id": session_id},
+        )
 
     def _has_room(self, session_id: str) -> bool:
         return self.rooms is not None and self.rooms.get(session_id) is not None

@@ -19,6 +19,7 @@ from signaling.limits import ConnectLimiter, Limits
 from signaling.room import LobbyLimits
 from signaling.rooms import RoomRegistry
 
+from .access_log import AccessLog
 from .alliance_hub import SignalsHub
 from .body_limit import BodySizeLimit
 from .db import Database
@@ -79,14 +80,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await database.create_schema()
         restrict_host_addresses(settings.media_addresses)
-        link = await first_run_setup_link(database, settings)
-        if link:
-            print(
-                f"\n  No accounts yet. Create the first one here (valid 24 h, once):\n  {link}\n",
-                flush=True,
-            )
+        # Printed by `rapport serve` once its port is bound (server.cli), not before.
+        app.state.setup_link = await first_run_setup_link(database, settings)
         app.state.draining = False
         if pool is not None:
+            log.info("starting %d media worker process(es)", pool.size)
             await pool.start()
         signals.start()
         loop_lag.start()
@@ -176,6 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "Sessions whose live signals are in memory",
         registry=metrics.registry,
     ).set_function(lambda: len(signals.sessions))
+    metrics.watch_media_pool(pool)
     app.state.metrics = metrics
     app.state.quality = quality
     app.state.loop_lag = loop_lag
@@ -209,6 +208,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return response
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Added last, so outermost of ours: it times and logs everything inside it.
+    app.add_middleware(AccessLog, metrics=metrics)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 import weakref
 from dataclasses import dataclass
@@ -107,6 +108,29 @@ def record(
         elif not allowed:
             return
     db.add(AuditEvent(action=action, actor=actor, session_id=session_id, detail=detail[:500]))
+    db.sync_session.info.setdefault(_TO_LOG, []).append((action, actor, session_id))
+
+
+# --------------------------------------------------------------------------- the log
+# Every audited event (session created, client knocked/admitted, session ended, a failed sign-in)
+# is also one log line, written once its transaction commits: an operator's log then tells a
+# session's story by its id, with the actors as ids, without the details (which can be free text).
+_TO_LOG = "rapport_audit_to_log"
+event_log = logging.getLogger("rapport.events")
+
+
+@event.listens_for(Session, "after_commit")
+def _log_committed(session: Session) -> None:
+    for action, actor, session_id in session.info.pop(_TO_LOG, ()):
+        fields: dict[str, Any] = {"event": action, "actor": actor}
+        if session_id is not None:
+            fields["session_id"] = session_id
+        event_log.info(action.replace("_", " "), extra=fields)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_rolled_back(session: Session) -> None:
+    session.info.pop(_TO_LOG, None)
 
 
 async def record_now(

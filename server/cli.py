@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import getpass
 import logging
 import signal
@@ -27,20 +28,57 @@ if TYPE_CHECKING:
 log = logging.getLogger("rapport")
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from .app import create_app
-    from .logs import configure
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything else starts: a port in use is said plainly
+    at once, not after the database and media workers started (and then as a traceback)."""
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise PortUnavailable(f"Cannot listen on {host}:{port}: {exc}.") from exc
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortUnavailable(
+                f"Port {port} on {host} is already in use (another Rapport, or another "
+                "program). Stop it, or choose another port with --port or RAPPORT_PORT."
+            ) from exc
+        raise PortUnavailable(f"Cannot listen on {host}:{port}: {exc.strerror}.") from exc
+    return sock
 
+
+class PortUnavailable(Exception):
+    pass
+
+
+def _serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = Settings(**overrides)
+    try:
+        sock = _bind(settings.host, settings.port)
+    except PortUnavailable as exc:
+        print(f"rapport: {exc}", file=sys.stderr)
+        return 1
+    from .logs import configure, uvicorn_log_config
+
     configure(settings.log_level, settings.log_json)
+    log.info("loading the server (first start after an install takes a while)")
+    from .app import create_app
+
     app = create_app(settings)
-    print(f"  Rapport is starting: open {settings.public_url}/ in a browser.", flush=True)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        log_level="warning",
+        log_level=settings.log_level.lower(),
+        # Our formatter for uvicorn's lines; its access log is replaced by ours.
+        log_config=uvicorn_log_config(settings.log_level),
+        access_log=False,
         # The transport drops a frame over 4x the message limit (close 1009) before reading it
         # into memory; a frame a little over the limit still reaches the room, which answers
         # with a precise `too_large` error and counts it against the sender's flood budget.
@@ -49,7 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
         # Only reached after a drain or a second signal: do not hang on a stuck connection.
         timeout_graceful_shutdown=5,
     )
-    DrainingServer(config, app).run()
+    DrainingServer(config, app).run(sockets=[sock])
     return 0
 
 
@@ -71,6 +109,24 @@ class DrainingServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
+        if self.started:
+            self._announce()
+
+    def _announce(self) -> None:
+        """Where to go, said only once the port is listening (a link printed before that led
+        people to a page that did not load, or to a port another program held)."""
+        from .logs import emit_banner
+
+        settings: Settings = self.app.state.settings
+        url = settings.public("/")
+        emit_banner([f"Rapport is running: open {url} in a browser."], settings.log_json, url=url)
+        link = getattr(self.app.state, "setup_link", None)
+        if link:
+            emit_banner(
+                ["No accounts yet. Create the first one here (valid 24 h, once):", link],
+                settings.log_json,
+                setup_url=link,
+            )
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Not recorded in uvicorn's captured signals: it re-raises those after shutdown, and

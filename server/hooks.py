@@ -53,7 +53,11 @@ class DatabaseRoomHooks:
             try:
                 await self.signals.finish(session_id)
             except Exception:
-                log.exception("session %s ended, but saving its signals failed", session_id)
+                log.exception(
+                    "session %s ended, but saving its signals failed",
+                    session_id,
+                    extra={"session_id": session_id},
+                )
 
     async def load_agenda(self, session_id: str) -> dict[str, Any] | None:
         async with self.database.session() as db:

@@ -81,6 +81,7 @@ class Drain:
             "drain started: %d live call(s); waiting up to %.0f s for them to end",
             calls,
             self.timeout_s,
+            extra={"event": "drain_started", "live_calls": calls},
         )
         reported = calls
         next_report = self.started_at + DRAIN_REPORT_EVERY_S
@@ -98,7 +99,7 @@ class Drain:
         if self._hurry.is_set() and calls:
             log.warning("second signal: closing %d live call(s) now", calls)
         await self.close_rooms()
-        log.warning("drain finished: exiting")
+        log.warning("drain finished: exiting", extra={"event": "drain_finished"})
 
     async def close_rooms(self) -> None:
         """Flush signals, then close every room with 1012 (the sessions stay resumable)."""
@@ -106,6 +107,12 @@ class Drain:
             await asyncio.wait_for(self.signals.flush(), timeout=5.0)
         except Exception:
             log.exception("flushing signals before exit failed")
+        for session_id, room in list(self.rooms.rooms.items()):
+            if room.members:
+                log.warning(
+                    "session drained: its call is closed for the restart (resumable)",
+                    extra={"event": "session_drained", "session_id": session_id},
+                )
         await self.rooms.close_all(code=CLOSE_RESTART)
 
 
@@ -209,6 +216,11 @@ class Reaper:
                 record(db, "session_auto_ended", "system", session_id, f"idle {idle / 60:.0f} min")
                 await db.commit()
             self._occupied_at.pop(session_id, None)
-            log.info("ended session %s: nobody in it for %.0f s", session_id, idle)
+            log.info(
+                "ended session %s: nobody in it for %.0f s",
+                session_id,
+                idle,
+                extra={"session_id": session_id},
+            )
             ended.append(session_id)
         return ended

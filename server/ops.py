@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from media import LoopLagSampler
 
@@ -81,6 +93,67 @@ class Metrics:
             "Participants in calls per media state (no_media: never connected in time)",
             ["state"],
             registry=r,
+        )
+        # --- obs: process, HTTP and media-worker families
+        # process_* (CPU seconds, resident memory, open fds, start time), python_info, python_gc_*
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.http_requests = Counter(
+            "rapport_http_requests_total",
+            "HTTP requests and WebSocket connections by method, route template and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "rapport_http_request_duration_seconds",
+            "HTTP request duration by method and route template (WebSockets not included)",
+            ["method", "route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=r,
+        )
+
+    def observe_request(self, method: str, route: str, status: int, duration_s: float) -> None:
+        self.http_requests.labels(method, route, str(status)).inc()
+        if method != "WEBSOCKET":  # a socket's duration is the call's, not a latency
+            self.http_duration.labels(method, route).observe(duration_s)
+
+    def watch_media_pool(self, pool: Any) -> None:
+        """Worker liveness, load and restarts, read from the pool at every scrape."""
+        self.registry.register(MediaPoolCollector(lambda: pool))
+
+
+class MediaPoolCollector(Collector):
+    """``rapport_media_worker_*``: read at scrape time, so nothing has to keep gauges in step
+    with workers dying and being replaced. Without a pool (RAPPORT_MEDIA_WORKERS=0) the
+    families are there with no workers, so dashboards and alerts still find them."""
+
+    def __init__(self, pool: Callable[[], Any]) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        pool = self._pool()
+        workers = list(pool.workers) if pool is not None else []
+        alive = GaugeMetricFamily(
+            "rapport_media_worker_alive",
+            "1 if the media worker process is running",
+            labels=["worker"],
+        )
+        calls = GaugeMetricFamily(
+            "rapport_media_worker_calls", "Calls pinned to each media worker", labels=["worker"]
+        )
+        for worker in workers:
+            alive.add_metric([str(worker.index)], 1.0 if worker.alive else 0.0)
+            calls.add_metric([str(worker.index)], float(len(worker.calls)))
+        yield alive
+        yield calls
+        yield GaugeMetricFamily(
+            "rapport_media_workers", "Media worker processes configured", value=len(workers)
+        )
+        yield CounterMetricFamily(
+            "rapport_media_worker_restarts",
+            "Media worker processes replaced after dying or hanging",
+            value=float(pool.restarts if pool is not None else 0),
         )
 
 

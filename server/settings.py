@@ -26,22 +26,42 @@ def default_database_url() -> str:
     return f"sqlite+aiosqlite:///{data_dir / 'rapport.db'}"
 
 
-CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_CPU_MAX = CGROUP_ROOT / "cpu.max"
+# cgroup v1 mounts the CPU controller under one of these names (Docker on older hosts, RHEL 7/8,
+# Debian before 11, Kubernetes nodes still on v1).
+_CGROUP_V1_CPU_DIRS = ("cpu", "cpu,cpuacct", "cpuacct,cpu")
 
 
-def usable_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
-    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota.
+def cgroup_cpu_quota(cpu_max: Path, root: Path) -> float | None:
+    """Cores' worth of CPU time this cgroup may use (v2 ``cpu.max``, else v1's CFS quota), or
+    None when no quota is set or visible."""
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass  # not cgroup v2 (or not visible): try v1
+    for name in _CGROUP_V1_CPU_DIRS:
+        try:
+            v1_quota = int((root / name / "cpu.cfs_quota_us").read_text())
+            v1_period = int((root / name / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return None if v1_quota <= 0 or v1_period <= 0 else v1_quota / v1_period  # -1: none
+    return None
+
+
+def usable_cores(cpu_max: Path | None = None, *, cgroup_root: Path | None = None) -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota (v2 or v1).
 
     In a container started with ``--cpus=2`` on a 16-core host the affinity still lists 16
     CPUs; one media worker per listed CPU would then be 16 processes sharing two cores.
     """
+    root = cgroup_root or (cpu_max.parent if cpu_max is not None else CGROUP_ROOT)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    try:
-        quota, period = cpu_max.read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass  # no cgroup v2 quota visible: the affinity is all we know
+    quota = cgroup_cpu_quota(cpu_max or root / "cpu.max", root)
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
     return max(1, cores)
 
 

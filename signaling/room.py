@@ -220,6 +220,12 @@ class Room:
         self.on_empty: Callable[[Room], None] | None = None
 
     @property
+    def _log_ids(self) -> dict[str, str]:
+        """On the room's own log lines, which may run outside any participant's socket (a
+        media worker dying, an HTTP request ending the session)."""
+        return {"session_id": self.session_id}
+
+    @property
     def ended(self) -> bool:
         return self.status == "ended"
 
@@ -288,7 +294,9 @@ class Room:
         try:
             await self._dispatch(member, message)
         except Exception:
-            log.exception("handling %s failed in session %s", kind, self.session_id)
+            log.exception(
+                "handling %s failed in session %s", kind, self.session_id, extra=self._log_ids
+            )
             await self._error(
                 member,
                 m.ErrorCode.MEDIA_FAILED if kind == "offer" else m.ErrorCode.INTERNAL,
@@ -313,6 +321,7 @@ class Room:
                 member.role,
                 member.limiter.strikes,
                 limits.window_s,
+                extra=self._log_ids,
             )
             await self._error(
                 member,
@@ -1036,7 +1045,12 @@ class Room:
         role = member.role
         task = asyncio.ensure_future(self._release_after(member, self.limits.reconnect_grace_s))
         self._held[role] = task
-        log.info("session %s: holding the %s's seat for reconnection", self.session_id, role)
+        log.info(
+            "session %s: holding the %s's seat for reconnection",
+            self.session_id,
+            role,
+            extra=self._log_ids,
+        )
         await self._send_peer_state(role)
 
     async def _release_after(self, member: Member, grace_s: float) -> None:
@@ -1071,7 +1085,9 @@ class Room:
         try:
             await self.hooks.session_ended(self.session_id)
         except Exception:
-            log.exception("session %s: could not mark the session ended", self.session_id)
+            log.exception(
+                "session %s: could not mark the session ended", self.session_id, extra=self._log_ids
+            )
             if self.therapist is not None:
                 await self._error(
                     self.therapist,
@@ -1090,7 +1106,9 @@ class Room:
         try:
             await self.hooks.audit(self.session_id, "session_ended", actor)
         except Exception:
-            log.exception("session %s: ended, but its audit row failed", self.session_id)
+            log.exception(
+                "session %s: ended, but its audit row failed", self.session_id, extra=self._log_ids
+            )
         for member in list(self.members):
             # Only a client who took part is asked for the check-in.
             checkin = member.role == Role.CLIENT and member.previously_admitted
@@ -1102,7 +1120,11 @@ class Room:
         try:
             await self.call.close()
         except Exception:
-            log.exception("session %s: ended, but closing its media failed", self.session_id)
+            log.exception(
+                "session %s: ended, but closing its media failed",
+                self.session_id,
+                extra=self._log_ids,
+            )
         for member in list(self.members):
             await self._close_channel(member, 1000)
 
@@ -1272,6 +1294,7 @@ class Room:
             reason,
             detail,
             len(targets),
+            extra=self._log_ids,
         )
         if self.observer is not None:
             self.observer.on_media_restarted(self.session_id, reason, detail)

@@ -24,10 +24,11 @@ import socket
 import tempfile
 import threading
 import time
+import urllib.request
+from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any
 
-import httpx
 import uvicorn
 import websockets
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -122,15 +123,35 @@ def _signals_cpu(hub: SignalsHub, session_id: str) -> dict[str, Any]:
     }
 
 
+def _open_session(base: str) -> tuple[dict[str, Any], str]:
+    """Sign in and create a session with the standard library: `rapport bench-signals` runs
+    on a runtime install, where the test-only HTTP client (httpx) is absent."""
+    cookies = CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(cookies))
+
+    def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(
+            base + path,
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Origin": base},
+            method="POST",
+        )
+        with opener.open(request, timeout=30) as response:
+            answer: dict[str, Any] = json.loads(response.read())
+            return answer
+
+    post("/api/login", {"email": "bench@example.org", "password": PASSWORD})
+    session = post("/api/sessions", {})
+    login = next(c.value for c in cookies if c.name == "rapport_login")
+    return session, f"rapport_login={login}"
+
+
 async def _run(
     base: str, hub: SignalsHub, onsets: int, gap_s: float, burst_s: float
 ) -> dict[str, Any]:
     restrict_host_addresses(["127.0.0.1"])
     ws_base = base.replace("http://", "ws://")
-    async with httpx.AsyncClient(base_url=base) as http:
-        await http.post("/api/login", json={"email": "bench@example.org", "password": PASSWORD})
-        session = (await http.post("/api/sessions", json={})).json()
-        login = f"rapport_login={http.cookies['rapport_login']}"
+    session, login = await asyncio.to_thread(_open_session, base)
     token = session["invite_url"].rsplit("/join/", 1)[1]
     bursts = [(2.0 + i * (gap_s + burst_s), burst_s) for i in range(onsets)]
     client_audio = ScheduledSpeechTrack(bursts)

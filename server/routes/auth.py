@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -20,6 +21,7 @@ from ..auth import (
     SignedInUser,
     create_login,
 )
+from ..logs import pseudonym
 from ..models import LoginSession, SetupToken, User, UserRole
 from ..security import (
     MIN_PASSWORD_LENGTH,
@@ -34,6 +36,7 @@ from ..settings import Settings
 from ..throttle import LoginThrottle
 
 router = APIRouter(prefix="/api", tags=["auth"])
+log = logging.getLogger("rapport.auth")
 
 
 class LoginBody(BaseModel):
@@ -134,6 +137,12 @@ async def _signed_in(
     )
 
 
+def _log_failed_login(reason: str, **who: object) -> None:
+    """Never the password nor the email: a user id, or for an unknown address its pseudonym
+    (so a run of guesses at one address still shows as one)."""
+    log.info("sign-in failed: %s", reason, extra={"event": "login_failed", **who})
+
+
 @router.post("/login")
 async def login(
     body: LoginBody, request: Request, response: Response, db: DbSession, settings: SettingsDep
@@ -148,8 +157,10 @@ async def login(
     await db.commit()
     if user is None:
         await burn_verify_async(body.password)
+        _log_failed_login("no such account", account=pseudonym(email))
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Email or password is incorrect.")
     if not await verify_password_async(user.password_hash, body.password):
+        _log_failed_login("wrong password", user_id=user.id)
         if await throttle.audit_failure(email):
             record(db, "login_failed", f"user:{user.id}")
             await db.commit()

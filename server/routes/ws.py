@@ -18,6 +18,7 @@ from signaling.rooms import RoomRegistry
 from ..auth import CLIENT_COOKIE, ENROLMENT_MESSAGE, LOGIN_COOKIE, user_from_token
 from ..db import Database
 from ..invites import InviteCheck, InviteProblem, check_invite, kept_participant
+from ..logs import bind_session
 from ..models import Participant, SessionStatus, TherapySession, UserRole, utcnow
 from ..security import token_hash
 from ..settings import Settings
@@ -76,6 +77,7 @@ async def therapist_socket(ws: WebSocket, session_id: str) -> None:
     settings: Settings = ws.app.state.settings
     database: Database = ws.app.state.database
     rooms: RoomRegistry = ws.app.state.rooms
+    bind_session(session_id[:64], Role.THERAPIST)
     if not _origin_ok(ws, settings):
         await _refuse(ws, ErrorCode.FORBIDDEN, "Cross-site connection refused.", 4403)
         return
@@ -189,6 +191,7 @@ async def client_socket(ws: WebSocket, token: str) -> None:
         participant.last_seen_at = utcnow()
         await db.commit()
         session_id, status, participant_id = session.id, str(session.status), participant.id
+        bind_session(session_id, Role.CLIENT)
         invite_hash = session.invite_token_hash
         expires = session.invite_expires_at
         invite_expires_at = (expires if expires.tzinfo else expires.replace(tzinfo=UTC)).timestamp()

@@ -184,7 +184,10 @@ export function createCallPage(options) {
       return;
     }
     overlay.hidden = false;
-    el.stageMessage.replaceChildren(h("p", { class: "lead" }, lead), detail ? h("p", {}, detail) : null);
+    // replaceChildren turns a null argument into the text "null": pass only real nodes.
+    const lines = [h("p", { class: "lead" }, lead)];
+    if (detail) lines.push(h("p", {}, detail));
+    el.stageMessage.replaceChildren(...lines);
   }
 
   /** Cover the stage with a final message; `kind` is one of the final states. */
