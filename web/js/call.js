@@ -15,6 +15,7 @@ import { LocalMedia, PeerCall } from "./media.js";
 import { setConnectionStatus, setupDevices, setupMuteButtons, setupRemotePlayback } from "./callui.js";
 import { setupAgenda } from "./agenda.js";
 import { QualityIndicator, StatsReporter } from "./quality.js";
+import { setupScreenShare } from "./screen.js";
 
 // The stage's data-state, one of:
 // - live (set by the pages): "opening" (therapist, before the room answers), "precall" (client
@@ -102,6 +103,10 @@ export function createCallPage(options) {
     muteVideo: byTestId("mute-video"),
     leave: byTestId("leave-button"),
     agenda: byTestId("agenda"),
+    shareScreen: byTestId("share-screen-button"),
+    sharingBar: byTestId("sharing-bar"),
+    stopSharing: byTestId("stop-sharing"),
+    remoteScreen: byTestId("remote-screen"),
   };
 
   const local = new LocalMedia();
@@ -139,6 +144,18 @@ export function createCallPage(options) {
     onProblem: showError,
   });
   const playback = setupRemotePlayback(el.remote, el.play);
+  const screen = setupScreenShare({
+    button: el.shareScreen,
+    bar: el.sharingBar,
+    stopButton: el.stopSharing,
+    stage: el.stage,
+    remoteScreen: el.remoteScreen,
+    peerName: role === "therapist" ? "your client" : "your therapist",
+    send,
+    getCall: () => state.call,
+    onProblem: showError,
+    announce,
+  });
 
   function sendMute() {
     if (state.signaling && canSendMute()) {
@@ -199,6 +216,7 @@ export function createCallPage(options) {
     stats.stop();
     quality.clear();
     onStop();
+    screen.stop();
     if (state.call) state.call.dispose();
     state.call = null;
     local.stop();
@@ -335,7 +353,10 @@ export function createCallPage(options) {
         },
         onRemoteStream: () => playback.tryPlay(),
         onRecover: (reason) => renegotiate(`peer connection ${reason}`),
+        remoteScreen: el.remoteScreen,
+        getScreenTrack: () => screen.track(),
       });
+      screen.setEnabled(true);
     }
     await state.call.start();
     if (local.audioMuted || local.videoMuted) sendMute();
@@ -404,8 +425,12 @@ export function createCallPage(options) {
     };
     sig.on("joined", takeIce);
     sig.on("admitted", takeIce);
+    // A (re)join starts unshared on the server: a page that still shares says so again.
+    sig.on("joined", () => screen.resync());
+    sig.on("admitted", () => screen.resync());
     sig.on("peer_state", (msg) => {
       if (msg.role === role) return;
+      if (!state.finished) screen.onPeerState(msg);
       state.peer = msg;
       if (msg.present) state.peerWasPresent = false;
     });
@@ -433,6 +458,7 @@ export function createCallPage(options) {
         // The media engine went away under the offer (e.g. a worker restarted): try again.
         setTimeout(() => renegotiate("the media server was unavailable"), 2000);
       }
+      screen.onError(msg);
       if (onError(msg)) return;
       if (msg.code === "session_ended") {
         onEnded({});
