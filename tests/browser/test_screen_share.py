@@ -21,7 +21,16 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from .conftest import Browsers
-from .helpers import VIDEO_PLAYING_JS, new_page, shoot, wait_for
+from .helpers import (
+    DESKTOP,
+    PHONE,
+    VIDEO_PLAYING_JS,
+    axe_violations,
+    describe_violations,
+    new_page,
+    shoot,
+    wait_for,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -128,8 +137,14 @@ def test_screen_sharing_both_ways_with_stop_from_the_bar_and_from_the_browser(
             "therapist->client": "forward",
             "client->therapist": "forward",
         }
-        shoot(c, artifacts_dir, "screen-share-viewer-1280")
-        shoot(t, artifacts_dir, "screen-share-sharer-1280")
+        for page, name in ((c, "viewer"), (t, "sharer")):
+            shoot(page, artifacts_dir, f"screen-share-{name}-1280")
+            violations = axe_violations(page)
+            assert not violations, describe_violations(violations)
+            page.set_viewport_size(PHONE)
+            expect(page.get_by_test_id("stage")).to_be_visible()
+            shoot(page, artifacts_dir, f"screen-share-{name}-390")
+            page.set_viewport_size(DESKTOP)
 
         # Stop from the bar: the bar goes, and so does the client's large screen.
         t.get_by_test_id("stop-sharing").click()
