@@ -1,7 +1,8 @@
 """Screen sharing in real browsers (issue 13): the therapist shares and the client sees the
 screen play large with both faces small; the therapist stops from the bar; the client shares,
-a second share is refused with the reason, and the browser's own "Stop sharing" (the track
-ending) stops it; a sharer who reloads leaves no stale screen behind.
+a second share is refused with the reason, a restart_media (the media worker killed) keeps the
+share going, and the browser's own "Stop sharing" (the track ending) stops it; a sharer who
+reloads leaves no stale screen behind.
 
 Chromium's fake capture (``--use-fake-ui-for-media-stream`` with
 ``--use-fake-device-for-media-stream``, as every browser test runs) answers getDisplayMedia
@@ -11,7 +12,9 @@ tells the two apart.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import uuid
 from pathlib import Path
 from typing import Any
@@ -161,6 +164,24 @@ def test_screen_sharing_both_ways_with_stop_from_the_bar_and_from_the_browser(
         size = playing(t, SCREEN, "client-share", min_frames=15)
         assert size["width"] >= 960, size
         playing(t, REMOTE, "client-camera-during-share")
+
+        # restart_media (the call's media worker is killed): both pages re-offer, the share
+        # rides on the new connection, and the therapist's screen plays again, nobody clicking.
+        with server.signed_in(*server.users["admin"]) as admin:
+            calls = admin.get("/api/admin/calls").json()["calls"]
+            index = next(x["media_worker"] for x in calls if x["session_id"] == session_id)
+            assert index is not None, "the test server runs media in worker processes"
+            workers = admin.get("/api/admin/health").json()["media_workers"]
+            pid = int(next(w for w in workers if w.get("index", 0) == index)["pid"])
+        t.evaluate(f"() => {{ window.__before = document.querySelector('{SCREEN}').srcObject; }}")
+        os.kill(pid, signal.SIGKILL)
+        t.wait_for_function(
+            f"() => document.querySelector('{SCREEN}').srcObject !== window.__before",
+            timeout=WAIT_MS,
+        )
+        playing(t, SCREEN, "after-restart", min_frames=15)
+        screen_shown(t)
+        expect(c.get_by_test_id("sharing-bar")).to_be_visible()
 
         # One share at a time: the therapist's attempt is refused with the reason, at once.
         screens_before = t.evaluate("() => window.__screens.length")
