@@ -167,12 +167,15 @@ def test_screen_sharing_both_ways_with_stop_from_the_bar_and_from_the_browser(
 
         # restart_media (the call's media worker is killed): both pages re-offer, the share
         # rides on the new connection, and the therapist's screen plays again, nobody clicking.
-        with server.signed_in(*server.users["admin"]) as admin:
+        admin = server.signed_in(*server.users["admin"])
+        try:
             calls = admin.get("/api/admin/calls").json()["calls"]
             index = next(x["media_worker"] for x in calls if x["session_id"] == session_id)
             assert index is not None, "the test server runs media in worker processes"
             workers = admin.get("/api/admin/health").json()["media_workers"]
             pid = int(next(w for w in workers if w.get("index", 0) == index)["pid"])
+        finally:
+            admin.close()
         t.evaluate(f"() => {{ window.__before = document.querySelector('{SCREEN}').srcObject; }}")
         os.kill(pid, signal.SIGKILL)
         t.wait_for_function(
