@@ -293,3 +293,34 @@ def test_peer_state_says_who_shares_and_defaults_to_no_one() -> None:
     assert isinstance(message, ScreenShare) and message.active is True
     with pytest.raises(ValueError):
         inbound_adapter.validate_json('{"type": "screen_share"}')
+
+
+def test_call_quality_counts_the_camera_and_the_screen_together() -> None:
+    """Two video streams arrive (camera and a shared screen): loss over both, worse jitter;
+    the screen's idle counters must not hide the camera's loss."""
+    from types import SimpleNamespace
+
+    from media.relay.quality import PeerStatsSampler
+
+    def report(camera: tuple[int, int], screen: tuple[int, int]) -> dict[str, Any]:
+        def inbound(name: str, received: int, lost: int, jitter: int) -> Any:
+            return SimpleNamespace(
+                type="inbound-rtp",
+                kind="video",
+                id=name,
+                packetsReceived=received,
+                packetsLost=lost,
+                jitter=jitter,
+            )
+
+        return {
+            "camera": inbound("camera", *camera, jitter=900),  # 10 ms at 90 kHz
+            "screen": inbound("screen", *screen, jitter=2700),  # 30 ms
+        }
+
+    sampler = PeerStatsSampler()
+    sampler.sample(report((100, 0), (0, 0)), 0.0)
+    up, _ = sampler.sample(report((150, 50), (0, 0)), 2.0)
+    video = up.kinds["video"]
+    assert video.packets == 50 and video.loss == pytest.approx(0.5)
+    assert video.jitter_ms == pytest.approx(30.0)
