@@ -45,9 +45,23 @@ SHOWN = re.compile(r"\bscreen-shown\b")
 THERAPIST = ("screen.therapist@example.test", "quiet-harbour-7310")
 
 # Keeps every stream getDisplayMedia returns (window.__screens), so the test can end the
-# shared track the way the browser's own "Stop sharing" does.
+# shared track the way the browser's own "Stop sharing" does; and every signalling socket
+# (window.__sockets) with the screen_share messages sent on them (window.__shares).
 RECORD_SCREENS_JS = """
 (() => {
+  const Original = window.WebSocket;
+  window.__sockets = [];
+  window.__shares = [];
+  window.WebSocket = class extends Original {
+    constructor(...args) { super(...args); window.__sockets.push(this); }
+    send(data) {
+      try {
+        const msg = JSON.parse(data);
+        if (msg.type === "screen_share") window.__shares.push(msg.active);
+      } catch {}
+      return super.send(data);
+    }
+  };
   const md = navigator.mediaDevices;
   if (!md || !md.getDisplayMedia) return;
   const original = md.getDisplayMedia.bind(md);
@@ -188,6 +202,19 @@ def test_screen_sharing_both_ways_with_stop_from_the_bar_and_from_the_browser(
         )
         playing(t, SCREEN, "after-restart", min_frames=15)
         screen_shown(t)
+        expect(c.get_by_test_id("sharing-bar")).to_be_visible()
+
+        # The client's signalling socket drops (a network blip): the rejoined socket starts
+        # unshared on the server, the page says it still shares, and the screen stays.
+        assert c.evaluate("() => window.__shares") == [True]
+        c.evaluate("() => window.__sockets.at(-1).close(4000, 'test: network blip')")
+        wait_for(
+            lambda: c.evaluate("() => window.__shares") == [True, True],
+            timeout=WAIT_MS / 1000,
+            what="the client's page saying again that it shares, after rejoining",
+        )
+        screen_shown(t)
+        playing(t, SCREEN, "after-blip", min_frames=15)
         expect(c.get_by_test_id("sharing-bar")).to_be_visible()
 
         # One share at a time: the therapist's attempt is refused with the reason, at once.
