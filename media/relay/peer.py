@@ -4,8 +4,8 @@ Each participant gets one ``RTCPeerConnection``. What it receives either arrives
 frames (forwarding: ``media.aiortc_compat.forwarding`` takes them out of aiortc before its
 decoder) or as decoded frames from aiortc's own decode path (transcoding). Either way every
 received track is read continuously (an unread aiortc track grows memory by about 1 MB/s).
-What it sends comes from two ``OutboundTrack``\\ s that the call feeds with the other
-participant's media.
+What it sends comes from three ``OutboundTrack``\\ s (audio, camera, shared screen) that the
+call feeds with the other participant's media.
 
 In forwarding mode the answer negotiates VP8 and Opus only (``setCodecPreferences``) when the
 browser offers them, so that both legs of a call share a codec and frames can pass through;
