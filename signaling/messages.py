@@ -181,6 +181,14 @@ class IceRefresh(_Inbound):
     type: Literal["ice_refresh"]
 
 
+# --- screen sharing (issue 13) ---
+class ScreenShare(_Inbound):
+    """Start or stop showing your screen to the other person; one person shares at a time."""
+
+    type: Literal["screen_share"]
+    active: bool
+
+
 InboundMessage = Annotated[
     Join
     | Offer
@@ -200,7 +208,8 @@ InboundMessage = Annotated[
     | ShareBalance
     | ClientStats
     | ChatSend
-    | IceRefresh,
+    | IceRefresh
+    | ScreenShare,
     Field(discriminator="type"),
 ]
 # Derived from the union so a new message type cannot be forgotten here.
@@ -317,6 +326,8 @@ class PeerState(_Outbound):
     reconnecting: bool = False
     # Therapist only, for the client: whom a `remove` names.
     participant_id: int | None = None
+    # Screen sharing (issue 13): they are showing their screen on the second video section.
+    screen_sharing: bool = False
 
 
 class RestartMedia(_Outbound):
@@ -522,4 +533,6 @@ class ErrorCode(StrEnum):
     BAD_SDP = "bad_sdp", "The offer's SDP was rejected (malformed or unsupported)."
     MEDIA_FAILED = "media_failed", "The media server could not set up this participant's peer."
     INTERNAL = "internal", "An unexpected server error while handling the message."
+    # screen sharing (issue 13)
+    SCREEN_BUSY = "screen_busy", "The other person is sharing their screen; one share at a time."
     DRAINING = "draining", "The server is shutting down: new joins are refused, retry later."

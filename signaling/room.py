@@ -30,6 +30,7 @@ from media import (
     MediaUnavailable,
     Role,
     SdpError,
+    other_role,
 )
 
 from . import messages as m
@@ -141,6 +142,7 @@ class Member:
     state: Literal["connected", "waiting", "in_call", "left", "gone"] = "connected"
     audio_muted: bool = False
     video_muted: bool = False
+    screen_sharing: bool = False  # this socket's share; a rejoin starts unshared
     waiting_since: float = 0.0
     limiter: SocketLimiter = field(default_factory=lambda: SocketLimiter(Limits()))
     stats_bucket: TokenBucket = field(default_factory=lambda: TokenBucket(1.0, 3.0))
@@ -419,6 +421,8 @@ class Room:
                     await self._change_agenda(member, lambda a: a.set_homework(homework))
             case m.ChatSend():
                 await self._chat(member, message)
+            case m.ScreenShare(active=active):
+                await self._screen_share(member, active)
             case m.ShareBalance(on=on):
                 if await self._require_therapist(member, "share the talk balance"):
                     self.sharing_balance = on
@@ -529,6 +533,41 @@ class Room:
         await member.send(
             m.ChatHistory(messages=[self._chat_out(e, for_therapist=therapist) for e in entries])
         )
+
+    # ----------------------------------------------------------------- screen sharing
+    async def _screen_share(self, member: Member, active: bool) -> None:
+        """One person shares at a time, and a second share is refused rather than taking over.
+
+        Refusing is race-free (two clicks at once: the first wins, the second is told why),
+        and it never pulls a worksheet off the screen in the middle of someone's explanation;
+        the refused person asks, and shares once the other stops. The state belongs to this
+        socket: a reconnected or reloaded page starts unshared and says again if it still
+        shares, so the other side never keeps a large tile for a share that is gone.
+        """
+        if not self._in_call(member):
+            await self._error(
+                member,
+                m.ErrorCode.NOT_ADMITTED if member.role == Role.CLIENT else m.ErrorCode.NOT_JOINED,
+                "You can share your screen once you are in the session.",
+                ref="screen_share",
+            )
+            return
+        if active == member.screen_sharing:
+            return
+        other = self.member(other_role(member.role))
+        if active and other is not None and other.screen_sharing:
+            who = "Your client" if other.role == Role.CLIENT else "Your therapist"
+            await self._error(
+                member,
+                m.ErrorCode.SCREEN_BUSY,
+                f"{who} is sharing their screen. Ask them to stop, then share yours.",
+                ref="screen_share",
+            )
+            return
+        member.screen_sharing = active
+        action = "screen_share_started" if active else "screen_share_stopped"
+        await self.hooks.audit(self.session_id, action, member.actor)
+        await self._send_peer_state(member.role)
 
     # ----------------------------------------------------------------- agenda
     def _in_call(self, member: Member) -> bool:
@@ -1177,6 +1216,7 @@ class Room:
             media=self.media_state(role),
             reconnecting=role in self._held,
             participant_id=member.participant_id if member and role == Role.CLIENT else None,
+            screen_sharing=bool(member and member.screen_sharing),
         )
 
     def media_state(self, role: Role) -> MediaState:

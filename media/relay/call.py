@@ -34,7 +34,7 @@ from av.frame import Frame
 from ..participants import ROLES, MediaState, other_role
 from .frames import FORWARDABLE, EncodedFrame
 from .ice import MediaConfig
-from .peer import KINDS, ParticipantPeer
+from .peer import SLOTS, ParticipantPeer
 
 log = logging.getLogger("rapport.media")
 
@@ -159,7 +159,7 @@ class Call:
         # kind of media in it passes through encoded, "transcode" otherwise.
         self.relay_mode = initial_relay_modes(config)
         self._modes: dict[tuple[str, str], RelayMode] = {
-            (r, k): default for r in ROLES for k in KINDS
+            (r, k): default for r in ROLES for k in SLOTS
         }
         self.closed = False
 
@@ -251,7 +251,7 @@ class Call:
     def _update_modes(self) -> None:
         for source_role in ROLES:
             source = self.peers.get(source_role)
-            for kind in KINDS:
+            for kind in SLOTS:  # the shared screen is a slot of its own (media.relay.peer)
                 mode = self._decide(source_role, kind)
                 previous = self._modes[(source_role, kind)]
                 self._modes[(source_role, kind)] = mode
@@ -272,7 +272,7 @@ class Call:
                         )
                     else:
                         log.info("relay %s %s: forwarding %s", direction(source_role), kind, src)
-            modes = {self._modes[(source_role, k)] for k in KINDS}
+            modes = {self._modes[(source_role, k)] for k in SLOTS}
             self.relay_mode[direction(source_role)] = (
                 "transcode" if "transcode" in modes else "forward"
             )
@@ -301,13 +301,14 @@ class Call:
             self._on_audio(source_role, frame)
 
     def _keyframe_for_viewer(self, viewer_role: str, kind: str) -> None:
-        """The viewer lost or lacks a picture: ask the source's browser for a keyframe."""
-        if kind != "video":
+        """The viewer lost or lacks a picture (camera or screen, as ``kind`` says): ask the
+        source's browser for a keyframe of that stream."""
+        if kind not in ("video", "screen"):
             return
         source_role = other_role(viewer_role)
         source = self.peers.get(source_role)
         if source is not None and self._modes[(source_role, kind)] == "forward":
-            source.request_keyframe(f"viewer {viewer_role}")
+            source.request_keyframe(f"viewer {viewer_role}", kind)
 
     def _remb_from_viewer(self, viewer_role: str, bps: int) -> None:
         source_role = other_role(viewer_role)

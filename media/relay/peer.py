@@ -4,8 +4,8 @@ Each participant gets one ``RTCPeerConnection``. What it receives either arrives
 frames (forwarding: ``media.aiortc_compat.forwarding`` takes them out of aiortc before its
 decoder) or as decoded frames from aiortc's own decode path (transcoding). Either way every
 received track is read continuously (an unread aiortc track grows memory by about 1 MB/s).
-What it sends comes from two ``OutboundTrack``\\ s that the call feeds with the other
-participant's media.
+What it sends comes from three ``OutboundTrack``\\ s (audio, camera, shared screen) that the
+call feeds with the other participant's media.
 
 In forwarding mode the answer negotiates VP8 and Opus only (``setCodecPreferences``) when the
 browser offers them, so that both legs of a call share a codec and frames can pass through;
@@ -54,6 +54,13 @@ EncodedSink = Callable[[str, EncodedFrame], None]
 # room's "lost" within 2 s of the last packet (it used to take 3 s plus the tick).
 STALL_AFTER_S = 1.5
 KINDS = ("audio", "video")
+# What a peer negotiates, one transceiver each, in the order of the offer's media sections: the
+# first audio section, the first video section (the camera), and a second video section for a
+# shared screen (web/js/screen.js). Every offer carries the screen's section, with no track
+# until the person shares, so starting or stopping a share is a replaceTrack in the browser
+# and needs no renegotiation (the server only ever answers offers).
+SLOTS = ("audio", "video", "screen")
+SLOT_KIND = {"audio": "audio", "video": "video", "screen": "video"}
 # What the relay forwards, per kind, when the browser offers it.
 PREFERRED = {"video": "video/vp8", "audio": "audio/opus"}
 
@@ -146,13 +153,17 @@ class ParticipantPeer:
             "video": OutboundTrack(
                 "video", on_keyframe_needed=lambda: self._on_keyframe_request("video")
             ),
+            "screen": OutboundTrack(
+                "video", on_keyframe_needed=lambda: self._on_keyframe_request("screen")
+            ),
         }
+        self._transceivers: dict[str, RTCRtpTransceiver] = {}
         self.forwarders: dict[str, ForwardingReceiver] = {}
         self.codecs: dict[str, str | None] = {}
         self.tap: AudioTap | None = None
         self._readers: list[asyncio.Task[None]] = []
         self.last_frame_at: dict[str, float] = {}
-        self.frames_in: dict[str, int] = {"audio": 0, "video": 0}
+        self.frames_in: dict[str, int] = {slot: 0 for slot in SLOTS}
         self.closed = False
         self._stalled = False
         self._end_of_candidates: asyncio.Task[None] | None = None
@@ -173,24 +184,28 @@ class ParticipantPeer:
         """Apply a browser offer and return the answer; raise ``SdpError`` if unusable."""
         cleaned, browser_ended = withhold_end_of_candidates(sanitize_offer(offer_sdp, self._config))
         try:
-            # One transceiver per kind, created before the offer is applied so that its codec
-            # preferences shape the answer (aiortc fixes the codecs in setRemoteDescription).
-            transceivers: dict[str, RTCRtpTransceiver] = {}
+            # One transceiver per slot, created before the offer is applied so that its codec
+            # preferences shape the answer (aiortc fixes the codecs in setRemoteDescription),
+            # and in the offer's order, which is how aiortc pairs them with its sections.
+            transceivers = self._transceivers
             for kind, mimes in offered_codecs(cleaned):
-                if kind not in KINDS or kind in transceivers:
+                free = [s for s in SLOTS if SLOT_KIND[s] == kind and s not in transceivers]
+                slot = free[0] if free else None
+                if slot is None:
                     continue
-                transceiver = self.pc.addTransceiver(self.outbound[kind], direction="sendrecv")
-                transceivers[kind] = transceiver
+                transceiver = self.pc.addTransceiver(self.outbound[slot], direction="sendrecv")
+                transceivers[slot] = transceiver
                 if self._forward and PREFERRED[kind] in mimes:
                     prefer_codec(transceiver, PREFERRED[kind])
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=cleaned, type="offer"))
+            self._bundle_screen()
             self._guard_peer_reflexive()
             answer = await self.pc.createAnswer()
             answered = answered_codecs(answer.sdp)
-            for kind, transceiver in transceivers.items():
+            for slot, transceiver in transceivers.items():
                 mid = transceiver.mid
-                self.codecs[kind] = answered.get(mid) if mid is not None else None
-                self._install(kind, transceiver)
+                self.codecs[slot] = answered.get(mid) if mid is not None else None
+                self._install(slot, transceiver)
             # The hooks are in before the senders start, which setLocalDescription does.
             await self.pc.setLocalDescription(answer)
         except SdpError:
@@ -203,6 +218,25 @@ class ParticipantPeer:
         if browser_ended:
             self._end_of_candidates = asyncio.ensure_future(self._end_candidates_later())
         return self.pc.localDescription.sdp
+
+    def _bundle_screen(self) -> None:
+        """Put the screen's section on the camera's transport, as the browser's BUNDLE says.
+
+        aiortc's default bundle policy ("balanced") gives a second video transceiver the first
+        one's transport at creation and marks it bundled, so when the offer's BUNDLE moves the
+        camera onto the primary transport the screen stays on the discarded one and never
+        connects. Both are in the same BUNDLE group (browsers bundle every section), so the
+        screen belongs where the camera went. Only the transports' public setters are used;
+        "max-bundle" would avoid this, but aiortc then takes the candidates of the last section
+        only, which a browser may leave empty.
+        """
+        camera, screen = self._transceivers.get("video"), self._transceivers.get("screen")
+        if camera is None or screen is None:
+            return
+        transport = camera.receiver.transport
+        if screen.receiver.transport is not transport:
+            screen.receiver.setTransport(transport)
+            screen.sender.setTransport(transport)
 
     def _guard_peer_reflexive(self) -> None:
         """Judge the sources of incoming checks by the candidate filter's rule, before any can
@@ -232,7 +266,7 @@ class ParticipantPeer:
         except Exception:  # a peer closing meanwhile; ICE state says the rest
             log.exception("peer %s: end-of-candidates failed", self.label)
 
-    def _install(self, kind: str, transceiver: RTCRtpTransceiver) -> None:
+    def _install(self, slot: str, transceiver: RTCRtpTransceiver) -> None:
         """Hook forwarding into the transceiver when the relay forwards and the codec allows."""
         if not self._forward:
             return  # the transcoding relay is stock aiortc
@@ -245,22 +279,22 @@ class ParticipantPeer:
 
         watch_sender(
             transceiver.sender,
-            on_keyframe_request=lambda: self._on_keyframe_request(kind),
-            on_remb=self._on_remb if kind == "video" else None,
+            on_keyframe_request=lambda: self._on_keyframe_request(slot),
+            on_remb=self._on_remb if SLOT_KIND[slot] == "video" else None,
         )
         # Forwarded frames leave as the RTP payloads they arrived in (decoded ones, when
         # this direction transcodes, still go through aiortc's encoder).
         send_forwarded(transceiver.sender, transceiver)
-        self.outbound[kind].send_payloads = True
-        if self.codecs.get(kind) not in FORWARDABLE:
-            log.info("peer %s %s codec %s is decoded", self.label, kind, self.codecs.get(kind))
+        self.outbound[slot].send_payloads = True
+        if self.codecs.get(slot) not in FORWARDABLE:
+            log.info("peer %s %s codec %s is decoded", self.label, slot, self.codecs.get(slot))
             return
         forwarder = ForwardingReceiver(
-            transceiver, on_frame=lambda frame: self._on_encoded_frame(kind, frame)
+            transceiver, on_frame=lambda frame: self._on_encoded_frame(slot, frame)
         )
         forwarder.enable()
-        self.forwarders[kind] = forwarder
-        if kind == "audio" and self._on_tap_audio is not None:
+        self.forwarders[slot] = forwarder
+        if slot == "audio" and self._on_tap_audio is not None:
             self.tap = AudioTap(self._on_tap_audio)
 
     # ----------------------------------------------------------------- relay controls
@@ -282,15 +316,17 @@ class ParticipantPeer:
         else:
             forwarder.disable()
 
-    def request_keyframe(self, reason: str = "") -> None:
-        forwarder = self.forwarders.get("video")
+    def request_keyframe(self, reason: str = "", slot: str = "video") -> None:
+        forwarder = self.forwarders.get(slot)
         if forwarder is not None and forwarder.enabled:
             forwarder.request_keyframe(reason)
 
     def set_downstream_bitrate(self, bps: int | None) -> None:
-        forwarder = self.forwarders.get("video")
-        if forwarder is not None:
-            forwarder.set_downstream_bitrate(bps)
+        """The viewer's estimate caps each video stream this peer sends (camera and screen)."""
+        for slot in ("video", "screen"):
+            forwarder = self.forwarders.get(slot)
+            if forwarder is not None:
+                forwarder.set_downstream_bitrate(bps)
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -358,11 +394,17 @@ class ParticipantPeer:
             log.exception("encoded frame sink failed")
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        self._readers.append(asyncio.ensure_future(self._read(track)))
+        # aiortc names the track's kind, not its section: the camera and the shared screen are
+        # both "video", told apart by the transceiver that received them.
+        slot = next((s for s, t in self._transceivers.items() if t.receiver.track is track), None)
+        self._readers.append(asyncio.ensure_future(self._read(track, slot)))
 
-    async def _read(self, track: MediaStreamTrack) -> None:
-        """Read aiortc's decoded frames (transcoding); when forwarding this just waits."""
-        kind = track.kind
+    async def _read(self, track: MediaStreamTrack, slot: str | None) -> None:
+        """Read aiortc's decoded frames (transcoding); when forwarding this just waits.
+
+        A section beyond the known slots (``slot`` None) is read and dropped: unread, it leaks.
+        """
+        kind = slot
         while True:
             try:
                 frame = await track.recv()
@@ -373,7 +415,7 @@ class ParticipantPeer:
             except Exception:  # a decoder hiccup must not stop the reader: unread tracks leak
                 log.exception("reading %s track failed", kind)
                 continue
-            if not isinstance(frame, Frame):
+            if not isinstance(frame, Frame) or kind is None:
                 continue
             self._arrived(kind, time.monotonic())
             try:

@@ -189,16 +189,28 @@ class PeerStatsSampler:
         for stat in report.values():
             kind: str = getattr(stat, "kind", "") or ""
             match getattr(stat, "type", ""):
+                # A kind may have two streams (the camera and a shared screen): sum their
+                # counters, keep the worse loss fraction and jitter.
                 case "inbound-rtp":
-                    counters.in_received[kind] = stat.packetsReceived
-                    counters.in_lost[kind] = max(0, stat.packetsLost)
-                    up_jitter[kind] = stat.jitter / CLOCK_RATE[kind] * 1000
+                    counters.in_received[kind] = (
+                        counters.in_received.get(kind, 0) + stat.packetsReceived
+                    )
+                    counters.in_lost[kind] = counters.in_lost.get(kind, 0) + max(
+                        0, stat.packetsLost
+                    )
+                    jitter = stat.jitter / CLOCK_RATE[kind] * 1000
+                    up_jitter[kind] = max(jitter, up_jitter.get(kind, 0.0))
                 case "remote-inbound-rtp":
-                    counters.out_packets[kind] = stat.packetsReceived
-                    counters.out_lost[kind] = max(0, stat.packetsLost)
+                    counters.out_packets[kind] = (
+                        counters.out_packets.get(kind, 0) + stat.packetsReceived
+                    )
+                    counters.out_lost[kind] = counters.out_lost.get(kind, 0) + max(
+                        0, stat.packetsLost
+                    )
+                    seen = down.get(kind, {"fraction": 0.0, "jitter": 0.0})
                     down[kind] = {
-                        "fraction": stat.fractionLost / 256,
-                        "jitter": stat.jitter / CLOCK_RATE[kind] * 1000,
+                        "fraction": max(seen["fraction"], stat.fractionLost / 256),
+                        "jitter": max(seen["jitter"], stat.jitter / CLOCK_RATE[kind] * 1000),
                     }
                     if stat.roundTripTime is not None:
                         rtts.append(stat.roundTripTime * 1000)

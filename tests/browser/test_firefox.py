@@ -63,16 +63,23 @@ MEDIA_STATS_JS = """async () => {
     inbound: {},
     outbound: {},
   };
+  // A kind may have several streams (the camera and an idle screen-share section): sum them.
+  const add = (into, kind, values) => {
+    const seen = into[kind] || {};
+    into[kind] = Object.fromEntries(
+      Object.entries(values).map(([key, value]) => [key, (seen[key] || 0) + value]),
+    );
+  };
   (await pc.getStats()).forEach((s) => {
     const kind = s.kind || s.mediaType;
     if (s.type === "inbound-rtp") {
-      out.inbound[kind] = {
+      add(out.inbound, kind, {
         bytes: s.bytesReceived || 0,
         frames: s.framesDecoded || 0,
         energy: s.totalAudioEnergy || 0,
-      };
+      });
     } else if (s.type === "outbound-rtp") {
-      out.outbound[kind] = { bytes: s.bytesSent || 0, frames: s.framesEncoded || 0 };
+      add(out.outbound, kind, { bytes: s.bytesSent || 0, frames: s.framesEncoded || 0 });
     }
   });
   return out;

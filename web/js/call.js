@@ -17,6 +17,7 @@ import {
 } from "./callui.js";
 import { setupAgenda } from "./agenda.js";
 import { QualityIndicator, StatsReporter } from "./quality.js";
+import { setupScreenShare } from "./screen.js";
 
 // The stage's data-state, one of:
 // - live (set by the pages): "opening" (therapist, before the room answers), "precall" (client
@@ -106,6 +107,10 @@ export function createCallPage(options) {
     muteVideo: byTestId("mute-video"),
     leave: byTestId("leave-button"),
     agenda: byTestId("agenda"),
+    shareScreen: byTestId("share-screen-button"),
+    sharingBar: byTestId("sharing-bar"),
+    stopSharing: byTestId("stop-sharing"),
+    remoteScreen: byTestId("remote-screen"),
   };
 
   const local = new LocalMedia();
@@ -145,6 +150,18 @@ export function createCallPage(options) {
     onProblem: showError,
   });
   const playback = setupRemotePlayback(el.remote, el.play);
+  const screen = setupScreenShare({
+    button: el.shareScreen,
+    bar: el.sharingBar,
+    stopButton: el.stopSharing,
+    stage: el.stage,
+    remoteScreen: el.remoteScreen,
+    peerName: role === "therapist" ? "your client" : "your therapist",
+    send,
+    getCall: () => state.call,
+    onProblem: showError,
+    announce,
+  });
 
   function sendMute() {
     if (state.signaling && canSendMute()) {
@@ -214,6 +231,7 @@ export function createCallPage(options) {
     stats.stop();
     quality.clear();
     onStop();
+    screen.stop();
     if (state.call) state.call.dispose();
     state.call = null;
     local.stop();
@@ -380,7 +398,10 @@ export function createCallPage(options) {
         },
         onRemoteStream: () => playback.tryPlay(),
         onRecover: (reason) => renegotiate(`peer connection ${reason}`),
+        remoteScreen: el.remoteScreen,
+        getScreenTrack: () => screen.track(),
       });
+      screen.setEnabled(true);
     }
     await state.call.start();
     if (local.audioMuted || local.videoMuted) sendMute();
@@ -455,8 +476,12 @@ export function createCallPage(options) {
       takeIce(msg);
       for (const done of [...iceWaiters]) done();
     });
+    // A (re)join starts unshared on the server: a page that still shares says so again.
+    sig.on("joined", () => screen.resync());
+    sig.on("admitted", () => screen.resync());
     sig.on("peer_state", (msg) => {
       if (msg.role === role) return;
+      if (!state.finished) screen.onPeerState(msg);
       state.peer = msg;
       tiles.peer(msg);
       if (msg.present) state.peerWasPresent = false;
@@ -496,6 +521,7 @@ export function createCallPage(options) {
           renegotiate("the media server was unavailable");
         }, 2000);
       }
+      screen.onError(msg);
       if (onError(msg)) return;
       if (msg.code === "session_ended") {
         onEnded({});

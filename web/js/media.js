@@ -301,7 +301,7 @@ export async function ensurePlaying(video) {
 export class PeerCall {
   constructor({
     signaling, iceServers = [], iceTransportPolicy = "all", local, remoteVideo, onState, onRemoteStream,
-    onRecover, recoverAfterMs = 5000,
+    onRecover, recoverAfterMs = 5000, remoteScreen = null, getScreenTrack = () => null,
   }) {
     this.signaling = signaling;
     this.iceServers = iceServers;
@@ -319,7 +319,22 @@ export class PeerCall {
     this.recoverTimer = null;
     this.closed = false;
     this.remoteStream = null;
+    // Screen sharing (web/js/screen.js): the other person's screen, and ours while we share.
+    this.remoteScreen = remoteScreen;
+    this.getScreenTrack = getScreenTrack;
+    this.screenTransceiver = null;
     this.unsubscribe = local.onTrackChange((kind, track) => this._replaceTrack(kind, track));
+  }
+
+  /** Share `track` (a screen) on the screen section, or stop (null): no renegotiation. */
+  async setScreenTrack(track) {
+    const transceiver = this.screenTransceiver;
+    if (!transceiver || !this.pc || this.pc.connectionState === "closed") return;
+    try {
+      await transceiver.sender.replaceTrack(track || null);
+    } catch (err) {
+      console.warn("replaceTrack (screen) failed", err);
+    }
   }
 
   /** Use these ICE servers and policy from the next offer on (the current connection keeps its own). */
@@ -366,10 +381,27 @@ export class PeerCall {
         this.senders[kind] = pc.addTransceiver(kind, { direction: "sendrecv" }).sender;
       }
     }
+    // Always a second video section, for a shared screen: it carries nothing until someone
+    // shares, and sharing is then a replaceTrack, never a new offer.
+    const screenTrack = this.getScreenTrack();
+    const screenTransceiver = pc.addTransceiver(screenTrack || "video", { direction: "sendrecv" });
+    this.screenTransceiver = screenTransceiver;
 
     pc.addEventListener("track", (event) => {
       if (generation !== this.generation) return;
       const track = event.track;
+      if (event.transceiver === screenTransceiver) {
+        // The other person's screen: its own element, shown only while they share. After a
+        // renegotiation the old picture stays until the new track carries frames.
+        const screen = this.remoteScreen;
+        if (!screen) return;
+        const showScreen = () => {
+          if (generation === this.generation) screen.srcObject = new MediaStream([track]);
+        };
+        if (!screen.srcObject || !track.muted) showScreen();
+        else track.addEventListener("unmute", showScreen, { once: true });
+        return;
+      }
       const stale = remote.getTracks().filter((t) => t.kind === track.kind);
       for (const t of stale) remote.removeTrack(t);
       remote.addTrack(track);
@@ -474,6 +506,7 @@ export class PeerCall {
     }
     this.pc = null;
     this.senders = { audio: null, video: null };
+    this.screenTransceiver = null;
   }
 
   close() {
@@ -486,6 +519,7 @@ export class PeerCall {
     }
     this.remoteVideo.srcObject = null;
     this.remoteStream = null;
+    if (this.remoteScreen) this.remoteScreen.srcObject = null;
     this.onState("closed");
   }
 
