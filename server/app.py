@@ -21,6 +21,7 @@ from signaling.rooms import RoomRegistry
 
 from .alliance_hub import SignalsHub
 from .body_limit import BodySizeLimit
+from .cluster import cluster_for, register_node_metrics
 from .db import Database
 from .hooks import DatabaseRoomHooks
 from .lifecycle import Drain, Reaper
@@ -92,6 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         loop_lag.start()
         quality.start()
         reaper.start()
+        if cluster is not None:
+            await cluster.start()
         yield
         app.state.draining = True
         await reaper.stop()
@@ -101,6 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if pool is not None:
             await pool.close()
         await signals.close()
+        if cluster is not None:
+            await cluster.stop()  # after the signals are saved: the next host resumes them
         await database.dispose()
 
     docs = settings.api_docs
@@ -152,6 +157,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     signals.rooms = app.state.rooms
     app.state.rooms.on_room_closed = signals.unload
+    # --- cluster (issue 15): several nodes through Redis; None is single-node mode.
+    cluster = cluster_for(settings, app)
+    app.state.cluster = cluster
     # The drain is started by the server's signal handling (server.cli), or by `start_drain`.
     app.state.drain = Drain(app.state.rooms, signals, settings.drain_timeout_s)
     reaper = Reaper(database, app.state.rooms, signals, room_hooks, settings.idle_end_after_s)
@@ -170,6 +178,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "Sessions whose live signals are in memory",
         registry=metrics.registry,
     ).set_function(lambda: len(signals.sessions))
+    register_node_metrics(metrics.registry, settings.node_id, cluster)
     app.state.metrics = metrics
     app.state.quality = quality
     app.state.loop_lag = loop_lag
