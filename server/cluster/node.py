@@ -357,7 +357,10 @@ class Cluster:
             log.warning("dropped a malformed cluster envelope")
             return
         if isinstance(envelope, Open):
-            task = asyncio.ensure_future(self._serve_remote(envelope))
+            # Registered before anything awaits: the socket's first frames follow at once.
+            channel = RelayChannel(self, envelope.conn, envelope.origin)
+            self.inbound[envelope.conn] = channel
+            task = asyncio.ensure_future(self._serve_remote(envelope, channel))
             self._serving.add(task)
             task.add_done_callback(self._serving.discard)
         elif (relayed := self.outbound.get(envelope.conn)) is not None:
@@ -372,9 +375,7 @@ class Cluster:
             else:
                 channel.ended()
 
-    async def _serve_remote(self, opened: Open) -> None:
-        channel = RelayChannel(self, opened.conn, opened.origin)
-        self.inbound[opened.conn] = channel
+    async def _serve_remote(self, opened: Open, channel: RelayChannel) -> None:
         try:
             host = await self.directory.place(opened.session_id, self.node_id)
             if host != self.node_id or self.serve_here is None:
