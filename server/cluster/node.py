@@ -358,9 +358,9 @@ class Cluster:
             return
         if isinstance(envelope, Open):
             # Registered before anything awaits: the socket's first frames follow at once.
-            channel = RelayChannel(self, envelope.conn, envelope.origin)
-            self.inbound[envelope.conn] = channel
-            task = asyncio.ensure_future(self._serve_remote(envelope, channel))
+            opened = RelayChannel(self, envelope.conn, envelope.origin)
+            self.inbound[envelope.conn] = opened
+            task = asyncio.ensure_future(self._serve_remote(envelope, opened))
             self._serving.add(task)
             task.add_done_callback(self._serving.discard)
         elif (relayed := self.outbound.get(envelope.conn)) is not None:
