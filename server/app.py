@@ -22,6 +22,7 @@ from signaling.rooms import RoomRegistry
 from .alliance_hub import SignalsHub
 from .body_limit import BodySizeLimit
 from .cluster import cluster_for, register_node_metrics
+from .cluster import routes as cluster_routes
 from .db import Database
 from .hooks import DatabaseRoomHooks
 from .lifecycle import Drain, Reaper
@@ -246,6 +247,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         admin.router,
         ws.router,
         pages.router,
+        cluster_routes.router,
     ):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=settings.web_dir), name="static")

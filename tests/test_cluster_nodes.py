@@ -20,6 +20,8 @@ import websockets
 
 from tests.media_helpers import FakeBrowser, PcmTrack, speech
 from tests.server_process import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
     THERAPIST_EMAIL,
     THERAPIST_PASSWORD,
     RapportServer,
@@ -145,6 +147,22 @@ async def test_sockets_on_a_non_hosting_node_reach_the_room(
             await _agenda_with(t, "Sleep")
             await t.send({"type": "agenda_add", "text": "Work"})
             await _agenda_with(c, "Work")
+            # The admin, signed in on either node, sees both nodes and the call on the host.
+            async with httpx.AsyncClient(base_url=edge.url, timeout=15) as admin:
+                response = await admin.post(
+                    "/api/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+                )
+                assert response.status_code == 200, response.text
+                view = (await admin.get("/api/admin/cluster")).json()
+            assert view["mode"] == "cluster" and view["this_node"] == "edge"
+            by_node = {n["info"]["node_id"]: n for n in view["nodes"]}
+            assert set(by_node) == {"edge", "host"}
+            assert all(n["healthy"] for n in view["nodes"])
+            assert not by_node["edge"]["info"]["hosts_rooms"]
+            assert [call["session_id"] for call in by_node["host"]["info"]["live_calls"]] == [
+                session["id"]
+            ]
+            assert by_node["host"]["info"]["calls"] == 1 and view["live_calls"] == 1
             await t.close()
             await c.close()
         finally:
