@@ -139,8 +139,7 @@ async def test_sockets_on_a_non_hosting_node_reach_the_room(
             # therapist's offer and answer travel through the relay.
             await t.start_media()
             await c.start_media(await _talking_client())
-            snapshot = await _signals(t, lambda s: s["client_talk_s"] >= 2.0)
-            assert snapshot["therapist_talk_s"] < snapshot["client_talk_s"]
+            await _signals(t, lambda s: s["client_talk_s"] >= 2.0)
             # The agenda both ways: a client's proposal reaches the relayed therapist, and the
             # therapist's item (sent through the relay) reaches the client.
             await c.send({"type": "agenda_add", "text": "Sleep"})

@@ -17,7 +17,7 @@ from tests.server_process import THERAPIST_EMAIL, THERAPIST_PASSWORD
 from tests.test_cluster_nodes import cluster
 
 from .conftest import Browsers
-from .helpers import new_page, wait_video
+from .helpers import VIDEO_PLAYING_JS, new_page, wait_for, wait_video
 
 pytestmark = pytest.mark.browser
 
@@ -80,3 +80,86 @@ def test_therapist_and_client_on_different_nodes_hold_a_session(
         finally:
             t_ctx.close()
             c_ctx.close()
+
+
+def test_a_killed_hosting_node_moves_the_call_with_no_click(
+    tmp_path: Path, postgres: Any, redis_url: str, browsers: Browsers, console_log: list[str]
+) -> None:
+    """Both pages behind one node that hosts nothing (a load balancer's choice); the room is on
+    one of two media nodes. SIGKILL it: the pages reconnect by themselves and the call is back
+    on the other node within 20 s, in the same session record."""
+    nodes = [("edge", False), ("node-b", True), ("node-c", True)]
+    with cluster(tmp_path, postgres.new_database(), redis_url, nodes) as servers:
+        edge, by_id = servers[0], {n: s for (n, _), s in zip(nodes, servers, strict=True)}
+        t_ctx, t = new_page(browsers.therapist, edge.url, console_log, "therapist")
+        c_ctx, c = new_page(browsers.client, edge.url, console_log, "client")
+        http = edge.signed_in(THERAPIST_EMAIL, THERAPIST_PASSWORD)
+        try:
+            login = {"email": THERAPIST_EMAIL, "password": THERAPIST_PASSWORD}
+            assert t.request.post("/api/login", data=login).ok
+            session = http.post("/api/sessions", json={"client_label": "Failover"}).json()
+            t.goto(f"/sessions/{session['id']}", wait_until="domcontentloaded")
+            c.goto(session["invite_url"], wait_until="domcontentloaded")
+            expect(c.get_by_test_id("join-button")).to_be_enabled()
+            c.get_by_test_id("display-name").fill("Robin")
+            c.get_by_test_id("join-button").click()
+            t.get_by_test_id("admit-button").click()
+            wait_video(t, "call", REMOTE)
+            wait_video(c, "call", REMOTE)
+
+            def stored() -> dict[str, Any] | None:
+                # The edge hosts nothing: its answer is the persisted record.
+                res = http.get(f"/api/sessions/{session['id']}/metrics")
+                return res.json() if res.status_code == 200 else None
+
+            before = wait_for(
+                lambda: (m := stored()) and m["client_talk_s"] > 3 and m,
+                timeout=60,
+                what="persisted talk from the client",
+            )
+            measured = time.monotonic()
+            for page in (t, c):
+                page.evaluate(
+                    "window.__clicks = 0; addEventListener('click', () => window.__clicks++, true)"
+                )
+            host_id = _host_of(redis_url, session["id"])
+            by_id[host_id].kill()
+            killed = time.monotonic()
+            videos_advance([t, c], "after-failover", killed + 20)
+            print(f"failover: both videos advancing {time.monotonic() - killed:.1f} s after kill")
+            new_host = _host_of(redis_url, session["id"])
+            assert new_host in ("node-b", "node-c") and new_host != host_id
+            for page in (t, c):
+                assert page.evaluate("window.__clicks") == 0
+            grown = wait_for(
+                lambda: (m := stored()) and m["client_talk_s"] > before["client_talk_s"] + 2 and m,
+                timeout=60,
+                what="talk totals growing past their value before the kill",
+            )
+            # One record, continued (not from zero) and not doubled: the client's talk grew
+            # by no more than the wall-clock time since it was read.
+            assert grown["duration_s"] >= before["duration_s"]
+            gained = grown["client_talk_s"] - before["client_talk_s"]
+            assert gained <= time.monotonic() - measured + 1.0, (before, grown)
+        finally:
+            http.close()
+            t_ctx.close()
+            c_ctx.close()
+
+
+def _host_of(redis_url: str, session_id: str) -> str:
+    import redis
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return str(client.get(f"rapport:room:{session_id}"))
+    finally:
+        client.close()
+
+
+def videos_advance(pages: list[Any], key: str, deadline: float, min_frames: int = 10) -> None:
+    for page in pages:
+        left_ms = max(1.0, (deadline - time.monotonic()) * 1000)
+        page.wait_for_function(
+            VIDEO_PLAYING_JS, arg=[REMOTE, key, min_frames], polling=100, timeout=left_ms
+        )
