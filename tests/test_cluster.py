@@ -148,3 +148,12 @@ def test_single_node_mode_is_the_default() -> None:
 def test_a_heartbeat_slower_than_the_ttl_is_refused() -> None:
     with pytest.raises(ValueError, match="HEARTBEAT"):
         Settings(redis_url="redis://127.0.0.1:1/0", cluster_heartbeat_s=4, cluster_node_ttl_s=5)
+
+
+async def test_an_unreachable_redis_is_named_at_start() -> None:
+    from tests.conftest import free_port
+
+    node = Cluster(f"redis://127.0.0.1:{free_port()}/0", "lonely", _registry())
+    with pytest.raises(RuntimeError, match="RAPPORT_REDIS_URL"):
+        await node.start()
+    await node.stop()  # leaving an unreachable cluster must not raise either

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from fastapi import WebSocket
 from pydantic import ValidationError
 from redis.asyncio import ConnectionPool, Redis
+from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect
 
 from signaling.room import Member
@@ -141,7 +142,14 @@ class Cluster:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        await self.beat()
+        try:
+            await self.beat()
+        except (RedisError, OSError) as exc:
+            # Say which setting is wrong rather than a bare connection traceback; the address
+            # is not printed (the URL may carry a password).
+            raise RuntimeError(
+                f"cluster mode: cannot reach Redis (RAPPORT_REDIS_URL): {type(exc).__name__}"
+            ) from exc
         self._tasks = [
             asyncio.ensure_future(self._listen()),
             asyncio.ensure_future(self._heartbeat()),
