@@ -22,6 +22,8 @@ from signaling.rooms import RoomRegistry
 from .access_log import AccessLog
 from .alliance_hub import SignalsHub
 from .body_limit import BodySizeLimit
+from .cluster import cluster_for, register_node_metrics
+from .cluster import routes as cluster_routes
 from .db import Database
 from .hooks import DatabaseRoomHooks
 from .lifecycle import Drain, Reaper
@@ -90,6 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         loop_lag.start()
         quality.start()
         reaper.start()
+        if cluster is not None:
+            await cluster.start()
         yield
         app.state.draining = True
         await reaper.stop()
@@ -99,6 +103,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if pool is not None:
             await pool.close()
         await signals.close()
+        if cluster is not None:
+            await cluster.stop()  # after the signals are saved: the next host resumes them
         await database.dispose()
 
     docs = settings.api_docs
@@ -156,6 +162,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     signals.rooms = app.state.rooms
     app.state.rooms.on_room_closed = signals.unload
+    # --- cluster (issue 15): several nodes through Redis; None is single-node mode.
+    cluster = cluster_for(settings, app)
+    app.state.cluster = cluster
     # The drain is started by the server's signal handling (server.cli), or by `start_drain`.
     app.state.drain = Drain(app.state.rooms, signals, settings.drain_timeout_s)
     reaper = Reaper(database, app.state.rooms, signals, room_hooks, settings.idle_end_after_s)
@@ -175,6 +184,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry=metrics.registry,
     ).set_function(lambda: len(signals.sessions))
     metrics.watch_media_pool(pool)
+    register_node_metrics(metrics.registry, settings.node_id, cluster)
     app.state.metrics = metrics
     app.state.quality = quality
     app.state.loop_lag = loop_lag
@@ -244,6 +254,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         admin.router,
         ws.router,
         pages.router,
+        cluster_routes.router,
     ):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=settings.web_dir), name="static")

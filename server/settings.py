@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -152,6 +153,19 @@ class Settings(BaseSettings):
     # everything (a practice's record-keeping duty decides, not the software).
     retention_days: int | None = Field(default=None, ge=1, le=36500)
     log_json: bool = True
+    # --- cluster (several nodes, issue 15) ---
+    # Redis (redis://host:6379/0) shared by every node: set it to run several nodes behind one
+    # address. Unset (the default) is single-node mode, with no Redis at all.
+    redis_url: str | None = None
+    # This node's name in the cluster (node list, metrics); the host name by default.
+    node_id: str = Field(default_factory=lambda: socket.gethostname() or "rapport", min_length=1)
+    # Heartbeat period; a node silent for node_ttl_s is taken for dead and its rooms move on
+    # the next reconnect. A room's lease (renewed by its host every heartbeat) lasts lease_s.
+    cluster_heartbeat_s: float = Field(default=1.0, gt=0, le=60)
+    cluster_node_ttl_s: float = Field(default=5.0, gt=0, le=300)
+    cluster_lease_s: float = Field(default=5.0, gt=0, le=300)
+    # False: this node relays signalling but hosts no rooms (a signalling-only front node).
+    cluster_hosts_rooms: bool = True
 
     @field_validator(
         "ice_servers",
@@ -240,6 +254,18 @@ class Settings(BaseSettings):
                 if str(url).startswith(("turn:", "turns:")):
                     return True
         return False
+
+    @model_validator(mode="after")
+    def _cluster_timing(self) -> Settings:
+        """A heartbeat slower than the node TTL would make live nodes look dead."""
+        if self.redis_url and self.cluster_heartbeat_s * 2 > min(
+            self.cluster_node_ttl_s, self.cluster_lease_s
+        ):
+            raise ValueError(
+                "RAPPORT_CLUSTER_HEARTBEAT_S must be at most half of RAPPORT_CLUSTER_NODE_TTL_S "
+                "and RAPPORT_CLUSTER_LEASE_S"
+            )
+        return self
 
     @model_validator(mode="after")
     def _default_public_url(self) -> Settings:

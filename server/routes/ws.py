@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from datetime import UTC
+from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, WebSocket
@@ -16,6 +17,7 @@ from signaling.room import Member
 from signaling.rooms import RoomRegistry
 
 from ..auth import CLIENT_COOKIE, ENROLMENT_MESSAGE, LOGIN_COOKIE, user_from_token
+from ..cluster import Cluster
 from ..db import Database
 from ..invites import InviteCheck, InviteProblem, check_invite, kept_participant
 from ..logs import bind_session
@@ -39,6 +41,31 @@ DRAINING_MESSAGE = (
     "The server is restarting for maintenance and is not taking new calls right now. "
     "Please try again in a minute."
 )
+
+
+async def serve_here(app: Any, session_id: str, status: str, member: Member) -> None:
+    """Serve an accepted socket (local, or relayed from another node) in this node's room."""
+    # Accept before loading the signals: from `prepare` returning to the room holding them
+    # nothing awaits, so an emptied room's signals cannot be unloaded in between.
+    await app.state.signals.prepare(session_id)
+    room = app.state.rooms.get_or_create(session_id, status)
+    await room.serve(member)
+
+
+async def serve_socket(ws: WebSocket, session_id: str, status: str, member: Member) -> None:
+    """In cluster mode the room may live on another node: relay the socket there."""
+    cluster: Cluster | None = getattr(ws.app.state, "cluster", None)
+    if cluster is not None:
+        host = await cluster.place(session_id)
+        if host is None:
+            await _refuse(ws, ErrorCode.DRAINING, DRAINING_MESSAGE, 1013)
+            return
+        if host != cluster.node_id:
+            await ws.accept()
+            await cluster.relay(ws, host, session_id, status, member)
+            return
+    await ws.accept()
+    await serve_here(ws.app, session_id, status, member)
 
 
 def _live_room(rooms: RoomRegistry, session_id: str) -> bool:
@@ -107,12 +134,10 @@ async def therapist_socket(ws: WebSocket, session_id: str) -> None:
     if ws.app.state.draining and not _live_room(rooms, session_id):
         await _refuse(ws, ErrorCode.DRAINING, DRAINING_MESSAGE, 1013)
         return
-    # Accept before loading the signals: from `prepare` returning to the room holding them
-    # nothing awaits, so an emptied room's signals cannot be unloaded in between.
-    await ws.accept()
-    await ws.app.state.signals.prepare(session_id)
-    room = rooms.get_or_create(session_id, status)
-    await room.serve(
+    await serve_socket(
+        ws,
+        session_id,
+        status,
         Member(
             role=Role.THERAPIST,
             channel=ws,
@@ -120,7 +145,7 @@ async def therapist_socket(ws: WebSocket, session_id: str) -> None:
             login_hash=token_hash(ws.cookies.get(LOGIN_COOKIE, "")),
             user_id=user_id,
             display_name=therapist_name,
-        )
+        ),
     )
 
 
@@ -195,10 +220,10 @@ async def client_socket(ws: WebSocket, token: str) -> None:
         invite_hash = session.invite_token_hash
         expires = session.invite_expires_at
         invite_expires_at = (expires if expires.tzinfo else expires.replace(tzinfo=UTC)).timestamp()
-    await ws.accept()
-    await ws.app.state.signals.prepare(session_id)
-    room = rooms.get_or_create(session_id, status)
-    await room.serve(
+    await serve_socket(
+        ws,
+        session_id,
+        status,
         Member(
             role=Role.CLIENT,
             channel=ws,
@@ -209,5 +234,5 @@ async def client_socket(ws: WebSocket, token: str) -> None:
             invite_expires_at=invite_expires_at,
             identity_hash=identity_hash,
             address=ws.client.host if ws.client else "unknown",
-        )
+        ),
     )

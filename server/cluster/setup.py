@@ -1,0 +1,74 @@
+"""Wiring a node into the app: the cluster object (when Redis is configured) and its metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, Gauge
+
+from ..settings import Settings
+from .node import Cluster
+
+
+def cluster_for(settings: Settings, app: FastAPI) -> Cluster | None:
+    """The node's cluster membership, or None (single-node mode) without RAPPORT_REDIS_URL."""
+    if not settings.redis_url:
+        return None
+    from ..routes.ws import serve_here
+
+    rooms = app.state.rooms
+    cluster = Cluster(
+        settings.redis_url,
+        settings.node_id,
+        rooms,
+        heartbeat_s=settings.cluster_heartbeat_s,
+        node_ttl_s=settings.cluster_node_ttl_s,
+        lease_s=settings.cluster_lease_s,
+        hosts_rooms=settings.cluster_hosts_rooms,
+        draining=lambda: bool(app.state.draining),
+    )
+
+    async def serve(session_id: str, status: str, member: Any) -> None:
+        await serve_here(app, session_id, status, member)
+
+    cluster.serve_here = serve
+    unload = rooms.on_room_closed
+
+    async def room_closed(session_id: str) -> None:
+        # Save the signals first, then give the lease back: the next host resumes from them.
+        if unload is not None:
+            await unload(session_id)
+        await cluster.room_closed(session_id)
+
+    rooms.on_room_closed = room_closed
+    return cluster
+
+
+def register_node_metrics(
+    registry: CollectorRegistry, node_id: str, cluster: Cluster | None
+) -> None:
+    """``rapport_node_info{node=...}`` on every node (join other series on it by instance),
+    and in cluster mode what this node sees of the cluster."""
+    Gauge(
+        "rapport_node_info", "This node's id in the cluster (always 1)", ["node"], registry=registry
+    ).labels(node=node_id).set(1)
+    if cluster is None:
+        return
+    Gauge(
+        "rapport_cluster_nodes",
+        "Live nodes in the cluster, as of this node's last heartbeat",
+        registry=registry,
+    ).set_function(lambda: len(cluster.peers))
+    Gauge(
+        "rapport_cluster_relayed_sockets",
+        "Sockets that landed here for rooms hosted on other nodes",
+        ["node"],
+        registry=registry,
+    ).labels(node=node_id).set_function(lambda: len(cluster.outbound))
+    Gauge(
+        "rapport_cluster_hosted_relayed_sockets",
+        "Sockets served in rooms here that landed on other nodes",
+        ["node"],
+        registry=registry,
+    ).labels(node=node_id).set_function(lambda: len(cluster.inbound))

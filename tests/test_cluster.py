@@ -1,0 +1,159 @@
+"""Cluster membership and room placement through a real (throwaway) Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
+
+import pytest
+
+from media import MediaConfig
+from server.cluster import Cluster, NodeInfo, least_loaded
+from server.settings import Settings
+from signaling.limits import Limits
+from signaling.room import RoomHooks
+from signaling.rooms import RoomRegistry
+from tests.support import eventually
+
+
+class _StandInRoom:
+    """What a node reports of a room it hosts (someone connected); no media needed here."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self.members = {object()}
+        self.created_at = 0.0
+
+
+def _host_room(node: Cluster, session_id: str) -> None:
+    node.rooms.rooms[session_id] = cast(Any, _StandInRoom(session_id))
+
+
+def _registry() -> RoomRegistry:
+    # No room is ever created on these nodes: placement needs only the registry's room list.
+    return RoomRegistry(cast(RoomHooks, None), MediaConfig(), Limits())
+
+
+@pytest.fixture
+async def nodes(redis_url: str) -> AsyncIterator[Callable[..., Any]]:
+    started: list[Cluster] = []
+
+    async def start(node_id: str, **options: Any) -> Cluster:
+        options.setdefault("heartbeat_s", 0.5)
+        options.setdefault("node_ttl_s", 3.0)
+        options.setdefault("lease_s", 3.0)
+        cluster = Cluster(redis_url, node_id, _registry(), **options)
+        await cluster.start()
+        started.append(cluster)
+        return cluster
+
+    yield start
+    for cluster in started:
+        await cluster.stop()
+
+
+async def test_nodes_register_with_their_load_and_leave_on_stop(nodes: Any) -> None:
+    a: Cluster = await nodes("node-a")
+    b: Cluster = await nodes("node-b")
+    listed = await a.directory.nodes()
+    assert [n.node_id for n in listed] == ["node-a", "node-b"]
+    assert all(n.calls == 0 and n.cores >= 1 and not n.draining for n in listed)
+    await b.stop()
+    assert [n.node_id for n in await a.directory.nodes()] == ["node-a"]
+
+
+async def test_two_nodes_asked_at_the_same_moment_agree_on_one_host(nodes: Any) -> None:
+    # Leases long enough for the whole burst: a lease whose room never opens is given back.
+    a: Cluster = await nodes("node-a", lease_s=30.0)
+    b: Cluster = await nodes("node-b", lease_s=30.0)
+    sessions = [f"session-{i}" for i in range(200)]
+    results = await asyncio.gather(*(node.place(s) for s in sessions for node in (a, b)))
+    for i, session in enumerate(sessions):
+        from_a, from_b = results[2 * i], results[2 * i + 1]
+        assert from_a == from_b, session
+        # Exactly one node holds the lease, and it is the one both were told.
+        hosts = [n.node_id for n in (a, b) if session in n.hosted]
+        assert hosts == [from_a], (session, hosts)
+        assert await a.directory.host_of(session) == from_a
+    # Equally loaded nodes share new sessions (rendezvous hashing), not all on one node.
+    on_a = sum(1 for r in results[::2] if r == "node-a")
+    assert 40 < on_a < 160, on_a
+
+
+async def test_a_live_host_keeps_its_rooms_and_a_dead_one_loses_them(nodes: Any) -> None:
+    a: Cluster = await nodes("node-a")
+    b: Cluster = await nodes("node-b")
+    host = await a.place("s1")
+    assert host is not None
+    assert (await a.directory.nodes())[0].calls == 0
+    survivor, victim = (a, b) if host == "node-b" else (b, a)
+    _host_room(victim, "s1")
+    # The host renews its lease: well past the lease time, the room has not moved.
+    await asyncio.sleep(3 * survivor.directory.lease_ms / 1000)
+    assert await survivor.place("s1") == victim.node_id
+    # A crash: the victim stops heartbeating without leaving.
+    victim._stopped = True
+
+    async def moved() -> bool:
+        return await survivor.place("s1") == survivor.node_id
+
+    await eventually(moved, timeout=10, interval=0.1, message="room re-placed on the survivor")
+
+
+async def test_a_draining_node_takes_no_new_rooms_but_keeps_its_own(nodes: Any) -> None:
+    draining = {"on": False}
+    a: Cluster = await nodes("node-a", draining=lambda: draining["on"])
+    b: Cluster = await nodes("node-b")
+    kept = ""
+    for i in range(100):
+        if await a.place(f"k{i}") == "node-a":
+            kept = f"k{i}"
+            break
+    assert kept
+    _host_room(a, kept)
+    draining["on"] = True
+
+    async def seen_draining() -> bool:
+        return any(n.draining for n in await b.directory.nodes() if n.node_id == "node-a")
+
+    await eventually(seen_draining, timeout=5, interval=0.05, message="node-a draining")
+    assert {await b.place(f"new-{i}") for i in range(30)} == {"node-b"}
+    await asyncio.sleep(3 * a.directory.lease_ms / 1000)
+    assert await b.place(kept) == "node-a"
+
+
+async def test_a_signalling_only_node_relays_but_hosts_nothing(nodes: Any) -> None:
+    await nodes("edge", hosts_rooms=False)
+    b: Cluster = await nodes("media-b")
+    assert {await b.place(f"s{i}") for i in range(20)} == {"media-b"}
+
+
+def test_least_loaded_prefers_fewer_calls_per_core() -> None:
+    busy = NodeInfo(node_id="a", calls=8, cores=2)
+    idle = NodeInfo(node_id="b", calls=5, cores=4)
+    drained = NodeInfo(node_id="c", calls=0, cores=4, draining=True)
+    chosen = least_loaded([busy, idle, drained], "s")
+    assert chosen is not None and chosen.node_id == "b"
+    assert least_loaded([drained], "s") is None
+
+
+def test_single_node_mode_is_the_default() -> None:
+    from server.app import create_app
+
+    app = create_app(Settings(database_url="sqlite+aiosqlite:///:memory:"))
+    assert app.state.cluster is None
+
+
+def test_a_heartbeat_slower_than_the_ttl_is_refused() -> None:
+    with pytest.raises(ValueError, match="HEARTBEAT"):
+        Settings(redis_url="redis://127.0.0.1:1/0", cluster_heartbeat_s=4, cluster_node_ttl_s=5)
+
+
+async def test_an_unreachable_redis_is_named_at_start() -> None:
+    from tests.conftest import free_port
+
+    node = Cluster(f"redis://127.0.0.1:{free_port()}/0", "lonely", _registry())
+    with pytest.raises(RuntimeError, match="RAPPORT_REDIS_URL"):
+        await node.start()
+    await node.stop()  # leaving an unreachable cluster must not raise either
