@@ -64,7 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
     except PortUnavailable as exc:
         print(f"rapport: {exc}", file=sys.stderr)
         return 1
-    from .logs import configure, uvicorn_log_config
+    from .logs import configure, socket_log_level, uvicorn_log_config
 
     configure(settings.log_level, settings.log_json)
     log.info("loading the server (first start after an install takes a while)")
@@ -75,7 +75,8 @@ def _serve(args: argparse.Namespace) -> int:
         app,
         host=settings.host,
         port=settings.port,
-        log_level=settings.log_level.lower(),
+        # uvicorn applies this to its loggers after log_config; never debug (frame texts).
+        log_level=socket_log_level(settings.log_level).lower(),
         # Our formatter for uvicorn's lines; its access log is replaced by ours.
         log_config=uvicorn_log_config(settings.log_level),
         access_log=False,

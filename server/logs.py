@@ -105,6 +105,8 @@ def configure(level: str, as_json: bool) -> None:
     # aiortc/aioice are chatty at INFO and log peer addresses; keep them at warnings.
     for noisy in ("aiortc", "aioice"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # At debug, the websockets protocol logs every frame's text (chat, agenda): never below info.
+    logging.getLogger("websockets").setLevel(socket_log_level(level))
     # Python warnings (a deprecation in a dependency) become log lines, not stray text.
     logging.captureWarnings(True)
 
@@ -121,6 +123,14 @@ class DropUvicornConnectionLines(logging.Filter):
         )
 
 
+def socket_log_level(level: str) -> str:
+    """The level for loggers that carry WebSocket frames: ``RAPPORT_LOG_LEVEL=debug`` must not
+    write what people type (uvicorn hands the websockets protocol its ``uvicorn.error`` logger,
+    which then logs every frame, chat text included, at debug)."""
+    wanted = logging.getLevelName(level.upper())
+    return "INFO" if isinstance(wanted, int) and wanted < logging.INFO else level.upper()
+
+
 def uvicorn_log_config(level: str) -> dict[str, Any]:
     """uvicorn's ``log_config``: its lines go to our root handler (so they are JSON too); its
     access log is off, replaced by ``server.access_log`` (route templates, request ids)."""
@@ -129,9 +139,9 @@ def uvicorn_log_config(level: str) -> dict[str, Any]:
         "disable_existing_loggers": False,
         "filters": {"no_paths": {"()": DropUvicornConnectionLines}},
         "loggers": {
-            "uvicorn": {"level": level.upper(), "handlers": [], "propagate": True},
+            "uvicorn": {"level": socket_log_level(level), "handlers": [], "propagate": True},
             "uvicorn.error": {
-                "level": level.upper(),
+                "level": socket_log_level(level),
                 "handlers": [],
                 "propagate": True,
                 "filters": ["no_paths"],
