@@ -12,11 +12,40 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import JSON, BigInteger, DateTime, Enum, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """``DateTime(timezone=True)`` that reads back aware UTC on every engine.
+
+    PostgreSQL keeps the offset (timestamptz); SQLite has no time type and hands back naive
+    values. Normalising here, once, means no caller compares a naive time with an aware one
+    and every JSON answer carries an explicit ``+00:00`` whichever engine is behind it. A
+    naive value written from Python is taken to be UTC already (``utcnow`` never makes one).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -43,15 +72,14 @@ class User(Base):
     role: Mapped[UserRole] = mapped_column(Enum(UserRole, native_enum=False, length=20))
     password_hash: Mapped[str] = mapped_column(String(200))
     preferences: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    # Two-factor sign-in (server/totp.py). All nullable: columns added to an existing database
-    # by db._migrate have no default, and NULL reads as "not enrolled".
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Two-factor sign-in (server/totp.py). All nullable: NULL reads as "not enrolled".
     # The base32 TOTP secret once confirmed; a code must be computed from it, so it cannot be
     # stored as a hash.
     totp_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # A secret shown for enrolment but not yet confirmed with a code; it signs nobody in.
     totp_pending_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    totp_enabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    totp_enabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # The 30 s time step of the last code accepted: a code is good once, and never an older one.
     totp_last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # Bumped whenever a two-step sign-in completes (and on disable or reset): a pending-login
@@ -66,8 +94,8 @@ class LoginSession(Base):
 
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     user: Mapped[User] = relationship(lazy="joined")
 
@@ -81,7 +109,7 @@ class RecoveryCode(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     code_hash: Mapped[str] = mapped_column(String(64), index=True)
-    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class AppSetting(Base):
@@ -92,7 +120,7 @@ class AppSetting(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[Any] = mapped_column(JSON)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class SetupToken(Base):
@@ -101,8 +129,8 @@ class SetupToken(Base):
     __tablename__ = "setup_tokens"
 
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class TherapySession(Base):
@@ -115,13 +143,13 @@ class TherapySession(Base):
         Enum(SessionStatus, native_enum=False, length=20), default=SessionStatus.SCHEDULED
     )
     invite_token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
-    invite_expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    invite_expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # Hashes of links replaced with keep_participants: they still let an admitted client's
     # own browser back in (its page holds the old link), and nobody else (server/invites.py).
     kept_invite_hashes: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     timeline: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     agenda: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
@@ -143,8 +171,8 @@ class Participant(Base):
     identity_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     admitted: Mapped[bool] = mapped_column(default=False)
     denied: Mapped[bool] = mapped_column(default=False)
-    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class AuditEvent(Base):
@@ -160,7 +188,7 @@ class AuditEvent(Base):
     __table_args__ = (Index("ix_audit_log_prev_hash", "prev_hash", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     session_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     actor: Mapped[str] = mapped_column(String(64))  # "user:3", "client:7", "system"
     action: Mapped[str] = mapped_column(String(64))
@@ -186,4 +214,4 @@ class Checkin(Base):
     tasks: Mapped[int | None] = mapped_column(Integer, nullable=True)
     overall: Mapped[int | None] = mapped_column(Integer, nullable=True)
     comment: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
