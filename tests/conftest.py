@@ -91,7 +91,7 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture
 def db_engine(request: pytest.FixtureRequest) -> str:
-    """"sqlite" unless the test runs on both engines (``pytest_generate_tests``)."""
+    """ "sqlite" unless the test runs on both engines (``pytest_generate_tests``)."""
     return str(getattr(request, "param", "sqlite"))
 
 

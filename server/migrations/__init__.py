@@ -200,9 +200,7 @@ def repair_to_baseline(conn: Connection) -> list[str]:
         for column in table.columns:
             if column.name not in have:
                 ddl = column.type.compile(dialect=conn.dialect)
-                conn.exec_driver_sql(
-                    f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {ddl}'
-                )
+                conn.exec_driver_sql(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {ddl}')
                 changes.append(f"added {table.name}.{column.name}")
         loose = [
             column
@@ -291,9 +289,7 @@ def _rebuild_sqlite(conn: Connection, table: Table) -> None:
         conn.exec_driver_sql(f'DROP INDEX "{ix["name"]}"')
     conn.execute(CreateTable(temp))
     names = ", ".join(f'"{c.name}"' for c in table.columns)
-    conn.exec_driver_sql(
-        f'INSERT INTO "{temp_name}" ({names}) SELECT {names} FROM "{table.name}"'
-    )
+    conn.exec_driver_sql(f'INSERT INTO "{temp_name}" ({names}) SELECT {names} FROM "{table.name}"')
     conn.exec_driver_sql(f'DROP TABLE "{table.name}"')
     conn.exec_driver_sql(f'ALTER TABLE "{temp_name}" RENAME TO "{table.name}"')
     for index in table.indexes:

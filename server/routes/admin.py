@@ -168,8 +168,6 @@ async def live_calls(_admin: Admin, request: Request, db: DbSession) -> LiveCall
         if session is None:
             continue
         started = session.started_at or session.created_at
-        if started.tzinfo is None:
-            started = started.replace(tzinfo=UTC)
         present = [r for r in ROLES if room.member(r) is not None]
         calls.append(
             LiveCall(

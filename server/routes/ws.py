@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from datetime import UTC
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, WebSocket
@@ -187,8 +186,7 @@ async def client_socket(ws: WebSocket, token: str) -> None:
         await db.commit()
         session_id, status, participant_id = session.id, str(session.status), participant.id
         invite_hash = session.invite_token_hash
-        expires = session.invite_expires_at
-        invite_expires_at = (expires if expires.tzinfo else expires.replace(tzinfo=UTC)).timestamp()
+        invite_expires_at = session.invite_expires_at.timestamp()
     await ws.accept()
     await ws.app.state.signals.prepare(session_id)
     room = rooms.get_or_create(session_id, status)

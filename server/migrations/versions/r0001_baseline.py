@@ -88,7 +88,9 @@ def baseline_metadata() -> sa.MetaData:
         "sessions",
         md,
         sa.Column("id", sa.String(32), primary_key=True),
-        sa.Column("therapist_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False, index=True),
+        sa.Column(
+            "therapist_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False, index=True
+        ),
         sa.Column("client_label", sa.String(120), nullable=False),
         sa.Column("status", sa.String(20), nullable=False),
         sa.Column("invite_token_hash", sa.String(64), nullable=False, unique=True, index=True),
