@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlalchemy.schema import CreateTable
 
+from ..db import _private_files
 from ..models import utcnow
 from .versions.r0001_baseline import BACKFILL, NOW_BACKFILL, baseline_metadata
 
@@ -111,6 +112,7 @@ async def _file_lock(path: Path | None) -> AsyncIterator[None]:
 
 async def upgrade(url: str, revision: str = "head") -> UpgradeResult:
     """Bring the database at ``url`` to ``revision`` under the migration lock."""
+    _create_private(url)
     engine = create_async_engine(url, poolclass=NullPool, hide_parameters=True)
     try:
         async with _file_lock(_sqlite_path(url)), engine.connect() as conn:
@@ -128,12 +130,21 @@ async def upgrade(url: str, revision: str = "head") -> UpgradeResult:
 async def current(url: str) -> tuple[str | None, bool]:
     """The database's revision, and whether it has tables but no version (made before
     migrations existed)."""
+    _create_private(url)
     engine = create_async_engine(url, poolclass=NullPool, hide_parameters=True)
     try:
         async with engine.connect() as conn:
             return await conn.run_sync(_current_sync)
     finally:
         await engine.dispose()
+
+
+def _create_private(url: str) -> None:
+    """SQLite creates a missing file with the umask's mode; the database holds clinical notes."""
+    path = _sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _private_files(path)
 
 
 def _current_sync(conn: Connection) -> tuple[str | None, bool]:
