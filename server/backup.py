@@ -27,7 +27,7 @@ PG_HELP = (
     "rapport backup copies SQLite databases only; this server uses PostgreSQL. Back it up "
     "with PostgreSQL's own tools: `pg_dump --format=custom --file=rapport.dump DBNAME` "
     "(restore with pg_restore into an empty database), or base backups with WAL archiving "
-    "for point-in-time recovery. See README, \"Backups and restore\"."
+    'for point-in-time recovery. See README, "Backups and restore".'
 )
 
 

@@ -121,6 +121,15 @@ def db_url(db_engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> st
     return url
 
 
+@pytest.fixture
+def empty_db_url(db_engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """An empty database (no tables) on the selected engine, for tests of migrations."""
+    if db_engine == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+    url: str = request.getfixturevalue("postgres").new_database()
+    return url
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

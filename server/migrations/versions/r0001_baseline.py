@@ -165,7 +165,7 @@ def baseline_metadata() -> sa.MetaData:
 BACKFILL: dict[tuple[str, str], object] = {
     ("users", "display_name"): "",
     ("sessions", "client_label"): "",
-    ("sessions", "status"): "scheduled",
+    ("sessions", "status"): "SCHEDULED",  # SQLAlchemy stores enum names
     ("participants", "admitted"): False,
     ("participants", "denied"): False,
     ("audit_log", "detail"): "",
