@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -43,6 +44,11 @@ HERE = Path(__file__).resolve().parent
 BASELINE = "0001_baseline"
 # One application-wide advisory lock for schema changes (distinct from the audit chain's).
 PG_MIGRATION_LOCK = 0x52415051
+
+
+# Alembic narrates every step at INFO ("Context impl…", "Will assume transactional DDL"); the
+# commands print what was done instead, and the server's log keeps warnings and errors.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 class RepairError(RuntimeError):
