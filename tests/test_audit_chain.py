@@ -154,7 +154,7 @@ async def actors_in_order(url: str) -> list[tuple[str, str | None]]:
     database = Database(url)
     async with database.engine.connect() as conn:
         result = await conn.exec_driver_sql("SELECT actor, prev_hash FROM audit_log ORDER BY id")
-        found = [(row[0], row[1]) for row in result]
+        found = [(row["actor"], row["prev_hash"]) for row in result.mappings()]
     await database.dispose()
     return found
 
