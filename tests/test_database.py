@@ -334,24 +334,37 @@ async def test_upgrading_a_database_made_by_main_keeps_every_row(
 async def test_an_unversioned_database_with_unfillable_nulls_is_left_untouched(
     empty_db_url: str,
 ) -> None:
-    """A NULL the application could never have written (a session's invite hash) is not
-    invented: the upgrade stops, says where, and changes nothing."""
+    """A NULL the application could never have written (a participant's role) is not
+    invented: the upgrade stops, says where, and changes nothing — not even the tables it had
+    already repaired (users, rebuilt on SQLite) before it got there."""
 
     def build(conn: Connection) -> None:
         legacy.Base.metadata.create_all(conn)
-        conn.exec_driver_sql('ALTER TABLE "users" DROP COLUMN "password_hash"')
+        conn.exec_driver_sql('ALTER TABLE "participants" DROP COLUMN "role"')
         conn.exec_driver_sql(
-            "INSERT INTO users (id, email, display_name, role, created_at) "
-            "VALUES (1, 'a@example.org', '', 'ADMIN', '2026-01-05 10:00:00')"
+            "INSERT INTO users (id, email, display_name, role, password_hash, created_at) "
+            "VALUES (1, 'a@example.org', '', 'ADMIN', 'h', '2026-01-05 10:00:00')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO sessions (id, therapist_id, client_label, status, invite_token_hash, "
+            f"invite_expires_at, created_at) VALUES ('s1', 1, '', 'LIVE', '{'a' * 64}', "
+            "'2026-01-06 10:00:00', '2026-01-05 10:00:00')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO participants (id, session_id, identity_hash, admitted, denied, "
+            "first_seen_at, last_seen_at) VALUES (1, 's1', NULL, TRUE, FALSE, "
+            "'2026-01-05 11:00:00', '2026-01-05 11:50:00')"
         )
         legacy._migrate(conn)
+        # users needs only an index back: the first repair is DDL, with no write before it.
+        conn.exec_driver_sql('DROP INDEX "ix_users_email"')
         conn.commit()
 
     await on_connection(empty_db_url, build)
     before = await on_connection(empty_db_url, _schema)
     result = rapport("db", "upgrade", env={"RAPPORT_DATABASE_URL": empty_db_url})
     assert result.returncode == 1
-    assert "users.password_hash must not be empty but 1 rows have no value" in result.stderr
+    assert "participants.role must not be empty but 1 rows have no value" in result.stderr
     assert await on_connection(empty_db_url, _schema) == before
     assert await current(empty_db_url) == (None, True)
 

@@ -173,6 +173,10 @@ async def _lock(conn: AsyncConnection) -> None:
         await conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
         await conn.exec_driver_sql("PRAGMA busy_timeout=30000")
         await conn.commit()
+        # One transaction for the whole run, DDL included (the driver would otherwise commit
+        # each DDL statement on its own), taking the write lock at once: a repair that stops
+        # half-way leaves the database as it was.
+        await conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 async def _unlock(conn: AsyncConnection) -> None:
