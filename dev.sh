@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rapport's two entry points on a fresh Debian machine (Python 3.11, as root):
-#   ./dev.sh serve [--host H --port P]   start Rapport on SQLite in ./data
+#   ./dev.sh serve [--host H --port P]   start Rapport on SQLite in RAPPORT_DATA_DIR (see README)
 #   ./dev.sh test  [pytest args]         install test tools and run every test, with a
 #                                        coverage summary (RAPPORT_COVERAGE=0 skips it)
 # Both create ./.venv and install the project into it first (only when pyproject changed).

@@ -60,7 +60,11 @@ _PG_LOCK_KEY = 0x52415050  # "RAPP": one application-wide advisory lock for the 
 
 
 def _utc(at: datetime) -> datetime:
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    """Every time read from the database is aware UTC (models.UTCDateTime); a naive one here
+    is a bug whose hash would depend on how it is read, so it is refused, not guessed."""
+    if at.tzinfo is None:
+        raise ValueError("audit times must be timezone-aware")
+    return at.astimezone(UTC)
 
 
 def canonical(

@@ -40,10 +40,6 @@ DatabaseDep = Annotated[Database, Depends(get_database)]
 DbSession = Annotated[AsyncSession, Depends(get_db)]
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 async def create_login(db: AsyncSession, user: User) -> str:
     token = new_token()
     db.add(LoginSession(token_hash=token_hash(token), user_id=user.id))
@@ -60,12 +56,12 @@ async def user_from_token(db: AsyncSession, settings: Settings, token: str | Non
     if login is None:
         return None
     now = datetime.now(UTC)
-    if now - _aware(login.last_seen_at) > timedelta(minutes=settings.login_idle_minutes):
+    if now - login.last_seen_at > timedelta(minutes=settings.login_idle_minutes):
         await db.execute(delete(LoginSession).where(LoginSession.token_hash == hashed))
         await db.commit()
         return None
     # Touch at most once a minute to keep writes rare.
-    if now - _aware(login.last_seen_at) > timedelta(seconds=60):
+    if now - login.last_seen_at > timedelta(seconds=60):
         login.last_seen_at = now
         await db.commit()
     user = await db.scalar(select(User).where(User.id == login.user_id))

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from .db import Database
 from .models import User, UserRole
 from .security import hash_password, password_problem, valid_email
-from .settings import Settings
+from .settings import Settings, database_location
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -120,7 +120,13 @@ class DrainingServer(uvicorn.Server):
 
         settings: Settings = self.app.state.settings
         url = settings.public("/")
-        emit_banner([f"Rapport is running: open {url} in a browser."], settings.log_json, url=url)
+        database = database_location(settings.database_url)
+        emit_banner(
+            [f"Rapport is running: open {url} in a browser.", f"Database: {database}"],
+            settings.log_json,
+            url=url,
+            database=database,
+        )
         link = getattr(self.app.state, "setup_link", None)
         if link:
             emit_banner(
@@ -329,6 +335,51 @@ def _purge_cmd(args: argparse.Namespace) -> int:
     return asyncio.run(_purge(days, args.yes))
 
 
+# --- db: migrations and backups ---
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from .migrations import RepairError, upgrade
+
+    url = Settings().database_url
+    print(f"Database: {database_location(url)}")
+    try:
+        result = asyncio.run(upgrade(url))
+    except RepairError as exc:
+        print(f"Upgrade stopped, nothing changed: {exc}", file=sys.stderr)
+        return 1
+    print(result.describe())
+    return 0
+
+
+def _db_current(args: argparse.Namespace) -> int:
+    from .migrations import current, head_revision
+
+    url = Settings().database_url
+    revision, unversioned = asyncio.run(current(url))
+    head = head_revision()
+    print(f"Database: {database_location(url)}")
+    if unversioned:
+        print(
+            "Revision: none (made before migrations; `rapport db upgrade` repairs and stamps "
+            f"it), head {head}"
+        )
+        return 0
+    state = "head" if revision == head else f"head is {head}; run `rapport db upgrade`"
+    print(f"Revision: {revision or 'none (empty database)'} ({state})")
+    return 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from .backup import BackupError, backup
+
+    try:
+        done = backup(Settings().database_url, args.path)
+    except BackupError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
+    print(done.describe())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rapport", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -357,6 +408,20 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="check the hash chain; exit 1 at the first broken entry"
     )
     verify.set_defaults(func=_audit)
+
+    db = sub.add_parser("db", help="the database schema (migrations)")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser(
+        "upgrade", help="migrate the database to the newest schema (safe beside running servers)"
+    ).set_defaults(func=_db_upgrade)
+    db_sub.add_parser("current", help="print the database's schema revision").set_defaults(
+        func=_db_current
+    )
+    backup = sub.add_parser(
+        "backup", help="consistent copy of the SQLite database, safe while the server runs"
+    )
+    backup.add_argument("path", help="file to write (or a directory to write a dated file in)")
+    backup.set_defaults(func=_backup)
 
     purge = sub.add_parser(
         "purge", help="erase sessions ended longer ago than RAPPORT_RETENTION_DAYS (dry run)"

@@ -1,7 +1,8 @@
-"""Async engine and session factory; schema is created on start-up.
+"""Async engine and session factory; the schema is migrated (Alembic) on start-up.
 
-SQLite is the embedded default. ``create_all`` is idempotent, and the small ``_migrate`` step
-adds columns introduced after a database was first created, so an upgrade needs no manual step.
+SQLite is the embedded default. ``create_schema`` runs ``server.migrations.upgrade`` under its
+lock, so a start on an empty, old or current database, alone or beside other starting
+processes, ends at the newest revision.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from sqlalchemy import event, inspect
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -23,11 +24,11 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from .audit import seal_unchained
-from .models import Base
 
 
 class Database:
     def __init__(self, url: str) -> None:
+        self.url = url
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
@@ -43,9 +44,9 @@ class Database:
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def create_schema(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
-            await conn.run_sync(_migrate)
+        from .migrations import upgrade
+
+        await upgrade(self.url)
         async with self.engine.begin() as conn:
             await conn.run_sync(seal_unchained)
 
@@ -83,24 +84,3 @@ def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: object) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
-
-
-def _migrate(conn: Connection) -> None:
-    """Add columns and indexes that newer versions declare but an older database lacks.
-
-    Indexes too, because some carry guarantees: the unique index on the audit log's
-    ``prev_hash`` is what stops two processes forking the chain.
-    """
-    inspector = inspect(conn)
-    for table in Base.metadata.sorted_tables:
-        existing = {col["name"] for col in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name not in existing:
-                col_type = column.type.compile(dialect=conn.dialect)
-                conn.exec_driver_sql(
-                    f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {col_type}'
-                )
-        indexes = {index["name"] for index in inspector.get_indexes(table.name)}
-        for index in table.indexes:
-            if index.name not in indexes:
-                index.create(conn)

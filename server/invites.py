@@ -48,10 +48,7 @@ async def check_invite(db: AsyncSession, token: str) -> InviteCheck:
         return InviteCheck(None, InviteProblem.UNKNOWN)
     if session.status == SessionStatus.ENDED:
         return InviteCheck(session, InviteProblem.ENDED)
-    expires = session.invite_expires_at
-    if expires.tzinfo is None:
-        expires = expires.replace(tzinfo=UTC)
-    if expires < datetime.now(UTC):
+    if session.invite_expires_at < datetime.now(UTC):
         return InviteCheck(session, InviteProblem.EXPIRED)
     return InviteCheck(session, None)
 

@@ -116,13 +116,6 @@ class Drain:
         await self.rooms.close_all(code=CLOSE_RESTART)
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; they were stored as UTC."""
-    if value is None:
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 class Reaper:
     """Ends ``live`` sessions that nobody has been in for ``idle_s`` seconds.
 
@@ -202,8 +195,11 @@ class Reaper:
         for session_id, *times in rows:
             if self._occupied(session_id):
                 continue
-            signs = [_utc(t) for t in times]
-            signs += [self.started_at, self._occupied_at.get(session_id)]
+            signs: list[datetime | None] = [
+                *times,
+                self.started_at,
+                self._occupied_at.get(session_id),
+            ]
             last = max(t for t in signs if t is not None)
             idle = (now - last).total_seconds()
             if idle < self.idle_s:

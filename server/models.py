@@ -23,11 +23,40 @@ from sqlalchemy import (
     String,
     Text,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """``DateTime(timezone=True)`` that reads back aware UTC on every engine.
+
+    PostgreSQL keeps the offset (timestamptz); SQLite has no time type and hands back naive
+    values. Normalising here, once, means no caller compares a naive time with an aware one
+    and every JSON answer carries an explicit ``+00:00`` whichever engine is behind it. A
+    naive value written from Python is taken to be UTC already (``utcnow`` never makes one).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -54,15 +83,14 @@ class User(Base):
     role: Mapped[UserRole] = mapped_column(Enum(UserRole, native_enum=False, length=20))
     password_hash: Mapped[str] = mapped_column(String(200))
     preferences: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    # Two-factor sign-in (server/totp.py). All nullable: columns added to an existing database
-    # by db._migrate have no default, and NULL reads as "not enrolled".
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Two-factor sign-in (server/totp.py). All nullable: NULL reads as "not enrolled".
     # The base32 TOTP secret once confirmed; a code must be computed from it, so it cannot be
     # stored as a hash.
     totp_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # A secret shown for enrolment but not yet confirmed with a code; it signs nobody in.
     totp_pending_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    totp_enabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    totp_enabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # The 30 s time step of the last code accepted: a code is good once, and never an older one.
     totp_last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # Bumped whenever a two-step sign-in completes (and on disable or reset): a pending-login
@@ -77,8 +105,8 @@ class LoginSession(Base):
 
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     user: Mapped[User] = relationship(lazy="joined")
 
@@ -92,7 +120,7 @@ class RecoveryCode(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     code_hash: Mapped[str] = mapped_column(String(64), index=True)
-    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class AppSetting(Base):
@@ -103,7 +131,7 @@ class AppSetting(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[Any] = mapped_column(JSON)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class SetupToken(Base):
@@ -112,8 +140,8 @@ class SetupToken(Base):
     __tablename__ = "setup_tokens"
 
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class TherapySession(Base):
@@ -126,13 +154,13 @@ class TherapySession(Base):
         Enum(SessionStatus, native_enum=False, length=20), default=SessionStatus.SCHEDULED
     )
     invite_token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
-    invite_expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    invite_expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # Hashes of links replaced with keep_participants: they still let an admitted client's
     # own browser back in (its page holds the old link), and nobody else (server/invites.py).
     kept_invite_hashes: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     timeline: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     agenda: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
@@ -141,7 +169,7 @@ class TherapySession(Base):
     # --- therapist: planned time and re-derivable client links (issue 13) ---
     # When the therapist means to meet, and for how long: the room's clock counts against it
     # and the client's waiting room shows it. Both optional (an ad-hoc session has neither).
-    planned_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    planned_start: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     planned_minutes: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Random per-link salt: the link's token is HMAC(server invite key, id + salt), so the
     # therapist can copy the same working link again (another tab, after a reload) while only
@@ -163,8 +191,8 @@ class Participant(Base):
     identity_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     admitted: Mapped[bool] = mapped_column(default=False)
     denied: Mapped[bool] = mapped_column(default=False)
-    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class AuditEvent(Base):
@@ -180,7 +208,7 @@ class AuditEvent(Base):
     __table_args__ = (Index("ix_audit_log_prev_hash", "prev_hash", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     session_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     actor: Mapped[str] = mapped_column(String(64))  # "user:3", "client:7", "system"
     action: Mapped[str] = mapped_column(String(64))
@@ -206,7 +234,7 @@ class Checkin(Base):
     tasks: Mapped[int | None] = mapped_column(Integer, nullable=True)
     overall: Mapped[int | None] = mapped_column(Integer, nullable=True)
     comment: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 # --- admin: quality incidents kept across restarts (client helper, issue 13) ---
@@ -218,7 +246,7 @@ class Incident(Base):
     __tablename__ = "incidents"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     session_id: Mapped[str] = mapped_column(String(32), index=True)
     role: Mapped[str] = mapped_column(String(20))
     from_label: Mapped[str | None] = mapped_column(String(20), nullable=True)

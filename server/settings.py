@@ -10,6 +10,7 @@ import json
 import math
 import os
 import socket
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,9 +23,37 @@ from signaling.messages import IceServer
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+# --- db: default database location ---
+def default_data_dir(environ: Mapping[str, str] | None = None, euid: int | None = None) -> Path:
+    """Where the SQLite database lives unless RAPPORT_DATABASE_URL says otherwise.
+
+    Never the current directory: `rapport user add` run from another directory than
+    `rapport serve` would otherwise create (and fill) a second, silent database.
+    RAPPORT_DATA_DIR if set; /var/lib/rapport for root (a system service); else the XDG data
+    directory of the user (~/.local/share/rapport).
+    """
+    env = os.environ if environ is None else environ
+    if env.get("RAPPORT_DATA_DIR"):
+        return Path(env["RAPPORT_DATA_DIR"]).expanduser().resolve()
+    if (os.geteuid() if euid is None else euid) == 0:
+        return Path("/var/lib/rapport")
+    xdg = env.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path(env.get("HOME") or Path.home()) / ".local" / "share"
+    return base.expanduser().resolve() / "rapport"
+
+
 def default_database_url() -> str:
-    data_dir = Path.cwd() / "data"
-    return f"sqlite+aiosqlite:///{data_dir / 'rapport.db'}"
+    return f"sqlite+aiosqlite:///{default_data_dir() / 'rapport.db'}"
+
+
+def database_location(url: str) -> str:
+    """The database as printed at start: the file, or the server without any password."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return f"SQLite {parsed.database}"
+    return parsed.render_as_string(hide_password=True)
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")

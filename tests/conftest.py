@@ -31,6 +31,25 @@ from tests.support import eventually_sync
 PASSWORD = "correct horse battery"
 
 
+DATABASES = ["sqlite", "postgresql"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Database-facing tests run on both engines: every in-process API test (``api``, or
+    ``server`` without a live server), and tests marked ``both_databases``. A test may pin
+    one engine with ``@pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)``."""
+    if "db_engine" not in metafunc.fixturenames:
+        return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0]
+        if "db_engine" in (names.split(",") if isinstance(names, str) else names):
+            return
+    names = metafunc.fixturenames
+    in_process = "api" in names or ("server" in names and "live_server" not in names)
+    if in_process or metafunc.definition.get_closest_marker("both_databases"):
+        metafunc.parametrize("db_engine", DATABASES, indirect=True, ids=DATABASES)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run browser tests last.
 
@@ -70,6 +89,47 @@ def redis_url() -> Iterator[str]:
         yield server.url
 
 
+@pytest.fixture
+def db_engine(request: pytest.FixtureRequest) -> str:
+    """ "sqlite" unless the test runs on both engines (``pytest_generate_tests``)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def db_url(db_engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """An empty database for this test on the selected engine: a SQLite file in the test's
+    directory, or a new database in the run's throwaway PostgreSQL cluster."""
+    if db_engine == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'rapport.db'}"
+    cluster = request.getfixturevalue("postgres")
+    template = getattr(cluster, "migrated_template", None)
+    if template is None:
+        # Migrated once per run; each test's database is a copy (CREATE DATABASE … TEMPLATE),
+        # which is faster than migrating an empty one every time (tests/test_migrations.py
+        # migrates empty ones).
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        from server.migrations import upgrade
+
+        template_url = cluster.new_database()
+        with ThreadPoolExecutor(1) as pool:  # its own loop, whoever's loop runs here
+            pool.submit(asyncio.run, upgrade(template_url)).result()
+        template = template_url.rsplit("/", 1)[1]
+        cluster.migrated_template = template
+    url: str = cluster.new_database(template=template)
+    return url
+
+
+@pytest.fixture
+def empty_db_url(db_engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """An empty database (no tables) on the selected engine, for tests of migrations."""
+    if db_engine == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+    url: str = request.getfixturevalue("postgres").new_database()
+    return url
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -87,10 +147,17 @@ class LiveServer:
         return self.url.replace("http://", "ws://")
 
 
-def make_settings(tmp_path: Path, port: int, *, media_workers: int, **extra: Any) -> Settings:
+def make_settings(
+    tmp_path: Path,
+    port: int,
+    *,
+    media_workers: int,
+    database_url: str | None = None,
+    **extra: Any,
+) -> Settings:
     return Settings(
         **extra,
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'rapport.db'}",
+        database_url=database_url or f"sqlite+aiosqlite:///{tmp_path / 'rapport.db'}",
         public_url=f"http://127.0.0.1:{port}",
         host="127.0.0.1",
         port=port,
@@ -107,7 +174,9 @@ NO_MEDIA_WORKER = pytest.mark.parametrize("live_server", [0], indirect=True, ids
 
 
 @pytest.fixture
-def live_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LiveServer]:
+def live_server(
+    tmp_path: Path, db_url: str, request: pytest.FixtureRequest
+) -> Iterator[LiveServer]:
     """A server as deployed: media in one worker process unless a test asks otherwise
     (``@pytest.mark.parametrize("live_server", [0, 2], indirect=True)``; 0 = in-process).
 
@@ -116,7 +185,7 @@ def live_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Live
     param = getattr(request, "param", 1)
     extra = dict(param) if isinstance(param, dict) else {"media_workers": param}
     extra.setdefault("media_workers", 1)
-    settings = make_settings(tmp_path, port, **extra)
+    settings = make_settings(tmp_path, port, database_url=db_url, **extra)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -161,9 +230,10 @@ class InProcessApp:
 
 
 @pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[InProcessApp]:
-    """The app in-process with its lifespan (schema, hubs) and no media worker to start."""
-    settings = make_settings(tmp_path, 8000, media_workers=0)
+async def api(tmp_path: Path, db_url: str) -> AsyncIterator[InProcessApp]:
+    """The app in-process with its lifespan (schema, hubs) and no media worker to start, on
+    SQLite and on PostgreSQL (``db_url``)."""
+    settings = make_settings(tmp_path, 8000, media_workers=0, database_url=db_url)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         yield InProcessApp(settings.public_url, settings, app)
@@ -180,7 +250,7 @@ def http_client(server: Server, **kwargs: Any) -> httpx.AsyncClient:
 
 
 @pytest.fixture
-def server(request: pytest.FixtureRequest) -> Server:
+def server(request: pytest.FixtureRequest, db_engine: str) -> Server:
     """The live server if the test asked for one, else the app in-process."""
     chosen: Server = request.getfixturevalue(
         "live_server" if "live_server" in request.fixturenames else "api"

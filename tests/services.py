@@ -92,10 +92,11 @@ class PostgresCluster:
         )
         return out.stdout.decode()
 
-    def new_database(self) -> str:
-        """Create an empty database and return its SQLAlchemy asyncpg URL."""
+    def new_database(self, template: str | None = None) -> str:
+        """Create an empty database (or a copy of ``template``) and return its SQLAlchemy
+        asyncpg URL."""
         name = f"rapport_{uuid.uuid4().hex[:12]}"
-        self.psql(f'CREATE DATABASE "{name}"')
+        self.psql(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
         self.databases.append(name)
         return self.url(name)
 

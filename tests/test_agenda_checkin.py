@@ -79,6 +79,7 @@ async def _agenda_where(
 
 
 @NO_MEDIA_WORKER
+@pytest.mark.both_databases
 async def test_agenda_is_shared_live_and_stored(
     live_server: LiveServer, therapist: httpx.AsyncClient
 ) -> None:
@@ -123,6 +124,7 @@ async def test_agenda_is_shared_live_and_stored(
 
 
 @NO_MEDIA_WORKER
+@pytest.mark.both_databases
 async def test_checkin_summary_trend_and_exports(
     live_server: LiveServer, therapist: httpx.AsyncClient
 ) -> None:
@@ -176,6 +178,7 @@ async def test_checkin_summary_trend_and_exports(
 
 
 @NO_MEDIA_WORKER
+@pytest.mark.both_databases
 async def test_skipped_checkin_is_recorded_without_scores(
     live_server: LiveServer, therapist: httpx.AsyncClient
 ) -> None:

@@ -166,6 +166,7 @@ async def test_no_audio_or_video_reaches_the_disk_during_a_real_call(tmp_path: P
     with rapport_server_process(data, env) as server:
         db = data / "rapport.db"
         allowed = {str(db), f"{db}-wal", f"{db}-shm", f"{db}-journal", str(server.log_path)}
+        allowed.add(f"{db}.migrate-lock")  # empty; flock'ed only while migrating at start
         async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as therapist:
             email, password = server.users["therapist"]
             response = await therapist.post(

@@ -8,10 +8,10 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from media.alliance.engine import Role
 from media.alliance.live import LiveSignals
@@ -40,10 +40,10 @@ def test_replaying_recorded_input_rebuilds_the_engine_exactly() -> None:
     assert len(live.input_runs()) < 600  # run-length encoding keeps it small
 
 
-def _serve(db: Path, port: int) -> subprocess.Popen[bytes]:
+def _serve(db: str, port: int) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
-        "RAPPORT_DATABASE_URL": f"sqlite+aiosqlite:///{db}",
+        "RAPPORT_DATABASE_URL": db,
         "RAPPORT_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "RAPPORT_MEDIA_ADDRESSES": "127.0.0.1",
         "RAPPORT_ALLOW_LOOPBACK_CANDIDATES": "true",
@@ -63,7 +63,7 @@ def _serve(db: Path, port: int) -> subprocess.Popen[bytes]:
             return False
 
     try:
-        eventually_sync(healthy, timeout=30, interval=0.1, message="server /healthz")
+        eventually_sync(healthy, timeout=60, interval=0.1, message="server /healthz")
     except TimeoutError:
         proc.kill()
         _, err = proc.communicate(timeout=10)
@@ -93,8 +93,8 @@ async def _metrics_until(
     return await eventually(poll, timeout=timeout, interval=0.25, message="metrics condition")
 
 
-async def _stored(db: Path, session_id: str) -> TherapySession:
-    database = Database(f"sqlite+aiosqlite:///{db}")
+async def _stored(db: str, session_id: str) -> TherapySession:
+    database = Database(db)
     try:
         async with database.session() as dbs:
             row = await dbs.get(TherapySession, session_id)
@@ -104,15 +104,16 @@ async def _stored(db: Path, session_id: str) -> TherapySession:
         await database.dispose()
 
 
-async def _stored_talk_at_least(db: Path, session_id: str, seconds: float) -> bool:
+async def _stored_talk_at_least(db: str, session_id: str, seconds: float) -> bool:
     row = await _stored(db, session_id)
     talk_s: float = (row.metrics or {}).get("client_talk_s", 0.0)
     return talk_s >= seconds
 
 
-async def test_signals_survive_a_killed_server(tmp_path: Path) -> None:
-    db, port = tmp_path / "rapport.db", free_port()
-    env = {**os.environ, "RAPPORT_DATABASE_URL": f"sqlite+aiosqlite:///{db}"}
+@pytest.mark.both_databases
+async def test_signals_survive_a_killed_server(db_url: str) -> None:
+    db, port = db_url, free_port()
+    env = {**os.environ, "RAPPORT_DATABASE_URL": db}
     subprocess.run(
         [
             sys.executable,

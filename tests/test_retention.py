@@ -5,28 +5,23 @@ label, and touch nothing else."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from server.audit import verify_chain
 from server.db import Database
-from server.models import Checkin, Participant, SessionStatus, TherapySession, User, UserRole
+from server.models import Base, Checkin, Participant, SessionStatus, TherapySession, User, UserRole
 from server.retention import label_digest
 from tests.conftest import PASSWORD, InProcessApp, add_user, http_client
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENDA = "Talk about the divorce"
 COMMENT = "felt unheard today"
-
-
-def db_path(url: str) -> Path:
-    return Path(url.split("///", 1)[1])
 
 
 async def add_session(
@@ -78,27 +73,48 @@ async def add_session(
         await db.commit()
 
 
-def counts(db: Path, sids: list[str]) -> dict[str, int]:
-    marks = ",".join("?" * len(sids))
-    with sqlite3.connect(db) as conn:
-        return {
-            table: conn.execute(
-                f"SELECT count(*) FROM {table} WHERE {column} IN ({marks})",
-                sids,
-            ).fetchone()[0]
-            for table, column in (
-                ("sessions", "id"),
-                ("participants", "session_id"),
-                ("checkins", "session_id"),
+async def counts(url: str, sids: list[str]) -> dict[str, int]:
+    """Rows per table, read on a connection of its own (SQLite or PostgreSQL)."""
+    database = Database(url)
+    found: dict[str, int] = {}
+    async with database.engine.connect() as conn:
+        for table, column in (
+            ("sessions", "id"),
+            ("participants", "session_id"),
+            ("checkins", "session_id"),
+        ):
+            marks = ",".join(f":p{i}" for i in range(len(sids)))
+            found[table] = int(
+                await conn.scalar(
+                    text(f"SELECT count(*) FROM {table} WHERE {column} IN ({marks})"),
+                    {f"p{i}": sid for i, sid in enumerate(sids)},
+                )
+                or 0
             )
-        }
+    await database.dispose()
+    return found
 
 
-def audit_rows(db: Path, action: str) -> list[tuple[str, str]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(
-            "SELECT actor, detail FROM audit_log WHERE action = ?", (action,)
-        ).fetchall()
+async def audit_rows(url: str, action: str) -> list[tuple[str, str]]:
+    database = Database(url)
+    async with database.engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT actor, detail FROM audit_log WHERE action = :a"), {"a": action}
+        )
+        found = [(row[0], row[1]) for row in rows]
+    await database.dispose()
+    return found
+
+
+async def everything_stored(url: str) -> str:
+    """Every row of every table as text: what a dump of the database would show."""
+    database = Database(url)
+    parts: list[str] = []
+    async with database.engine.connect() as conn:
+        for table in Base.metadata.sorted_tables:
+            parts.extend(repr(tuple(row)) for row in await conn.execute(table.select()))
+    await database.dispose()
+    return "\n".join(parts)
 
 
 async def therapist_id(database: Database, email: str) -> int:
@@ -132,27 +148,33 @@ async def test_purge_counts_in_a_dry_run_then_removes_only_old_sessions(
     await add_session(database, tid, "old2", "Sam", ended_days_ago=31)
     await add_session(database, tid, "recent", "Robin", ended_days_ago=5)
     await add_session(database, tid, "booked", "Robin", ended_days_ago=None)  # never held
-    db = db_path(url)
     everything = ["old1", "old2", "recent", "booked"]
-    before = counts(db, everything)
+    before = await counts(url, everything)
     assert before == {"sessions": 4, "participants": 8, "checkins": 3}
 
     dry = rapport(url, "purge", RAPPORT_RETENTION_DAYS="30")
     assert dry.returncode == 0, dry.stderr
     assert "Would delete" in dry.stdout
     assert "sessions 2, participants 4, check-ins 2" in dry.stdout
-    assert counts(db, everything) == before  # a dry run deletes nothing
-    assert audit_rows(db, "sessions_purged") == []
+    assert await counts(url, everything) == before  # a dry run deletes nothing
+    assert await audit_rows(url, "sessions_purged") == []
 
     real = rapport(url, "purge", "--yes", RAPPORT_RETENTION_DAYS="30")
     assert real.returncode == 0, real.stderr
     assert "sessions 2, participants 4, check-ins 2" in real.stdout
-    assert counts(db, ["old1", "old2"]) == {"sessions": 0, "participants": 0, "checkins": 0}
-    assert counts(db, ["recent", "booked"]) == {"sessions": 2, "participants": 4, "checkins": 1}
-    with sqlite3.connect(db) as conn:  # nothing of the old sessions' content anywhere
-        dump = "\n".join(conn.iterdump())
+    assert await counts(url, ["old1", "old2"]) == {
+        "sessions": 0,
+        "participants": 0,
+        "checkins": 0,
+    }
+    assert await counts(url, ["recent", "booked"]) == {
+        "sessions": 2,
+        "participants": 4,
+        "checkins": 1,
+    }
+    dump = await everything_stored(url)  # nothing of the old sessions' content anywhere
     assert dump.count(AGENDA) == 2 and dump.count(COMMENT) == 1  # the two kept sessions'
-    [(actor, detail)] = audit_rows(db, "sessions_purged")
+    [(actor, detail)] = await audit_rows(url, "sessions_purged")
     assert actor == "system"
     assert "older than 30 days" in detail and "sessions 2" in detail
     assert (await verify_chain(database)).ok
@@ -170,7 +192,7 @@ async def test_purge_without_a_retention_period_deletes_nothing(api: InProcessAp
     result = rapport(url, "purge", "--yes")
     assert result.returncode == 2
     assert "RAPPORT_RETENTION_DAYS" in result.stderr
-    assert counts(db_path(url), ["old"])["sessions"] == 1
+    assert (await counts(url, ["old"]))["sessions"] == 1
 
 
 async def test_a_therapist_deletes_one_clients_data_and_nothing_else(
@@ -186,18 +208,18 @@ async def test_a_therapist_deletes_one_clients_data_and_nothing_else(
     await add_session(database, mine, "r3", "Robin", ended_days_ago=None)
     await add_session(database, mine, "s1", "Sam", ended_days_ago=2)
     await add_session(database, theirs, "o1", "Robin", ended_days_ago=2)  # same pseudonym
-    db = db_path(url)
 
     response = await therapist.post("/api/clients/delete", json={"label": "Robin"})
     assert response.status_code == 200, response.text
     assert response.json() == {"sessions": 3, "participants": 6, "checkins": 2}
-    assert counts(db, ["r1", "r2", "r3"]) == {"sessions": 0, "participants": 0, "checkins": 0}
-    assert counts(db, ["s1"]) == {"sessions": 1, "participants": 2, "checkins": 1}
-    assert counts(db, ["o1"]) == {"sessions": 1, "participants": 2, "checkins": 1}
+    gone = {"sessions": 0, "participants": 0, "checkins": 0}
+    assert await counts(url, ["r1", "r2", "r3"]) == gone
+    assert await counts(url, ["s1"]) == {"sessions": 1, "participants": 2, "checkins": 1}
+    assert await counts(url, ["o1"]) == {"sessions": 1, "participants": 2, "checkins": 1}
     listed = (await therapist.get("/api/clients")).json()["clients"]
     assert [c["label"] for c in listed] == ["Sam"]
 
-    [(actor, detail)] = audit_rows(db, "client_data_deleted")
+    [(actor, detail)] = await audit_rows(url, "client_data_deleted")
     assert actor == f"user:{mine}"
     assert "Robin" not in detail
     assert label_digest(mine, "Robin") in detail and "sessions 3" in detail
@@ -213,7 +235,7 @@ async def test_a_therapist_deletes_one_clients_data_and_nothing_else(
     assert login.status_code == 200
     assert (await other.post("/api/clients/delete", json={"label": "Sam"})).status_code == 404
     await other.aclose()
-    assert counts(db, ["s1"])["sessions"] == 1
+    assert (await counts(url, ["s1"]))["sessions"] == 1
     await database.dispose()
 
 
@@ -230,8 +252,8 @@ async def test_deleting_a_client_in_session_is_refused(
         await db.commit()
     response = await therapist.post("/api/clients/delete", json={"label": "Robin"})
     assert response.status_code == 409
-    assert counts(db_path(api.settings.database_url), ["live1"])["sessions"] == 1
-    assert audit_rows(db_path(api.settings.database_url), "client_data_deleted") == []
+    assert (await counts(api.settings.database_url, ["live1"]))["sessions"] == 1
+    assert await audit_rows(api.settings.database_url, "client_data_deleted") == []
     await database.dispose()
 
 

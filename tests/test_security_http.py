@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 
 from server.app import create_app, first_run_setup_link
@@ -120,6 +121,7 @@ async def test_setup_link_makes_exactly_one_account(api: InProcessApp) -> None:
     assert users == 1
 
 
+@pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)  # files only SQLite has
 async def test_database_files_are_private(api: InProcessApp, therapist: httpx.AsyncClient) -> None:
     path = Path(api.settings.database_url.split("///", 1)[1])
     await therapist.post("/api/sessions", json={"client_label": "A"})  # WAL in use

@@ -207,8 +207,6 @@ async def live_calls(_admin: Admin, request: Request, db: DbSession) -> LiveCall
         if session is None:
             continue
         started = session.started_at or session.created_at
-        if started.tzinfo is None:
-            started = started.replace(tzinfo=UTC)
         seated = [r for r in ROLES if room.member(r) is not None]
         held = [r for r in seated if room.reconnecting(r)]
         present = [r for r in seated if r not in held]

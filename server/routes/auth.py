@@ -414,8 +414,7 @@ async def _valid_setup(db: DbSession, token: str) -> SetupToken:
     row = await db.get(SetupToken, token_hash(token))
     if row is None or row.used_at is not None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "This setup link is not valid.")
-    expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
-    if expires < datetime.now(UTC):
+    if row.expires_at < datetime.now(UTC):
         raise HTTPException(
             status.HTTP_410_GONE, "This setup link has expired; restart the server."
         )

@@ -66,8 +66,7 @@ async def _participant(
 def _open(session: TherapySession) -> bool:
     if session.status != SessionStatus.ENDED or session.ended_at is None:
         return False
-    ended = session.ended_at if session.ended_at.tzinfo else session.ended_at.replace(tzinfo=UTC)
-    return datetime.now(UTC) - ended < CHECKIN_WINDOW
+    return datetime.now(UTC) - session.ended_at < CHECKIN_WINDOW
 
 
 @router.get("/{token}/checkin")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from datetime import UTC
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -218,8 +217,7 @@ async def client_socket(ws: WebSocket, token: str) -> None:
         session_id, status, participant_id = session.id, str(session.status), participant.id
         bind_session(session_id, Role.CLIENT)
         invite_hash = session.invite_token_hash
-        expires = session.invite_expires_at
-        invite_expires_at = (expires if expires.tzinfo else expires.replace(tzinfo=UTC)).timestamp()
+        invite_expires_at = session.invite_expires_at.timestamp()
     await serve_socket(
         ws,
         session_id,
