@@ -77,6 +77,20 @@ async def _quiet(p: Participant) -> None:
     await p.expect("pong", t=t)
 
 
+async def _admitted_pair(
+    server: LiveServer, therapist: httpx.AsyncClient, name: str | None = "Robin"
+) -> tuple[Participant, Participant, int]:
+    """The therapist's socket and a client (named ``name``, with their participant id)
+    admitted to a new session."""
+    session = await _session(therapist)
+    t = await _therapist(server.ws_url, login_cookie(therapist), session["id"])
+    c = await _waiting(server.ws_url, session, name)
+    (pid,) = await _lobby_ids(t, 1)
+    await t.send({"type": "admit", "participant_id": pid})
+    await c.expect("admitted")
+    return t, c, pid
+
+
 def _texts(p: Participant) -> list[str]:
     return [m["text"] for m in p.seen("chat_message")]
 
@@ -85,12 +99,7 @@ def _texts(p: Participant) -> list[str]:
 async def test_chat_both_ways_with_names_times_and_receipts(
     live_server: LiveServer, therapist: httpx.AsyncClient
 ) -> None:
-    session = await _session(therapist)
-    t = await _therapist(live_server.ws_url, login_cookie(therapist), session["id"])
-    c = await _waiting(live_server.ws_url, session, "Robin")
-    (pid,) = await _lobby_ids(t, 1)
-    await t.send({"type": "admit", "participant_id": pid})
-    await c.expect("admitted")
+    t, c, pid = await _admitted_pair(live_server, therapist)
     assert (await c.expect("chat_history"))["messages"] == []
 
     await _chat(t, "How was your week?")
@@ -265,12 +274,7 @@ async def test_a_client_cannot_see_chat_from_another_session(
 async def test_length_cap_is_precise_and_html_is_plain_text(
     live_server: LiveServer, therapist: httpx.AsyncClient
 ) -> None:
-    session = await _session(therapist)
-    t = await _therapist(live_server.ws_url, login_cookie(therapist), session["id"])
-    c = await _waiting(live_server.ws_url, session, "Robin")
-    (pid,) = await _lobby_ids(t, 1)
-    await t.send({"type": "admit", "participant_id": pid})
-    await c.expect("admitted")
+    t, c, _pid = await _admitted_pair(live_server, therapist)
 
     longest = "é" * 2000  # characters, not bytes
     await _chat(c, f"\n {longest} \n")
@@ -299,12 +303,7 @@ async def test_length_cap_is_precise_and_html_is_plain_text(
 async def test_flood_control_applies_to_chat(
     live_server: LiveServer, therapist: httpx.AsyncClient
 ) -> None:
-    session = await _session(therapist)
-    t = await _therapist(live_server.ws_url, login_cookie(therapist), session["id"])
-    c = await _waiting(live_server.ws_url, session, None)
-    (pid,) = await _lobby_ids(t, 1)
-    await t.send({"type": "admit", "participant_id": pid})
-    await c.expect("admitted")
+    t, c, _pid = await _admitted_pair(live_server, therapist, None)
     for i in range(200):  # the socket's burst is 100 messages
         await _chat(t, f"flood {i}")
     error = await t.expect("error", code="rate_limited")

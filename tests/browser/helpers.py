@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from playwright.sync_api import BrowserContext, Locator, Page, ViewportSize
+from playwright.sync_api import BrowserContext, Locator, Page, ViewportSize, expect
 
 from tests.support import eventually_sync
 
@@ -150,3 +150,23 @@ def end_title(page: Page, state: str) -> Locator:
 def end_detail(page: Page, state: str) -> Locator:
     """The end panel's detail line, only while the stage shows the final `state`."""
     return stage_in(page, state).get_by_test_id("end-detail")
+
+
+def open_and_admit(
+    t: Page,
+    c: Page,
+    session_id: str,
+    invite_url: str,
+    login: dict[str, str] | None = None,
+    name: str = "Robin",
+) -> None:
+    """The usual start of a call: the therapist (signed in first when ``login`` is given)
+    opens the room, the client opens the link, joins as ``name``, and is admitted."""
+    if login is not None:
+        assert t.request.post("/api/login", data=login).ok
+    t.goto(f"/sessions/{session_id}", wait_until="domcontentloaded")
+    c.goto(invite_url, wait_until="domcontentloaded")
+    expect(c.get_by_test_id("join-button")).to_be_enabled()
+    c.get_by_test_id("display-name").fill(name)
+    c.get_by_test_id("join-button").click()
+    t.get_by_test_id("admit-button").click()

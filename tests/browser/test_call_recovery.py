@@ -16,12 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import expect
 
 from signaling import messages as m
 
 from .conftest import Browsers
-from .helpers import VIDEO_PLAYING_JS, new_page
+from .helpers import VIDEO_PLAYING_JS, new_page, open_and_admit
 
 pytestmark = pytest.mark.browser
 
@@ -77,13 +76,8 @@ def test_a_media_failed_retry_leaves_a_connection_restarted_meanwhile_alone(
         browsers.client, server.base_url, console_log, "client", init_script=RECORD_JS
     )
     try:
-        assert t.request.post("/api/login", data={"email": email, "password": password}).ok
-        t.goto(f"/sessions/{session_id}", wait_until="domcontentloaded")
-        c.goto(invite_url, wait_until="domcontentloaded")
-        expect(c.get_by_test_id("join-button")).to_be_enabled()
-        c.get_by_test_id("display-name").fill("Robin")
-        c.get_by_test_id("join-button").click()
-        t.get_by_test_id("admit-button").click()
+        credentials = {"email": email, "password": password}
+        open_and_admit(t, c, session_id, invite_url, credentials)
         for page in (t, c):
             page.wait_for_function(VIDEO_PLAYING_JS, arg=[REMOTE, "first", 10], timeout=30_000)
 

@@ -19,7 +19,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
 from .conftest import Browsers, DialogueWavs, browser_pair
-from .helpers import VIDEO_PLAYING_JS, new_page, stage_in, wait_for
+from .helpers import VIDEO_PLAYING_JS, new_page, open_and_admit, stage_in, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -107,13 +107,8 @@ def call(rapport_server: Any, own_browsers: Browsers) -> Iterator[Call]:
     t_ctx, t = new_page(browsers.therapist, server.base_url, log, "therapist")
     c_ctx, c = new_page(browsers.client, server.base_url, log, "client")
     try:
-        assert t.request.post("/api/login", data={"email": email, "password": password}).ok
-        t.goto(f"/sessions/{session_id}", wait_until="domcontentloaded")
-        c.goto(invite_url, wait_until="domcontentloaded")
-        expect(c.get_by_test_id("join-button")).to_be_enabled()
-        c.get_by_test_id("display-name").fill("Robin")
-        c.get_by_test_id("join-button").click()
-        t.get_by_test_id("admit-button").click()
+        credentials = {"email": email, "password": password}
+        open_and_admit(t, c, session_id, invite_url, credentials)
         videos_advance([t, c], "first", time.monotonic() + 30)
         yield Call(server, http, session_id, invite_url, label, t_ctx, t, c_ctx, c, log)
     finally:

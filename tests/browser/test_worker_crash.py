@@ -18,10 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page
 
 from .conftest import Browsers, DialogueWavs, browser_pair
-from .helpers import VIDEO_PLAYING_JS, new_page, wait_for
+from .helpers import VIDEO_PLAYING_JS, new_page, open_and_admit, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -133,13 +133,8 @@ def test_a_killed_media_worker_brings_both_videos_back_within_3_s(
     c_ctx, c = new_page(own_browsers.client, server.base_url, log, "client",
                         init_script=RECORD_RESTART_JS)  # fmt: skip
     try:
-        assert t.request.post("/api/login", data={"email": email, "password": password}).ok
-        t.goto(f"/sessions/{session_id}", wait_until="domcontentloaded")
-        c.goto(invite_url, wait_until="domcontentloaded")
-        expect(c.get_by_test_id("join-button")).to_be_enabled()
-        c.get_by_test_id("display-name").fill("Robin")
-        c.get_by_test_id("join-button").click()
-        t.get_by_test_id("admit-button").click()
+        credentials = {"email": email, "password": password}
+        open_and_admit(t, c, session_id, invite_url, credentials)
         for page in (t, c):
             page.wait_for_function(VIDEO_PLAYING_JS, arg=[REMOTE, "first", 10], timeout=30_000)
 
