@@ -32,6 +32,7 @@ EXAMPLES = 400 if LONG else 40
 ERROR_CODES = {v for k, v in vars(m.ErrorCode).items() if k.isupper()} | {"internal"}
 CLIENT_MAY_SEE = {
     "welcome",
+    "ice_servers",  # an admitted client's ice_refresh
     "waiting",
     "admitted",
     "denied",
