@@ -40,7 +40,16 @@ async def test_metrics_carry_process_http_and_media_worker_families(
 ) -> None:
     missing = await therapist.get("/api/sessions/0123456789abcdef")
     assert missing.status_code == 404
-    samples = await scrape(therapist)
+    route = "/api/sessions/{session_id}"
+
+    async def counted() -> Samples | None:
+        # A request is counted once its response has gone out, which can be just after the
+        # client has read it: poll rather than scrape once.
+        now = await scrape(therapist)
+        hit = value(now, "rapport_http_requests_total", method="GET", route=route, status="404")
+        return now if hit else None
+
+    samples = await eventually(counted, timeout=10, interval=0.1, message="the 404 counted")
     # Process and runtime collectors.
     assert (value(samples, "process_resident_memory_bytes") or 0) > 10_000_000
     assert value(samples, "process_cpu_seconds_total") is not None
@@ -48,7 +57,6 @@ async def test_metrics_carry_process_http_and_media_worker_families(
     assert any(name == "python_info" for name, _ in samples)
     assert any(name == "python_gc_collections_total" for name, _ in samples)
     # HTTP by route template, never by concrete path.
-    route = "/api/sessions/{session_id}"
     assert value(samples, "rapport_http_requests_total", method="GET", route=route, status="404")
     assert value(samples, "rapport_http_request_duration_seconds_count", method="GET", route=route)
     assert not any("0123456789abcdef" in str(labels) for _, labels in samples)
