@@ -44,6 +44,17 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, deadline_s: 
     raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {deadline_s} s")
 
 
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``grace_s``: a test's server never
+    outlives the test."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def postgres_available() -> bool:
     return bool(PG_ROOTS) and (PG_ROOTS[0] / "initdb").exists()
 
@@ -170,12 +181,7 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
                 time.sleep(0.1)
         yield cluster
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, 20)
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -221,10 +227,5 @@ def redis_server() -> Iterator[RedisServer]:
         _wait_port(port, proc, "redis-server")
         yield RedisServer(port=port, process=proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, 10)
         shutil.rmtree(directory, ignore_errors=True)

@@ -28,6 +28,7 @@ from playwright.sync_api import BrowserContext, Page, expect
 
 from signaling import messages as m
 from tests.server_process import THERAPIST_EMAIL, THERAPIST_PASSWORD, RapportServer
+from tests.services import stop_process
 from tests.support import eventually_sync
 
 from .conftest import Browsers, serve_rapport
@@ -201,12 +202,7 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
         eventually_sync(ready, timeout=15, interval=0.2, message="coturn did not answer STUN")
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc, 10)
         out.close()
 
 
