@@ -106,6 +106,7 @@ class Cluster:
         lease_s: float = 5.0,
         hosts_rooms: bool = True,
         draining: Callable[[], bool] = lambda: False,
+        cpu: Callable[[], float] | None = None,
     ) -> None:
         self.node_id = node_id
         self.rooms = rooms
@@ -124,7 +125,9 @@ class Cluster:
         self.draining = draining
         self.serve_here: ServeHere | None = None
         self.started_at = time.time()
-        self._cpu = CpuMeter()
+        # What this node reports as its CPU use; nodes sharing one test process pass their own
+        # reading, since the process's CPU is not any one node's.
+        self._cpu_read: Callable[[], float] = cpu or CpuMeter().read
         self._cores = usable_cores()
         # Sessions this node won a lease for, with when (a room follows within moments).
         self.hosted: dict[str, float] = {}
@@ -186,7 +189,7 @@ class Cluster:
             calls=len(live),
             rooms=len(self.rooms.rooms),
             relayed_sockets=len(self.outbound),
-            cpu=self._cpu.read(),
+            cpu=self._cpu_read(),
             cores=self._cores,
             draining=self.draining(),
             hosts_rooms=self.hosts_rooms,
