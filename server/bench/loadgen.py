@@ -594,8 +594,12 @@ class Api:
 
     @property
     def ws_base(self) -> str:
-        parts = urlsplit(self.base)
-        return f"{'wss' if parts.scheme == 'https' else 'ws'}://{parts.netloc}"
+        return ws_base(self.base)
+
+
+def ws_base(base_url: str) -> str:
+    parts = urlsplit(base_url)
+    return f"{'wss' if parts.scheme == 'https' else 'ws'}://{parts.netloc}"
 
 
 class Socket:
@@ -658,14 +662,22 @@ class Session:
     therapist: LoadPeer
     client: LoadPeer
     sockets: list[Socket]
+    # The base URLs each participant's socket went to (a cluster's nodes: ``--entry-urls``).
+    entries: tuple[str, str] = ("", "")
 
 
-async def start_session(api: Api, clip: Clip, index: int) -> Session:
-    """Create a session and bring both participants into the call, as the web client does."""
+async def start_session(
+    api: Api, clip: Clip, index: int, entries: tuple[str, str] | None = None
+) -> Session:
+    """Create a session and bring both participants into the call, as the web client does.
+
+    ``entries``: the therapist's and the client's node, when they are not ``api``'s (a
+    cluster bench sends them through different nodes, so one socket is relayed)."""
+    therapist_url, client_url = entries or (api.base, api.base)
     created = await api.post("/api/sessions", {"client_label": f"bench {index}"})
     session_id, invite = created["id"], created["invite_url"].rsplit("/join/", 1)[1]
     login = f"rapport_login={api.cookies['rapport_login']}"
-    therapist_ws = await Socket.open(f"{api.ws_base}/ws/sessions/{session_id}", login)
+    therapist_ws = await Socket.open(f"{ws_base(therapist_url)}/ws/sessions/{session_id}", login)
     sockets = [therapist_ws]
     therapist = LoadPeer(f"t{index}", clip)
     client = LoadPeer(f"c{index}", clip)
@@ -674,7 +686,8 @@ async def start_session(api: Api, clip: Clip, index: int) -> Session:
         await therapist_ws.send({"type": "join"})
         await therapist_ws.expect("joined")
         client_ws = await Socket.open(
-            f"{api.ws_base}/ws/join/{invite}", f"rapport_client={secrets.token_urlsafe(24)}"
+            f"{ws_base(client_url)}/ws/join/{invite}",
+            f"rapport_client={secrets.token_urlsafe(24)}",
         )
         sockets.append(client_ws)
         await client_ws.expect("welcome")
@@ -697,7 +710,7 @@ async def start_session(api: Api, clip: Clip, index: int) -> Session:
         for ws in sockets:
             await ws.close()
         raise
-    return Session(index, therapist, client, sockets)
+    return Session(index, therapist, client, sockets, (therapist_url, client_url))
 
 
 async def _connected(*peers: LoadPeer, wait_s: float = 30.0) -> None:
@@ -757,12 +770,16 @@ async def run(args: argparse.Namespace) -> int:
     try:
         if args.direct:
             direct = await start_direct(clip)
+        nodes = [u.rstrip("/") for u in (args.entry_urls or args.url).split(",") if u.strip()]
         for i in range(args.sessions):
+            index = args.first_index + i
+            # Round-robin: the therapist through node k, the client through node k + 1.
+            entries = (nodes[index % len(nodes)], nodes[(index + 1) % len(nodes)])
             try:
-                sessions.append(await start_session(api, clip, args.first_index + i))
+                sessions.append(await start_session(api, clip, index, entries))
             except Exception as exc:
                 failed += 1
-                log.warning("session %d failed to start: %r", args.first_index + i, exc)
+                log.warning("session %d failed to start: %r", index, exc)
             await asyncio.sleep(args.stagger)
         _emit({"event": "ready", "sessions": len(sessions), "failed": failed})
         command = await _read_command()
@@ -778,9 +795,16 @@ async def run(args: argparse.Namespace) -> int:
         window = (start, until - 0.5)
         levels = clip_levels(clip.audio)
         relay: list[StreamResult] = []
+        directions: dict[str, list[StreamResult]] = {
+            "therapist->client": [],
+            "client->therapist": [],
+        }
         for s in sessions:
-            relay += pair_results(s.therapist, s.client, window, levels)
-            relay += pair_results(s.client, s.therapist, window, levels)
+            to_client = pair_results(s.therapist, s.client, window, levels)
+            to_therapist = pair_results(s.client, s.therapist, window, levels)
+            directions["therapist->client"] += to_client
+            directions["client->therapist"] += to_therapist
+            relay += to_client + to_therapist
         baseline: list[StreamResult] = []
         if direct:
             baseline += pair_results(direct[0], direct[1], window, levels)
@@ -793,6 +817,21 @@ async def run(args: argparse.Namespace) -> int:
                 "relay": _summarise(relay),
                 "direct": _summarise(baseline) if direct else None,
                 "keyframe_requests": sum(p.tracks["video"].keyframe_requests for p in peers),
+                # Frames sent and received per direction and kind (no latency samples).
+                "directions": {
+                    name: {
+                        kind: {
+                            "sent": sum(r.sent for r in part if r.kind == kind),
+                            "received": sum(r.received for r in part if r.kind == kind),
+                        }
+                        for kind in ("audio", "video")
+                    }
+                    for name, part in directions.items()
+                },
+                "entries": [
+                    {"index": s.index, "therapist": s.entries[0], "client": s.entries[1]}
+                    for s in sessions
+                ],
             }
         )
         return 0
@@ -816,9 +855,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stagger", type=float, default=0.25, help="seconds between set-ups")
     parser.add_argument("--clip", help="pre-encoded clip cache file")
     parser.add_argument("--direct", action="store_true", help="also run the direct baseline pair")
+    parser.add_argument(
+        "--entry-urls",
+        help="comma-separated node base URLs the participants' sockets go to, round-robin "
+        "(session k: therapist via node k, client via node k+1); default --url",
+    )
     args = parser.parse_args(argv)
-    if urlsplit(args.url).hostname not in ("127.0.0.1", "localhost"):
-        parser.error("the load generator only targets a server on this machine")
+    for url in [args.url, *(args.entry_urls or "").split(",")]:
+        if url.strip() and urlsplit(url.strip()).hostname not in ("127.0.0.1", "localhost"):
+            parser.error("the load generator only targets servers on this machine")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
         import uvloop

@@ -91,6 +91,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server-pid", type=int, help="with --url: the server's pid, for CPU")
     parser.add_argument("--email", default=BENCH_EMAIL, help="with --url: a therapist account")
     parser.add_argument("--keep", action="store_true", help="keep each run's temp dir and logs")
+    # --- cluster bench (issue 15): server/bench/cluster.py
+    parser.add_argument(
+        "--nodes",
+        help="bench a cluster instead: node counts to run, e.g. 1,2 (each run starts a "
+        "throwaway redis-server and that many nodes on 127.0.0.1; the therapist and the "
+        "client of a session enter through different nodes)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        help="with --nodes: use this Redis (on 127.0.0.1, used by no other Rapport node) "
+        "instead of starting one; its CPU is then not counted",
+    )
+    parser.add_argument(
+        "--database-url",
+        help="with --nodes: the nodes' shared database (e.g. PostgreSQL); default a SQLite "
+        "file (WAL) in the run's temp dir",
+    )
 
 
 # ---------------------------------------------------------------------------- probes
@@ -179,8 +196,17 @@ def serve_child() -> int:
                 drops += sum(o["dropped"] for o in peer["outbound"].values())
         pool = app.state.media_pool
         workers = await pool.health(reset_lag=reset) if pool is not None else []
+        cluster = app.state.cluster
         return {
             "pid": os.getpid(),
+            # Cluster mode (``--nodes``): what this node hosts and relays right now.
+            "node_id": settings.node_id,
+            "hosted_sessions": sorted(
+                sid for sid, room in app.state.rooms.rooms.items() if room.members
+            ),
+            "relayed_sockets": len(cluster.outbound) if cluster is not None else 0,
+            "hosted_relayed_sockets": len(cluster.inbound) if cluster is not None else 0,
+            "cluster_nodes": len(cluster.peers) if cluster is not None else None,
             "media_workers": len(workers),
             "worker_loop_lag_p99_ms": [w.get("loop_lag_p99_ms") for w in workers],
             "loop_lag_ms": {
@@ -636,6 +662,12 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
 def run_from_args(args: argparse.Namespace) -> int:
     if not args.url and not Path("/proc/self/stat").exists():
         raise SystemExit("rapport bench reads /proc; run it on Linux")
+    if args.nodes:
+        from server.bench.cluster import run_cluster_from_args
+
+        return run_cluster_from_args(args)
+    if args.redis_url or args.database_url:
+        raise SystemExit("--redis-url and --database-url go with --nodes")
     result = asyncio.run(run_all(args))
     print_table(result["runs"])
     if result.get("cpu_ratio") is not None:
