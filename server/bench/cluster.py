@@ -469,7 +469,11 @@ def print_cluster_table(runs: list[dict[str, Any]]) -> None:
         "entered a node not hosting their room)"
     )
     for run in runs:
-        print(f"  {run['nodes']} node(s): {run['core_split']}")
+        cpus = " + ".join(_fmt(node["cpu_cores"], ".3f") for node in run["per_node"])
+        print(
+            f"  {run['nodes']} node(s), N={run['sessions']}: {run['core_split']}; CPU s/s of "
+            f"the nodes {cpus}, of Redis {_fmt(run['redis_cpu_cores'], '.3f')}"
+        )
 
 
 async def run_cluster_all(args: argparse.Namespace) -> dict[str, Any]:
