@@ -192,7 +192,6 @@ async def run_cluster_once(
         # A database given by the user may hold earlier runs' accounts: a fresh one each run.
         email = f"bench-{run_id}@example.test" if args.database_url else args.email
         urls: list[str] = []
-        node_ids: list[str] = []
         for index in range(nodes):
             port = _free_port()
             base_url = f"http://127.0.0.1:{port}"
@@ -234,7 +233,6 @@ async def run_cluster_once(
                     stdin=password + "\n",
                 )
             urls.append(base_url)
-            node_ids.append(node_id)
         await _wait_cluster(urls, nodes, time.monotonic() + 30)
         for url in urls:
             await asyncio.to_thread(_http_json, f"{url}/_bench/stats?reset=1")
@@ -332,11 +330,15 @@ async def run_cluster_once(
             server_stats=_merged_stats(stats),
             load=load_before,
         )
-        figures = _cluster_figures(nodes, per_node, split, node_ids, urls, stats, results)
-        for node, cpu in zip(figures["per_node"], node_cpu, strict=True):
-            node["cpu_cores"] = round(cpu, 4)
-        figures["redis_cpu_cores"] = None if redis_cpu is None else round(redis_cpu, 4)
-        return {**run, **figures}
+        figures = _cluster_figures(urls, stats, results, node_cpu)
+        return {
+            **run,
+            "nodes": nodes,
+            "media_workers_per_node": per_node,
+            "core_split": split,
+            "redis_cpu_cores": None if redis_cpu is None else round(redis_cpu, 4),
+            **figures,
+        }
     finally:
         # Load generators first (their sockets close, rooms empty), then the nodes (they
         # leave the cluster through Redis), then Redis.
@@ -385,18 +387,16 @@ def _merged_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _cluster_figures(
-    nodes: int,
-    per_node: int,
-    split: str,
-    node_ids: list[str],
     urls: list[str],
     stats: list[dict[str, Any]],
     results: list[dict[str, Any]],
+    node_cpu: list[float],
 ) -> dict[str, Any]:
+    """Per direction and per node: what shows the run was a cluster and where the load went."""
     frames = {d: {"audio": 0, "video": 0} for d in DIRECTIONS}
     sent = {d: {"audio": 0, "video": 0} for d in DIRECTIONS}
     entries: list[dict[str, Any]] = []
-    node_of = dict(zip(urls, range(1, nodes + 1), strict=True))
+    node_of = {url: i + 1 for i, url in enumerate(urls)}
     for result in results:
         for direction in DIRECTIONS:
             for kind in ("audio", "video"):
@@ -412,17 +412,14 @@ def _cluster_figures(
                 }
             )
     return {
-        "nodes": nodes,
-        "media_workers_per_node": per_node,
-        "core_split": split,
         "frames_received": frames,
         "frames_sent": sent,
         "entries": sorted(entries, key=lambda e: e["session"]),
         "per_node": [
             {
                 "node": i + 1,
-                "node_id": node_ids[i],
-                "cpu_cores": None,
+                "node_id": s["node_id"],
+                "cpu_cores": round(node_cpu[i], 4),
                 "hosted_sessions": len(s["hosted_sessions"]),
                 "relayed_sockets": s["relayed_sockets"],
                 "hosted_relayed_sockets": s["hosted_relayed_sockets"],

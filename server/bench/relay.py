@@ -258,8 +258,11 @@ async def _run_cli(env: dict[str, str], *args: str, stdin: str = "", wait_s: flo
     try:
         out, _ = await asyncio.wait_for(proc.communicate(stdin.encode()), wait_s)
     except TimeoutError:
-        proc.kill()
         raise RunFailed(f"rapport {' '.join(args)} timed out") from None
+    finally:
+        if proc.returncode is None:  # timed out, or the bench was interrupted
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
     if proc.returncode != 0:
         raise RunFailed(f"rapport {' '.join(args)} failed: {out.decode(errors='replace')[-500:]}")
 
