@@ -7,8 +7,10 @@ from typing import Any
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Gauge
 
+from ..routes.admin import call_quality_here, live_calls_here
 from ..settings import Settings
 from .node import Cluster
+from .wire import Answer, Ask, CallsAnswer, QualityAnswer, SignalsAnswer
 
 
 def cluster_for(settings: Settings, app: FastAPI) -> Cluster | None:
@@ -27,12 +29,27 @@ def cluster_for(settings: Settings, app: FastAPI) -> Cluster | None:
         lease_s=settings.cluster_lease_s,
         hosts_rooms=settings.cluster_hosts_rooms,
         draining=lambda: bool(app.state.draining),
+        ask_timeout_s=settings.cluster_ask_timeout_s,
     )
 
     async def serve(session_id: str, status: str, member: Any) -> None:
         await serve_here(app, session_id, status, member)
 
     cluster.serve_here = serve
+
+    async def answer(ask: Ask) -> Answer:
+        """This node's live state, for a request that landed on another node."""
+        if ask.query == "signals":
+            hub = app.state.signals
+            return SignalsAnswer.model_validate(
+                {"snapshot": hub.latest(ask.session_id), "timeline": hub.timeline(ask.session_id)}
+            )
+        if ask.query == "call_quality":
+            return QualityAnswer(detail=call_quality_here(app.state.quality, ask.session_id))
+        async with app.state.database.session() as db:
+            return CallsAnswer(calls=await live_calls_here(rooms, app.state.quality, db))
+
+    cluster.answer_here = answer
     unload = rooms.on_room_closed
 
     async def room_closed(session_id: str) -> None:

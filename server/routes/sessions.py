@@ -16,9 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from media import SnapshotPayload, TimelineSecond
 
-from ..alliance_hub import SignalsHub, unpack_timeline
+from ..alliance_hub import unpack_timeline
 from ..audit import record
 from ..auth import DbSession, SettingsDep, Therapist
+from ..cluster.reads import live_signals
 from ..models import AppSetting, Participant, SessionStatus, TherapySession, User
 from ..security import new_session_id, token_hash
 from ..settings import Settings
@@ -314,8 +315,8 @@ async def session_metrics(
     Stored rows go through the same model as live snapshots, so the panel gets one shape.
     """
     session = await own_session(db, user, session_id)
-    hub: SignalsHub = request.app.state.signals
-    live = hub.latest(session.id)
+    # In cluster mode from the node hosting the room, wherever this request landed.
+    live, _ = await live_signals(request.app, session.id)
     if live is not None:
         return SnapshotPayload.model_validate(live)
     if session.metrics is None:
@@ -329,8 +330,7 @@ async def session_timeline(
 ) -> TimelineOut:
     """Who spoke each second of the session."""
     session = await own_session(db, user, session_id)
-    hub: SignalsHub = request.app.state.signals
-    live = hub.timeline(session.id)
+    _, live = await live_signals(request.app, session.id)
     if live is None:
         live = unpack_timeline(session.timeline or [])
     return TimelineOut.model_validate({"session_id": session.id, "seconds": live})
