@@ -370,8 +370,11 @@ class Cluster:
         if self.answer_here is None:
             return
         try:
-            answer = await self.answer_here(ask)
+            # The asker waits no longer than this either: a stuck read must not pile up here.
+            answer = await asyncio.wait_for(self.answer_here(ask), self.ask_timeout_s)
             await self.publish(ask.origin, Reply(id=ask.id, answer=answer))
+        except TimeoutError:
+            log.warning("answering a %s read took too long; dropped", ask.query)
         except Exception:
             log.exception("answering a %s read failed", ask.query)
 
