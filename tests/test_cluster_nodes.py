@@ -9,6 +9,7 @@ landed on closes it with 1012.
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,9 +48,14 @@ FAST = {
 
 @contextlib.contextmanager
 def cluster(
-    tmp: Path, database_url: str, redis_url: str, nodes: list[tuple[str, bool]]
+    tmp: Path,
+    database_url: str,
+    redis_url: str,
+    nodes: list[tuple[str, bool]],
+    node_env: dict[str, dict[str, str]] | None = None,
 ) -> Iterator[list[RapportServer]]:
-    """Start the nodes one after the other (the first creates the schema and the accounts)."""
+    """Start the nodes one after the other (the first creates the schema and the accounts);
+    ``node_env`` adds settings for some nodes, by node id."""
     with contextlib.ExitStack() as stack:
         servers = []
         for i, (node_id, hosts) in enumerate(nodes):
@@ -61,6 +67,7 @@ def cluster(
                 "RAPPORT_REDIS_URL": redis_url,
                 "RAPPORT_NODE_ID": node_id,
                 "RAPPORT_CLUSTER_HOSTS_ROOMS": "true" if hosts else "false",
+                **(node_env or {}).get(node_id, {}),
             }
             servers.append(
                 stack.enter_context(rapport_server_process(directory, env, accounts=i == 0))
@@ -233,6 +240,77 @@ async def test_a_killed_host_moves_the_room_and_the_session_continues(
             assert first["client_talk_s"] <= before["client_talk_s"] + elapsed + 1.0
             after = await _signals(t, lambda s: s["client_talk_s"] > before["client_talk_s"] + 1)
             assert after["duration_s"] > before["duration_s"]
+            await t.send({"type": "end"})
+            await c.expect("ended", timeout=20)
+            await t.close()
+            await c.close()
+        finally:
+            await http.aclose()
+            directory.close()
+
+
+async def _closed_with(p: Participant) -> int | None:
+    with contextlib.suppress(websockets.ConnectionClosed):
+        while True:
+            await p.ws.recv()
+    return p.ws.close_code
+
+
+async def test_a_drained_node_gives_its_room_up_before_closing_the_sockets(
+    tmp_path: Path, postgres: Any, redis_url: str
+) -> None:
+    nodes = [("node-a", True), ("node-b", True)]
+    # A's drain ends 2 s after SIGTERM with the call still running.
+    env = {"node-a": {"RAPPORT_DRAIN_TIMEOUT_S": "2"}}
+    with cluster(tmp_path, postgres.new_database(), redis_url, nodes, env) as (a, b):
+        http = await _signed_in(b)
+        directory = redis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            session = (await http.post("/api/sessions", json={"client_label": "C"})).json()
+            sid = session["id"]
+            directory.set(f"rapport:room:{sid}", "node-a", px=30_000)  # hosted on A
+            # The therapist's socket landed on B (relayed to A), the client's on A; after the
+            # drain both pages reconnect through B, as a load balancer skipping A would send them.
+            t_url = f"{b.ws_url}/ws/sessions/{sid}"
+            c_url = f"{b.ws_url}/ws/join/{invite_token(session['invite_url'])}"
+            t = await Participant.connect(t_url, login_cookie(http))
+            await t.send({"type": "join"})
+            await t.expect("joined")
+            cookie = new_client_cookie()
+            c = await Participant.connect(
+                f"{a.ws_url}/ws/join/{invite_token(session['invite_url'])}", cookie
+            )
+            await c.send({"type": "join"})
+            await t.send({"type": "admit", "participant_id": await next_waiting(t)})
+            await c.expect("admitted")
+            await t.start_media()
+            await c.start_media(await _talking_client())
+            before = await _signals(t, lambda s: s["client_talk_s"] >= 3.0)
+            read_at = time.monotonic()
+            a.process.send_signal(signal.SIGTERM)
+            for p in (t, c):
+                assert await _closed_with(p) == 1012
+            # At once, not after the lease (30 s here): the room is placed on B.
+            closed_at = time.monotonic()
+            t = await _rejoin(t_url, login_cookie(http), client=False)
+            c = await _rejoin(c_url, cookie, client=True)
+            assert directory.get(f"rapport:room:{sid}") == "node-b"
+            assert time.monotonic() - closed_at < 15.0
+            await t.start_media()
+            await c.start_media(await _talking_client())
+            # One record, continued: B resumes the signals A flushed before closing (nothing
+            # lost beyond a tick, nothing counted twice).
+            first = await _signals(t, lambda s: True)
+            elapsed = time.monotonic() - read_at
+            assert first["client_talk_s"] >= before["client_talk_s"] - 1.0, (before, first)
+            assert first["duration_s"] >= before["duration_s"] - 1.0, (before, first)
+            assert first["client_talk_s"] <= before["client_talk_s"] + elapsed + 1.0
+            listed = (await http.get("/api/sessions")).json()["sessions"]
+            assert [(s["id"], s["status"]) for s in listed] == [(sid, "live")]
+            # The room stays on B: nobody is sent away again.
+            await _signals(t, lambda s: s["client_talk_s"] > before["client_talk_s"] + 1)
+            assert directory.get(f"rapport:room:{sid}") == "node-b"
+            assert t.ws.close_code is None and c.ws.close_code is None
             await t.send({"type": "end"})
             await c.expect("ended", timeout=20)
             await t.close()
