@@ -15,6 +15,7 @@ from server.cluster.wire import (
     HOST_STATE,
     Answer,
     Ask,
+    CallQualityRead,
     MemberSpec,
     Open,
     QualityAnswer,
@@ -200,11 +201,12 @@ async def test_a_node_asks_the_rooms_host_and_gives_up_after_its_timeout(nodes: 
 
     async def answer(ask: Ask) -> Answer:
         asked.append(ask)
-        return QualityAnswer(detail=detail if ask.session_id == "s1" else None)
+        assert isinstance(ask.question, CallQualityRead)
+        return QualityAnswer(detail=detail if ask.question.session_id == "s1" else None)
 
     b.answer_here = answer
     assert await a.remote_call_quality("s1") == detail
-    assert [(x.query, x.session_id, x.origin) for x in asked] == [("call_quality", "s1", "node-a")]
+    assert [(x.question, x.origin) for x in asked] == [(CallQualityRead(session_id="s1"), "node-a")]
     # No node hosts "s2": nothing is asked. A room hosted by the asking node: nothing either.
     assert await a.remote_call_quality("s2") is None
     assert await a.directory.place("s3", "node-a") == "node-a"

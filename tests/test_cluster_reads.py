@@ -26,7 +26,14 @@ from tests.signaling_helpers import (
     new_client_cookie,
     next_waiting,
 )
-from tests.test_cluster_nodes import _signals, _signed_in, _talking_client, cluster
+from tests.support import eventually
+from tests.test_cluster_nodes import (
+    _closed_with,
+    _signals,
+    _signed_in,
+    _talking_client,
+    cluster,
+)
 
 
 async def _admin(node: RapportServer) -> httpx.AsyncClient:
@@ -48,7 +55,9 @@ async def test_live_reads_sent_to_another_node_answer_the_hosts_live_figures(
     tmp_path: Path, postgres: Any, redis_url: str
 ) -> None:
     nodes = [("node-a", True), ("node-b", True)]
-    with cluster(tmp_path, postgres.new_database(), redis_url, nodes) as (a, b):
+    # A keeps its room through the few seconds it is stopped below (its lease outlasts them).
+    env = {"node-a": {"RAPPORT_CLUSTER_LEASE_S": "30"}}
+    with cluster(tmp_path, postgres.new_database(), redis_url, nodes, env) as (a, b):
         on_a, on_b = await _signed_in(a), await _signed_in(b)
         admin_a, admin_b = await _admin(a), await _admin(b)
         directory = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -109,8 +118,8 @@ async def test_live_reads_sent_to_another_node_answer_the_hosts_live_figures(
             missing = await admin_b.get("/api/admin/calls/no-such-call")
             assert missing.status_code == 404
 
-            # A host that does not answer (stopped, not yet taken for dead): B answers within
-            # its ask timeout with the persisted figures, the same on every read.
+            # A host that does not answer (stopped; for B first silent, then dead): B answers
+            # within its ask timeout with the persisted figures, the same on every read.
             live = await _get(on_a, f"/api/sessions/{sid}/metrics")
             os.kill(a.process.pid, signal.SIGSTOP)
             try:
@@ -122,8 +131,24 @@ async def test_live_reads_sent_to_another_node_answer_the_hosts_live_figures(
                 assert absent.status_code == 404
             finally:
                 os.kill(a.process.pid, signal.SIGCONT)
-            await t.close()
-            await c.close()
+
+            # Revocations sent to B reach the sockets in A's room: a replaced link closes the
+            # client's socket (came in on the old link) and a sign-out the therapist's.
+            async def a_is_back() -> bool:
+                view = await _get(admin_b, "/api/admin/cluster")
+                return "node-a" in {n["info"]["node_id"] for n in view["nodes"]}
+
+            await eventually(a_is_back, timeout=30, interval=0.2, message="node-a back")
+            renewed = await on_b.post(
+                f"/api/sessions/{sid}/invite", json={"keep_participants": False}
+            )
+            assert renewed.status_code == 200, renewed.text
+            assert renewed.json()["closed_connections"] == 1
+            assert (await c.error(timeout=20))["code"] == "invite_revoked"
+            async with httpx.AsyncClient(base_url=b.url, cookies=on_a.cookies) as same_login:
+                assert (await same_login.post("/api/logout")).status_code == 204
+            assert (await t.error(timeout=20))["code"] == "unauthorized"
+            assert await _closed_with(t) == 4401 and await _closed_with(c) == 4410
         finally:
             for http in (on_a, on_b, admin_a, admin_b):
                 await http.aclose()

@@ -38,14 +38,20 @@ from .directory import Directory, LiveCallSummary, NodeInfo, least_loaded, node_
 from .wire import (
     Answer,
     Ask,
+    CallQualityRead,
     CallsAnswer,
     Close,
+    ClosedAnswer,
     Frame,
+    InviteRenewed,
+    LiveCallsRead,
     Open,
     QualityAnswer,
-    Query,
+    Question,
     Reply,
     SignalsAnswer,
+    SignalsRead,
+    SignOut,
     envelope_adapter,
     member_from,
     member_spec,
@@ -321,9 +327,10 @@ class Cluster:
         return int(await self.redis.publish(node_channel(node_id), envelope.model_dump_json()))
 
     # ------------------------------------------------------------------ reads of live state
-    async def ask(self, node_id: str, query: Query, session_id: str = "") -> Answer | None:
+    async def ask(self, node_id: str, question: Question) -> Answer | None:
         """``node_id``'s answer, or None if it did not answer within ``ask_timeout_s``."""
-        ask = Ask(id=uuid.uuid4().hex, origin=self.node_id, query=query, session_id=session_id)
+        ask = Ask(id=uuid.uuid4().hex, origin=self.node_id, question=question)
+        query = question.query
         answered: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._asks[ask.id] = answered
         try:
@@ -331,7 +338,7 @@ class Cluster:
                 return None  # nobody listens on that node's channel
             return await asyncio.wait_for(answered, self.ask_timeout_s)
         except (TimeoutError, RedisError, OSError) as exc:
-            log.warning("node %s did not answer a %s read: %s", node_id, query, type(exc).__name__)
+            log.warning("node %s did not answer a %s: %s", node_id, query, type(exc).__name__)
             return None
         finally:
             self._asks.pop(ask.id, None)
@@ -340,31 +347,59 @@ class Cluster:
         """The live node hosting the session's room, if that is not this node."""
         try:
             host = await self.directory.host_of(session_id)
+            if host is None or host == self.node_id or not await self.directory.alive(host):
+                return None  # asking a dead host would only wait out the timeout
         except (RedisError, OSError):
             return None
-        alive = {node.node_id for node in self.peers}
-        return host if host is not None and host != self.node_id and host in alive else None
+        return host
 
     async def remote_signals(self, session_id: str) -> SignalsAnswer | None:
         """The session's live signals from the node hosting its room elsewhere; None when no
         other node hosts it or the host did not answer (the caller uses what is persisted)."""
         host = await self._remote_host(session_id)
-        answer = None if host is None else await self.ask(host, "signals", session_id)
+        answer = None if host is None else await self.ask(host, SignalsRead(session_id=session_id))
         return answer if isinstance(answer, SignalsAnswer) else None
 
     async def remote_call_quality(self, session_id: str) -> CallDetail | None:
         host = await self._remote_host(session_id)
-        answer = None if host is None else await self.ask(host, "call_quality", session_id)
+        read = CallQualityRead(session_id=session_id)
+        answer = None if host is None else await self.ask(host, read)
         return answer.detail if isinstance(answer, QualityAnswer) else None
 
     async def remote_calls(self) -> list[LiveCall]:
         """Every other room-hosting node's live calls, asked of all of them at once. A node
         that does not answer in time is left out (the cluster view still counts its calls)."""
-        others = [n.node_id for n in self.peers if n.node_id != self.node_id and n.hosts_rooms]
-        answers = await asyncio.gather(*(self.ask(node, "live_calls") for node in others))
+        others = await self._others()
+        answers = await asyncio.gather(*(self.ask(node, LiveCallsRead()) for node in others))
         return [
             call for answer in answers if isinstance(answer, CallsAnswer) for call in answer.calls
         ]
+
+    async def _others(self) -> list[str]:
+        """The other live nodes that host rooms, read now: the heartbeat's list can be a period
+        old and miss a node that has just come back."""
+        try:
+            nodes = await self.directory.nodes()
+        except (RedisError, OSError):
+            nodes = self.peers
+        return [n.node_id for n in nodes if n.node_id != self.node_id and n.hosts_rooms]
+
+    async def remote_sign_out(
+        self, login_hash: str | None = None, user_id: int | None = None
+    ) -> int:
+        """Tell every other node of a sign-out: a therapist's socket may be served in a room
+        anywhere. Returns how many sockets they closed (those that answered in time)."""
+        order = SignOut(login_hash=login_hash, user_id=user_id)
+        others = await self._others()
+        answers = await asyncio.gather(*(self.ask(node, order) for node in others))
+        return sum(answer.closed for answer in answers if isinstance(answer, ClosedAnswer))
+
+    async def remote_invite_renewed(self, session_id: str, new_hash: str, keep: bool) -> int:
+        """Tell the node hosting the session's room that its invite link was replaced."""
+        host = await self._remote_host(session_id)
+        order = InviteRenewed(session_id=session_id, new_hash=new_hash, keep_admitted=keep)
+        answer = None if host is None else await self.ask(host, order)
+        return answer.closed if isinstance(answer, ClosedAnswer) else 0
 
     async def _answer(self, ask: Ask) -> None:
         if self.answer_here is None:
@@ -374,9 +409,9 @@ class Cluster:
             answer = await asyncio.wait_for(self.answer_here(ask), self.ask_timeout_s)
             await self.publish(ask.origin, Reply(id=ask.id, answer=answer))
         except TimeoutError:
-            log.warning("answering a %s read took too long; dropped", ask.query)
+            log.warning("answering a %s took too long; dropped", ask.question.query)
         except Exception:
-            log.exception("answering a %s read failed", ask.query)
+            log.exception("answering a %s failed", ask.question.query)
 
     async def relay(
         self, ws: WebSocket, host: str, session_id: str, status: str, member: Member

@@ -112,19 +112,56 @@ class Close(BaseModel):
     code: int = 1000
 
 
-# What a node can be asked about its rooms: a session's live signals (snapshot and timeline),
-# a call's quality detail (admins: quality, never clinical content), or its live calls.
-Query = Literal["signals", "call_quality", "live_calls"]
+# What a node can be asked about the rooms it hosts: a session's live signals (snapshot and
+# timeline), a call's quality detail (admins: quality, never clinical content), its live calls;
+# and what it must be told because a socket in its rooms was authenticated elsewhere: a
+# sign-out, a replaced invite link (the sockets they revoke are closed, wherever they landed).
+
+
+class SignalsRead(BaseModel):
+    query: Literal["signals"] = "signals"
+    session_id: str
+
+
+class CallQualityRead(BaseModel):
+    query: Literal["call_quality"] = "call_quality"
+    session_id: str
+
+
+class LiveCallsRead(BaseModel):
+    query: Literal["live_calls"] = "live_calls"
+
+
+class SignOut(BaseModel):
+    """A login (``login_hash``) or every login of a user (``user_id``) was signed out."""
+
+    query: Literal["sign_out"] = "sign_out"
+    login_hash: str | None = None
+    user_id: int | None = None
+
+
+class InviteRenewed(BaseModel):
+    """The session's invite link was replaced (``signaling.room.Room.invite_renewed``)."""
+
+    query: Literal["invite_renewed"] = "invite_renewed"
+    session_id: str
+    new_hash: str
+    keep_admitted: bool
+
+
+Question = Annotated[
+    SignalsRead | CallQualityRead | LiveCallsRead | SignOut | InviteRenewed,
+    Field(discriminator="query"),
+]
 
 
 class Ask(BaseModel):
-    """A read of live state held by the receiver; answered with a ``Reply`` to ``origin``."""
+    """A question for the receiver; answered with a ``Reply`` carrying the same ``id``."""
 
     kind: Literal["ask"] = "ask"
     id: str
     origin: str
-    query: Query
-    session_id: str = ""  # empty for node-wide queries (live_calls)
+    question: Question
 
 
 class SignalsAnswer(BaseModel):
@@ -145,7 +182,16 @@ class CallsAnswer(BaseModel):
     calls: list[LiveCall] = []
 
 
-Answer = Annotated[SignalsAnswer | QualityAnswer | CallsAnswer, Field(discriminator="query")]
+class ClosedAnswer(BaseModel):
+    """How many sockets a sign-out or a replaced link closed on the receiver."""
+
+    query: Literal["closed"] = "closed"
+    closed: int = 0
+
+
+Answer = Annotated[
+    SignalsAnswer | QualityAnswer | CallsAnswer | ClosedAnswer, Field(discriminator="query")
+]
 
 
 class Reply(BaseModel):

@@ -272,6 +272,10 @@ async def renew_invite(
     room = request.app.state.rooms.get(session.id)
     if room is not None:
         closed = await room.invite_renewed(session.invite_token_hash, keep_admitted=keep)
+    elif request.app.state.cluster is not None:  # the room may be on another node
+        closed = await request.app.state.cluster.remote_invite_renewed(
+            session.id, session.invite_token_hash, keep
+        )
     return InviteOut(
         invite_url=invite_url,
         invite_expires_at=_aware(session.invite_expires_at),
