@@ -19,6 +19,8 @@ import httpx
 import redis
 import websockets
 
+from server.db import Database
+from server.models import TherapySession
 from tests.media_helpers import FakeBrowser, PcmTrack, speech
 from tests.server_process import (
     ADMIN_EMAIL,
@@ -186,7 +188,8 @@ async def test_a_killed_host_moves_the_room_and_the_session_continues(
     tmp_path: Path, postgres: Any, redis_url: str
 ) -> None:
     nodes = [("edge", False), ("node-b", True), ("node-c", True)]
-    with cluster(tmp_path, postgres.new_database(), redis_url, nodes) as servers:
+    database_url = postgres.new_database()
+    with cluster(tmp_path, database_url, redis_url, nodes) as servers:
         edge, by_id = servers[0], {n: s for (n, _), s in zip(nodes, servers, strict=True)}
         http = await _signed_in(edge)
         directory = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -207,13 +210,21 @@ async def test_a_killed_host_moves_the_room_and_the_session_continues(
             first_host = directory.get(f"rapport:room:{session['id']}")
             assert first_host in ("node-b", "node-c")
 
+            # Read from the database itself: the REST read now answers the host's live figures.
+            database = Database(database_url)
+
             async def persisted_talk() -> dict[str, Any] | None:
-                stored = (await http.get(f"/api/sessions/{session['id']}/metrics")).json()
+                async with database.session() as db:
+                    row = await db.get(TherapySession, session["id"])
+                    stored = (row.metrics if row is not None else None) or {}
                 return stored if stored.get("client_talk_s", 0) >= 3.0 else None
 
-            stored = await eventually(
-                persisted_talk, timeout=60, interval=0.5, message="persisted talk"
-            )
+            try:
+                stored = await eventually(
+                    persisted_talk, timeout=60, interval=0.5, message="persisted talk"
+                )
+            finally:
+                await database.dispose()
             # A current snapshot (at least what is persisted), not one queued since the start.
             before = await _signals(t, lambda s: s["client_talk_s"] >= stored["client_talk_s"])
             read_at = time.monotonic()
