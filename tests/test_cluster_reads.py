@@ -73,7 +73,11 @@ async def test_live_reads_sent_to_another_node_answer_the_hosts_live_figures(
                 f"{a.ws_url}/ws/join/{invite_token(session['invite_url'])}", new_client_cookie()
             )
             await c.send({"type": "join"})
-            await t.send({"type": "admit", "participant_id": await next_waiting(t)})
+            waiting = await next_waiting(t)
+            # A client in the waiting room on A: erasing their data from B is refused too.
+            erase = await on_b.post("/api/clients/delete", json={"label": "C"})
+            assert erase.status_code == 409, erase.text
+            await t.send({"type": "admit", "participant_id": waiting})
             await c.expect("admitted")
             await t.start_media()
             await c.start_media(await _talking_client())

@@ -343,8 +343,9 @@ class Cluster:
         finally:
             self._asks.pop(ask.id, None)
 
-    async def _remote_host(self, session_id: str) -> str | None:
-        """The live node hosting the session's room, if that is not this node."""
+    async def remote_host(self, session_id: str) -> str | None:
+        """The live node hosting the session's room, if that is not this node; None when no
+        node does (or Redis cannot say)."""
         try:
             host = await self.directory.host_of(session_id)
             if host is None or host == self.node_id or not await self.directory.alive(host):
@@ -356,12 +357,12 @@ class Cluster:
     async def remote_signals(self, session_id: str) -> SignalsAnswer | None:
         """The session's live signals from the node hosting its room elsewhere; None when no
         other node hosts it or the host did not answer (the caller uses what is persisted)."""
-        host = await self._remote_host(session_id)
+        host = await self.remote_host(session_id)
         answer = None if host is None else await self.ask(host, SignalsRead(session_id=session_id))
         return answer if isinstance(answer, SignalsAnswer) else None
 
     async def remote_call_quality(self, session_id: str) -> CallDetail | None:
-        host = await self._remote_host(session_id)
+        host = await self.remote_host(session_id)
         read = CallQualityRead(session_id=session_id)
         answer = None if host is None else await self.ask(host, read)
         return answer.detail if isinstance(answer, QualityAnswer) else None
@@ -396,7 +397,7 @@ class Cluster:
 
     async def remote_invite_renewed(self, session_id: str, new_hash: str, keep: bool) -> int:
         """Tell the node hosting the session's room that its invite link was replaced."""
-        host = await self._remote_host(session_id)
+        host = await self.remote_host(session_id)
         order = InviteRenewed(session_id=session_id, new_hash=new_hash, keep_admitted=keep)
         answer = None if host is None else await self.ask(host, order)
         return answer.closed if isinstance(answer, ClosedAnswer) else 0
