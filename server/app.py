@@ -99,6 +99,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await reaper.stop()
         await quality.stop()
         await loop_lag.stop()
+        if cluster is not None:
+            # Saved, then the leases given up, then the sockets closed: the pages reconnect
+            # to a room placed on a live node at once (the next host resumes these signals).
+            await signals.flush()
+            await cluster.hand_over()
         await app.state.rooms.close_all(code=1012)
         if pool is not None:
             await pool.close()
@@ -167,6 +172,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.cluster = cluster
     # The drain is started by the server's signal handling (server.cli), or by `start_drain`.
     app.state.drain = Drain(app.state.rooms, signals, settings.drain_timeout_s)
+    if cluster is not None:
+        app.state.drain.before_close = cluster.hand_over
     reaper = Reaper(database, app.state.rooms, signals, room_hooks, settings.idle_end_after_s)
     app.state.reaper = reaper
     metrics = Metrics()

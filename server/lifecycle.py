@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select
@@ -60,6 +60,9 @@ class Drain:
         self._clock = clock
         self.started_at: float | None = None
         self._hurry = asyncio.Event()
+        # Run between the flush and the closing of the sockets (cluster mode: give the room
+        # leases up, so the reconnecting pages are placed on a live node at once).
+        self.before_close: Callable[[], Awaitable[None]] | None = None
 
     @property
     def active(self) -> bool:
@@ -107,6 +110,11 @@ class Drain:
             await asyncio.wait_for(self.signals.flush(), timeout=5.0)
         except Exception:
             log.exception("flushing signals before exit failed")
+        if self.before_close is not None:
+            try:
+                await self.before_close()
+            except Exception:
+                log.exception("handing the rooms over before exit failed")
         for session_id, room in list(self.rooms.rooms.items()):
             if room.members:
                 log.warning(

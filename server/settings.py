@@ -195,6 +195,9 @@ class Settings(BaseSettings):
     cluster_lease_s: float = Field(default=5.0, gt=0, le=300)
     # False: this node relays signalling but hosts no rooms (a signalling-only front node).
     cluster_hosts_rooms: bool = True
+    # How long a node waits for the node hosting a room to answer a read of its live state
+    # (the therapist's metrics, an admin's call detail) before using what is persisted.
+    cluster_ask_timeout_s: float = Field(default=2.0, gt=0, le=30)
 
     @field_validator(
         "ice_servers",

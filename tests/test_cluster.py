@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 import pytest
 
-from media import MediaConfig
+from media import MediaConfig, Role
 from server.cluster import Cluster, NodeInfo, least_loaded
+from server.cluster.wire import (
+    HOST_STATE,
+    Answer,
+    Ask,
+    CallQualityRead,
+    MemberSpec,
+    Open,
+    QualityAnswer,
+    envelope_adapter,
+    member_from,
+    member_spec,
+    spec_fields,
+)
+from server.routes.admin import CallDetail, ParticipantQualityOut
 from server.settings import Settings
 from signaling.limits import Limits
-from signaling.room import RoomHooks
+from signaling.room import Member, RoomHooks
 from signaling.rooms import RoomRegistry
 from tests.support import eventually
 
@@ -171,3 +186,101 @@ async def test_an_unreachable_redis_is_named_at_start() -> None:
     with pytest.raises(RuntimeError, match="RAPPORT_REDIS_URL"):
         await node.start()
     await node.stop()  # leaving an unreachable cluster must not raise either
+
+
+async def test_a_node_asks_the_rooms_host_and_gives_up_after_its_timeout(nodes: Any) -> None:
+    a: Cluster = await nodes("node-a", ask_timeout_s=0.5)
+    b: Cluster = await nodes("node-b")
+    assert await b.directory.place("s1", "node-b") == "node-b"
+    await a.beat()  # a knows b is alive
+    detail = CallDetail(
+        session_id="s1",
+        participants={"client": ParticipantQualityOut(score=87.0, label="good", history=[])},
+    )
+    asked: list[Ask] = []
+
+    async def answer(ask: Ask) -> Answer:
+        asked.append(ask)
+        assert isinstance(ask.question, CallQualityRead)
+        return QualityAnswer(detail=detail if ask.question.session_id == "s1" else None)
+
+    b.answer_here = answer
+    assert await a.remote_call_quality("s1") == detail
+    assert [(x.question, x.origin) for x in asked] == [(CallQualityRead(session_id="s1"), "node-a")]
+    # No node hosts "s2": nothing is asked. A room hosted by the asking node: nothing either.
+    assert await a.remote_call_quality("s2") is None
+    assert await a.directory.place("s3", "node-a") == "node-a"
+    assert await a.remote_signals("s3") is None
+    assert len(asked) == 1
+
+    async def silent(ask: Ask) -> Answer:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    b.answer_here = silent
+    started = asyncio.get_running_loop().time()
+    assert await a.remote_call_quality("s1") is None
+    assert asyncio.get_running_loop().time() - started < 5.0  # the 0.5 s timeout, not a hang
+    assert a._asks == {}  # the unanswered ask is forgotten
+
+
+async def test_a_node_that_hands_over_gives_its_leases_up_at_once(nodes: Any) -> None:
+    a: Cluster = await nodes("node-a", lease_s=30.0)
+    b: Cluster = await nodes("node-b", lease_s=30.0)
+    assert await a.directory.place("kept", "node-a") == "node-a"
+    assert await a.place("kept") == "node-a"
+    _host_room(a, "kept")
+    await a.hand_over()
+    # Without waiting out the 30 s lease, the room goes to the node still taking rooms...
+    assert await a.directory.host_of("kept") is None
+    assert await b.place("kept") == "node-b"
+    assert {await b.place(f"new-{i}") for i in range(20)} == {"node-b"}
+    # ...and the handed-over node neither renews nor takes it back.
+    await a.beat()
+    assert await a.directory.host_of("kept") == "node-b"
+    assert await a.place("kept") == "node-b" and "kept" not in a.hosted
+
+
+def test_member_spec_carries_every_member_field_but_the_hosts_socket_state() -> None:
+    names = {f.name for f in dataclasses.fields(Member)}
+    assert HOST_STATE <= names, HOST_STATE - names  # no stale exclusion
+    assert set(MemberSpec.model_fields) == names - HOST_STATE
+
+
+def test_a_field_added_to_member_travels_to_the_host_with_no_change() -> None:
+    @dataclasses.dataclass(eq=False)
+    class Grown(Member):
+        locale: str = "en"
+
+    assert spec_fields(Grown).keys() == {*MemberSpec.model_fields, "locale"}
+
+
+def test_a_relayed_member_arrives_as_it_left() -> None:
+    sent = Member(
+        role=Role.CLIENT,
+        channel=cast(Any, None),
+        actor="client:7",
+        participant_id=7,
+        previously_admitted=True,
+        invite_hash="ih",
+        invite_expires_at=1234.5,
+        identity_hash="idh",
+        address="10.0.0.9",
+        login_hash="lh",
+        user_id=3,
+        display_name="Dr. Rey",
+        state="in_call",
+        audio_muted=True,
+    )
+    opened = Open(conn="c", origin="edge", session_id="s", status="live", member=member_spec(sent))
+    envelope = envelope_adapter.validate_json(opened.model_dump_json())
+    assert isinstance(envelope, Open)
+    channel = cast(Any, object())
+    got = member_from(envelope.member, channel)
+    carried = [name for name in MemberSpec.model_fields]
+    assert all(getattr(got, name) == getattr(sent, name) for name in carried)
+    # Every carried field was set to something other than its default above.
+    defaults = Member(role=Role.THERAPIST, channel=cast(Any, None), actor="")
+    assert all(getattr(sent, name) != getattr(defaults, name) for name in carried)
+    # The socket's state starts afresh on the host.
+    assert got.channel is channel and got.state == "connected" and not got.audio_muted

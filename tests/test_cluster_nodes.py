@@ -9,6 +9,7 @@ landed on closes it with 1012.
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,8 @@ import httpx
 import redis
 import websockets
 
+from server.db import Database
+from server.models import TherapySession
 from tests.media_helpers import FakeBrowser, PcmTrack, speech
 from tests.server_process import (
     ADMIN_EMAIL,
@@ -47,9 +50,14 @@ FAST = {
 
 @contextlib.contextmanager
 def cluster(
-    tmp: Path, database_url: str, redis_url: str, nodes: list[tuple[str, bool]]
+    tmp: Path,
+    database_url: str,
+    redis_url: str,
+    nodes: list[tuple[str, bool]],
+    node_env: dict[str, dict[str, str]] | None = None,
 ) -> Iterator[list[RapportServer]]:
-    """Start the nodes one after the other (the first creates the schema and the accounts)."""
+    """Start the nodes one after the other (the first creates the schema and the accounts);
+    ``node_env`` adds settings for some nodes, by node id."""
     with contextlib.ExitStack() as stack:
         servers = []
         for i, (node_id, hosts) in enumerate(nodes):
@@ -61,6 +69,7 @@ def cluster(
                 "RAPPORT_REDIS_URL": redis_url,
                 "RAPPORT_NODE_ID": node_id,
                 "RAPPORT_CLUSTER_HOSTS_ROOMS": "true" if hosts else "false",
+                **(node_env or {}).get(node_id, {}),
             }
             servers.append(
                 stack.enter_context(rapport_server_process(directory, env, accounts=i == 0))
@@ -179,7 +188,8 @@ async def test_a_killed_host_moves_the_room_and_the_session_continues(
     tmp_path: Path, postgres: Any, redis_url: str
 ) -> None:
     nodes = [("edge", False), ("node-b", True), ("node-c", True)]
-    with cluster(tmp_path, postgres.new_database(), redis_url, nodes) as servers:
+    database_url = postgres.new_database()
+    with cluster(tmp_path, database_url, redis_url, nodes) as servers:
         edge, by_id = servers[0], {n: s for (n, _), s in zip(nodes, servers, strict=True)}
         http = await _signed_in(edge)
         directory = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -200,13 +210,21 @@ async def test_a_killed_host_moves_the_room_and_the_session_continues(
             first_host = directory.get(f"rapport:room:{session['id']}")
             assert first_host in ("node-b", "node-c")
 
+            # Read from the database itself: the REST read now answers the host's live figures.
+            database = Database(database_url)
+
             async def persisted_talk() -> dict[str, Any] | None:
-                stored = (await http.get(f"/api/sessions/{session['id']}/metrics")).json()
+                async with database.session() as db:
+                    row = await db.get(TherapySession, session["id"])
+                    stored = (row.metrics if row is not None else None) or {}
                 return stored if stored.get("client_talk_s", 0) >= 3.0 else None
 
-            stored = await eventually(
-                persisted_talk, timeout=60, interval=0.5, message="persisted talk"
-            )
+            try:
+                stored = await eventually(
+                    persisted_talk, timeout=60, interval=0.5, message="persisted talk"
+                )
+            finally:
+                await database.dispose()
             # A current snapshot (at least what is persisted), not one queued since the start.
             before = await _signals(t, lambda s: s["client_talk_s"] >= stored["client_talk_s"])
             read_at = time.monotonic()
@@ -233,6 +251,77 @@ async def test_a_killed_host_moves_the_room_and_the_session_continues(
             assert first["client_talk_s"] <= before["client_talk_s"] + elapsed + 1.0
             after = await _signals(t, lambda s: s["client_talk_s"] > before["client_talk_s"] + 1)
             assert after["duration_s"] > before["duration_s"]
+            await t.send({"type": "end"})
+            await c.expect("ended", timeout=20)
+            await t.close()
+            await c.close()
+        finally:
+            await http.aclose()
+            directory.close()
+
+
+async def _closed_with(p: Participant) -> int | None:
+    with contextlib.suppress(websockets.ConnectionClosed):
+        while True:
+            await p.ws.recv()
+    return p.ws.close_code
+
+
+async def test_a_drained_node_gives_its_room_up_before_closing_the_sockets(
+    tmp_path: Path, postgres: Any, redis_url: str
+) -> None:
+    nodes = [("node-a", True), ("node-b", True)]
+    # A's drain ends 2 s after SIGTERM with the call still running.
+    env = {"node-a": {"RAPPORT_DRAIN_TIMEOUT_S": "2"}}
+    with cluster(tmp_path, postgres.new_database(), redis_url, nodes, env) as (a, b):
+        http = await _signed_in(b)
+        directory = redis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            session = (await http.post("/api/sessions", json={"client_label": "C"})).json()
+            sid = session["id"]
+            directory.set(f"rapport:room:{sid}", "node-a", px=30_000)  # hosted on A
+            # The therapist's socket landed on B (relayed to A), the client's on A; after the
+            # drain both pages reconnect through B, as a load balancer skipping A would send them.
+            t_url = f"{b.ws_url}/ws/sessions/{sid}"
+            c_url = f"{b.ws_url}/ws/join/{invite_token(session['invite_url'])}"
+            t = await Participant.connect(t_url, login_cookie(http))
+            await t.send({"type": "join"})
+            await t.expect("joined")
+            cookie = new_client_cookie()
+            c = await Participant.connect(
+                f"{a.ws_url}/ws/join/{invite_token(session['invite_url'])}", cookie
+            )
+            await c.send({"type": "join"})
+            await t.send({"type": "admit", "participant_id": await next_waiting(t)})
+            await c.expect("admitted")
+            await t.start_media()
+            await c.start_media(await _talking_client())
+            before = await _signals(t, lambda s: s["client_talk_s"] >= 3.0)
+            read_at = time.monotonic()
+            a.process.send_signal(signal.SIGTERM)
+            for p in (t, c):
+                assert await _closed_with(p) == 1012
+            # At once, not after the lease (30 s here): the room is placed on B.
+            closed_at = time.monotonic()
+            t = await _rejoin(t_url, login_cookie(http), client=False)
+            c = await _rejoin(c_url, cookie, client=True)
+            assert directory.get(f"rapport:room:{sid}") == "node-b"
+            assert time.monotonic() - closed_at < 15.0
+            await t.start_media()
+            await c.start_media(await _talking_client())
+            # One record, continued: B resumes the signals A flushed before closing (nothing
+            # lost beyond a tick, nothing counted twice).
+            first = await _signals(t, lambda s: True)
+            elapsed = time.monotonic() - read_at
+            assert first["client_talk_s"] >= before["client_talk_s"] - 1.0, (before, first)
+            assert first["duration_s"] >= before["duration_s"] - 1.0, (before, first)
+            assert first["client_talk_s"] <= before["client_talk_s"] + elapsed + 1.0
+            listed = (await http.get("/api/sessions")).json()["sessions"]
+            assert [(s["id"], s["status"]) for s in listed] == [(sid, "live")]
+            # The room stays on B: nobody is sent away again.
+            await _signals(t, lambda s: s["client_talk_s"] > before["client_talk_s"] + 1)
+            assert directory.get(f"rapport:room:{sid}") == "node-b"
+            assert t.ws.close_code is None and c.ws.close_code is None
             await t.send({"type": "end"})
             await c.expect("ended", timeout=20)
             await t.close()

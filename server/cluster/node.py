@@ -32,14 +32,37 @@ from signaling.room import Member
 from signaling.rooms import RoomRegistry
 
 from ..ops import CpuMeter
+from ..routes.admin import CallDetail, LiveCall
 from ..settings import usable_cores
 from .directory import Directory, LiveCallSummary, NodeInfo, least_loaded, node_channel
-from .wire import Close, Frame, MemberSpec, Open, envelope_adapter
+from .wire import (
+    Answer,
+    Ask,
+    CallQualityRead,
+    CallsAnswer,
+    Close,
+    ClosedAnswer,
+    Frame,
+    InviteRenewed,
+    LiveCallsRead,
+    Open,
+    QualityAnswer,
+    Question,
+    Reply,
+    SignalsAnswer,
+    SignalsRead,
+    SignOut,
+    envelope_adapter,
+    member_from,
+    member_spec,
+)
 
 log = logging.getLogger("rapport.cluster")
 
 # What the hosting node does with a member whose socket is elsewhere: what ws.py does locally.
 ServeHere = Callable[[str, str, Member], Awaitable[None]]
+# What the hosting node answers when another node asks about its live state.
+AnswerHere = Callable[[Ask], Awaitable[Answer]]
 # Close code telling the page to reconnect (service restart): the room moved or its node died.
 CLOSE_MOVED = 1012
 _END = object()
@@ -107,6 +130,7 @@ class Cluster:
         hosts_rooms: bool = True,
         draining: Callable[[], bool] = lambda: False,
         cpu: Callable[[], float] | None = None,
+        ask_timeout_s: float = 2.0,
     ) -> None:
         self.node_id = node_id
         self.rooms = rooms
@@ -124,6 +148,13 @@ class Cluster:
         self.hosts_rooms = hosts_rooms
         self.draining = draining
         self.serve_here: ServeHere | None = None
+        self.answer_here: AnswerHere | None = None
+        self.ask_timeout_s = ask_timeout_s
+        # Asks this node sent, by id, until their reply arrives or the timeout.
+        self._asks: dict[str, asyncio.Future[Answer]] = {}
+        # Set once this node gave its rooms up (drain end, shutdown): it renews no lease and
+        # takes no relayed socket, so reconnecting pages are placed on a live node at once.
+        self.handed_over = False
         self.started_at = time.time()
         # What this node reports as its CPU use; nodes sharing one test process pass their own
         # reading, since the process's CPU is not any one node's.
@@ -168,6 +199,7 @@ class Cluster:
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(task, timeout=2 * self.heartbeat_s + 1)
+        await self.hand_over()
         for relayed in list(self.outbound.values()):
             relayed.outbox.put_nowait(Close(conn=relayed.conn, code=CLOSE_MOVED))
         for channel in list(self.inbound.values()):
@@ -182,6 +214,26 @@ class Cluster:
         await self._beat_redis.aclose()
         log.info("node %s left the cluster", self.node_id)
 
+    async def hand_over(self) -> None:
+        """Give up every room lease before the rooms' sockets are closed with 1012.
+
+        Called when a drain ends and at shutdown. Released first, the pages' reconnection
+        finds no host and places the room on a live node at once; released after, a page
+        could come straight back to this node (its lease still held, the node still alive)
+        or wait out the lease. The node says it is draining at the same moment, so no other
+        node places a room here meanwhile.
+        """
+        if self.handed_over:
+            return
+        self.handed_over = True
+        with contextlib.suppress(Exception):
+            await self._beat_directory.announce(self.info())
+        for session_id in set(self.hosted) | set(self.rooms.rooms):
+            with contextlib.suppress(Exception):
+                await self.directory.release(session_id, self.node_id)
+        self.hosted.clear()
+        log.info("node %s gave up its rooms", self.node_id)
+
     def info(self) -> NodeInfo:
         live = [room for room in self.rooms.rooms.values() if room.members]
         return NodeInfo(
@@ -191,7 +243,7 @@ class Cluster:
             relayed_sockets=len(self.outbound),
             cpu=self._cpu_read(),
             cores=self._cores,
-            draining=self.draining(),
+            draining=self.draining() or self.handed_over,
             hosts_rooms=self.hosts_rooms,
             started_at=self.started_at,
             live_calls=[
@@ -211,7 +263,8 @@ class Cluster:
         self.peers = await directory.nodes()
         alive = {node.node_id for node in self.peers}
         now = time.monotonic()
-        for session_id in set(self.rooms.rooms) | set(self.hosted):
+        rooms = set() if self.handed_over else set(self.rooms.rooms) | set(self.hosted)
+        for session_id in rooms:
             recent = now - self.hosted.get(session_id, -1e9) < self.lease_s
             if session_id not in self.rooms.rooms and not recent:
                 self.hosted.pop(session_id, None)
@@ -255,7 +308,7 @@ class Cluster:
                 if best is None:
                     return None
                 host = await self.directory.place(session_id, best.node_id)
-        if host == self.node_id:
+        if host == self.node_id and not self.handed_over:
             # Possibly placed here by another node: this node renews it from now on.
             self.hosted.setdefault(session_id, time.monotonic())
         return host
@@ -269,8 +322,97 @@ class Cluster:
             await self.directory.release(session_id, self.node_id)
 
     # ------------------------------------------------------------------ relaying
-    async def publish(self, node_id: str, envelope: Open | Frame | Close) -> None:
-        await self.redis.publish(node_channel(node_id), envelope.model_dump_json())
+    async def publish(self, node_id: str, envelope: Open | Frame | Close | Ask | Reply) -> int:
+        """Send to ``node_id``'s channel; returns how many subscribers got it (0: none)."""
+        return int(await self.redis.publish(node_channel(node_id), envelope.model_dump_json()))
+
+    # ------------------------------------------------------------------ reads of live state
+    async def ask(self, node_id: str, question: Question) -> Answer | None:
+        """``node_id``'s answer, or None if it did not answer within ``ask_timeout_s``."""
+        ask = Ask(id=uuid.uuid4().hex, origin=self.node_id, question=question)
+        query = question.query
+        answered: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._asks[ask.id] = answered
+        try:
+            if not await self.publish(node_id, ask):
+                return None  # nobody listens on that node's channel
+            return await asyncio.wait_for(answered, self.ask_timeout_s)
+        except (TimeoutError, RedisError, OSError) as exc:
+            log.warning("node %s did not answer a %s: %s", node_id, query, type(exc).__name__)
+            return None
+        finally:
+            self._asks.pop(ask.id, None)
+
+    async def remote_host(self, session_id: str) -> str | None:
+        """The live node hosting the session's room, if that is not this node; None when no
+        node does (or Redis cannot say)."""
+        try:
+            host = await self.directory.host_of(session_id)
+            if host is None or host == self.node_id or not await self.directory.alive(host):
+                return None  # asking a dead host would only wait out the timeout
+        except (RedisError, OSError):
+            return None
+        return host
+
+    async def remote_signals(self, session_id: str) -> SignalsAnswer | None:
+        """The session's live signals from the node hosting its room elsewhere; None when no
+        other node hosts it or the host did not answer (the caller uses what is persisted)."""
+        host = await self.remote_host(session_id)
+        answer = None if host is None else await self.ask(host, SignalsRead(session_id=session_id))
+        return answer if isinstance(answer, SignalsAnswer) else None
+
+    async def remote_call_quality(self, session_id: str) -> CallDetail | None:
+        host = await self.remote_host(session_id)
+        read = CallQualityRead(session_id=session_id)
+        answer = None if host is None else await self.ask(host, read)
+        return answer.detail if isinstance(answer, QualityAnswer) else None
+
+    async def remote_calls(self) -> list[LiveCall]:
+        """Every other room-hosting node's live calls, asked of all of them at once. A node
+        that does not answer in time is left out (the cluster view still counts its calls)."""
+        others = await self._others()
+        answers = await asyncio.gather(*(self.ask(node, LiveCallsRead()) for node in others))
+        return [
+            call for answer in answers if isinstance(answer, CallsAnswer) for call in answer.calls
+        ]
+
+    async def _others(self) -> list[str]:
+        """The other live nodes that host rooms, read now: the heartbeat's list can be a period
+        old and miss a node that has just come back."""
+        try:
+            nodes = await self.directory.nodes()
+        except (RedisError, OSError):
+            nodes = self.peers
+        return [n.node_id for n in nodes if n.node_id != self.node_id and n.hosts_rooms]
+
+    async def remote_sign_out(
+        self, login_hash: str | None = None, user_id: int | None = None
+    ) -> int:
+        """Tell every other node of a sign-out: a therapist's socket may be served in a room
+        anywhere. Returns how many sockets they closed (those that answered in time)."""
+        order = SignOut(login_hash=login_hash, user_id=user_id)
+        others = await self._others()
+        answers = await asyncio.gather(*(self.ask(node, order) for node in others))
+        return sum(answer.closed for answer in answers if isinstance(answer, ClosedAnswer))
+
+    async def remote_invite_renewed(self, session_id: str, new_hash: str, keep: bool) -> int:
+        """Tell the node hosting the session's room that its invite link was replaced."""
+        host = await self.remote_host(session_id)
+        order = InviteRenewed(session_id=session_id, new_hash=new_hash, keep_admitted=keep)
+        answer = None if host is None else await self.ask(host, order)
+        return answer.closed if isinstance(answer, ClosedAnswer) else 0
+
+    async def _answer(self, ask: Ask) -> None:
+        if self.answer_here is None:
+            return
+        try:
+            # The asker waits no longer than this either: a stuck read must not pile up here.
+            answer = await asyncio.wait_for(self.answer_here(ask), self.ask_timeout_s)
+            await self.publish(ask.origin, Reply(id=ask.id, answer=answer))
+        except TimeoutError:
+            log.warning("answering a %s took too long; dropped", ask.question.query)
+        except Exception:
+            log.exception("answering a %s failed", ask.question.query)
 
     async def relay(
         self, ws: WebSocket, host: str, session_id: str, status: str, member: Member
@@ -280,19 +422,7 @@ class Cluster:
         conn = uuid.uuid4().hex
         relayed = RelayedSocket(ws=ws, conn=conn, host=host, session_id=session_id)
         self.outbound[conn] = relayed
-        spec = MemberSpec(
-            role=member.role,
-            actor=member.actor,
-            participant_id=member.participant_id,
-            previously_admitted=member.previously_admitted,
-            invite_hash=member.invite_hash,
-            invite_expires_at=member.invite_expires_at,
-            identity_hash=member.identity_hash,
-            address=member.address,
-            login_hash=member.login_hash,
-            user_id=member.user_id,
-            display_name=member.display_name,
-        )
+        spec = member_spec(member)
         upstream: asyncio.Task[None] | None = None
         try:
             await self.publish(
@@ -368,7 +498,15 @@ class Cluster:
         except ValidationError:
             log.warning("dropped a malformed cluster envelope")
             return
-        if isinstance(envelope, Open):
+        if isinstance(envelope, Reply):
+            answered = self._asks.get(envelope.id)
+            if answered is not None and not answered.done():
+                answered.set_result(envelope.answer)
+        elif isinstance(envelope, Ask):
+            task = asyncio.ensure_future(self._answer(envelope))
+            self._serving.add(task)
+            task.add_done_callback(self._serving.discard)
+        elif isinstance(envelope, Open):
             # Registered before anything awaits: the socket's first frames follow at once.
             opened = RelayChannel(self, envelope.conn, envelope.origin)
             self.inbound[envelope.conn] = opened
@@ -389,26 +527,15 @@ class Cluster:
 
     async def _serve_remote(self, opened: Open, channel: RelayChannel) -> None:
         try:
+            if self.handed_over:  # the page reconnects, and its room is placed elsewhere
+                await channel.close(CLOSE_MOVED)
+                return
             host = await self.directory.place(opened.session_id, self.node_id)
             if host != self.node_id or self.serve_here is None:
                 await channel.close(CLOSE_MOVED)
                 return
             self.hosted.setdefault(opened.session_id, time.monotonic())
-            spec = opened.member
-            member = Member(
-                role=spec.role,
-                channel=channel,
-                actor=spec.actor,
-                participant_id=spec.participant_id,
-                previously_admitted=spec.previously_admitted,
-                invite_hash=spec.invite_hash,
-                invite_expires_at=spec.invite_expires_at,
-                identity_hash=spec.identity_hash,
-                address=spec.address,
-                login_hash=spec.login_hash,
-                user_id=spec.user_id,
-                display_name=spec.display_name,
-            )
+            member = member_from(opened.member, channel)
             await self.serve_here(opened.session_id, opened.status, member)
         except Exception:
             log.exception("serving a relayed socket failed")

@@ -7,8 +7,21 @@ from typing import Any
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Gauge
 
+from ..routes.admin import call_quality_here, live_calls_here
 from ..settings import Settings
 from .node import Cluster
+from .wire import (
+    Answer,
+    Ask,
+    CallQualityRead,
+    CallsAnswer,
+    ClosedAnswer,
+    InviteRenewed,
+    QualityAnswer,
+    SignalsAnswer,
+    SignalsRead,
+    SignOut,
+)
 
 
 def cluster_for(settings: Settings, app: FastAPI) -> Cluster | None:
@@ -27,12 +40,41 @@ def cluster_for(settings: Settings, app: FastAPI) -> Cluster | None:
         lease_s=settings.cluster_lease_s,
         hosts_rooms=settings.cluster_hosts_rooms,
         draining=lambda: bool(app.state.draining),
+        ask_timeout_s=settings.cluster_ask_timeout_s,
     )
 
     async def serve(session_id: str, status: str, member: Any) -> None:
         await serve_here(app, session_id, status, member)
 
     cluster.serve_here = serve
+
+    async def answer(ask: Ask) -> Answer:
+        """This node's live state, or its part of a revocation, for a request that landed on
+        another node."""
+        question = ask.question
+        if isinstance(question, SignalsRead):
+            hub = app.state.signals
+            sid = question.session_id
+            return SignalsAnswer.model_validate(
+                {"snapshot": hub.latest(sid), "timeline": hub.timeline(sid)}
+            )
+        if isinstance(question, CallQualityRead):
+            return QualityAnswer(detail=call_quality_here(app.state.quality, question.session_id))
+        if isinstance(question, SignOut):
+            closed = await rooms.sign_out(login_hash=question.login_hash, user_id=question.user_id)
+            return ClosedAnswer(closed=closed)
+        if isinstance(question, InviteRenewed):
+            room = rooms.get(question.session_id)
+            if room is None:
+                return ClosedAnswer()
+            closed = await room.invite_renewed(
+                question.new_hash, keep_admitted=question.keep_admitted
+            )
+            return ClosedAnswer(closed=closed)
+        async with app.state.database.session() as db:
+            return CallsAnswer(calls=await live_calls_here(rooms, app.state.quality, db))
+
+    cluster.answer_here = answer
     unload = rooms.on_room_closed
 
     async def room_closed(session_id: str) -> None:

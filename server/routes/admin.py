@@ -8,6 +8,7 @@ from typing import cast
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from media import ROLES, Label, LoopLagSampler, MediaWorkerPool
 from signaling.messages import QualityLevel
@@ -196,11 +197,22 @@ def _quality(request: Request) -> QualityHub:
     return hub
 
 
-@router.get("/calls")
-async def live_calls(_admin: Admin, request: Request, db: DbSession) -> LiveCalls:
-    """Live calls with their worst current quality. No client labels, no clinical data."""
-    rooms: RoomRegistry = request.app.state.rooms
-    hub = _quality(request)
+def call_quality_here(hub: QualityHub, session_id: str) -> CallDetail | None:
+    """A call's quality on the node hosting it (the cluster asks the host for it)."""
+    call = hub.calls.get(session_id[:64])
+    if call is None:
+        return None
+    return CallDetail(
+        session_id=call.session_id,
+        participants={
+            role: ParticipantQualityOut(score=pq.score, label=pq.label, history=list(pq.history))
+            for role, pq in call.roles.items()
+        },
+    )
+
+
+async def live_calls_here(rooms: RoomRegistry, hub: QualityHub, db: AsyncSession) -> list[LiveCall]:
+    """The calls hosted by this node (the cluster asks every node for its own)."""
     calls = []
     for session_id, room in list(rooms.rooms.items()):
         session = await db.get(TherapySession, session_id)
@@ -225,21 +237,30 @@ async def live_calls(_admin: Admin, request: Request, db: DbSession) -> LiveCall
                 media_worker=getattr(room.call, "worker_index", None),
             )
         )
+    return calls
+
+
+@router.get("/calls")
+async def live_calls(_admin: Admin, request: Request, db: DbSession) -> LiveCalls:
+    """Live calls with their worst current quality. No client labels, no clinical data.
+
+    In cluster mode every node's calls, each asked of the node hosting it."""
+    calls = await live_calls_here(request.app.state.rooms, _quality(request), db)
+    cluster = request.app.state.cluster
+    if cluster is not None:
+        calls += await cluster.remote_calls()
     return LiveCalls(calls=calls)
 
 
 @router.get("/calls/{session_id}")
 async def call_detail(session_id: str, _admin: Admin, request: Request) -> CallDetail:
-    call = _quality(request).calls.get(session_id[:64])
-    if call is None:
+    detail = call_quality_here(_quality(request), session_id)
+    cluster = request.app.state.cluster
+    if detail is None and cluster is not None:
+        detail = await cluster.remote_call_quality(session_id[:64])
+    if detail is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "No live call with that id.")
-    return CallDetail(
-        session_id=call.session_id,
-        participants={
-            role: ParticipantQualityOut(score=pq.score, label=pq.label, history=list(pq.history))
-            for role, pq in call.roles.items()
-        },
-    )
+    return detail
 
 
 @router.get("/incidents")

@@ -235,6 +235,8 @@ async def logout(request: Request, response: Response, db: DbSession) -> Respons
         await db.commit()
         # A socket was authenticated once, when it opened: signing out must reach it too.
         await request.app.state.rooms.sign_out(login_hash=hashed)
+        if request.app.state.cluster is not None:  # its room may be on another node
+            await request.app.state.cluster.remote_sign_out(login_hash=hashed)
     response.status_code = 204
     response.delete_cookie(LOGIN_COOKIE, path="/")
     return response
@@ -256,6 +258,8 @@ async def logout_all(
     record(db, "logout_all", f"user:{user.id}")
     await db.commit()
     await request.app.state.rooms.sign_out(user_id=user.id)
+    if request.app.state.cluster is not None:  # its rooms may be on other nodes
+        await request.app.state.cluster.remote_sign_out(user_id=user.id)
     response.status_code = 204
     response.delete_cookie(LOGIN_COOKIE, path="/")
     return response

@@ -37,7 +37,14 @@ async def delete_client(
     if not sessions:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "No sessions with that client label.")
     rooms = request.app.state.rooms
-    if any(s.status == SessionStatus.LIVE or rooms.get(s.id) is not None for s in sessions):
+    busy = any(s.status == SessionStatus.LIVE or rooms.get(s.id) is not None for s in sessions)
+    cluster = request.app.state.cluster
+    if not busy and cluster is not None:  # a waiting room may be open on another node
+        for s in sessions:
+            if s.status != SessionStatus.ENDED and await cluster.remote_host(s.id) is not None:
+                busy = True
+                break
+    if busy:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             "One of this client's sessions is in progress: end it, then delete the data.",

@@ -16,9 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from media import SnapshotPayload, TimelineSecond
 
-from ..alliance_hub import SignalsHub, unpack_timeline
+from ..alliance_hub import unpack_timeline
 from ..audit import record
 from ..auth import DbSession, SettingsDep, Therapist
+from ..cluster.reads import live_signals
 from ..models import AppSetting, Participant, SessionStatus, TherapySession, User
 from ..security import new_session_id, token_hash
 from ..settings import Settings
@@ -271,6 +272,10 @@ async def renew_invite(
     room = request.app.state.rooms.get(session.id)
     if room is not None:
         closed = await room.invite_renewed(session.invite_token_hash, keep_admitted=keep)
+    elif request.app.state.cluster is not None:  # the room may be on another node
+        closed = await request.app.state.cluster.remote_invite_renewed(
+            session.id, session.invite_token_hash, keep
+        )
     return InviteOut(
         invite_url=invite_url,
         invite_expires_at=_aware(session.invite_expires_at),
@@ -314,8 +319,8 @@ async def session_metrics(
     Stored rows go through the same model as live snapshots, so the panel gets one shape.
     """
     session = await own_session(db, user, session_id)
-    hub: SignalsHub = request.app.state.signals
-    live = hub.latest(session.id)
+    # In cluster mode from the node hosting the room, wherever this request landed.
+    live, _ = await live_signals(request.app, session.id)
     if live is not None:
         return SnapshotPayload.model_validate(live)
     if session.metrics is None:
@@ -329,8 +334,7 @@ async def session_timeline(
 ) -> TimelineOut:
     """Who spoke each second of the session."""
     session = await own_session(db, user, session_id)
-    hub: SignalsHub = request.app.state.signals
-    live = hub.timeline(session.id)
+    _, live = await live_signals(request.app, session.id)
     if live is None:
         live = unpack_timeline(session.timeline or [])
     return TimelineOut.model_validate({"session_id": session.id, "seconds": live})

@@ -15,9 +15,10 @@ from sqlalchemy import func, select
 from media import SnapshotPayload, TimelineSecond
 from signaling.messages import AgendaItemOut
 
-from ..alliance_hub import SignalsHub, unpack_timeline
+from ..alliance_hub import unpack_timeline
 from ..auth import DbSession, SettingsDep, Therapist
 from ..checkins import checkins_in_order
+from ..cluster.reads import live_signals
 from ..models import Checkin, TherapySession, User
 from .sessions import SessionOut, own_session, session_out
 
@@ -127,10 +128,12 @@ async def _client_sessions(
 
 
 async def build_summary(
-    db: DbSession, user: User, session: TherapySession, settings: Any, hub: SignalsHub
+    db: DbSession, user: User, session: TherapySession, settings: Any, app: Any
 ) -> Summary:
-    metrics = hub.latest(session.id) or session.metrics
-    timeline = hub.timeline(session.id) or unpack_timeline(session.timeline or [])
+    # Live from the node hosting the room (in cluster mode, wherever this request landed).
+    live_metrics, live_timeline = await live_signals(app, session.id)
+    metrics = live_metrics or session.metrics
+    timeline = live_timeline or unpack_timeline(session.timeline or [])
     # All of this client's sessions: each check-in is compared with the ones before it.
     every = (
         [session]
@@ -158,7 +161,7 @@ async def session_summary(
     session_id: str, request: Request, user: Therapist, db: DbSession, settings: SettingsDep
 ) -> Summary:
     session = await own_session(db, user, session_id)
-    return await build_summary(db, user, session, settings, request.app.state.signals)
+    return await build_summary(db, user, session, settings, request.app)
 
 
 @router.get("/sessions/{session_id}/export")
@@ -166,7 +169,7 @@ async def export_session(
     session_id: str, request: Request, user: Therapist, db: DbSession, settings: SettingsDep
 ) -> Response:
     session = await own_session(db, user, session_id)
-    summary = await build_summary(db, user, session, settings, request.app.state.signals)
+    summary = await build_summary(db, user, session, settings, request.app)
     body = summary.model_dump_json(indent=2)
     return Response(
         body,
