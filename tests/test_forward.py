@@ -675,3 +675,34 @@ def test_vp8_packetiser_matches_aiortc() -> None:
     for size in (1, 500, 1296, 1297, 5000, 40_000):
         data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
         assert frames.packetize_vp8(data, 1234) == Vp8Encoder._packetize(data, 1234)
+
+
+def test_a_long_wait_for_a_lost_keyframe_packet_parses_each_packet_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A keyframe missing one packet holds hundreds of later packets back; past the buffer
+    limit every arrival tries to skip ahead. Each packet must be parsed for a keyframe start
+    once, not once per arrival (that made the worker's CPU grow with its backlog under loss),
+    and the frames all still come out once the retransmission arrives."""
+    from media.aiortc_compat import forwarding
+
+    parsed: list[int] = []
+    real = forwarding.vp8_keyframe_start
+
+    def counting(payload: bytes) -> bool:
+        parsed.append(1)
+        return real(payload)
+
+    monkeypatch.setattr(forwarding, "vp8_keyframe_start", counting)
+    assembler, frames, _, _ = make_assembler()
+    key = vp8_packets(0, 0, KEY, 3)
+    assembler.add(key[0])
+    assembler.add(key[2])  # key[1] is late
+    deltas = [vp8_packets(3 + i, 3000 * (i + 1), DELTA, 1)[0] for i in range(600)]
+    for packet in deltas:
+        assembler.add(packet)
+    assert not frames  # nothing can go out before the keyframe
+    assert len(parsed) <= 2 + len(deltas)
+    assembler.add(key[1])
+    assert len(frames) == 1 + len(deltas)
+    assert frames[0].keyframe and not any(f.keyframe for f in frames[1:])
