@@ -295,17 +295,22 @@ class FrameAssembler:
         )
 
     def _skip_to_keyframe(self) -> None:
-        """Give up on the frame at the head; resume at the next buffered keyframe start."""
+        """Give up on the frame at the head; resume at the next buffered keyframe start.
+
+        The head itself is never that start: a keyframe at the head that cannot complete
+        (its lost packet never came back) would otherwise be chosen again on every skip,
+        holding the stream and growing the buffer for as long as the call lasts.
+        """
         self.frames_skipped += 1
         self._stuck_since = None
+        head = self._next
         starts = sorted(
-            self._key_starts,
-            key=lambda s: (s - (s if self._next is None else self._next)) & 0xFFFF,
+            (s for s in self._key_starts if s != head),
+            key=lambda s: (s - (s if head is None else head)) & 0xFFFF,
         )
         if starts:
-            if starts[0] != self._next:  # at the head already: nothing buffered before it
-                self._next = starts[0]
-                self._keep_from(starts[0])
+            self._next = starts[0]
+            self._keep_from(starts[0])
             self._drain()
         else:
             self._next = None
