@@ -675,3 +675,57 @@ def test_vp8_packetiser_matches_aiortc() -> None:
     for size in (1, 500, 1296, 1297, 5000, 40_000):
         data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
         assert frames.packetize_vp8(data, 1234) == Vp8Encoder._packetize(data, 1234)
+
+
+def test_a_long_wait_for_a_lost_keyframe_packet_parses_each_packet_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A keyframe missing one packet holds hundreds of later packets back until the buffer
+    limit makes the assembler give up. Each packet must be parsed for a keyframe start once,
+    not once per skip over the whole buffer (that made a worker's CPU grow with its backlog
+    under loss), and the stream resumes at the keyframe it then asks for."""
+    from media.aiortc_compat import forwarding
+    from media.relay.frames import vp8_keyframe_start
+
+    parsed: list[int] = []
+
+    def counting(payload: bytes) -> bool:
+        parsed.append(1)
+        return vp8_keyframe_start(payload)
+
+    monkeypatch.setattr(forwarding, "vp8_keyframe_start", counting)
+    assembler, frames, asks, _ = make_assembler()
+    key = vp8_packets(0, 0, KEY, 3)
+    assembler.add(key[0])
+    assembler.add(key[2])  # key[1] is lost
+    deltas = [vp8_packets(3 + i, 3000 * (i + 1), DELTA, 1)[0] for i in range(600)]
+    for packet in deltas:
+        assembler.add(packet)
+    assert not frames and asks  # nothing can go out before a keyframe, and one is asked for
+    assert len(parsed) <= 2 + len(deltas)
+    for packet in vp8_packets(603, 3000 * 601, KEY, 3):
+        assembler.add(packet)
+    assert [f.keyframe for f in frames] == [True]
+
+
+def test_a_keyframe_that_never_completes_is_given_up_for_the_next_one() -> None:
+    """A keyframe whose lost packet never comes back (its retransmission lost too) must not
+    hold the stream forever: after the gap timeout the assembler resumes at the next
+    keyframe, and what it buffers stays bounded."""
+    assembler, frames, _, clock = make_assembler()
+    broken = vp8_packets(0, 0, KEY, 3)
+    assembler.add(broken[0])
+    assembler.add(broken[2])  # broken[1] is gone for good
+    seq, ts = 3, 3000
+    for _ in range(30):  # a second of delta frames behind it
+        for packet in vp8_packets(seq, ts, DELTA, 2):
+            assembler.add(packet)
+        seq, ts = seq + 2, ts + 3000
+    clock.now += 1.0
+    for packet in vp8_packets(seq, ts, KEY, 3):  # the next keyframe, then more frames
+        assembler.add(packet)
+    for i in range(5):
+        assembler.add(vp8_packets(seq + 3 + i, ts + 3000 * (i + 1), DELTA, 1)[0])
+    assert [f.keyframe for f in frames] == [True] + [False] * 5
+    assert frames[0].timestamp == ts
+    assert len(assembler._packets) < 10

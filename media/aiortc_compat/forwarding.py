@@ -109,6 +109,10 @@ class FrameAssembler:
         self._deliver = deliver
         self._need_keyframe = need_keyframe
         self._packets: dict[int, RtpPacket] = {}
+        # Sequence numbers in ``_packets`` that start a keyframe, kept as packets come and go
+        # so that skipping to a keyframe does not re-parse every buffered packet: under loss
+        # the buffer holds hundreds and a skip can follow every arrival.
+        self._key_starts: set[int] = set()
         self._next: int | None = None  # sequence number of the next frame's first packet
         self._stuck_since: float | None = None
         self._unwrap = Unwrapper()
@@ -144,6 +148,7 @@ class FrameAssembler:
         self.ssrc = ssrc
         self.epoch += 1
         self._packets.clear()
+        self._key_starts.clear()
         self._next = None
         self._stuck_since = None
         self._late_in_a_row = 0
@@ -184,19 +189,20 @@ class FrameAssembler:
 
     def _add_video(self, packet: RtpPacket) -> None:
         seq = packet.sequence_number
+        key_start = vp8_keyframe_start(packet.payload)
         if self._next is None:
-            if not vp8_keyframe_start(packet.payload):
-                self._packets[seq] = packet  # may complete a keyframe that started earlier
+            if not key_start:
+                self._store(seq, packet, key_start)  # may complete an earlier keyframe
                 self._trim_unsynced()
                 self._need_keyframe()
                 return
             self._next = seq
-            self._packets = {s: p for s, p in self._packets.items() if not seq_after(seq, s)}
+            self._keep_from(seq)
         elif not (seq == self._next or seq_after(seq, self._next)):
             self._late()  # a retransmission we no longer need, or a duplicate
             return
         self._late_in_a_row = 0
-        self._packets[seq] = packet
+        self._store(seq, packet, key_start)
         self._drain()
         if self._packets and self._next is not None:
             now = self._clock()
@@ -207,9 +213,26 @@ class FrameAssembler:
             ):
                 self._skip_to_keyframe()
 
+    def _store(self, seq: int, packet: RtpPacket, key_start: bool) -> None:
+        self._packets[seq] = packet
+        if key_start:
+            self._key_starts.add(seq)
+        else:
+            self._key_starts.discard(seq)  # a different payload under a seen number
+
+    def _forget(self, seq: int) -> None:
+        del self._packets[seq]
+        self._key_starts.discard(seq)
+
+    def _keep_from(self, seq: int) -> None:
+        """Drop every buffered packet before ``seq``."""
+        self._packets = {s: p for s, p in self._packets.items() if not seq_after(seq, s)}
+        self._key_starts = {s for s in self._key_starts if s in self._packets}
+
     def _trim_unsynced(self) -> None:
         if len(self._packets) > MAX_BUFFERED_PACKETS:
             self._packets.clear()
+            self._key_starts.clear()
 
     def _drain(self) -> None:
         """Deliver every complete frame at the head of the buffer."""
@@ -219,7 +242,7 @@ class FrameAssembler:
             if first is None:
                 return
             if not first.payload:  # padding-only packet between frames
-                del self._packets[seq]
+                self._forget(seq)
                 self._next = (seq + 1) & 0xFFFF
                 continue
             if not vp8_frame_start(first.payload):
@@ -240,7 +263,7 @@ class FrameAssembler:
                     self._skip_to_keyframe()
                     return
             for packet in parts:
-                del self._packets[packet.sequence_number]
+                self._forget(packet.sequence_number)
             self._next = seq
             self._stuck_since = None
             self._emit(parts)
@@ -272,20 +295,27 @@ class FrameAssembler:
         )
 
     def _skip_to_keyframe(self) -> None:
-        """Give up on the frame at the head; resume at the next buffered keyframe start."""
+        """Give up on the frame at the head; resume at the next buffered keyframe start.
+
+        The head itself is never that start: a keyframe at the head that cannot complete
+        (its lost packet never came back) would otherwise be chosen again on every skip,
+        holding the stream and growing the buffer for as long as the call lasts.
+        """
         self.frames_skipped += 1
         self._stuck_since = None
+        head = self._next
         starts = sorted(
-            (s for s, p in self._packets.items() if vp8_keyframe_start(p.payload)),
-            key=lambda s: (s - (s if self._next is None else self._next)) & 0xFFFF,
+            (s for s in self._key_starts if s != head),
+            key=lambda s: (s - (s if head is None else head)) & 0xFFFF,
         )
         if starts:
             self._next = starts[0]
-            self._packets = {s: p for s, p in self._packets.items() if not seq_after(starts[0], s)}
+            self._keep_from(starts[0])
             self._drain()
         else:
             self._next = None
             self._packets.clear()
+            self._key_starts.clear()
             self._need_keyframe()
 
 

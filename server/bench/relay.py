@@ -42,7 +42,7 @@ from typing import Any
 
 from server.bench.stats import percentile
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 BENCH_EMAIL = "bench-therapist@example.test"
 SLO_P95_MS = 10.0
 SLO_LOSS = 0.01
