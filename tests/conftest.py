@@ -9,6 +9,7 @@ on whichever of the two the test uses: the live server when it asks for ``live_s
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -19,12 +20,12 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from argon2 import PasswordHasher
 from fastapi import FastAPI
 
 from server.app import create_app
 from server.db import Database
 from server.models import User, UserRole
-from server.security import hash_password
 from server.settings import Settings
 from tests.support import eventually_sync
 
@@ -258,6 +259,19 @@ def server(request: pytest.FixtureRequest, db_engine: str) -> Server:
     return chosen
 
 
+@functools.cache
+def fixture_password_hash() -> str:
+    """The fixture accounts' hash of ``PASSWORD``: made once per run, at argon2's lowest cost.
+
+    argon2 reads its cost from the hash, so signing in still runs the server's own verification
+    (``server.security``), just cheaply. At the production cost each of the run's ~150 fixture
+    sign-ins spent ~0.3 s hashing here and ~0.4 s verifying on a busy 2-core machine. Hashes the
+    server makes itself (CLI accounts, setup, password changes) keep the production cost, which
+    tests/test_security_passwords.py checks.
+    """
+    return PasswordHasher(time_cost=1, memory_cost=64, parallelism=1).hash(PASSWORD)
+
+
 async def add_user(settings: Settings, email: str, role: UserRole) -> None:
     database = Database(settings.database_url)
     async with database.session() as db:
@@ -266,7 +280,7 @@ async def add_user(settings: Settings, email: str, role: UserRole) -> None:
                 email=email,
                 display_name=email.split("@")[0],
                 role=role,
-                password_hash=hash_password(PASSWORD),
+                password_hash=fixture_password_hash(),
             )
         )
         await db.commit()
