@@ -11,6 +11,7 @@ import pytest
 from argon2 import Type, extract_parameters
 from argon2.profiles import RFC_9106_LOW_MEMORY
 
+from server import security
 from server.app import first_run_setup_link
 from server.db import Database
 from server.security import hash_password, password_problem, verify_password
@@ -56,6 +57,8 @@ def test_the_server_hashes_at_full_cost_and_verifies_cheap_fixture_hashes_too() 
     assert stored.type is Type.ID
     assert stored.time_cost >= RFC_9106_LOW_MEMORY.time_cost
     assert stored.memory_cost >= RFC_9106_LOW_MEMORY.memory_cost
+    # Unknown emails are verified against a stand-in of the same cost (equal response times).
+    assert extract_parameters(security._DUMMY_HASH) == stored
     cheap = fixture_password_hash()
     assert verify_password(cheap, "correct horse battery")
     assert not verify_password(cheap, "correct horse batterY")
