@@ -26,6 +26,7 @@ from fastapi import FastAPI
 from server.app import create_app
 from server.db import Database
 from server.models import User, UserRole
+from server.security import hash_password
 from server.settings import Settings
 from tests.support import eventually_sync
 
@@ -267,12 +268,17 @@ def fixture_password_hash() -> str:
     (``server.security``), just cheaply. At the production cost each of the run's ~150 fixture
     sign-ins spent ~0.3 s hashing here and ~0.4 s verifying on a busy 2-core machine. Hashes the
     server makes itself (CLI accounts, setup, password changes) keep the production cost, which
-    tests/test_security_passwords.py checks.
+    tests/test_security_passwords.py checks; so does an account made with ``full_cost`` for a
+    test of what sign-in costs the server (the login flood).
     """
     return PasswordHasher(time_cost=1, memory_cost=64, parallelism=1).hash(PASSWORD)
 
 
-async def add_user(settings: Settings, email: str, role: UserRole) -> None:
+async def add_user(
+    settings: Settings, email: str, role: UserRole, *, full_cost: bool = False
+) -> None:
+    """An account with ``PASSWORD``, hashed cheaply unless a test measures what a sign-in
+    costs the server (``full_cost``: the production hash)."""
     database = Database(settings.database_url)
     async with database.session() as db:
         db.add(
@@ -280,7 +286,7 @@ async def add_user(settings: Settings, email: str, role: UserRole) -> None:
                 email=email,
                 display_name=email.split("@")[0],
                 role=role,
-                password_hash=fixture_password_hash(),
+                password_hash=hash_password(PASSWORD) if full_cost else fixture_password_hash(),
             )
         )
         await db.commit()

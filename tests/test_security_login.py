@@ -52,7 +52,10 @@ async def test_login_flood_does_not_stall_the_event_loop(tmp_path: Path) -> None
         accounts=False,
     ) as server:
         await add_user(
-            Settings(database_url=server.database_url), "dr.t@example.org", UserRole.THERAPIST
+            Settings(database_url=server.database_url),
+            "dr.t@example.org",
+            UserRole.THERAPIST,
+            full_cost=True,  # every wrong guess must cost what it costs in production
         )
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as therapist:
             signed = await therapist.post(
