@@ -9,6 +9,7 @@ on whichever of the two the test uses: the live server when it asks for ``live_s
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from argon2 import PasswordHasher
 from fastapi import FastAPI
 
 from server.app import create_app
@@ -258,7 +260,25 @@ def server(request: pytest.FixtureRequest, db_engine: str) -> Server:
     return chosen
 
 
-async def add_user(settings: Settings, email: str, role: UserRole) -> None:
+@functools.cache
+def fixture_password_hash() -> str:
+    """The fixture accounts' hash of ``PASSWORD``: made once per run, at argon2's lowest cost.
+
+    argon2 reads its cost from the hash, so signing in still runs the server's own verification
+    (``server.security``), just cheaply. At the production cost each of the run's ~150 fixture
+    sign-ins spent ~0.3 s hashing here and ~0.4 s verifying on a busy 2-core machine. Hashes the
+    server makes itself (CLI accounts, setup, password changes) keep the production cost, which
+    tests/test_security_passwords.py checks; so does an account made with ``full_cost`` for a
+    test of what sign-in costs the server (the login flood).
+    """
+    return PasswordHasher(time_cost=1, memory_cost=64, parallelism=1).hash(PASSWORD)
+
+
+async def add_user(
+    settings: Settings, email: str, role: UserRole, *, full_cost: bool = False
+) -> None:
+    """An account with ``PASSWORD``, hashed cheaply unless a test measures what a sign-in
+    costs the server (``full_cost``: the production hash)."""
     database = Database(settings.database_url)
     async with database.session() as db:
         db.add(
@@ -266,7 +286,7 @@ async def add_user(settings: Settings, email: str, role: UserRole) -> None:
                 email=email,
                 display_name=email.split("@")[0],
                 role=role,
-                password_hash=hash_password(PASSWORD),
+                password_hash=hash_password(PASSWORD) if full_cost else fixture_password_hash(),
             )
         )
         await db.commit()

@@ -145,6 +145,23 @@ class RapportServer:
             pytest.fail(f"`user add {email}` failed:\n{result.stdout}\n{result.stderr}")
         return email, password
 
+    def add_users(self, accounts: tuple[tuple[str, str, str, str], ...]) -> None:
+        """Accounts (email, password, role, name) through the CLI's own ``user add``, all in
+        one interpreter: each ``rapport`` command spends ~1 s importing before it starts."""
+        argvs = [["user", "add", email, "--role", role, "--name", name]
+                 for email, _, role, name in accounts]  # fmt: skip
+        # Not a tty, so each `user add` reads one line of stdin (a tty would prompt twice).
+        code = f"import sys, server.cli\nsys.exit(max([server.cli.main(a) for a in {argvs!r}]))"
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            input="".join(f"{password}\n" for _, password, _, _ in accounts),
+            cwd=REPO_ROOT, env=self.env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            pytest.fail(f"`user add` failed:\n{result.stdout}\n{result.stderr}")
+        for email, password, role, _ in accounts:
+            self.users[role] = (email, password)
+
     def signed_in(self, email: str, password: str) -> httpx.Client:
         """An HTTP client signed in as ``email`` (close it when done)."""
         http = httpx.Client(base_url=self.base_url, timeout=10)
@@ -198,9 +215,8 @@ def rapport_server_process(
     server = RapportServer(base_url=base_url, env=full_env, log_path=log_path, port=port)
     try:
         server.start()
-        for email, password, role, name in USERS if accounts else ():
-            # Not a tty, so the CLI reads one line from stdin (a tty would prompt twice).
-            server.users[role] = server.add_user(email, password, role, name)
+        if accounts:
+            server.add_users(USERS)
         yield server
     finally:
         server.stop()

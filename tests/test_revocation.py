@@ -12,7 +12,6 @@ import sqlite3
 
 import httpx
 import pytest
-import websockets
 
 from tests.conftest import NO_MEDIA_WORKER, PASSWORD, LiveServer, http_client
 from tests.signaling_helpers import (
@@ -22,6 +21,7 @@ from tests.signaling_helpers import (
     new_client_cookie,
     next_waiting,
     open_room,
+    open_socket,
 )
 from tests.support import eventually
 
@@ -40,7 +40,7 @@ async def _knocker(
     join: bool = True,
 ) -> Participant:
     """A client socket (from ``local_host``: any 127/8 address is this machine) that knocks."""
-    ws = await websockets.connect(
+    ws = await open_socket(
         f"{server.ws_url}/ws/join/{invite_token(invite_url)}",
         additional_headers={"Cookie": cookie or new_client_cookie()},
         local_addr=(local_host, 0),
@@ -54,7 +54,7 @@ async def _knocker(
 
 async def _open(server: LiveServer, invite_url: str, cookie: str | None = None) -> Participant:
     """A client socket on ``invite_url`` that is refused before any welcome."""
-    ws = await websockets.connect(
+    ws = await open_socket(
         f"{server.ws_url}/ws/join/{invite_token(invite_url)}",
         additional_headers={"Cookie": cookie or new_client_cookie()},
     )

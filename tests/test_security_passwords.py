@@ -8,11 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from argon2 import Type, extract_parameters
+from argon2.profiles import RFC_9106_LOW_MEMORY
 
+from server import security
 from server.app import first_run_setup_link
 from server.db import Database
-from server.security import password_problem
-from tests.conftest import InProcessApp
+from server.security import hash_password, password_problem, verify_password
+from tests.conftest import InProcessApp, fixture_password_hash
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,6 +48,20 @@ def test_strong_passwords_pass() -> None:
     assert password_problem("jane.doe.reads.poems", "jane.doe@example.org") is None
     assert password_problem("Janedoe!!2024", "jane.doe@example.org") is None  # not the local part
     assert "email" in (password_problem("JaneDoe2024", "janedoe@example.org") or "")
+
+
+def test_the_server_hashes_at_full_cost_and_verifies_cheap_fixture_hashes_too() -> None:
+    """The suite's fixture accounts carry a cheap hash (tests/conftest.py) so that signing in
+    costs little; what the server stores is argon2id at the RFC 9106 low-memory cost."""
+    stored = extract_parameters(hash_password("correct horse battery"))
+    assert stored.type is Type.ID
+    assert stored.time_cost >= RFC_9106_LOW_MEMORY.time_cost
+    assert stored.memory_cost >= RFC_9106_LOW_MEMORY.memory_cost
+    # Unknown emails are verified against a stand-in of the same cost (equal response times).
+    assert extract_parameters(security._DUMMY_HASH) == stored
+    cheap = fixture_password_hash()
+    assert verify_password(cheap, "correct horse battery")
+    assert not verify_password(cheap, "correct horse batterY")
 
 
 async def test_setup_refuses_a_common_password(api: InProcessApp) -> None:

@@ -18,7 +18,7 @@ from playwright.sync_api import Page, expect
 
 from tests.server_process import RapportServer
 
-from .conftest import CHROMIUM, chromium_args, serve_rapport
+from .conftest import CHROMIUM, chromium_args
 
 pytestmark = pytest.mark.browser
 
@@ -76,13 +76,17 @@ def _bad_text(page: Page) -> list[str]:
 
 
 def test_the_client_page_never_shows_null_while_connecting(
-    pw: Any, tmp_path: Path, console_log: list[str]
+    pw: Any, rapport_server: RapportServer, tmp_path: Path, console_log: list[str]
 ) -> None:
-    with serve_rapport(tmp_path, {"RAPPORT_MEDIA_WORKERS": "1"}) as server:
-        _run(pw, server, _silence_wav(tmp_path / "silence.wav"), console_log)
+    # The run's shared server (a server of its own cost a start and two CLI runs), with an
+    # account of its own so that no other test's session list sees this one's session.
+    account = rapport_server.add_user("connecting.text@example.test", "amber-window-5150")
+    _run(pw, rapport_server, account, _silence_wav(tmp_path / "silence.wav"), console_log)
 
 
-def _run(pw: Any, server: RapportServer, mic: Path, log: list[str]) -> None:
+def _run(
+    pw: Any, server: RapportServer, account: tuple[str, str], mic: Path, log: list[str]
+) -> None:
     browser = pw.chromium.launch(executable_path=CHROMIUM, args=chromium_args(mic))
     try:
         t_ctx = browser.new_context(base_url=server.base_url)
@@ -93,7 +97,7 @@ def _run(pw: Any, server: RapportServer, mic: Path, log: list[str]) -> None:
         t, c = t_ctx.new_page(), c_ctx.new_page()
         for page, name in ((t, "therapist"), (c, "client")):
             page.on("console", lambda m, n=name: log.append(f"[{n}] {m.type}: {m.text}"))
-        email, password = server.users["therapist"]
+        email, password = account
         t.goto("/login?next=/sessions", wait_until="domcontentloaded")
         t.get_by_test_id("login-email").fill(email)
         t.get_by_test_id("login-password").fill(password)
