@@ -59,6 +59,10 @@ def _kinds(commands: dict[int, str]) -> set[str]:
     return kinds
 
 
+def _sigint_ignored() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _bench(token: str, tmp: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "server.cli", "bench", *args],
@@ -67,6 +71,10 @@ def _bench(token: str, tmp: Path, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Started the way a shell without job control starts a background job: SIGINT
+        # inherited as ignored. Ctrl-C must stop the bench however it was started (a
+        # backgrounded CI run once saw the bench run its full minute).
+        preexec_fn=_sigint_ignored,
     )
 
 

@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import secrets
 import shutil
@@ -45,10 +44,11 @@ from server.bench.relay import (
     _http_json,
     _readline,
     _run_cli,
-    _split,
     _wait_http,
     cpu_seconds,
     default_clip_path,
+    spawn_loadgens,
+    start_measuring,
     summarise,
     tree_cpu_seconds,
     udp_rcvbuf_errors,
@@ -237,66 +237,18 @@ async def run_cluster_once(
         for url in urls:
             await asyncio.to_thread(_http_json, f"{url}/_bench/stats?reset=1")
 
-        count = args.loadgens or (
-            1 if sessions <= 2 else min(os.cpu_count() or 1, math.ceil(sessions / 4))
+        await spawn_loadgens(
+            loadgens,
+            args,
+            sessions,
+            ["--url", urls[0], "--entry-urls", ",".join(urls)],
+            email,
+            password,
+            clip,
+            log_file,
+            new_session=True,
         )
-        count = max(1, min(count, sessions))
-        first = 0
-        for index, share in enumerate(_split(sessions, count)):
-            cmd = [
-                sys.executable,
-                "-m",
-                "server.bench.loadgen",
-                "--url",
-                urls[0],
-                "--entry-urls",
-                ",".join(urls),
-                "--email",
-                email,
-                "--sessions",
-                str(share),
-                "--first-index",
-                str(first),
-                "--stagger",
-                str(args.stagger),
-                "--clip",
-                str(clip),
-            ]
-            if index == 0:
-                cmd.append("--direct")
-            proc = await asyncio.create_subprocess_exec(
-                *cmd,
-                cwd=REPO_ROOT,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log_file(f"loadgen{index}.log"),
-                limit=256 * 1024 * 1024,  # results carry every latency sample
-                start_new_session=True,
-            )
-            assert proc.stdin is not None
-            proc.stdin.write((password + "\n").encode())
-            await proc.stdin.drain()
-            loadgens.append(proc)
-            first += share
-        ready_deadline = time.monotonic() + 60 + sessions * (args.stagger + 2.0)
-        started = 0
-        for proc in loadgens:
-            message = await _readline(proc, ready_deadline)
-            if message.get("event") != "ready":
-                raise RunFailed(f"unexpected load generator message {message}")
-            started += int(message["sessions"])
-        if started == 0:
-            raise RunFailed("no session could be set up; see the load generator logs")
-
-        start = time.monotonic() + args.warmup
-        until = start + args.duration
-        for proc in loadgens:
-            assert proc.stdin is not None
-            proc.stdin.write(
-                (json.dumps({"cmd": "measure", "from": start, "until": until}) + "\n").encode()
-            )
-            await proc.stdin.drain()
-        await asyncio.sleep(max(0.0, start - time.monotonic()))
+        started, until = await start_measuring(loadgens, sessions, args)
         pids = [proc.pid for proc in servers]
         node_cpu0 = [tree_cpu_seconds(pid) for pid in pids]
         redis_cpu0 = cpu_seconds(redis_proc.pid) if redis_proc else None
@@ -528,16 +480,22 @@ async def run_cluster_all(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
-    """``run_cluster_all``, cancelled (so every child is stopped) on SIGTERM as on Ctrl-C."""
+    """``run_cluster_all``, cancelled (so every child is stopped) on SIGTERM as on Ctrl-C.
+
+    SIGINT gets its own handler too: a process started in the background by a shell without
+    job control inherits SIGINT as ignored, and Python then never raises KeyboardInterrupt
+    (the interrupt test ran a full minute in a backgrounded CI run)."""
     task = asyncio.ensure_future(run_cluster_all(args))
     loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, task.cancel)
     try:
         return await task
     finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGTERM)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signum)
 
 
 def run_cluster_from_args(args: argparse.Namespace) -> int:

@@ -37,8 +37,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from server.bench.stats import percentile
 
@@ -288,6 +289,95 @@ def _split(n: int, parts: int) -> list[int]:
     return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
 
 
+def _opened(logs: list[Any], path: Path) -> IO[bytes]:
+    """A log file for a child process, kept in ``logs`` so the run closes it."""
+    handle = path.open("wb")
+    logs.append(handle)
+    return handle
+
+
+async def spawn_loadgens(
+    procs: list[asyncio.subprocess.Process],
+    args: argparse.Namespace,
+    sessions: int,
+    target: list[str],
+    email: str,
+    password: str,
+    clip: Path,
+    open_log: Callable[[str], IO[bytes]],
+    *,
+    new_session: bool = False,
+) -> None:
+    """Start the load generators that carry ``sessions``, appending each to ``procs`` as it
+    starts (the caller's cleanup must see a generator even if a later one fails to start).
+    ``target`` is the loadgen's address arguments (``--url``, and ``--entry-urls`` for a
+    cluster); the first generator also measures the direct path."""
+    count = args.loadgens or (
+        1 if sessions <= 2 else min(os.cpu_count() or 1, math.ceil(sessions / 4))
+    )
+    count = max(1, min(count, sessions))
+    first = 0
+    for index, share in enumerate(_split(sessions, count)):
+        cmd = [
+            sys.executable,
+            "-m",
+            "server.bench.loadgen",
+            *target,
+            "--email",
+            email,
+            "--sessions",
+            str(share),
+            "--first-index",
+            str(first),
+            "--stagger",
+            str(args.stagger),
+            "--clip",
+            str(clip),
+        ]
+        if index == 0:
+            cmd.append("--direct")
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            cwd=REPO_ROOT,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=open_log(f"loadgen{index}.log"),
+            limit=256 * 1024 * 1024,  # results carry every latency sample
+            start_new_session=new_session,
+        )
+        assert proc.stdin is not None
+        proc.stdin.write((password + "\n").encode())
+        await proc.stdin.drain()
+        procs.append(proc)
+        first += share
+
+
+async def start_measuring(
+    procs: list[asyncio.subprocess.Process], sessions: int, args: argparse.Namespace
+) -> tuple[int, float]:
+    """Wait until every generator has its sessions up, tell them all one measuring window
+    (after ``args.warmup``), and return at its start with (sessions started, window's end)."""
+    ready_deadline = time.monotonic() + 60 + sessions * (args.stagger + 2.0)
+    started = 0
+    for proc in procs:
+        message = await _readline(proc, ready_deadline)
+        if message.get("event") != "ready":
+            raise RunFailed(f"unexpected load generator message {message}")
+        started += int(message["sessions"])
+    if started == 0:
+        raise RunFailed("no session could be set up; see the load generator logs")
+    start = time.monotonic() + args.warmup
+    until = start + args.duration
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(
+            (json.dumps({"cmd": "measure", "from": start, "until": until}) + "\n").encode()
+        )
+        await proc.stdin.drain()
+    await asyncio.sleep(max(0.0, start - time.monotonic()))
+    return started, until
+
+
 async def run_once(
     args: argparse.Namespace, mode: str, sessions: int, clip: Path
 ) -> dict[str, Any]:
@@ -351,65 +441,17 @@ async def run_once(
         if has_stats:
             await asyncio.to_thread(_http_json, stats_url + "?reset=1")
 
-        count = args.loadgens or (
-            1 if sessions <= 2 else min(os.cpu_count() or 1, math.ceil(sessions / 4))
+        await spawn_loadgens(
+            procs,
+            args,
+            sessions,
+            ["--url", base_url],
+            args.email,
+            password,
+            clip,
+            lambda name: _opened(logs, workdir / name),
         )
-        count = max(1, min(count, sessions))
-        first = 0
-        for index, share in enumerate(_split(sessions, count)):
-            log_file = (workdir / f"loadgen{index}.log").open("wb")
-            logs.append(log_file)
-            cmd = [
-                sys.executable,
-                "-m",
-                "server.bench.loadgen",
-                "--url",
-                base_url,
-                "--email",
-                args.email,
-                "--sessions",
-                str(share),
-                "--first-index",
-                str(first),
-                "--stagger",
-                str(args.stagger),
-                "--clip",
-                str(clip),
-            ]
-            if index == 0:
-                cmd.append("--direct")
-            proc = await asyncio.create_subprocess_exec(
-                *cmd,
-                cwd=REPO_ROOT,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log_file,
-                limit=256 * 1024 * 1024,  # results carry every latency sample
-            )
-            assert proc.stdin is not None
-            proc.stdin.write((password + "\n").encode())
-            await proc.stdin.drain()
-            procs.append(proc)
-            first += share
-        ready_deadline = time.monotonic() + 60 + sessions * (args.stagger + 2.0)
-        started = 0
-        for proc in procs:
-            message = await _readline(proc, ready_deadline)
-            if message.get("event") != "ready":
-                raise RunFailed(f"unexpected load generator message {message}")
-            started += int(message["sessions"])
-        if started == 0:
-            raise RunFailed("no session could be set up; see the load generator logs")
-
-        start = time.monotonic() + args.warmup
-        until = start + args.duration
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write(
-                (json.dumps({"cmd": "measure", "from": start, "until": until}) + "\n").encode()
-            )
-            await proc.stdin.drain()
-        await asyncio.sleep(max(0.0, start - time.monotonic()))
+        started, until = await start_measuring(procs, sessions, args)
         cpu0 = tree_cpu_seconds(server_pid) if server_pid else None
         wall0 = time.monotonic()
         rcvbuf0 = udp_rcvbuf_errors()
