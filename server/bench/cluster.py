@@ -46,7 +46,7 @@ from server.bench.relay import (
     _run_cli,
     _wait_http,
     cpu_seconds,
-    default_clip_path,
+    prepare_run,
     spawn_loadgens,
     start_measuring,
     summarise,
@@ -426,7 +426,6 @@ def print_cluster_table(runs: list[dict[str, Any]]) -> None:
 
 
 async def run_cluster_all(args: argparse.Namespace) -> dict[str, Any]:
-    from server.bench.loadgen import load_or_make_clip
 
     node_counts = sorted({int(x) for x in str(args.nodes).split(",") if x.strip()})
     sweep = sorted({int(x) for x in str(args.sessions).split(",") if x.strip()})
@@ -439,16 +438,7 @@ async def run_cluster_all(args: argparse.Namespace) -> dict[str, Any]:
     for url, what in ((args.redis_url, "--redis-url"), (args.database_url, "--database-url")):
         if url and not any(h in url for h in ("@127.0.0.1", "//127.0.0.1", "localhost")):
             raise SystemExit(f"{what} must be a service on this machine (127.0.0.1)")
-    clip = Path(args.clip) if args.clip else default_clip_path()
-    print(f"  preparing media ({clip})", file=sys.stderr, flush=True)
-    await asyncio.to_thread(load_or_make_clip, clip)
-    load = os.getloadavg()[0]
-    if load > 1.0:
-        print(
-            f"  warning: load average {load:.1f}: other work on this machine will skew the figures",
-            file=sys.stderr,
-            flush=True,
-        )
+    clip, load = await prepare_run(args)
     runs: list[dict[str, Any]] = []
     for sessions in sweep:
         for nodes in node_counts:

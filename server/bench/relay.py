@@ -664,18 +664,11 @@ def default_clip_path() -> Path:
     return base / "rapport" / "bench-clip-640x480.bin"
 
 
-async def run_all(args: argparse.Namespace) -> dict[str, Any]:
+async def prepare_run(args: argparse.Namespace) -> tuple[Path, float]:
+    """The pre-encoded clip every load generator sends (made once, then cached), and the load
+    average at the start, with a warning when other work will skew the figures."""
     from server.bench.loadgen import load_or_make_clip
 
-    sweep = sorted({int(x) for x in str(args.sessions).split(",") if x.strip()})
-    if not sweep or min(sweep) < 1:
-        raise SystemExit("--sessions needs positive numbers, e.g. 1 or 1,4,8")
-    if args.url and (
-        not args.url.startswith("http://127.0.0.1") and not args.url.startswith("http://localhost")
-    ):
-        raise SystemExit("--url must be a server on this machine (127.0.0.1)")
-    if args.url and args.compare:
-        raise SystemExit("--compare starts servers in both relay modes; it cannot use --url")
     clip = Path(args.clip) if args.clip else default_clip_path()
     print(f"  preparing media ({clip})", file=sys.stderr, flush=True)
     await asyncio.to_thread(load_or_make_clip, clip)
@@ -686,6 +679,21 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
             file=sys.stderr,
             flush=True,
         )
+    return clip, load
+
+
+async def run_all(args: argparse.Namespace) -> dict[str, Any]:
+
+    sweep = sorted({int(x) for x in str(args.sessions).split(",") if x.strip()})
+    if not sweep or min(sweep) < 1:
+        raise SystemExit("--sessions needs positive numbers, e.g. 1 or 1,4,8")
+    if args.url and (
+        not args.url.startswith("http://127.0.0.1") and not args.url.startswith("http://localhost")
+    ):
+        raise SystemExit("--url must be a server on this machine (127.0.0.1)")
+    if args.url and args.compare:
+        raise SystemExit("--compare starts servers in both relay modes; it cannot use --url")
+    clip, _ = await prepare_run(args)
     modes = list(MODES) if args.compare else [args.mode]
     runs: list[dict[str, Any]] = []
     for sessions in sweep:
