@@ -226,6 +226,16 @@ async def login_code(
     return await _signed_in(db, user, response, settings, detail=detail)
 
 
+async def _close_sockets(
+    request: Request, login_hash: str | None = None, user_id: int | None = None
+) -> None:
+    """A socket was authenticated once, when it opened: signing out must reach it too, here
+    and on every other node (its room may be hosted anywhere in a cluster)."""
+    await request.app.state.rooms.sign_out(login_hash=login_hash, user_id=user_id)
+    if request.app.state.cluster is not None:
+        await request.app.state.cluster.remote_sign_out(login_hash=login_hash, user_id=user_id)
+
+
 @router.post("/logout", status_code=204)
 async def logout(request: Request, response: Response, db: DbSession) -> Response:
     token = request.cookies.get(LOGIN_COOKIE)
@@ -233,10 +243,7 @@ async def logout(request: Request, response: Response, db: DbSession) -> Respons
         hashed = token_hash(token)
         await db.execute(delete(LoginSession).where(LoginSession.token_hash == hashed))
         await db.commit()
-        # A socket was authenticated once, when it opened: signing out must reach it too.
-        await request.app.state.rooms.sign_out(login_hash=hashed)
-        if request.app.state.cluster is not None:  # its room may be on another node
-            await request.app.state.cluster.remote_sign_out(login_hash=hashed)
+        await _close_sockets(request, login_hash=hashed)
     response.status_code = 204
     response.delete_cookie(LOGIN_COOKIE, path="/")
     return response
@@ -257,9 +264,7 @@ async def logout_all(
     )
     record(db, "logout_all", f"user:{user.id}")
     await db.commit()
-    await request.app.state.rooms.sign_out(user_id=user.id)
-    if request.app.state.cluster is not None:  # its rooms may be on other nodes
-        await request.app.state.cluster.remote_sign_out(user_id=user.id)
+    await _close_sockets(request, user_id=user.id)
     response.status_code = 204
     response.delete_cookie(LOGIN_COOKIE, path="/")
     return response
