@@ -50,7 +50,7 @@ def unpack_timeline(codes: list[int]) -> list[dict[str, Any]]:
 
 class SignalsHub:
     def __init__(
-        self, database: Database, config: SignalConfig | None = None, *, tick_s: float = 0.06
+        self, database: Database, config: SignalConfig | None = None, *, tick_s: float = 0.1
     ) -> None:
         self.database = database
         self.config = config or SignalConfig()

@@ -6,9 +6,10 @@ pure engine for every session on a 20 ms wall clock, so the event loop never doe
 clock is the wall clock (not the audio): a participant whose audio stops still has their
 time counted, as not speaking, and time with nobody present is not counted at all.
 
-The thread wakes every ``tick_s`` (60 ms by default, ``RAPPORT_SIGNAL_TICK_MS``) and runs all
-the 20 ms frames that fell due since, one by one: a wake-up costs far more than a frame (cold
-caches after the sleep), so three frames a wake-up cost about half of one frame a wake-up.
+The thread wakes every ``tick_s`` (100 ms by default, ``RAPPORT_SIGNAL_TICK_MS``) and runs all
+the 20 ms frames that fell due since, one by one: in place a wake-up costs more than the
+frames it runs (cold caches after the sleep), so five frames a wake-up cost about half of
+one frame a wake-up (docs/benchmarks.md), for up to 100 ms more on the speaking indicator.
 What the engine sees does not depend on the wake-up period: each frame still consumes one
 20 ms audio frame per role, queued audio is trimmed only beyond what the due frames and the
 clock lag account for, and updates are published after the very frame that produced them,
@@ -49,7 +50,7 @@ SNAPSHOT_EVERY_S = 0.5
 # (network jitter, decoder thread) still lands on its own tick.
 CLOCK_LAG_S = 0.06
 # Decoded frames queued between two wake-ups (oldest dropped beyond it): half a second,
-# enough for a 60 ms wake-up period and a thread held up for a few hundred milliseconds.
+# enough for a 100 ms wake-up period and a thread held up for a few hundred milliseconds.
 MAX_QUEUED_FRAMES = 25
 # How far an absence may be dated back to the last audio that arrived: a stall is noticed
 # after 3 s, so this covers it with room, yet a participant whose audio never arrived is not
@@ -364,7 +365,7 @@ class SignalThread:
     present in any, the thread sleeps until someone joins instead of waking to find nothing.
     """
 
-    def __init__(self, publish: Publisher, tick_s: float = 0.06) -> None:
+    def __init__(self, publish: Publisher, tick_s: float = 0.1) -> None:
         self._publish = publish
         self._tick_s = tick_s
         self._sessions: dict[str, LiveSignals] = {}
