@@ -49,13 +49,15 @@ def unpack_timeline(codes: list[int]) -> list[dict[str, Any]]:
 
 
 class SignalsHub:
-    def __init__(self, database: Database, config: SignalConfig | None = None) -> None:
+    def __init__(
+        self, database: Database, config: SignalConfig | None = None, *, tick_s: float = 0.1
+    ) -> None:
         self.database = database
         self.config = config or SignalConfig()
         self.sessions: dict[str, LiveSignals] = {}
         self.rooms: RoomRegistry | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._worker = SignalThread(self._from_worker)
+        self._worker = SignalThread(self._from_worker, tick_s=tick_s)
         self._persister: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         # Per session: what the stored row holds, as (input runs, last run's length, ended).

@@ -182,6 +182,11 @@ class Settings(BaseSettings):
     # everything (a practice's record-keeping duty decides, not the software).
     retention_days: int | None = Field(default=None, ge=1, le=36500)
     log_json: bool = True
+    # --- alliance signals' thread (issue 10) ---
+    # How often the signal thread wakes to run the 20 ms frames that fell due (all of them,
+    # one by one, so the figures do not depend on it). Longer costs less CPU per session and
+    # delays the speaking indicator by up to this much.
+    signal_tick_ms: int = Field(default=100, ge=20, le=200)
     # --- cluster (several nodes, issue 15) ---
     # Redis (redis://host:6379/0) shared by every node: set it to run several nodes behind one
     # address. Unset (the default) is single-node mode, with no Redis at all.

@@ -5,6 +5,15 @@ only downmixes and queues. One ``SignalThread`` thread per server runs voice act
 pure engine for every session on a 20 ms wall clock, so the event loop never does DSP. The
 clock is the wall clock (not the audio): a participant whose audio stops still has their
 time counted, as not speaking, and time with nobody present is not counted at all.
+
+The thread wakes every ``tick_s`` (100 ms by default, ``RAPPORT_SIGNAL_TICK_MS``) and runs all
+the 20 ms frames that fell due since, one by one: in place a wake-up costs more than the
+frames it runs (cold caches after the sleep), so five frames a wake-up cost about half of
+one frame a wake-up (docs/benchmarks.md), for up to 100 ms more on the speaking indicator.
+What the engine sees does not depend on the wake-up period: each frame still consumes one
+20 ms audio frame per role, queued audio is trimmed only beyond what the due frames and the
+clock lag account for, and updates are published after the very frame that produced them,
+so the snapshots are the ones a 20 ms wake-up would have sent (tests/test_signal_batching.py).
 """
 
 from __future__ import annotations
@@ -40,7 +49,9 @@ SNAPSHOT_EVERY_S = 0.5
 # Audio is consumed this far behind the wall clock so that a frame delivered a little late
 # (network jitter, decoder thread) still lands on its own tick.
 CLOCK_LAG_S = 0.06
-MAX_QUEUED_FRAMES = 10
+# Decoded frames queued between two wake-ups (oldest dropped beyond it): half a second,
+# enough for a 100 ms wake-up period and a thread held up for a few hundred milliseconds.
+MAX_QUEUED_FRAMES = 25
 # How far an absence may be dated back to the last audio that arrived: a stall is noticed
 # after 3 s, so this covers it with room, yet a participant whose audio never arrived is not
 # erased from minutes of the session.
@@ -130,6 +141,9 @@ class LiveSignals:
         self.config = config or SignalConfig()
         self.engine: SignalEngine = SessionClockEngine(self.config)
         self.frame_s = self.config.frame_ms / 1000.0
+        # Audio frames that may stay queued once the due frames ran: the clock lag's worth.
+        # Beyond it a burst of late audio is dropped rather than delaying every later frame.
+        self._keep_queued = round(CLOCK_LAG_S / self.frame_s)
         frame_samples = SAMPLE_RATE * self.config.frame_ms // 1000
         # The same VAD → engine glue the offline analyser uses.
         self._audio = ParticipantAudio(self.engine, sample_rate=SAMPLE_RATE)
@@ -154,6 +168,13 @@ class LiveSignals:
         self.ended = False
         self.latest: Snapshot | None = None
         self._runs: list[list[int]] = []  # [code, count], the engine's whole input
+        #: Called (on the event loop) when someone becomes present: wakes an idle thread.
+        self.on_active: Callable[[], None] | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether stepping this session does anything (someone is present, not ended)."""
+        return not self.ended and any(self._present.values())
 
     @classmethod
     def restore(
@@ -214,6 +235,10 @@ class LiveSignals:
             self._audio.set_present(who, present)
             if not present:
                 self._queues[who].clear()
+            if not any(self._present.values()):
+                self._clock_base = None  # nobody here: the session clock pauses
+        if present and self.on_active is not None:
+            self.on_active()
 
     def _backdate(self, role: Role) -> None:
         """The ticks since ``role``'s last audio become absence, in the engine (which turns
@@ -236,33 +261,48 @@ class LiveSignals:
             self._audio.set_muted(Role(role), muted)
 
     # ---------------------------------------------------------------- worker side
-    def step(self, now: float) -> SignalsUpdate | None:
-        """Advance the engine to ``now``; return an update when there is news."""
+    def step(self, now: float) -> list[SignalsUpdate]:
+        """Advance the engine to ``now``, one frame at a time; return the updates with news.
+
+        Each frame publishes exactly what it would have published had the thread woken up for
+        it alone, so a longer wake-up period changes when updates leave, never what they say.
+        """
         with self._lock:
             if self.ended:
-                return None
+                return []
             if not any(self._present.values()):
                 self._clock_base = None  # nobody here: the session clock pauses
-                return None
+                return []
             if self._clock_base is None:
                 self._clock_base = now - self._ticks * self.frame_s
             target = int((now - self._clock_base - CLOCK_LAG_S) / self.frame_s)
-            events: list[SignalEvent] = []
             for role in Role:
                 queue = self._queues[role]
                 while queue:  # downmix and voice activity run here, on the worker thread
                     for chunk in self._mix[role].push(queue.popleft()):
                         self._audio.push(role, chunk)
-            while self._ticks < target:
-                for role in Role:  # keep up with real time after a burst
-                    self.frames_dropped += self._audio.trim(role, keep=4)
-                events.extend(self._audio.tick())
-                self._record(self._audio.last_values)
+            due = target - self._ticks
+            if due <= 0:
+                return []
+            # Keep up with real time after a burst: what the due frames do not consume may
+            # stay queued up to the clock lag. Trimming once for all due frames drops the same
+            # frames as trimming before each frame with one wake-up per frame would.
+            for role in Role:
+                self.frames_dropped += self._audio.trim(role, keep=due + self._keep_queued)
+            updates: list[SignalsUpdate] = []
+            audio = self._audio
+            last_audio = self._last_audio_tick
+            for _ in range(due):
+                events = audio.tick()
+                self._record(audio.last_values)
                 self._ticks += 1
-                for role, had in self._audio.last_had_frame.items():
+                for role, had in audio.last_had_frame.items():
                     if had:
-                        self._last_audio_tick[role] = self._ticks
-            return self._publish(events, now, force=False)
+                        last_audio[role] = self._ticks
+                update = self._publish(events, now, force=False)
+                if update is not None:
+                    updates.append(update)
+            return updates
 
     def _publish(self, events: list[SignalEvent], now: float, force: bool) -> SignalsUpdate | None:
         changed = any(e.kind in (EventKind.SPEECH_START, EventKind.SPEECH_END) for e in events)
@@ -318,24 +358,35 @@ Publisher = Callable[[SignalsUpdate], None]
 
 
 class SignalThread:
-    """One thread stepping every live session every 20 ms."""
+    """One thread stepping every live session, all due 20 ms frames per wake-up.
 
-    def __init__(self, publish: Publisher, tick_s: float = 0.02) -> None:
+    ``tick_s`` is the wake-up period (not the frame): longer batches more frames per wake-up
+    (cheaper) and delays a speaking change by up to that much. With no session, or nobody
+    present in any, the thread sleeps until someone joins instead of waking to find nothing.
+    """
+
+    def __init__(self, publish: Publisher, tick_s: float = 0.1) -> None:
         self._publish = publish
         self._tick_s = tick_s
         self._sessions: dict[str, LiveSignals] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.max_step_s = 0.0
         # Measured with the thread's own CPU clock, so the event loop, media workers and a
         # busy neighbour on the same machine are never billed to the signals.
         self.cpu_s = 0.0
         self.started_at: float | None = None
+        #: Wake-ups that stepped sessions, and the times the thread went idle (diagnostics).
+        self.wakeups = 0
+        self.idles = 0
 
     def add(self, signals: LiveSignals) -> None:
+        signals.on_active = self._wake.set
         with self._lock:
             self._sessions[signals.session_id] = signals
+        self._wake.set()
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="rapport-signals", daemon=True)
             self._thread.start()
@@ -344,11 +395,25 @@ class SignalThread:
         with self._lock:
             self._sessions.pop(session_id, None)
 
+    def _active(self) -> list[LiveSignals]:
+        with self._lock:
+            return [s for s in self._sessions.values() if s.active]
+
     def _run(self) -> None:
         self.started_at = time.monotonic()
         cpu_start = time.thread_time()
         next_at = time.monotonic()
         while not self._stop.is_set():
+            if not self._active():
+                # Idle: sleep until a session gets someone present. Clear, then look again,
+                # so a join between the two looks is not missed.
+                self._wake.clear()
+                if not self._active():
+                    self.idles += 1
+                    self.cpu_s = time.thread_time() - cpu_start
+                    self._wake.wait()
+                    next_at = time.monotonic()
+                    continue
             next_at += self._tick_s
             delay = next_at - time.monotonic()
             if delay > 0:
@@ -356,23 +421,25 @@ class SignalThread:
             else:
                 next_at = time.monotonic()  # overrun: do not spin to catch up
             started = time.monotonic()
+            self.wakeups += 1
             with self._lock:
                 sessions = list(self._sessions.values())
             for signals in sessions:
                 cpu_before = time.thread_time()
                 try:
-                    update = signals.step(started)
+                    updates = signals.step(started)
                 except Exception:
                     log.exception("signal step failed")
                     continue
                 finally:
                     signals.cpu_s += time.thread_time() - cpu_before
-                if update is not None:
+                for update in updates:
                     self._publish(update)
             self.max_step_s = max(self.max_step_s, time.monotonic() - started)
             self.cpu_s = time.thread_time() - cpu_start
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)

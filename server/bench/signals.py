@@ -153,7 +153,13 @@ async def _run(
     ws_base = base.replace("http://", "ws://")
     session, login = await asyncio.to_thread(_open_session, base)
     token = session["invite_url"].rsplit("/join/", 1)[1]
-    bursts = [(2.0 + i * (gap_s + burst_s), burst_s) for i in range(onsets)]
+    # Each onset shifted by its own fraction of 200 ms (golden-ratio steps): the signal thread
+    # wakes every RAPPORT_SIGNAL_TICK_MS, and onsets at one fixed phase of its wake-ups would
+    # all wait the same, hiding the spread of the speaking indicator's delay.
+    bursts = [
+        (2.0 + i * (gap_s + burst_s) + (i * 0.6180339887 % 1.0) * 0.2, burst_s)
+        for i in range(onsets)
+    ]
     client_audio = ScheduledSpeechTrack(bursts)
     t_in: asyncio.Queue[Any] = asyncio.Queue()
     c_in: asyncio.Queue[Any] = asyncio.Queue()
