@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +71,10 @@ def outage_call(
     server = rapport_server
     log: list[str] = []
     # Its own account: test_session_flow counts the shared therapist's sessions.
-    email, password = server.add_user("outage.therapist@example.test", "quiet-meadow-8142")
+    # One per test: both tests of this file share the run's server.
+    email, password = server.add_user(
+        f"outage.therapist.{uuid.uuid4().hex[:8]}@example.test", "quiet-meadow-8142"
+    )
     http = httpx.Client(base_url=server.base_url, timeout=10)
     res = http.post("/api/login", json={"email": email, "password": password})
     assert res.status_code == 200, res.text
