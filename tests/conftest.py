@@ -107,7 +107,7 @@ def db_url(db_engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> st
     template = getattr(cluster, "migrated_template", None)
     if template is None:
         # Migrated once per run; each test's database is a copy (CREATE DATABASE … TEMPLATE),
-        # which is faster than migrating an empty one every time (tests/test_migrations.py
+        # which is faster than migrating an empty one every time (tests/test_database.py
         # migrates empty ones).
         import asyncio
         from concurrent.futures import ThreadPoolExecutor

@@ -174,6 +174,8 @@ async def test_sigterm_drains_the_live_call_then_exits_by_the_deadline(
     log = server.log_tail()
     for step in ("drain started: 1 live call", "drain deadline reached", "drain finished"):
         assert step in log, log
+    # The lifecycle line an operator searches by session id (issue 14: "drained" logged).
+    assert f"event=session_drained session_id={session['id']}" in log, log
 
     row = await _stored(server, session["id"])
     assert row.status == "live"  # resumable after the restart

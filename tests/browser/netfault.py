@@ -80,9 +80,12 @@ class NetworkCut:
         )
         return self
 
-    def cut(self) -> None:
+    def cut(self, *, udp_only: bool = False) -> None:
+        """Drop the marked connections' packets; ``udp_only`` drops only their UDP (the
+        media), leaving TCP (the signalling socket) alone, as a path that loses its media."""
         if self._drop_handle is not None:
             return
+        match = ("meta", "l4proto", "udp") if udp_only else ()
         out = _nft(
             "--echo",
             "--handle",
@@ -91,6 +94,7 @@ class NetworkCut:
             "inet",
             self.table,
             "out",
+            *match,
             "ct",
             "mark",
             MARK,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,21 @@ def _metrics(http: httpx.Client, session_id: str) -> dict[str, Any]:
     return data
 
 
+# How many signalling sockets and peer connections the client's page has opened.
+COUNT_JS = """(() => {
+  const counts = { sockets: 0, pcs: 0 };
+  Object.defineProperty(window, "__opened", { get: () => ({ ...counts }) });
+  const NativeSocket = window.WebSocket;
+  window.WebSocket = class extends NativeSocket {
+    constructor(...args) { super(...args); counts.sockets += 1; }
+  };
+  const NativePc = window.RTCPeerConnection;
+  window.RTCPeerConnection = class extends NativePc {
+    constructor(...args) { super(...args); counts.pcs += 1; }
+  };
+})()"""
+
+
 @pytest.fixture
 def outage_call(
     pw: Any, rapport_server: Any, dialogue_wavs: DialogueWavs, tmp_path: Path
@@ -55,7 +71,10 @@ def outage_call(
     server = rapport_server
     log: list[str] = []
     # Its own account: test_session_flow counts the shared therapist's sessions.
-    email, password = server.add_user("outage.therapist@example.test", "quiet-meadow-8142")
+    # One per test: both tests of this file share the run's server.
+    email, password = server.add_user(
+        f"outage.therapist.{uuid.uuid4().hex[:8]}@example.test", "quiet-meadow-8142"
+    )
     http = httpx.Client(base_url=server.base_url, timeout=10)
     res = http.post("/api/login", json={"email": email, "password": password})
     assert res.status_code == 200, res.text
@@ -77,7 +96,7 @@ def outage_call(
         contexts: list[BrowserContext] = []
         try:
             t_ctx, t = new_page(therapist, server.base_url, log, "therapist")
-            c_ctx, c = new_page(client, server.base_url, log, "client")
+            c_ctx, c = new_page(client, server.base_url, log, "client", init_script=COUNT_JS)
             contexts += [t_ctx, c_ctx]
             res_t = t.request.post("/api/login", data={"email": email, "password": password})
             assert res_t.ok, res_t.text()
@@ -166,3 +185,36 @@ def test_client_network_outage_heals_by_itself_and_is_absence(
         assert moved["long_silences"] == 0, moved
         expect(call.t.get_by_test_id("stage")).to_have_attribute("data-state", "call")
         expect(call.c.get_by_test_id("stage")).to_have_attribute("data-state", "call")
+
+
+def test_media_lost_while_signalling_stays_builds_a_new_connection_by_itself(
+    outage_call: OutageCall,
+) -> None:
+    """Issue 16, "media recovery without signalling loss": only the client's UDP (its media)
+    is dropped for 15 s, its signalling socket stays up. The page notices its inbound media
+    stopped and builds a new peer connection by itself (aiortc has no ICE restart); the call
+    is back within 10 s of the network's return, on the same socket, and the gap is absence."""
+    call = outage_call
+    call.t.wait_for_timeout(6000)  # some ordinary call time before the cut
+    before = _metrics(call.http, call.session_id)
+    opened = call.c.evaluate("() => window.__opened")
+    call.net.cut(udp_only=True)
+    wait_for(lambda: call.net.dropped_packets() > 0, timeout=15, what="the cut dropping media")
+    call.t.wait_for_timeout(15_000)  # the outage itself, not an assertion
+    call.net.restore()
+    back_at = time.monotonic()
+    for page in (call.t, call.c):
+        page.wait_for_function(
+            VIDEO_ADVANCING_JS, arg=[REMOTE, "after-udp", 10], polling=200,
+            timeout=BACK_WITHIN_S * 1000,
+        )  # fmt: skip
+    recovered_s = time.monotonic() - back_at
+    now = call.c.evaluate("() => window.__opened")
+    after = _metrics(call.http, call.session_id)
+    moved = {k: after[k] - before[k] for k in ("absent_s", "silence_s", "long_silences")}
+    print(f"media-only cut 15 s: back {recovered_s:.1f} s after; opened {opened} -> {now}; {moved}")
+    assert now["sockets"] == opened["sockets"], (opened, now)  # signalling never dropped
+    assert now["pcs"] > opened["pcs"], (opened, now)  # a new peer connection, by itself
+    assert moved["absent_s"] >= 10.0 and moved["long_silences"] == 0, moved
+    expect(call.t.get_by_test_id("stage")).to_have_attribute("data-state", "call")
+    expect(call.c.get_by_test_id("stage")).to_have_attribute("data-state", "call")

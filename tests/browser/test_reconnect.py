@@ -26,6 +26,11 @@ pytestmark = pytest.mark.browser
 REMOTE = '[data-testid="remote-video"]'
 
 # Every text the therapist's peer status and every data-state the stage goes through.
+# The remote <video> still holds a picture: a stream, dimensions and a decoded frame.
+LAST_FRAME_KEPT_JS = """(selector) => {
+  const v = document.querySelector(selector);
+  return Boolean(v && v.srcObject && v.videoWidth > 0 && v.readyState >= 2);
+}"""
 RECORD_CHANGES_JS = """
 () => {
   const peer = document.querySelector('[data-testid="peer-status"]');
@@ -182,6 +187,13 @@ def test_a_killed_server_restarted_brings_both_videos_back_with_no_click(call: C
             "Reconnecting", timeout=15_000
         )
         expect(page.get_by_test_id("end-panel")).to_be_hidden()
+        # Under the overlay the other person's last frame stays: not black, not a blank box.
+        expect(page.locator(REMOTE)).to_be_visible()
+        assert page.evaluate(LAST_FRAME_KEPT_JS, REMOTE), page.evaluate(
+            "(s) => { const v = document.querySelector(s); return [v.videoWidth, v.readyState,"
+            " Boolean(v.srcObject)]; }",
+            REMOTE,
+        )
 
     server.start()
     back = time.monotonic()

@@ -42,6 +42,7 @@ REMOTE = '[data-testid="remote-video"]'
 SCREEN = '[data-testid="remote-screen"]'
 WAIT_MS = 30_000
 SHOWN = re.compile(r"\bscreen-shown\b")
+LAYOUT = ("remote-screen", "remote-video", "self-video")
 THERAPIST = ("screen.therapist@example.test", "quiet-harbour-7310")
 
 # Keeps every stream getDisplayMedia returns (window.__screens), so the test can end the
@@ -96,6 +97,34 @@ def playing(page: Page, selector: str, key: str, min_frames: int = 10) -> dict[s
 def screen_shown(page: Page) -> None:
     expect(page.get_by_test_id("remote-screen")).to_be_visible()
     expect(page.get_by_test_id("stage")).to_have_class(SHOWN)
+    screen_large_faces_small(page)
+
+
+def screen_large_faces_small(page: Page) -> None:
+    """As laid out, not only by class: the screen fills the stage, both faces sit small on it."""
+
+    def boxes() -> dict[str, Any] | None:
+        found: dict[str, Any] = {}
+        for key in ("stage", *LAYOUT):
+            box = page.get_by_test_id(key).bounding_box()
+            if box is None:
+                return None
+            found[key] = box
+        stage, screen = found["stage"], found["remote-screen"]
+        fills = (
+            screen["width"] >= 0.95 * stage["width"] and screen["height"] >= 0.9 * stage["height"]
+        )
+        small = all(
+            found[face]["width"] * 3 <= screen["width"]
+            and screen["x"] <= found[face]["x"]
+            and found[face]["x"] + found[face]["width"] <= screen["x"] + screen["width"] + 1
+            and screen["y"] <= found[face]["y"]
+            and found[face]["y"] + found[face]["height"] <= screen["y"] + screen["height"] + 1
+            for face in ("remote-video", "self-video")
+        )
+        return found if fills and small else None
+
+    wait_for(boxes, 10, f"a large screen with small faces at {page.viewport_size}")
 
 
 def screen_gone(page: Page) -> None:
@@ -164,6 +193,8 @@ def test_screen_sharing_both_ways_with_stop_from_the_bar_and_from_the_browser(
             assert not violations, describe_violations(violations)
             page.set_viewport_size(PHONE)
             expect(page.get_by_test_id("stage")).to_be_visible()
+            if name == "viewer":
+                screen_large_faces_small(page)
             shoot(page, artifacts_dir, f"screen-share-{name}-390")
             page.set_viewport_size(DESKTOP)
 

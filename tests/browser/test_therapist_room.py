@@ -1,7 +1,8 @@
 """Issue 13 in two real browsers, the therapist's side: the session clock with its planned
 length, the arrival notice (tab title count) and the waiting room's "whom and when", copying
 the client link again after a reload, the end confirmation (both buttons, and Escape keeps
-the call), and the check-in with no default answers.
+the call), the check-in with no default answers, and (own session) the desktop notification,
+the chime switched off and the planned time in the client's waiting room.
 
 The tests share one session and run in order; every wait is bounded.
 """
@@ -314,3 +315,92 @@ def test_new_session_form_sets_the_planned_time(room: Room) -> None:
     # The room shows the plan before the session starts.
     t.goto(f"/sessions/{sid}", wait_until="domcontentloaded")
     expect(t.get_by_test_id("session-clock")).to_contain_text("60 min planned")
+
+
+# The operating system's notification is the edge: the page's own Notification calls are
+# recorded (and still passed to the browser's), and the therapist's tab is "in the background"
+# (another tab has focus), which is when the page says it notifies.
+RECORD_NOTIFICATIONS_JS = """(() => {
+  const Native = window.Notification;
+  if (!Native) return;
+  const notes = [];
+  function Recording(title, options) {
+    notes.push({ title, body: (options && options.body) || "" });
+    try { return new Native(title, options); } catch { return { close() {} }; }
+  }
+  Object.defineProperty(Recording, "permission", { get: () => Native.permission });
+  Recording.requestPermission = (...args) => Native.requestPermission(...args);
+  window.Notification = Recording;
+  Object.defineProperty(window, "__notes", { value: notes });
+  document.hasFocus = () => false;
+})()"""
+
+
+def test_arrival_with_the_chime_off_notifies_and_the_client_sees_whom_and_when(
+    rapport_server: Any, browsers: Any
+) -> None:
+    """The arrival notice's other two parts: a desktop notification when the therapist has
+    allowed them, and a chime that stays silent once switched off (the title still counts);
+    and the waiting client reads the therapist's name with the planned time and length."""
+    server = rapport_server
+    log: list[str] = []
+    email, password = server.users["therapist"]
+    http = httpx.Client(base_url=server.base_url, timeout=10)
+    assert http.post("/api/login", json={"email": email, "password": password}).status_code == 200
+    prefs_before = http.get("/api/me/preferences").json()
+    planned = datetime.now().astimezone().replace(second=0, microsecond=0)
+    res = http.post(
+        "/api/sessions",
+        json={"client_label": "N.O.", "planned_start": planned.isoformat(), "planned_minutes": 45},
+    )
+    assert res.status_code == 201, res.text
+    session_id, invite_url = res.json()["id"], res.json()["invite_url"]
+    t_ctx, t = new_page(
+        browsers.therapist, server.base_url, log, "therapist", init_script=RECORD_NOTIFICATIONS_JS
+    )
+    t_ctx.grant_permissions(["notifications"], origin=server.base_url)
+    c_ctx, c = new_page(browsers.client, server.base_url, log, "client")
+    try:
+        assert t.request.post("/api/login", data={"email": email, "password": password}).ok
+        t.goto(f"/sessions/{session_id}", wait_until="domcontentloaded")
+        expect(stage_in(t, "waiting")).to_be_visible()
+        assert t.evaluate("() => Notification.permission") == "granted"
+        chime = t.get_by_test_id("arrival-chime")
+        expect(chime).to_be_checked()
+        chime.uncheck()
+        wait_for(
+            lambda: http.get("/api/me/preferences").json().get("arrival_chime") is False,
+            10,
+            "the chime setting to be saved",
+        )
+        lobby = t.get_by_test_id("lobby-section")
+        chimes_before = lobby.get_attribute("data-chimes")  # None: never chimed here
+
+        c.goto(invite_url, wait_until="domcontentloaded")
+        expect(c.get_by_test_id("join-button")).to_be_enabled()
+        c.get_by_test_id("display-name").fill("Noor")
+        c.get_by_test_id("join-button").click()
+        about = c.get_by_test_id("waiting-about")
+        expect(about).to_contain_text("Your session with Dr. Ellis Moreau is planned for")
+        expect(about).to_contain_text("(45 minutes)")
+
+        t.wait_for_function("() => document.title.startsWith('(1) ')", timeout=20_000)
+        notes = wait_for(
+            lambda: t.evaluate("() => window.__notes.slice()") or None, 10, "a notification"
+        )
+        assert notes == [
+            {
+                "title": "Rapport: someone is in the waiting room",
+                "body": "Noor is waiting to be admitted.",
+            }
+        ], notes
+        assert lobby.get_attribute("data-chimes") == chimes_before  # silent
+        assert not page_errors(log), log
+    finally:
+        http.put("/api/me/preferences", json=prefs_before)
+        for ctx in (t_ctx, c_ctx):
+            try:
+                ctx.close()
+            except Exception:
+                pass
+        http.close()

@@ -551,6 +551,11 @@ def test_panel_by_keyboard_settings_and_cues(call: Call) -> None:
     assert prefs["share_below_band"] == {"on": True, "minutes": 0.05}, prefs
     assert prefs["therapist_monologue"] == {"on": True, "minutes": 0.015}, prefs
     expect(t.get_by_test_id("band-note")).to_contain_text("90–98%")
+    # The glance indicator says it by shape and word too, not by colour alone.
+    glance = t.get_by_test_id("balance-glance")
+    expect(glance).to_have_attribute("data-band", "below")
+    expect(t.get_by_test_id("band-word")).to_have_text("Below your band")
+    expect(glance.locator(".band-icon")).to_have_text("▼")
 
     # The gentle cues: a polite status region, each cue dismissible with the keyboard.
     expect(t.get_by_test_id("cues")).to_have_attribute("role", "status")
