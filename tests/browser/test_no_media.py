@@ -20,7 +20,7 @@ from .helpers import new_page, open_and_admit, page_errors
 
 pytestmark = pytest.mark.browser
 
-NO_MEDIA_DEADLINE_MS = 25_000  # the room says no_media 10 s after admission; slack for load
+NO_MEDIA_DEADLINE_MS = 25_000  # the room says no_media 9 s after admission; slack for load
 
 # Every peer connection the client's page makes may use relays only, and it is given none.
 NO_ROUTE_JS = """(() => {
