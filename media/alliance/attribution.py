@@ -109,19 +109,21 @@ class AttributionTuning:
     #: ``turn_tau_s`` of speech in the band; the other's share over ``turn_far_tau_s``.
     turn_bin_db: float = 2.0
     turn_span_bins: int = 2
-    turn_tau_s: float = 60.0
+    turn_tau_s: float = 120.0
     turn_far_tau_s: float = 60.0
     #: A band needs this much speech heard before its statistic counts.
-    turn_min_s: float = 1.5
+    turn_min_s: float = 3.0
     #: At or above this ratio the band plays regardless of the conversation (a TV): its
     #: speech is vetoed and does not teach the level model. (A participant's own voice
     #: measured 0.35–0.46 on the dialogue fixtures, a TV 1.2–1.4, by the exact truth.)
     turn_background_ratio: float = 0.7
+    #: A background band is cleared only when its ratio falls under this.
+    turn_clear_ratio: float = 0.55
     #: ... but only for speech this far under the owner's level: the owner's own voice is
     #: never judged by it (the other's mistakes would teach it otherwise).
-    turn_below_db: float = 8.0
+    turn_below_db: float = 12.0
     #: The statistic is not used while the other participant's share is under this.
-    turn_min_far_share: float = 0.1
+    turn_min_far_share: float = 0.15
     #: Frames of the run averaged for the band's level.
     turn_level_frames: int = 5
     #: A frame counts as the participant surely talking within this much of their level.
@@ -269,6 +271,10 @@ class _LevelModel:
         self._n_bins = int(120.0 / t.turn_bin_db)
         self._tot = np.zeros(self._n_bins)
         self._far = np.zeros(self._n_bins)
+        #: Bands judged background, with hysteresis: a TV heard through a long silence of
+        #: both participants looks less independent of the conversation for a while.
+        self._background = np.zeros(self._n_bins, dtype=bool)
+        self._band = 0
         self._bin_decay = math.exp(-frame_s / t.turn_tau_s)
         self._far_alpha = min(1.0, frame_s / t.turn_far_tau_s)
         self._far_share = 0.0
@@ -327,8 +333,8 @@ class _LevelModel:
         ref = self.reference_dbfs
         if (
             ratio is not None
-            and ratio >= t.turn_background_ratio
-            and (ref is None or short_db < ref - t.turn_below_db)
+            and self._background[self._band]
+            and (ref is None or self.fed < self._warmup or short_db < ref - t.turn_below_db)
         ):
             self.turn_veto = True
             self._owned = False
@@ -352,6 +358,7 @@ class _LevelModel:
         by chance the band's speech falls while the other participant talks (None: not
         enough heard, or the other has hardly talked)."""
         b = min(self._n_bins - 1, max(0, int(-level / self._bin_db)))
+        self._band = b
         self._tot *= self._bin_decay
         self._far *= self._bin_decay
         self._tot[b] += 1.0
@@ -364,7 +371,12 @@ class _LevelModel:
         n = float(self._tot[lo:hi].sum())
         if n < self._min_frames:
             return None
-        return float(self._far[lo:hi].sum()) / n / self._far_share
+        ratio = float(self._far[lo:hi].sum()) / n / self._far_share
+        if ratio >= self.t.turn_background_ratio:
+            self._background[b] = True
+        elif ratio < self.t.turn_clear_ratio:
+            self._background[b] = False
+        return ratio
 
 
 class Attributor:
