@@ -334,7 +334,11 @@ class _LevelModel:
         if (
             ratio is not None
             and self._background[self._band]
-            and (ref is None or self.fed < self._warmup or short_db < ref - t.turn_below_db)
+            and (
+                ref is None
+                or self.fed < self._warmup
+                or max(short_db, 10.0 * math.log10(power + _TINY)) < ref - t.turn_below_db
+            )
         ):
             self.turn_veto = True
             self._owned = False
