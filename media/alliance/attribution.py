@@ -95,6 +95,12 @@ class AttributionTuning:
     background_drop_db: float = 12.0
     #: Once the owner's voice is accepted, weaker frames continue it down to this extra drop.
     background_hold_db: float = 4.0
+    #: A run whose last ``turn_level_frames`` (and this frame) sit this far under the
+    #: owner's level is no longer theirs, whatever its longer mean says.
+    background_short_db: float = 15.0
+    #: ... when that band does not take turns like the owner (a speaker who moved away
+    #: does, and is followed instead).
+    background_short_ratio: float = 0.4
     #: The level judged is the mean power over the last frames of the current speech run.
     level_frames: int = 15
     level_gap_frames: int = 10
@@ -350,6 +356,16 @@ class _LevelModel:
             self._owned = True
             self.sure = ref is not None and short_db >= ref - t.turn_sure_db
             return True
+        frame_db = 10.0 * math.log10(power + _TINY)
+        if (
+            max(short_db, frame_db) < ref - t.background_short_db
+            and ratio is not None
+            and ratio >= t.background_short_ratio
+        ):
+            # The last frames, not just this one, fell far under the owner's level: the run
+            # went on with a quieter voice (a TV right after the owner's last word).
+            self._owned = False
+            return False
         drop = t.background_drop_db + (t.background_hold_db if self._owned else 0.0)
         if far_talking:
             drop -= t.background_far_talk_db
