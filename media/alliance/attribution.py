@@ -26,6 +26,19 @@ server knows, before it reaches the signal engine:
   faster once the loud voice has been missing for a while, so a speaker who moves away
   (−12 dB for a minute) is followed — but only after several seconds of their talk, which
   is the measured trade-off against a TV heard in the gaps of the conversation.
+* **Turn-taking.** Level alone cannot tell the speaker who moved away from a TV; who holds
+  the floor can. The owner's speech alternates with the other participant's (measured on
+  the fixtures' truth: 0.35–0.46 of the chance rate of falling while the other talks), a TV
+  plays whoever talks (1.2–1.4). So per level band (2 dB, looked up ± 4 dB, on the mean of
+  the last 100 ms of the run) the share of this microphone's speech frames heard while the
+  other participant surely talks (at their own level, past their warm-up: a TV taken for
+  *them* must not teach this side) is kept over the last two minutes of that band's
+  speech, against the other's overall talk share. A band at 0.7 or more (cleared under
+  0.55) is background: its speech well under the owner's level — or at any level before
+  the owner has been heard, when the level model knows nothing — is vetoed and does not
+  pull the reference down; and a run whose last 100 ms fell 15 dB under the owner's level
+  in a band that does not take turns like the owner ends there (a TV right after the
+  owner's last word, which the run's longer mean would carry on).
 
 Pure numpy on a handful of bands per 20 ms frame: no I/O, no clock, deterministic, so the
 live path and ``rapport analyze`` share it through ``ParticipantAudio``.
@@ -125,8 +138,9 @@ class AttributionTuning:
     turn_background_ratio: float = 0.7
     #: A background band is cleared only when its ratio falls under this.
     turn_clear_ratio: float = 0.55
-    #: ... but only for speech this far under the owner's level: the owner's own voice is
-    #: never judged by it (the other's mistakes would teach it otherwise).
+    #: Past the level model's warm-up the veto applies only to speech (the run's last
+    #: frames and this frame) this far under the owner's level: their own voice is never
+    #: judged by turn-taking (its overlaps and the other side's mistakes would teach it).
     turn_below_db: float = 12.0
     #: The statistic is not used while the other participant's share is under this.
     turn_min_far_share: float = 0.15
@@ -286,6 +300,7 @@ class _LevelModel:
         self._far_share = 0.0
         self._far_seen = 0
         self._min_frames = t.turn_min_s / frame_s
+        #: The last speech frame's band ratio, and whether turn-taking vetoed it.
         self.turn_ratio: float | None = None
         #: The last frame was this participant's voice at their own level, past warm-up:
         #: what the *other* participant's turn-taking statistic counts as "talking" (a TV
@@ -334,6 +349,7 @@ class _LevelModel:
         level = 10.0 * math.log10(sum(recent) / len(recent) + _TINY)
         short = recent[-t.turn_level_frames :]
         short_db = 10.0 * math.log10(sum(short) / len(short) + _TINY)
+        frame_db = 10.0 * math.log10(power + _TINY)
         ratio = self._turn_ratio(short_db, far_sure)
         self.turn_ratio = ratio
         ref = self.reference_dbfs
@@ -343,7 +359,7 @@ class _LevelModel:
             and (
                 ref is None
                 or self.fed < self._warmup
-                or max(short_db, 10.0 * math.log10(power + _TINY)) < ref - t.turn_below_db
+                or max(short_db, frame_db) < ref - t.turn_below_db
             )
         ):
             self.turn_veto = True
@@ -356,7 +372,6 @@ class _LevelModel:
             self._owned = True
             self.sure = ref is not None and short_db >= ref - t.turn_sure_db
             return True
-        frame_db = 10.0 * math.log10(power + _TINY)
         if (
             max(short_db, frame_db) < ref - t.background_short_db
             and ratio is not None
