@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -70,6 +71,14 @@ def new_page(
     page.on("console", lambda msg: log.append(f"[{name}] {msg.type}: {msg.text}"))
     page.on("pageerror", lambda err: log.append(f"[{name}] pageerror: {err}"))
     return context, page
+
+
+def close_contexts(*contexts: BrowserContext) -> None:
+    """Close every browser context even if one fails (a crashed page must not hide the
+    test's own failure behind a teardown error, nor leave the other contexts open)."""
+    for ctx in contexts:
+        with contextlib.suppress(Exception):
+            ctx.close()
 
 
 def wait_for(

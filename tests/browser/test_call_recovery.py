@@ -9,7 +9,6 @@ events is exactly the one under test.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from typing import Any
@@ -20,7 +19,7 @@ import pytest
 from signaling import messages as m
 
 from .conftest import Browsers
-from .helpers import VIDEO_PLAYING_JS, new_page, open_and_admit
+from .helpers import VIDEO_PLAYING_JS, close_contexts, new_page, open_and_admit
 
 pytestmark = pytest.mark.browser
 
@@ -117,7 +116,5 @@ def test_a_media_failed_retry_leaves_a_connection_restarted_meanwhile_alone(
         c.wait_for_function(VIDEO_PLAYING_JS, arg=[REMOTE, "after", 10], timeout=20_000)
         print(f"client video advancing {time.monotonic() - started:.1f} s after the check")
     finally:
-        for ctx in (t_ctx, c_ctx):
-            with contextlib.suppress(Exception):
-                ctx.close()
+        close_contexts(t_ctx, c_ctx)
         http.close()

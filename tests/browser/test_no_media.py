@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from .helpers import new_page, open_and_admit, page_errors
+from .helpers import close_contexts, new_page, open_and_admit, page_errors
 
 pytestmark = pytest.mark.browser
 
@@ -102,8 +102,4 @@ def test_a_client_whose_media_never_connects_is_no_media_on_both_pages_and_the_a
                 "no_media", "lost"}, labels  # fmt: skip
         assert not page_errors(log), log
     finally:
-        for ctx in (t_ctx, c_ctx, m_ctx):
-            try:
-                ctx.close()
-            except Exception:
-                pass
+        close_contexts(t_ctx, c_ctx, m_ctx)

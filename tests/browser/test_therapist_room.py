@@ -22,6 +22,7 @@ from playwright.sync_api import BrowserContext, Page, expect
 
 from .helpers import (
     axe_violations,
+    close_contexts,
     describe_violations,
     end_title,
     new_page,
@@ -87,11 +88,7 @@ def room(rapport_server: Any, browsers: Any, artifacts_dir: Path) -> Iterator[Ro
             log=log,
         )
     finally:
-        for ctx in (t_ctx, c_ctx):
-            try:
-                ctx.close()
-            except Exception:
-                pass
+        close_contexts(t_ctx, c_ctx)
         http.close()
 
 
@@ -398,9 +395,5 @@ def test_arrival_with_the_chime_off_notifies_and_the_client_sees_whom_and_when(
         assert not page_errors(log), log
     finally:
         http.put("/api/me/preferences", json=prefs_before)
-        for ctx in (t_ctx, c_ctx):
-            try:
-                ctx.close()
-            except Exception:
-                pass
+        close_contexts(t_ctx, c_ctx)
         http.close()

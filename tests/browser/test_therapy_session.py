@@ -29,6 +29,7 @@ from .helpers import (
     PHONE,
     RECORD_WS_JS,
     axe_violations,
+    close_contexts,
     describe_violations,
     end_title,
     new_page,
@@ -209,11 +210,7 @@ def call(rapport_server: Any, browsers: Any, artifacts_dir: Path) -> Iterator[Ca
             console_lines=log,
         )
     finally:
-        for ctx in (t_ctx, c_ctx):
-            try:
-                ctx.close()
-            except Exception:
-                pass
+        close_contexts(t_ctx, c_ctx)
         http.close()
 
 
