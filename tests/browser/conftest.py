@@ -41,7 +41,16 @@ def serve_rapport(tmp: Path, extra_env: dict[str, str] | None = None) -> Iterato
 
 @pytest.fixture(scope="session")
 def rapport_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RapportServer]:
-    with serve_rapport(tmp_path_factory.mktemp("rapport-server")) as server:
+    # One server for the whole browser run: its tests sign the same therapist in, from one
+    # address, dozens of times within minutes, which the default sign-in throttle (10 per
+    # account per 10 minutes) rightly refuses. The throttle has its own tests against a
+    # server of their own (tests/test_security_login.py); here it would only make a test's
+    # outcome depend on how many tests ran before it.
+    generous = {
+        "RAPPORT_LOGIN_ATTEMPTS_PER_ACCOUNT": "1000 per 10 minutes",
+        "RAPPORT_LOGIN_ATTEMPTS_PER_ADDRESS": "1000 per minute",
+    }
+    with serve_rapport(tmp_path_factory.mktemp("rapport-server"), generous) as server:
         yield server
 
 
