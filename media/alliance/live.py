@@ -271,8 +271,7 @@ class LiveSignals:
             if self.ended:
                 return []
             if not any(self._present.values()):
-                self._clock_base = None  # nobody here: the session clock pauses
-                return []
+                return []  # nobody here: the clock paused when the last one left
             if self._clock_base is None:
                 self._clock_base = now - self._ticks * self.frame_s
             target = int((now - self._clock_base - CLOCK_LAG_S) / self.frame_s)
@@ -422,9 +421,7 @@ class SignalThread:
                 next_at = time.monotonic()  # overrun: do not spin to catch up
             started = time.monotonic()
             self.wakeups += 1
-            with self._lock:
-                sessions = list(self._sessions.values())
-            for signals in sessions:
+            for signals in self._active():  # a session with nobody present has nothing due
                 cpu_before = time.thread_time()
                 try:
                     updates = signals.step(started)
