@@ -26,6 +26,19 @@ server knows, before it reaches the signal engine:
   faster once the loud voice has been missing for a while, so a speaker who moves away
   (−12 dB for a minute) is followed — but only after several seconds of their talk, which
   is the measured trade-off against a TV heard in the gaps of the conversation.
+* **Turn-taking.** Level alone cannot tell the speaker who moved away from a TV; who holds
+  the floor can. The owner's speech alternates with the other participant's (measured on
+  the fixtures' truth: 0.35–0.46 of the chance rate of falling while the other talks), a TV
+  plays whoever talks (1.2–1.4). So per level band (2 dB, looked up ± 4 dB, on the mean of
+  the last 100 ms of the run) the share of this microphone's speech frames heard while the
+  other participant surely talks (at their own level, past their warm-up: a TV taken for
+  *them* must not teach this side) is kept over the last two minutes of that band's
+  speech, against the other's overall talk share. A band at 0.7 or more (cleared under
+  0.55) is background: its speech well under the owner's level — or at any level before
+  the owner has been heard, when the level model knows nothing — is vetoed and does not
+  pull the reference down; and a run whose last 100 ms fell 15 dB under the owner's level
+  in a band that does not take turns like the owner ends there (a TV right after the
+  owner's last word, which the run's longer mean would carry on).
 
 Pure numpy on a handful of bands per 20 ms frame: no I/O, no clock, deterministic, so the
 live path and ``rapport analyze`` share it through ``ParticipantAudio``.
@@ -95,6 +108,12 @@ class AttributionTuning:
     background_drop_db: float = 12.0
     #: Once the owner's voice is accepted, weaker frames continue it down to this extra drop.
     background_hold_db: float = 4.0
+    #: A run whose last ``turn_level_frames`` (and this frame) sit this far under the
+    #: owner's level is no longer theirs, whatever its longer mean says.
+    background_short_db: float = 15.0
+    #: ... when that band does not take turns like the owner (a speaker who moved away
+    #: does, and is followed instead).
+    background_short_ratio: float = 0.4
     #: The level judged is the mean power over the last frames of the current speech run.
     level_frames: int = 15
     level_gap_frames: int = 10
@@ -103,6 +122,32 @@ class AttributionTuning:
     background_far_talk_db: float = 0.0
     #: Until this much own speech has been heard the level model does not veto.
     level_warmup_s: float = 2.0
+    #: Turn-taking: per level band (``turn_bin_db`` wide, looked up ± ``turn_span_bins``),
+    #: the share of this microphone's speech frames heard while the other participant
+    #: talks, against the other's overall talk share. Frames are weighed over the last
+    #: ``turn_tau_s`` of speech in the band; the other's share over ``turn_far_tau_s``.
+    turn_bin_db: float = 2.0
+    turn_span_bins: int = 2
+    turn_tau_s: float = 120.0
+    turn_far_tau_s: float = 60.0
+    #: A band needs this much speech heard before its statistic counts.
+    turn_min_s: float = 3.0
+    #: At or above this ratio the band plays regardless of the conversation (a TV): its
+    #: speech is vetoed and does not teach the level model. (A participant's own voice
+    #: measured 0.35–0.46 on the dialogue fixtures, a TV 1.2–1.4, by the exact truth.)
+    turn_background_ratio: float = 0.7
+    #: A background band is cleared only when its ratio falls under this.
+    turn_clear_ratio: float = 0.55
+    #: Past the level model's warm-up the veto applies only to speech (the run's last
+    #: frames and this frame) this far under the owner's level: their own voice is never
+    #: judged by turn-taking (its overlaps and the other side's mistakes would teach it).
+    turn_below_db: float = 12.0
+    #: The statistic is not used while the other participant's share is under this.
+    turn_min_far_share: float = 0.15
+    #: Frames of the run averaged for the band's level.
+    turn_level_frames: int = 5
+    #: A frame counts as the participant surely talking within this much of their level.
+    turn_sure_db: float = 10.0
 
 
 class _History:
@@ -241,6 +286,27 @@ class _LevelModel:
         self._recent: list[float] = []
         self._owned = False
         self._gap = 0
+        # Turn-taking statistic per level band (see AttributionTuning.turn_*).
+        self._bin_db = t.turn_bin_db
+        self._n_bins = int(120.0 / t.turn_bin_db)
+        self._tot = np.zeros(self._n_bins)
+        self._far = np.zeros(self._n_bins)
+        #: Bands judged background, with hysteresis: a TV heard through a long silence of
+        #: both participants looks less independent of the conversation for a while.
+        self._background = np.zeros(self._n_bins, dtype=bool)
+        self._band = 0
+        self._bin_decay = math.exp(-frame_s / t.turn_tau_s)
+        self._far_alpha = min(1.0, frame_s / t.turn_far_tau_s)
+        self._far_share = 0.0
+        self._far_seen = 0
+        self._min_frames = t.turn_min_s / frame_s
+        #: The last speech frame's band ratio, and whether turn-taking vetoed it.
+        self.turn_ratio: float | None = None
+        #: The last frame was this participant's voice at their own level, past warm-up:
+        #: what the *other* participant's turn-taking statistic counts as "talking" (a TV
+        #: accepted as this participant's talk would otherwise teach the other's).
+        self.sure = False
+        self.turn_veto = False
 
     def feed(self, level_dbfs: float) -> None:
         self.fed += 1
@@ -256,12 +322,19 @@ class _LevelModel:
             down = self._lost_down if lost else self._down
             self.reference_dbfs = ref + (self._up if level_dbfs > ref else -down)
 
-    def owns(self, speech: bool, power: float, far_talking: bool) -> bool:
+    def owns(self, speech: bool, power: float, far_talking: bool, far_sure: bool) -> bool:
         """Is this speech-like frame (``power``: its speech-band mean square) the owner's
         voice? Judged on the mean power of the current run's last frames, so a single loud
         syllable of a TV does not pass, with hysteresis once the owner is accepted; a run
         survives pauses of up to ``level_gap_frames`` (between syllables and words)."""
         t = self.t
+        self.sure = False
+        self._far_seen += 1
+        self._far_share += (float(far_sure) - self._far_share) * max(
+            self._far_alpha, 1.0 / self._far_seen
+        )
+        self.turn_ratio = None
+        self.turn_veto = False
         if not speech:
             self._gap += 1
             if self._gap > t.level_gap_frames:
@@ -273,19 +346,72 @@ class _LevelModel:
         recent.append(power)
         if len(recent) > t.level_frames:
             del recent[0]
+        level = 10.0 * math.log10(sum(recent) / len(recent) + _TINY)
+        short = recent[-t.turn_level_frames :]
+        short_db = 10.0 * math.log10(sum(short) / len(short) + _TINY)
+        frame_db = 10.0 * math.log10(power + _TINY)
+        ratio = self._turn_ratio(short_db, far_sure)
+        self.turn_ratio = ratio
         ref = self.reference_dbfs
+        if (
+            ratio is not None
+            and self._background[self._band]
+            and (
+                ref is None
+                or self.fed < self._warmup
+                or max(short_db, frame_db) < ref - t.turn_below_db
+            )
+        ):
+            self.turn_veto = True
+            self._owned = False
+            return False
         if ref is None or self.fed < self._warmup:
             # Nothing known yet about this voice: take it. (Refusing speech over the other
             # participant's talk here looks attractive against a TV, but with echo it locks
             # in: each side's leak of the other then teaches its level model.)
             self._owned = True
+            self.sure = ref is not None and short_db >= ref - t.turn_sure_db
             return True
-        level = 10.0 * math.log10(sum(recent) / len(recent) + _TINY)
+        if (
+            max(short_db, frame_db) < ref - t.background_short_db
+            and ratio is not None
+            and ratio >= t.background_short_ratio
+        ):
+            # The last frames, not just this one, fell far under the owner's level: the run
+            # went on with a quieter voice (a TV right after the owner's last word).
+            self._owned = False
+            return False
         drop = t.background_drop_db + (t.background_hold_db if self._owned else 0.0)
         if far_talking:
             drop -= t.background_far_talk_db
         self._owned = level >= ref - drop
+        self.sure = self._owned and short_db >= ref - t.turn_sure_db
         return self._owned
+
+    def _turn_ratio(self, level: float, far_talking: bool) -> float | None:
+        """Learn this frame's band, then return how much more (> 1) or less (< 1) often than
+        by chance the band's speech falls while the other participant talks (None: not
+        enough heard, or the other has hardly talked)."""
+        b = min(self._n_bins - 1, max(0, int(-level / self._bin_db)))
+        self._band = b
+        self._tot *= self._bin_decay
+        self._far *= self._bin_decay
+        self._tot[b] += 1.0
+        if far_talking:
+            self._far[b] += 1.0
+        if self._far_share < self.t.turn_min_far_share:
+            return None
+        lo = max(0, b - self.t.turn_span_bins)
+        hi = b + self.t.turn_span_bins + 1
+        n = float(self._tot[lo:hi].sum())
+        if n < self._min_frames:
+            return None
+        ratio = float(self._far[lo:hi].sum()) / n / self._far_share
+        if ratio >= self.t.turn_background_ratio:
+            self._background[b] = True
+        elif ratio < self.t.turn_clear_ratio:
+            self._background[b] = False
+        return ratio
 
 
 class Attributor:
@@ -304,6 +430,7 @@ class Attributor:
         self._echo = {r: _EchoPath(n_bands, t) for r in ROLES}  # keyed by the near role
         self._levels = {r: _LevelModel(t) for r in ROLES}
         self._talking = dict.fromkeys(ROLES, False)
+        self._sure = dict.fromkeys(ROLES, False)
         #: Why the last frame's raw speech was overruled, per role (for diagnostics).
         self.vetoed: dict[Role, str | None] = dict.fromkeys(ROLES)
 
@@ -316,6 +443,7 @@ class Attributor:
         self._history[role] = _History(self.n_bands, self._length, t)
         self._levels[role] = _LevelModel(t)
         self._talking[role] = False
+        self._sure[role] = False
 
     def echo_delay_frames(self, near: Role) -> int:
         """Current estimate of how many frames the other role's voice takes to reach
@@ -355,8 +483,8 @@ class Attributor:
                 if 10.0 * math.log10(power + _TINY) < f.floor_dbfs + f.margin_db:
                     speech = False
                     self.vetoed[role] = "echo"
-            owned = level.owns(speech, power, self._talking[far])
-            if speech and not self._talking[far]:
+            owned = level.owns(speech, power, self._talking[far], self._sure[far])
+            if speech and not self._talking[far] and not level.turn_veto:
                 level.feed(f.level_dbfs)
             if speech and not owned:
                 self.vetoed[role] = "background"
@@ -364,4 +492,5 @@ class Attributor:
         for role in ROLES:
             self._history[role].attributed(frames[role], out[role])
         self._talking = out
+        self._sure = {r: self._levels[r].sure for r in ROLES}
         return out
