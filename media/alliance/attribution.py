@@ -148,6 +148,14 @@ class AttributionTuning:
     turn_level_frames: int = 5
     #: A frame counts as the participant surely talking within this much of their level.
     turn_sure_db: float = 10.0
+    #: A band is judged against the conversation, not in the absolute: it is flagged only
+    #: when its ratio is at least this many times that of the participant's own band (the
+    #: bands around their level reference), and cleared under ``turn_owner_clear`` times
+    #: it. Where the owner's own voice takes turns (0.35–0.46 on the fixtures) a TV
+    #: (1.2–1.4) stands 2.6 times or more above it; where the owner's own band does not
+    #: take turns (looped audio, constant double-talk: near 1) nothing stands out enough.
+    turn_owner_factor: float = 2.0
+    turn_owner_clear: float = 1.5
 
 
 class _History:
@@ -391,9 +399,16 @@ class _LevelModel:
     def _turn_ratio(self, level: float, far_talking: bool) -> float | None:
         """Learn this frame's band, then return how much more (> 1) or less (< 1) often than
         by chance the band's speech falls while the other participant talks (None: not
-        enough heard, or the other has hardly talked)."""
+        enough heard, or the other has hardly talked).
+
+        Only frames heard once this participant's level model has been fed are evidence:
+        before that nothing says which voice is theirs (a therapist talking over the client
+        from the first frame would otherwise teach "this band plays whoever talks" from
+        the owner's own voice, and then veto it)."""
         b = min(self._n_bins - 1, max(0, int(-level / self._bin_db)))
         self._band = b
+        if self.fed == 0:
+            return None
         self._tot *= self._bin_decay
         self._far *= self._bin_decay
         self._tot[b] += 1.0
@@ -401,17 +416,39 @@ class _LevelModel:
             self._far[b] += 1.0
         if self._far_share < self.t.turn_min_far_share:
             return None
+        ratio = self._band_ratio(b)
+        if ratio is None:
+            return None
+        owner = self.owner_ratio()
+        if (
+            ratio >= self.t.turn_background_ratio
+            and owner is not None
+            and ratio >= owner * self.t.turn_owner_factor
+        ):
+            self._background[b] = True
+        elif (
+            ratio < self.t.turn_clear_ratio
+            or owner is None
+            or ratio < owner * self.t.turn_owner_clear
+        ):
+            self._background[b] = False
+        return ratio
+
+    def _band_ratio(self, b: int) -> float | None:
         lo = max(0, b - self.t.turn_span_bins)
         hi = b + self.t.turn_span_bins + 1
         n = float(self._tot[lo:hi].sum())
-        if n < self._min_frames:
+        if n < self._min_frames or self._far_share <= 0.0:
             return None
-        ratio = float(self._far[lo:hi].sum()) / n / self._far_share
-        if ratio >= self.t.turn_background_ratio:
-            self._background[b] = True
-        elif ratio < self.t.turn_clear_ratio:
-            self._background[b] = False
-        return ratio
+        return float(self._far[lo:hi].sum()) / n / self._far_share
+
+    def owner_ratio(self) -> float | None:
+        """The turn-taking ratio of the bands around the owner's own level: what "taking
+        turns" looks like in this conversation (None: not enough of it heard)."""
+        ref = self.reference_dbfs
+        if ref is None:
+            return None
+        return self._band_ratio(min(self._n_bins - 1, max(0, int(-ref / self._bin_db))))
 
 
 class Attributor:
