@@ -524,7 +524,7 @@ class Attributor:
             if speech and not self._talking[far] and not level.turn_veto:
                 level.feed(f.level_dbfs)
             if speech and not owned:
-                self.vetoed[role] = "background"
+                self.vetoed[role] = "turn-taking" if level.turn_veto else "background"
             out[role] = owned
         for role in ROLES:
             self._history[role].attributed(frames[role], out[role])
