@@ -143,12 +143,15 @@ def test_no_band_is_background_when_the_owner_does_not_take_turns_either() -> No
     words included, falls while the other talks at about the chance rate, which by the
     absolute threshold is a TV's. Judged against the owner's own band, nothing stands out:
     no frame is vetoed for turn-taking (without the comparison, 883 of the therapist's
-    quieter frames were, 10 % of their talk)."""
+    quieter frames were), and no run is cut short for "falling 15 dB in a band that does
+    not take turns" (78 % of each side's speech frames are kept; 72 % and 71 % when the cut
+    judged the band in the absolute)."""
     rng = np.random.default_rng(1)
     frames = 9000  # three minutes
     script = list(zip(_independent_talk(rng, frames), _independent_talk(rng, frames), strict=True))
     verdicts, turn_vetoes = _attribute(script)
     assert turn_vetoes == 0
-    heard = sum(t is not None for t, _ in script)
-    accepted = sum(v[T] for v in verdicts)
-    assert accepted >= 0.7 * heard, (accepted, heard)
+    for i, role in enumerate(ROLES):
+        heard = sum(levels[i] is not None for levels in script)
+        accepted = sum(v[role] for v in verdicts)
+        assert accepted >= 0.75 * heard, (role, accepted, heard)

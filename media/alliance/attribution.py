@@ -34,11 +34,16 @@ server knows, before it reaches the signal engine:
   other participant surely talks (at their own level, past their warm-up: a TV taken for
   *them* must not teach this side) is kept over the last two minutes of that band's
   speech, against the other's overall talk share. A band at 0.7 or more (cleared under
-  0.55) is background: its speech well under the owner's level — or at any level before
-  the owner has been heard, when the level model knows nothing — is vetoed and does not
-  pull the reference down; and a run whose last 100 ms fell 15 dB under the owner's level
-  in a band that does not take turns like the owner ends there (a TV right after the
-  owner's last word, which the run's longer mean would carry on).
+  0.55) is background: its speech well under the owner's level — or at any level during
+  the level model's warm-up — is vetoed and does not pull the reference down; and a run
+  whose last 100 ms fell 15 dB under the owner's level in a band that does not take turns
+  like the owner ends there (a TV right after the owner's last word, which the run's
+  longer mean would carry on). Two guards keep the cue from turning on the owner: only
+  frames heard once the owner's level model has been fed are evidence (a therapist talking
+  over the client from the first frame is otherwise "a voice that plays whoever talks"),
+  and a band is judged against the owner's own band, not in the absolute: it must stand
+  at least twice as high (1.2 times for ending a run). Where the owner does not take turns
+  either — Chromium's looped fake microphones, constant double-talk — nothing stands out.
 
 Pure numpy on a handful of bands per 20 ms frame: no I/O, no clock, deterministic, so the
 live path and ``rapport analyze`` share it through ``ParticipantAudio``.
@@ -91,6 +96,10 @@ class AttributionTuning:
     echo_learn_below_db: float = 10.0
     #: The near power must exceed the predicted echo by this much to count as the owner's.
     echo_margin_db: float = 9.0
+    #: The echo veto acts only once the envelopes correlate this well at the estimated delay
+    #: (normalised, 0..1): in a room with no audible echo nothing correlates, and the gain
+    #: learned from noise would otherwise veto the owner's quiet words over the other's talk.
+    echo_min_coherence: float = 0.0
     #: Level model: quantile of the owner's speech-frame levels taken as their "own" level,
     #: how fast it may fall per second of speech heard (the speaker moving away), and how
     #: far below it a stretch must sit to be somebody else's voice.
@@ -114,6 +123,10 @@ class AttributionTuning:
     #: ... when that band does not take turns like the owner (a speaker who moved away
     #: does, and is followed instead).
     background_short_ratio: float = 0.4
+    #: ... and at least this many times the owner's own band's ratio (judged against the
+    #: conversation, as ``turn_owner_factor``: where the owner does not take turns either,
+    #: their own quiet word endings would otherwise be cut).
+    background_short_owner_factor: float = 1.2
     #: The level judged is the mean power over the last frames of the current speech run.
     level_frames: int = 15
     level_gap_frames: int = 10
@@ -218,6 +231,8 @@ class _EchoPath:
         self.max_delay = max(1, round(t.max_delay_s / frame_s))
         self.lags = np.arange(self.max_delay + 1)
         self.xcorr = np.zeros(self.max_delay + 1)
+        self.near_sq = 0.0
+        self.far_sq = np.zeros(self.max_delay + 1)
         self._alpha = min(1.0, frame_s / t.xcorr_tau_s)
         self._frames = 0
         self._learned = 0
@@ -243,7 +258,11 @@ class _EchoPath:
         # A plain running mean at first, so a new call finds its delay within seconds.
         self._frames += 1
         alpha = max(self._alpha, 1.0 / self._frames)
-        self.xcorr += (near.env[near.pos] * far.env[idx] - self.xcorr) * alpha
+        n_env = near.env[near.pos]
+        f_env = far.env[idx]
+        self.xcorr += (n_env * f_env - self.xcorr) * alpha
+        self.near_sq += (n_env * n_env - self.near_sq) * alpha
+        self.far_sq += (f_env * f_env - self.far_sq) * alpha
         best = int(np.argmax(self.xcorr))
         if best != self.delay and self.xcorr[best] > self._switch * max(
             self.xcorr[self.delay], 0.0
@@ -251,6 +270,13 @@ class _EchoPath:
             self.delay = best
         rows = far.lagged(self._smeared[self.delay])
         return far.power[rows].max(axis=0), bool(far.active[(far.pos - self.delay) % far.length])
+
+    @property
+    def coherence(self) -> float:
+        """Normalised envelope correlation at the estimated delay (0: none, 1: an echo)."""
+        d = self.delay
+        denom = math.sqrt(self.near_sq * float(self.far_sq[d]))
+        return float(self.xcorr[d]) / denom if denom > 0 else 0.0
 
     def learn(self, near_bands: np.ndarray, noise: np.ndarray, far_pred: np.ndarray) -> None:
         """One step of the per-band quantile tracker on the near/far power ratio, the near
@@ -384,6 +410,8 @@ class _LevelModel:
             max(short_db, frame_db) < ref - t.background_short_db
             and ratio is not None
             and ratio >= t.background_short_ratio
+            and (owner := self.owner_ratio()) is not None
+            and ratio >= owner * t.background_short_owner_factor
         ):
             # The last frames, not just this one, fell far under the owner's level: the run
             # went on with a quieter voice (a TV right after the owner's last word).
@@ -516,7 +544,10 @@ class Attributor:
             speech = f.speech
             power = 0.0
             if speech:
-                power = path.residual(f.bands, far_pred, self.gate_bands)
+                if t.echo_min_coherence > 0 and path.coherence < t.echo_min_coherence:
+                    power = float(f.bands[: self.gate_bands].sum())
+                else:
+                    power = path.residual(f.bands, far_pred, self.gate_bands)
                 if 10.0 * math.log10(power + _TINY) < f.floor_dbfs + f.margin_db:
                     speech = False
                     self.vetoed[role] = "echo"
