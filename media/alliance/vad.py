@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import webrtcvad
+
+from media.alliance.silero import SileroTrack
 
 __all__ = [
     "SUPPORTED_FRAME_MS",
@@ -151,6 +154,28 @@ class VadTuning:
     bands_below: int = 16
     bands_above: int = 2
     analysis_high_hz: float = 6000.0
+    #: Which model says "this sounds like voice" behind the energy gate: ``webrtc`` alone,
+    #: ``silero`` alone (media/alliance/silero.py), or ``either`` (Silero rescues the frames
+    #: the gate passes and webrtcvad rejects).
+    voice_model: Literal["webrtc", "silero", "either"] = "webrtc"
+    #: Silero's probability that starts speech, and the lower one that continues it.
+    silero_threshold: float = 0.5
+    silero_hold_threshold: float = 0.35
+    #: When Silero is this sure, a frame needs only ``silero_margin_db`` above the floor
+    #: (and ``silero_range_db`` under the peak) instead of the onset/hold margin.
+    silero_confident: float = 0.8
+    silero_margin_db: float | None = None
+    silero_range_db: float | None = None
+    #: Frames still reported as speech after a run ends (its soft end under the noise).
+    tail_frames: int = 0
+    #: Masked tails: a run's end fades at about ``tail_decay_db`` per frame; the part of
+    #: that fade between the peak − ``dynamic_range_db`` and the floor + margin cannot be
+    #: heard in noise, so that many frames (at most ``tail_max_frames``) are added.
+    tail_decay_db: float = 0.0
+    tail_max_frames: int = 10
+    #: A tail frame reports a margin this far under its own level above the floor, so the
+    #: echo check downstream removes it only when the far end's echo explains it.
+    tail_slack_db: float = 3.0
 
 
 class VoiceActivityDetector:
@@ -178,6 +203,9 @@ class VoiceActivityDetector:
         self.frame_samples = sample_rate * frame_ms // 1000
         self.tuning = tuning or VadTuning()
         self._vad = webrtcvad.Vad(aggressiveness)
+        self._silero = SileroTrack(sample_rate) if self.tuning.voice_model != "webrtc" else None
+        #: Silero's probability for the newest frame (0 when it is not used).
+        self.last_silero = 0.0
         frame_s = frame_ms / 1000.0
         self._rise = self.tuning.rise_db_per_s * frame_s
         self._warmup_rise = self.tuning.warmup_rise_db_per_s * frame_s
@@ -218,6 +246,7 @@ class VoiceActivityDetector:
         self._analysis = slice(self._edges[0], self._edges[-1])
         self._reduce_at = np.asarray(self._edges[:-1], dtype=np.intp) - self._edges[0]
         self._hang = 0
+        self._tail = 0
 
     @property
     def noise_floor_dbfs(self) -> float | None:
@@ -234,6 +263,9 @@ class VoiceActivityDetector:
         self._spread = self.tuning.initial_spread_db
         self._in_speech = False
         self._hang = 0
+        self._tail = 0
+        if self._silero is not None:
+            self._silero.reset()
 
     @property
     def onset_margin_db(self) -> float:
@@ -285,22 +317,51 @@ class VoiceActivityDetector:
         # noise and speech models continuously, and feeding it only loud frames teaches it
         # that speech is the background.
         pcm = np.ascontiguousarray(frame, dtype=np.int16).tobytes()
+        dynamic_range = tuning.dynamic_range_db
         voiced = bool(self._vad.is_speech(pcm, self.sample_rate))
+        if self._silero is not None:
+            # Silero, too, sees every frame: it is recurrent.
+            prob = self.last_silero = self._silero.push(frame)
+            needed = tuning.silero_hold_threshold if self._in_speech else tuning.silero_threshold
+            heard = prob >= needed
+            voiced = heard if tuning.voice_model == "silero" else voiced or heard
+            if prob >= tuning.silero_confident:
+                if tuning.silero_margin_db is not None:
+                    margin = min(margin, tuning.silero_margin_db)
+                if tuning.silero_range_db is not None:
+                    dynamic_range = max(dynamic_range, tuning.silero_range_db)
         if (
             level <= tuning.absolute_min_dbfs
             or level < floor + margin
-            or level < self._peak - tuning.dynamic_range_db
+            or level < self._peak - dynamic_range
         ):
             self._in_speech = False
+            if self._tail_step():
+                margin = min(margin, level - floor - tuning.tail_slack_db)
+                return FrameFeatures(True, level, floor, margin, bands)
             return FrameFeatures(False, level, floor, margin, bands)
         if voiced:
             self._peak = max(self._peak, level)
             self._hang = tuning.hangover_frames
+            self._tail = tuning.tail_frames
+            if tuning.tail_decay_db > 0.0:
+                hidden = floor + onset - (self._peak - tuning.dynamic_range_db)
+                masked = int(max(0.0, hidden) / tuning.tail_decay_db)
+                self._tail = max(self._tail, min(tuning.tail_max_frames, masked))
         elif self._in_speech and self._hang > 0:
             self._hang -= 1
             voiced = True
         self._in_speech = voiced
+        if not voiced and self._tail_step():
+            margin = min(margin, level - floor - tuning.tail_slack_db)
+            voiced = True
         return FrameFeatures(voiced, level, floor, margin, bands)
+
+    def _tail_step(self) -> bool:
+        if self._tail > 0:
+            self._tail -= 1
+            return True
+        return False
 
     def _update_floor(self, level: float) -> float:
         """Advance the noise-floor tracker by one frame and return the floor *before* it
