@@ -84,7 +84,8 @@ def _lowpass(taps: int = 31, cutoff_hz: float = 7000.0, rate: int = 48000) -> np
     band, −40 dB or more past 9 kHz where aliases would fold back under 7 kHz."""
     n = np.arange(taps) - (taps - 1) / 2
     h = np.sinc(2 * cutoff_hz / rate * n) * np.hanning(taps + 2)[1:-1]
-    return (h / h.sum()).astype(np.float32)
+    taps_out: np.ndarray = (h / h.sum()).astype(np.float32)
+    return taps_out
 
 
 _FIR = _lowpass()
