@@ -3,11 +3,18 @@ the same answer for the same audio however the frames are cut."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
 import media.alliance.silero as silero
-from media.alliance.silero import SileroTrack, SileroUnavailable, silero_model_path
+from media.alliance.silero import (
+    SILERO_MODEL_SHA256,
+    SileroTrack,
+    SileroUnavailable,
+    silero_model_path,
+)
 from media.alliance.vad import VadTuning, VoiceActivityDetector
 from tests.fixtures.dialogues import (
     FRAME_SAMPLES,
@@ -54,13 +61,14 @@ def _probabilities(pcm: np.ndarray, piece: int, every: int) -> list[float]:
     return out
 
 
-def test_the_model_comes_from_the_installed_wheel_without_torch() -> None:
-    path = silero_model_path()
-    assert path.name == "silero_vad.onnx" and path.stat().st_size > 1_000_000
-    SileroTrack()  # loads it with onnxruntime alone
+def test_the_shipped_model_is_silero_s_and_runs_without_torch() -> None:
+    import hashlib
     import sys
 
-    assert "torch" not in sys.modules and "silero_vad" not in sys.modules
+    path = silero_model_path()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == SILERO_MODEL_SHA256
+    SileroTrack()  # loads it with onnxruntime alone
+    assert "torch" not in sys.modules
 
 
 @pytest.mark.parametrize("kind", ["white", "pink", "hum"])
@@ -109,10 +117,16 @@ def test_detector_with_silero_catches_speech_and_rejects_noise(model: str) -> No
     assert (speech & ~mask).sum() <= 0.02 * (~mask).sum()
 
 
-def test_missing_package_is_a_precise_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(silero, "find_spec", lambda name: None)
-    with pytest.raises(SileroUnavailable, match="pip install --no-deps silero-vad"):
-        silero_model_path()
+def test_without_onnxruntime_the_error_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
+    silero._session.cache_clear()
+    try:
+        with pytest.raises(SileroUnavailable, match="pip install onnxruntime"):
+            VoiceActivityDetector(tuning=VadTuning(voice_model="either"))
+    finally:
+        silero._session.cache_clear()
 
 
 def test_rejects_unknown_model_and_rates() -> None:

@@ -3,12 +3,14 @@
 webrtcvad is a small GMM on a few sub-band energies: it misses quiet speech that a trained
 recurrent model still hears (the ends of words, a speaker who moved away from the
 microphone, recorded human voices with breathy onsets). Silero's model is a small neural
-network trained on thousands of hours of speech and noise; its ONNX file ships inside the
-``silero-vad`` wheel, so nothing is downloaded at run time.
+network trained on thousands of hours of speech and noise, small enough (1.3 MB) to ship
+with Rapport, so nothing is downloaded at run time.
 
-We load only that ``.onnx`` file and run it with onnxruntime: the ``silero_vad`` Python
-package itself imports torch, which Rapport does not need, so it is located with
-``importlib.util.find_spec`` (which does not execute the package) and never imported.
+The model file is ``media/alliance/data/silero_vad_16k_op15.onnx``, copied unchanged from the
+``silero-vad`` 6.2.3 wheel (MIT licence beside it; sha256 ``7ed98ddb…8788e3``): the wheel
+itself depends on torch, which Rapport does not need, so it is not a dependency; the model
+runs on onnxruntime alone, which is optional (``pip install onnxruntime``; the test extra
+has it) because webrtcvad stays the default voice model (see docs/accuracy.md).
 
 The model takes 16 kHz audio in 512-sample chunks (32 ms) plus 64 samples of context and a
 recurrent state; our frames are 48 kHz, 20 ms. Each track therefore keeps its own
@@ -22,16 +24,22 @@ from __future__ import annotations
 
 import threading
 from functools import cache
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["SILERO_MODEL_FILE", "SileroTrack", "SileroUnavailable", "silero_model_path"]
+__all__ = [
+    "SILERO_MODEL_FILE",
+    "SILERO_MODEL_SHA256",
+    "SileroTrack",
+    "SileroUnavailable",
+    "silero_model_path",
+]
 
-#: The model file inside the silero-vad wheel's ``data`` folder (8 and 16 kHz, opset 16).
-SILERO_MODEL_FILE = "silero_vad.onnx"
+#: The 16 kHz model of the silero-vad 6.2.3 wheel (opset 15), shipped with Rapport.
+SILERO_MODEL_FILE = "silero_vad_16k_op15.onnx"
+SILERO_MODEL_SHA256 = "7ed98ddbad84ccac4cd0aeb3099049280713df825c610a8ed34543318f1b2c49"
 _RATE = 16000
 _CHUNK = 512
 _CONTEXT = 64
@@ -39,19 +47,14 @@ _DECIMATE = 3  # 48 kHz -> 16 kHz
 
 
 class SileroUnavailable(RuntimeError):
-    """onnxruntime or the silero-vad package (its model file) is not installed."""
+    """onnxruntime (optional) is not installed, or the model file is missing."""
 
 
 def silero_model_path() -> Path:
-    """Where the installed silero-vad wheel keeps its ONNX model (without importing it)."""
-    spec = find_spec("silero_vad")
-    if spec is None or not spec.submodule_search_locations:
-        raise SileroUnavailable(
-            "the silero-vad package is not installed (pip install --no-deps silero-vad)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / SILERO_MODEL_FILE
+    """The ONNX model file shipped in media/alliance/data."""
+    path = Path(__file__).resolve().parent / "data" / SILERO_MODEL_FILE
     if not path.is_file():
-        raise SileroUnavailable(f"silero-vad is installed but {path} is missing")
+        raise SileroUnavailable(f"the Silero VAD model {path} is missing")
     return path
 
 
@@ -62,8 +65,10 @@ _lock = threading.Lock()
 def _session() -> Any:
     try:
         import onnxruntime as ort
-    except ImportError as exc:  # pragma: no cover - a dependency of the project
-        raise SileroUnavailable("onnxruntime is not installed") from exc
+    except ImportError as exc:
+        raise SileroUnavailable(
+            "Silero VAD needs onnxruntime, which is optional: pip install onnxruntime"
+        ) from exc
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1

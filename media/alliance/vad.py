@@ -19,13 +19,14 @@ quietest frames, i.e. the pauses between words) and rises slowly while the level
 speech (a long monologue must not drag it up), but quickly while the level is steady the
 way a room is (a fan switched on is learned within a few seconds).
 A small hysteresis keeps the detector in "speech" for weaker frames once speech has started,
-so word endings are not chopped; the signal engine's bridging handles the rest. Where noise
-masks the end of a word (the part of its fade under floor + margin), the detector adds the
-frames its fade takes to leave the speaker's dynamic range (``VadTuning.tail_max_frames``).
+so word endings are not chopped; the signal engine's bridging handles the rest.
 
-Silero VAD (media/alliance/silero.py) can replace webrtcvad or back it up
-(``VadTuning.voice_model``); measured on the room fixtures it adds little over the masked-tail
-rule for its CPU cost, so webrtcvad stays the default.
+Silero VAD (media/alliance/silero.py) can add a third opinion (``VadTuning.voice_model``,
+``SILERO_ASSIST``): where noise masks quiet speech (a speaker who moved away, soft recorded
+voices), frames Silero is sure of need only stand above the floor, not a full margin. It
+recovers talk the gate loses in noise, but costs about five times the rest of the detector,
+which the per-session CPU budget does not allow yet, so it is off by default
+(docs/accuracy.md has the measurements).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import webrtcvad
 from media.alliance.silero import SileroTrack
 
 __all__ = [
+    "SILERO_ASSIST",
     "SUPPORTED_FRAME_MS",
     "SUPPORTED_SAMPLE_RATES",
     "FrameFeatures",
@@ -160,41 +162,26 @@ class VadTuning:
     bands_below: int = 16
     bands_above: int = 2
     analysis_high_hz: float = 6000.0
-    #: Masked word ends. A run of speech fades out over several frames (median measured
-    #: on the fixtures: 1.7 dB per 20 ms frame for recorded human speech, 5 dB for espeak);
-    #: in a quiet room the gate follows the fade down to ``dynamic_range_db`` under the
-    #: peak, but in noise the part under floor + margin is masked. So after each voiced
-    #: frame the detector expects the fade to go on at the rate the last voiced frames
-    #: were falling (clamped to ``tail_decay_min_db``…``tail_decay_max_db`` per frame; a
-    #: run that was still rising ends abruptly) through the masked range, and reports
-    #: those frames as speech (at most ``tail_max_frames``): none in a quiet room, a few
-    #: for a speaker 10 dB over a fan. Without it, noise and a speaker moving away cut
-    #: every run short (−4…−14 % talk on noisy dialogues, the truth being the speech's own
-    #: energy, as a listener hears it in a quiet room). ``tail_max_frames`` 0 turns it off.
-    tail_decay_min_db: float = 1.5
-    tail_decay_max_db: float = 10.0
-    tail_max_frames: int = 15
-    #: Masked speech still lifts the noise a little (−5 dB SNR adds 1.2 dB): a frame that
-    #: is not ``tail_evidence_db`` above the floor ends the tail; the room is alone again.
-    tail_evidence_db: float = 1.0
-    #: A tail frame reports a margin this far under its own level above the floor, so the
-    #: echo check downstream (media.alliance.attribution) still removes it when the far
-    #: end's echo explains most of it.
-    tail_slack_db: float = 3.0
     #: Which model says "this sounds like voice" behind the energy gate: ``webrtc`` alone
-    #: (the default), ``silero`` alone (media/alliance/silero.py: onnxruntime and the model
-    #: file of the silero-vad wheel), or ``either``: Silero rescues the frames that the gate
-    #: passes and webrtcvad rejects. See docs/accuracy.md for why webrtc stays the default.
+    #: (the default), ``silero`` alone (media/alliance/silero.py: needs onnxruntime), or
+    #: ``either``: Silero also accepts the frames that the gate passes and webrtcvad rejects.
     voice_model: Literal["webrtc", "silero", "either"] = "webrtc"
     #: Silero's probability that starts speech, and the lower one that continues it.
     silero_threshold: float = 0.5
     silero_hold_threshold: float = 0.35
     #: When Silero is this sure, a frame needs only ``silero_margin_db`` above the floor
-    #: (and to lie within ``silero_range_db`` of the peak) instead of the usual margin
-    #: and range (None: the usual ones).
+    #: (and to lie within ``silero_range_db`` of the peak) instead of the usual margin and
+    #: range (None: the usual ones). Silero hears speech under the margin that webrtcvad
+    #: cannot (measured: it alone, as a replacement or as a rescuer of webrtcvad's
+    #: rejections, changes nothing or loses talk; what it adds is this).
     silero_confident: float = 0.8
     silero_margin_db: float | None = None
     silero_range_db: float | None = None
+
+
+#: Silero as the measured winner uses it: a rescuer of webrtcvad's rejections that also lets
+#: frames it is sure of through down to the noise floor and 45 dB under the peak.
+SILERO_ASSIST = VadTuning(voice_model="either", silero_margin_db=0.0, silero_range_db=45.0)
 
 
 class VoiceActivityDetector:
@@ -269,8 +256,6 @@ class VoiceActivityDetector:
         self._analysis = slice(self._edges[0], self._edges[-1])
         self._reduce_at = np.asarray(self._edges[:-1], dtype=np.intp) - self._edges[0]
         self._hang = 0
-        self._tail = 0
-        self._run_levels: list[float] = []
 
     @property
     def noise_floor_dbfs(self) -> float | None:
@@ -287,8 +272,6 @@ class VoiceActivityDetector:
         self._spread = self.tuning.initial_spread_db
         self._in_speech = False
         self._hang = 0
-        self._tail = 0
-        self._run_levels.clear()
         if self._silero is not None:
             self._silero.reset()
 
@@ -361,51 +344,15 @@ class VoiceActivityDetector:
             or level < self._peak - dynamic_range
         ):
             self._in_speech = False
-            self._run_levels.clear()
-            if self._tail_step(level, floor):
-                margin = min(margin, level - floor - tuning.tail_slack_db)
-                return FrameFeatures(True, level, floor, margin, bands)
             return FrameFeatures(False, level, floor, margin, bands)
         if voiced:
             self._peak = max(self._peak, level)
             self._hang = tuning.hangover_frames
-            self._tail = self._masked_tail(level, floor + onset)
         elif self._in_speech and self._hang > 0:
             self._hang -= 1
             voiced = True
         self._in_speech = voiced
-        if not voiced:
-            self._run_levels.clear()
-        if not voiced and self._tail_step(level, floor):
-            margin = min(margin, level - floor - tuning.tail_slack_db)
-            voiced = True
         return FrameFeatures(voiced, level, floor, margin, bands)
-
-    def _masked_tail(self, level: float, audible: float) -> int:
-        """Frames of this run's fade expected under ``audible`` (floor + margin) before it
-        drops out of the speaker's dynamic range, were the run to end at this frame."""
-        t = self.tuning
-        levels = self._run_levels
-        levels.append(level)
-        if len(levels) > 3:
-            del levels[0]
-        masked = min(level, audible) - (self._peak - t.dynamic_range_db)
-        if t.tail_max_frames <= 0 or masked <= 0.0:
-            return 0
-        falling = (levels[0] - levels[-1]) / (len(levels) - 1) if len(levels) > 1 else 0.0
-        if falling <= 0.0:
-            return 0
-        decay = min(t.tail_decay_max_db, max(t.tail_decay_min_db, falling))
-        return min(t.tail_max_frames, int(masked / decay))
-
-    def _tail_step(self, level: float, floor: float) -> bool:
-        """One frame of an expected masked word end, if any are left and the frame still
-        stands out of the room a little (see ``VadTuning``)."""
-        if self._tail > 0 and level >= floor + self.tuning.tail_evidence_db:
-            self._tail -= 1
-            return True
-        self._tail = 0
-        return False
 
     def _update_floor(self, level: float) -> float:
         """Advance the noise-floor tracker by one frame and return the floor *before* it
