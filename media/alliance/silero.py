@@ -10,7 +10,7 @@ The model file is ``media/alliance/data/silero_vad_16k_op15.onnx``, copied uncha
 ``silero-vad`` 6.2.3 wheel (MIT licence beside it; sha256 ``7ed98ddb…8788e3``): the wheel
 itself depends on torch, which Rapport does not need, so it is not a dependency; the model
 runs on onnxruntime alone, which is optional (``pip install onnxruntime``; the test extra
-has it) because webrtcvad stays the default voice model (see docs/accuracy.md).
+has it) because webrtcvad stays the default voice model (see docs/silero.md).
 
 The model takes 16 kHz audio in 512-sample chunks (32 ms) plus 64 samples of context and a
 recurrent state; our frames are 48 kHz, 20 ms. Each track therefore keeps its own

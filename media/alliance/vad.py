@@ -26,7 +26,7 @@ Silero VAD (media/alliance/silero.py) can add a third opinion (``VadTuning.voice
 voices), frames Silero is sure of need only stand above the floor, not a full margin. It
 recovers talk the gate loses in noise, but costs about five times the rest of the detector,
 which the per-session CPU budget does not allow yet, so it is off by default
-(docs/accuracy.md has the measurements).
+(docs/silero.md has the measurements).
 """
 
 from __future__ import annotations
