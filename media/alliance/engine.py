@@ -49,7 +49,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from media.alliance.attribution import AttributionTuning, Attributor
-from media.alliance.vad import FrameFeatures, VoiceActivityDetector
+from media.alliance.vad import FrameFeatures, VadTuning, VoiceActivityDetector
 from media.participants import ROLES, Role, other_role
 
 __all__ = [
@@ -975,12 +975,14 @@ class ParticipantAudio:
         aggressiveness: int = 2,
         max_backlog_frames: int | None = 50,
         attribution: AttributionTuning | None = None,
+        vad_tuning: VadTuning | None = None,
     ) -> None:
         self.engine = engine or SignalEngine()
         self.sample_rate = sample_rate
         frame_ms = self.engine.config.frame_ms
         self.detectors = {
-            role: VoiceActivityDetector(sample_rate, frame_ms, aggressiveness) for role in ROLES
+            role: VoiceActivityDetector(sample_rate, frame_ms, aggressiveness, vad_tuning)
+            for role in ROLES
         }
         detector = self.detectors[Role.THERAPIST]
         self.frame_samples = detector.frame_samples

@@ -22,6 +22,7 @@ from media.alliance.engine import (
     SignalConfig,
     Snapshot,
 )
+from media.alliance.vad import VadTuning
 
 __all__ = ["LIVE_SAMPLE_RATE", "analyze_files", "analyze_pcm", "decode_mono_48k"]
 
@@ -60,6 +61,7 @@ def analyze_pcm(
     config: SignalConfig | None = None,
     *,
     aggressiveness: int = 2,
+    vad_tuning: VadTuning | None = None,
 ) -> Snapshot:
     """Run the live chain over already-decoded 48 kHz mono int16 tracks.
 
@@ -67,7 +69,10 @@ def analyze_pcm(
     its end: we do not know that they were silent, so it must not become "silence".
     """
     feed = ParticipantAudio(
-        SessionClockEngine(config), sample_rate=LIVE_SAMPLE_RATE, aggressiveness=aggressiveness
+        SessionClockEngine(config),
+        sample_rate=LIVE_SAMPLE_RATE,
+        aggressiveness=aggressiveness,
+        vad_tuning=vad_tuning,
     )
     n = feed.frame_samples
     iters = {role: _frames(tracks[role], n) for role in ROLES}
@@ -89,6 +94,7 @@ def analyze_files(
     therapist_path: str | PathLike[str],
     client_path: str | PathLike[str],
     config: SignalConfig | None = None,
+    vad_tuning: VadTuning | None = None,
 ) -> Snapshot:
     """Final alliance-signal snapshot for a therapist recording and a client recording
     (any sample rate or channel count PyAV can decode)."""
@@ -96,4 +102,4 @@ def analyze_files(
         Role.THERAPIST: decode_mono_48k(therapist_path),
         Role.CLIENT: decode_mono_48k(client_path),
     }
-    return analyze_pcm(tracks, config)
+    return analyze_pcm(tracks, config, vad_tuning=vad_tuning)

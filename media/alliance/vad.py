@@ -20,17 +20,28 @@ speech (a long monologue must not drag it up), but quickly while the level is st
 way a room is (a fan switched on is learned within a few seconds).
 A small hysteresis keeps the detector in "speech" for weaker frames once speech has started,
 so word endings are not chopped; the signal engine's bridging handles the rest.
+
+Silero VAD (media/alliance/silero.py) can add a third opinion (``VadTuning.voice_model``,
+``SILERO_ASSIST``): where noise masks quiet speech (a speaker who moved away, soft recorded
+voices), frames Silero is sure of need only stand above the floor, not a full margin. It
+recovers talk the gate loses in noise, but costs about five times the rest of the detector,
+which the per-session CPU budget does not allow yet, so it is off by default
+(docs/silero.md has the measurements).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import webrtcvad
 
+from media.alliance.silero import SileroTrack
+
 __all__ = [
+    "SILERO_ASSIST",
     "SUPPORTED_FRAME_MS",
     "SUPPORTED_SAMPLE_RATES",
     "FrameFeatures",
@@ -151,6 +162,26 @@ class VadTuning:
     bands_below: int = 16
     bands_above: int = 2
     analysis_high_hz: float = 6000.0
+    #: Which model says "this sounds like voice" behind the energy gate: ``webrtc`` alone
+    #: (the default), ``silero`` alone (media/alliance/silero.py: needs onnxruntime), or
+    #: ``either``: Silero also accepts the frames that the gate passes and webrtcvad rejects.
+    voice_model: Literal["webrtc", "silero", "either"] = "webrtc"
+    #: Silero's probability that starts speech, and the lower one that continues it.
+    silero_threshold: float = 0.5
+    silero_hold_threshold: float = 0.35
+    #: When Silero is this sure, a frame needs only ``silero_margin_db`` above the floor
+    #: (and to lie within ``silero_range_db`` of the peak) instead of the usual margin and
+    #: range (None: the usual ones). Silero hears speech under the margin that webrtcvad
+    #: cannot (measured: it alone, as a replacement or as a rescuer of webrtcvad's
+    #: rejections, changes nothing or loses talk; what it adds is this).
+    silero_confident: float = 0.8
+    silero_margin_db: float | None = None
+    silero_range_db: float | None = None
+
+
+#: Silero as the measured winner uses it: a rescuer of webrtcvad's rejections that also lets
+#: frames it is sure of through down to the noise floor and 45 dB under the peak.
+SILERO_ASSIST = VadTuning(voice_model="either", silero_margin_db=0.0, silero_range_db=45.0)
 
 
 class VoiceActivityDetector:
@@ -178,6 +209,13 @@ class VoiceActivityDetector:
         self.frame_samples = sample_rate * frame_ms // 1000
         self.tuning = tuning or VadTuning()
         self._vad = webrtcvad.Vad(aggressiveness)
+        if self.tuning.voice_model not in ("webrtc", "silero", "either"):
+            raise ValueError(
+                f"voice_model must be webrtc, silero or either, not {self.tuning.voice_model!r}"
+            )
+        self._silero = SileroTrack(sample_rate) if self.tuning.voice_model != "webrtc" else None
+        #: Silero's probability for the newest frame (0 when it is not used).
+        self.last_silero = 0.0
         frame_s = frame_ms / 1000.0
         self._rise = self.tuning.rise_db_per_s * frame_s
         self._warmup_rise = self.tuning.warmup_rise_db_per_s * frame_s
@@ -234,6 +272,8 @@ class VoiceActivityDetector:
         self._spread = self.tuning.initial_spread_db
         self._in_speech = False
         self._hang = 0
+        if self._silero is not None:
+            self._silero.reset()
 
     @property
     def onset_margin_db(self) -> float:
@@ -285,11 +325,23 @@ class VoiceActivityDetector:
         # noise and speech models continuously, and feeding it only loud frames teaches it
         # that speech is the background.
         pcm = np.ascontiguousarray(frame, dtype=np.int16).tobytes()
+        dynamic_range = tuning.dynamic_range_db
         voiced = bool(self._vad.is_speech(pcm, self.sample_rate))
+        if self._silero is not None:
+            # Silero, too, sees every frame: it is recurrent.
+            prob = self.last_silero = self._silero.push(frame)
+            needed = tuning.silero_hold_threshold if self._in_speech else tuning.silero_threshold
+            heard = prob >= needed
+            voiced = heard if tuning.voice_model == "silero" else voiced or heard
+            if prob >= tuning.silero_confident:
+                if tuning.silero_margin_db is not None:
+                    margin = min(margin, tuning.silero_margin_db)
+                if tuning.silero_range_db is not None:
+                    dynamic_range = max(dynamic_range, tuning.silero_range_db)
         if (
             level <= tuning.absolute_min_dbfs
             or level < floor + margin
-            or level < self._peak - tuning.dynamic_range_db
+            or level < self._peak - dynamic_range
         ):
             self._in_speech = False
             return FrameFeatures(False, level, floor, margin, bands)
