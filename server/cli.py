@@ -260,7 +260,8 @@ def _analyze(args: argparse.Namespace) -> int:
 def _bench_signals(args: argparse.Namespace) -> int:
     from server.bench.signals import main as bench_main
 
-    return bench_main(args.onsets, args.json, args.media_workers)
+    assist = None if args.silero_assist is None else args.silero_assist == "on"
+    return bench_main(args.onsets, args.json, args.media_workers, assist)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -445,6 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="media worker processes (default: one per core; 0: media in the server process)",
+    )
+    bench_signals.add_argument(
+        "--silero-assist",
+        choices=("on", "off"),
+        default=None,
+        help="Silero VAD's assist on or off (default: the silero_assist setting)",
     )
     bench_signals.set_defaults(func=_bench_signals)
 

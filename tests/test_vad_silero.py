@@ -4,6 +4,7 @@ the same answer for the same audio however the frames are cut."""
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from media.alliance.silero import (
     SileroUnavailable,
     silero_model_path,
 )
-from media.alliance.vad import VadTuning, VoiceActivityDetector
+from media.alliance.vad import SILERO_ASSIST, FrameFeatures, VadTuning, VoiceActivityDetector
 from tests.fixtures.dialogues import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
@@ -134,3 +135,108 @@ def test_rejects_unknown_model_and_rates() -> None:
         VoiceActivityDetector(tuning=VadTuning(voice_model="rnnoise"))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="multiple of 16000"):
         SileroTrack(sample_rate=8000)
+
+
+def _frames_of(pcm: np.ndarray) -> list[np.ndarray]:
+    n = FRAME_SAMPLES
+    return [pcm[i * n : (i + 1) * n] for i in range(pcm.size // n)]
+
+
+def test_batched_tracks_give_each_track_its_own_probabilities() -> None:
+    """Two tracks through the model together (one run, a row per track, uneven batches like
+    a wake-up's worth of frames that arrived unevenly) give exactly what each track gives
+    alone, frame by frame: their recurrent states never mix."""
+    speech, _ = _speech_in_noise("white")
+    noise, _ = _speech_in_noise("hum", level_dbfs=-80.0)  # the same hum, nearly no speech
+    alone = {
+        name: [track.push(f) for track in [SileroTrack()] for f in _frames_of(pcm)]
+        for name, pcm in (("speech", speech), ("noise", noise))
+    }
+    # The two differ, so a mixed-up state would show.
+    assert max(alone["speech"]) > 0.9 and max(alone["noise"]) < 0.5
+
+    tracks = [SileroTrack(), SileroTrack()]
+    frames = [_frames_of(speech), _frames_of(noise)]
+    got: list[list[float]] = [[], []]
+    cursor = [0, 0]
+    rng = np.random.default_rng(1)
+    while cursor[0] < len(frames[0]) or cursor[1] < len(frames[1]):
+        counts = [int(rng.integers(0, 9)) for _ in tracks]  # 0-8 frames each, often unequal
+        pcm, sizes = [], []
+        for i, count in enumerate(counts):
+            take = frames[i][cursor[i] : cursor[i] + count]
+            cursor[i] += len(take)
+            pcm.append(np.concatenate(take) if take else np.zeros(0, dtype=np.int16))
+            sizes.append((FRAME_SAMPLES,) * len(take))
+        for i, probs in enumerate(silero.silero_probabilities(tracks, pcm, sizes)):
+            got[i].extend(probs.tolist())
+    np.testing.assert_allclose(got[0], alone["speech"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got[1], alone["noise"], rtol=0, atol=1e-6)
+
+
+def test_live_glue_batches_silero_without_changing_a_verdict(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ParticipantAudio runs both tracks' frames through Silero together (one model run for
+    both), and its detectors still see what one detector per track sees frame by frame
+    (same features, same order), however the frames arrive."""
+    from media.alliance.engine import ParticipantAudio
+    from media.participants import Role
+
+    session = silero.silero_session()
+    batch_sizes: list[int] = []
+
+    class CountingSession:
+        def run(self, names: Any, feed: dict[str, np.ndarray]) -> Any:
+            batch_sizes.append(feed["input"].shape[0])
+            return session.run(names, feed)
+
+    counting = CountingSession()
+
+    speech, _ = _speech_in_noise("pink", level_dbfs=-35.0)
+    other, _ = _speech_in_noise("white", level_dbfs=-28.0)
+    other = other[::-1].copy()  # different speech at different times
+    reference = {}
+    for role, pcm in ((Role.THERAPIST, speech), (Role.CLIENT, other)):
+        vad = VoiceActivityDetector(tuning=SILERO_ASSIST)
+        reference[role] = [vad.analyze(f) for f in _frames_of(pcm)]
+
+    monkeypatch.setattr(silero, "_session", lambda: counting)
+    audio = ParticipantAudio(vad_tuning=SILERO_ASSIST)
+    for role in Role:
+        audio.set_present(role, True)
+    seen: dict[Role, list[FrameFeatures]] = {role: [] for role in Role}
+    originals = {role: audio.detectors[role].analyze for role in Role}
+
+    def spy(role: Role) -> Any:
+        def analyze(frame: np.ndarray, silero: float | None = None) -> FrameFeatures:
+            features = originals[role](frame, silero)
+            seen[role].append(features)
+            return features
+
+        return analyze
+
+    for role in Role:
+        audio.detectors[role].analyze = spy(role)  # type: ignore[method-assign]
+    rng = np.random.default_rng(2)
+    tracks = {Role.THERAPIST: speech, Role.CLIENT: other}
+    at = dict.fromkeys(Role, 0)
+    while any(at[role] < tracks[role].size for role in Role):
+        for role in Role:
+            size = int(rng.integers(0, 6)) * 480 + int(rng.integers(0, 2)) * 137
+            audio.push(role, tracks[role][at[role] : at[role] + size])
+            at[role] += size
+        for _ in range(int(rng.integers(1, 7))):
+            audio.tick()
+    audio.tick()
+    for role in Role:
+        got = seen[role]
+        want = reference[role]
+        assert len(got) == len(want)
+        assert [f.speech for f in got] == [f.speech for f in want]
+        assert [(f.level_dbfs, f.floor_dbfs, f.margin_db) for f in got] == [
+            (f.level_dbfs, f.floor_dbfs, f.margin_db) for f in want
+        ]
+    assert sum(f.speech for f in seen[Role.THERAPIST]) > 50
+    # 14 s per track is ~440 chunks each: many went through in runs carrying both tracks.
+    assert batch_sizes.count(2) > 150 and set(batch_sizes) <= {1, 2}

@@ -27,6 +27,8 @@ from media.alliance.vad import VadTuning
 __all__ = ["LIVE_SAMPLE_RATE", "analyze_files", "analyze_pcm", "decode_mono_48k"]
 
 LIVE_SAMPLE_RATE = 48000
+#: Frames pushed per role before ticking through them (the live thread's 100 ms wake-up).
+_BLOCK_FRAMES = 5
 
 
 def decode_mono_48k(path: str | PathLike[str]) -> np.ndarray:
@@ -80,13 +82,18 @@ def analyze_pcm(
     total = max(lengths.values())
     for role in ROLES:
         feed.set_present(role, lengths[role] > 0)
-    for index in range(total):
+    # A block of frames per role, then a tick per frame, like the live thread's wake-ups:
+    # the same verdicts as frame by frame, and Silero runs both tracks in one batch.
+    for block in range(0, total, _BLOCK_FRAMES):
+        end = min(total, block + _BLOCK_FRAMES)
         for role in ROLES:
-            if index == lengths[role]:
-                feed.set_present(role, False)
-            elif index < lengths[role]:
+            for _ in range(block, min(end, lengths[role])):
                 feed.push(role, next(iters[role]))
-        feed.tick()
+        for index in range(block, end):
+            for role in ROLES:
+                if index == lengths[role]:
+                    feed.set_present(role, False)
+            feed.tick()
     return feed.engine.finalize()
 
 

@@ -23,6 +23,7 @@ process: ``run`` is thread-safe and the state lives outside the session.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ __all__ = [
     "SileroTrack",
     "SileroUnavailable",
     "silero_model_path",
+    "silero_probabilities",
+    "silero_session",
 ]
 
 #: The 16 kHz model of the silero-vad 6.2.3 wheel (opset 15), shipped with Rapport.
@@ -44,6 +47,7 @@ _RATE = 16000
 _CHUNK = 512
 _CONTEXT = 64
 _DECIMATE = 3  # 48 kHz -> 16 kHz
+_SR = np.array(_RATE, dtype=np.int64)
 
 
 class SileroUnavailable(RuntimeError):
@@ -73,15 +77,25 @@ def _session() -> Any:
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    return ort.InferenceSession(
-        str(silero_model_path()), options, providers=["CPUExecutionProvider"]
-    )
+    path = silero_model_path()
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise SileroUnavailable(
+            f"onnxruntime cannot load the Silero VAD model {path}: {exc}"
+        ) from exc
 
 
-def _shared_session() -> Any:
+def silero_session() -> Any:
+    """The process's one ``InferenceSession`` (loaded on first use, then shared by every
+    track: ``run`` is thread-safe). Raises ``SileroUnavailable`` with the reason if
+    onnxruntime or the model is missing, so a server can check at start-up."""
     with _lock:
         return _session()
+
+
 
 
 def _lowpass(taps: int = 31, cutoff_hz: float = 7000.0, rate: int = 48000) -> np.ndarray:
@@ -100,58 +114,115 @@ class SileroTrack:
     """Silero's speech probability for one participant's track, fed 48 kHz int16 frames.
 
     Stateful like the model (recurrent state, context, the FIR's history): one per track,
-    frames in order. Deterministic: the same frames give the same probabilities.
+    frames in order. Deterministic: the same frames give the same probabilities, whether they
+    come one by one (``push``) or a wake-up's worth at a time, alone or beside another
+    track's (``silero_probabilities``).
     """
 
     def __init__(self, sample_rate: int = 48000) -> None:
         if sample_rate % _RATE:
             raise ValueError(f"sample_rate must be a multiple of {_RATE}, got {sample_rate}")
         self._step = sample_rate // _RATE
-        self._session = _shared_session()
+        silero_session()  # loads the model (once per process) or says why it cannot
         self._fir = _FIR if self._step == _DECIMATE else _lowpass(rate=sample_rate)
         self._fir_reversed = np.ascontiguousarray(self._fir[::-1])
-        self._sr = np.array(_RATE, dtype=np.int64)
         self.reset()
 
     def reset(self) -> None:
         """Forget the audio so far (a new device or connection)."""
         self._state = np.zeros((2, 1, 128), dtype=np.float32)
-        self._context = np.zeros(_CONTEXT, dtype=np.float32)
+        # The context (the previous chunk's last 64 samples) followed by the samples not yet
+        # in a whole chunk: the next chunk's model input is this buffer's first 576 samples.
+        self._buffer = np.zeros(_CONTEXT, dtype=np.float32)
         self._history = np.zeros(self._fir.size - 1, dtype=np.float32)
-        self._phase = 0
-        self._pending = np.zeros(0, dtype=np.float32)
+        self._seen = 0  # input samples since the reset
         #: Probability that the newest complete 32 ms chunk is speech (0 before the first).
         self.probability = 0.0
 
     def push(self, frame: np.ndarray) -> float:
         """Add one frame of mono int16 samples; returns the newest chunk's probability."""
-        x = np.asarray(frame).reshape(-1).astype(np.float32) * (1.0 / 32768.0)
-        if self._step == 1:
-            low = x
+        samples = np.asarray(frame).reshape(-1)
+        return float(silero_probabilities([self], [samples], [(samples.size,)])[0][-1])
+
+    def _decimate(self, pcm: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The 16 kHz samples of ``pcm`` (one call for a whole wake-up's frames) and how many
+        of them exist at each of ``bounds`` (cumulative input sample counts)."""
+        step = self._step
+        seen = self._seen
+        x = pcm.astype(np.float32) * np.float32(1.0 / 32768.0)
+        # Output k is the filter's value at input sample k·step (the first sample is 0):
+        # after n input samples there are ceil(n / step) of them.
+        counts = (seen + bounds + step - 1) // step - (seen + step - 1) // step
+        self._seen = seen + x.size
+        if step == 1:
+            return x, counts
+        padded = np.concatenate([self._history, x])
+        self._history = padded[padded.size - self._history.size :]
+        # Only every step-th output is kept, so only those are computed: a strided view of
+        # the input (no copy) times the taps; each row is its own dot product, so the values
+        # do not depend on how many frames come at once.
+        taps = self._fir.size
+        phase = -seen % step
+        count = int(counts[-1]) if counts.size else 0
+        stride = padded.strides[0]
+        windows = np.lib.stride_tricks.as_strided(
+            padded[phase:], (count, taps), (stride * step, stride), writeable=False
+        )
+        low: np.ndarray = windows @ self._fir_reversed
+        return low, counts
+
+
+def silero_probabilities(
+    tracks: Sequence[SileroTrack],
+    pcm: Sequence[np.ndarray],
+    frames: Sequence[Sequence[int] | tuple[int, ...]],
+) -> list[np.ndarray]:
+    """Feed each track its mono int16 samples and return, per track, the newest chunk's
+    probability at the end of each of its frames (``frames``: their sizes, in order).
+
+    The tracks' chunks go through the model together, one ``run`` per chunk position with a
+    row per track that has a chunk there: the model's state has a batch axis and rows never
+    mix, and one call for two rows costs far less than two calls (fixed per-call overhead).
+    """
+    chunk_inputs: list[np.ndarray] = []
+    chunk_ends: list[np.ndarray] = []
+    for track, samples, sizes in zip(tracks, pcm, frames, strict=True):
+        bounds = np.cumsum(np.asarray(sizes, dtype=np.int64))
+        low, counts = track._decimate(np.asarray(samples).reshape(-1), bounds)
+        held = track._buffer.size - _CONTEXT
+        buffer = np.concatenate([track._buffer, low]) if low.size else track._buffer
+        n = (buffer.size - _CONTEXT) // _CHUNK
+        stride = buffer.strides[0]
+        # Chunk i's input is its 512 samples preceded by the 64 before them (the context).
+        chunk_inputs.append(
+            np.lib.stride_tricks.as_strided(
+                buffer, (n, _CONTEXT + _CHUNK), (stride * _CHUNK, stride), writeable=False
+            )
+        )
+        track._buffer = buffer[n * _CHUNK :].copy()
+        chunk_ends.append((held + counts) // _CHUNK)  # chunks complete at each frame's end
+    outputs = [np.empty(inputs.shape[0], dtype=np.float32) for inputs in chunk_inputs]
+    session = silero_session()
+    for k in range(max((inputs.shape[0] for inputs in chunk_inputs), default=0)):
+        rows = [i for i, inputs in enumerate(chunk_inputs) if inputs.shape[0] > k]
+        if len(rows) == 1:
+            (i,) = rows
+            model_in = np.ascontiguousarray(chunk_inputs[i][k : k + 1])
+            state = tracks[i]._state
         else:
-            padded = np.concatenate([self._history, x])
-            self._history = padded[padded.size - self._history.size :]
-            # Only every step-th output is kept, so only those are computed: a strided view
-            # of the input (no copy) times the taps. The phase carries across frames.
-            taps = self._fir.size
-            count = (padded.size - taps - self._phase) // self._step + 1
-            stride = padded.strides[0]
-            windows = np.lib.stride_tricks.as_strided(
-                padded[self._phase :], (count, taps), (stride * self._step, stride), writeable=False
-            )
-            low = windows @ self._fir_reversed
-            self._phase = (self._phase - x.size) % self._step
-        buffer = np.concatenate([self._pending, low]) if self._pending.size else low
-        start = 0
-        while buffer.size - start >= _CHUNK:
-            chunk = buffer[start : start + _CHUNK]
-            start += _CHUNK
-            model_in = np.concatenate([self._context, chunk])[np.newaxis, :]
-            out, state = self._session.run(
-                None, {"input": model_in, "state": self._state, "sr": self._sr}
-            )
-            self._state = state
-            self._context = chunk[-_CONTEXT:].copy()
-            self.probability = float(out[0, 0])
-        self._pending = buffer[start:].copy()
-        return self.probability
+            model_in = np.stack([chunk_inputs[i][k] for i in rows])
+            state = np.concatenate([tracks[i]._state for i in rows], axis=1)
+        out, state_n = session.run(None, {"input": model_in, "state": state, "sr": _SR})
+        for row, i in enumerate(rows):
+            tracks[i]._state = np.ascontiguousarray(state_n[:, row : row + 1])
+            outputs[i][k] = out[row, 0]
+    result: list[np.ndarray] = []
+    for track, probs, ends in zip(tracks, outputs, chunk_ends, strict=True):
+        before = np.float32(track.probability)
+        per_frame = np.where(
+            ends > 0, probs[np.maximum(ends - 1, 0)] if probs.size else before, before
+        )
+        if probs.size:
+            track.probability = float(probs[-1])
+        result.append(per_frame.astype(np.float64))
+    return result

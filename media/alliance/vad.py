@@ -38,17 +38,19 @@ from typing import Literal
 import numpy as np
 import webrtcvad
 
-from media.alliance.silero import SileroTrack
+from media.alliance.silero import SileroTrack, silero_session
 
 __all__ = [
     "SILERO_ASSIST",
     "SUPPORTED_FRAME_MS",
     "SUPPORTED_SAMPLE_RATES",
+    "WEBRTC_ONLY",
     "FrameFeatures",
     "VadTuning",
     "VoiceActivityDetector",
     "downmix",
     "frame_dbfs",
+    "voice_tuning",
 ]
 
 SUPPORTED_SAMPLE_RATES = (8000, 16000, 32000, 48000)
@@ -182,6 +184,20 @@ class VadTuning:
 #: Silero as the measured winner uses it: a rescuer of webrtcvad's rejections that also lets
 #: frames it is sure of through down to the noise floor and 45 dB under the peak.
 SILERO_ASSIST = VadTuning(voice_model="either", silero_margin_db=0.0, silero_range_db=45.0)
+#: webrtcvad alone (the setting ``silero_assist = false``).
+WEBRTC_ONLY = VadTuning()
+
+
+def voice_tuning(silero_assist: bool) -> VadTuning:
+    """The live path's and ``rapport analyze``'s tuning for the ``silero_assist`` setting.
+
+    With the assist it loads Silero's model (once per process) here, so a missing
+    onnxruntime or model file raises ``SileroUnavailable`` saying so where the setting is
+    read, not when the first session opens."""
+    if not silero_assist:
+        return WEBRTC_ONLY
+    silero_session()
+    return SILERO_ASSIST
 
 
 class VoiceActivityDetector:
@@ -298,8 +314,17 @@ class VoiceActivityDetector:
         """Classify one frame of exactly ``frame_samples`` mono int16 samples."""
         return self.analyze(frame).speech
 
-    def analyze(self, frame: np.ndarray) -> FrameFeatures:
-        """Classify one frame and return the verdict with the evidence behind it."""
+    @property
+    def silero_track(self) -> SileroTrack | None:
+        """Silero's state for this track (None with webrtcvad alone): ``ParticipantAudio``
+        runs both tracks' frames through the model at once and hands ``analyze`` the result."""
+        return self._silero
+
+    def analyze(self, frame: np.ndarray, silero: float | None = None) -> FrameFeatures:
+        """Classify one frame and return the verdict with the evidence behind it.
+
+        ``silero``: Silero's probability for this frame, already computed by
+        ``silero_probabilities`` from this detector's ``silero_track``; None runs it here."""
         if frame.shape[-1] != self.frame_samples or frame.size != self.frame_samples:
             raise ValueError(f"expected {self.frame_samples} mono samples, got shape {frame.shape}")
         samples = frame.astype(np.float64, copy=False).ravel()
@@ -329,7 +354,8 @@ class VoiceActivityDetector:
         voiced = bool(self._vad.is_speech(pcm, self.sample_rate))
         if self._silero is not None:
             # Silero, too, sees every frame: it is recurrent.
-            prob = self.last_silero = self._silero.push(frame)
+            prob = self._silero.push(frame) if silero is None else silero
+            self.last_silero = prob
             needed = tuning.silero_hold_threshold if self._in_speech else tuning.silero_threshold
             heard = prob >= needed
             voiced = heard if tuning.voice_model == "silero" else voiced or heard
