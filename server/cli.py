@@ -250,9 +250,11 @@ def _user_reset_two_factor(args: argparse.Namespace) -> int:
 def _analyze(args: argparse.Namespace) -> int:
     import json
 
-    from media import analyze_files, snapshot_json
+    from media import analyze_files, snapshot_json, voice_tuning
 
-    snapshot = analyze_files(args.therapist, args.client)
+    # The live path's voice activity: RAPPORT_SILERO_ASSIST decides for both.
+    tuning = voice_tuning(Settings().silero_assist)
+    snapshot = analyze_files(args.therapist, args.client, vad_tuning=tuning)
     print(json.dumps(snapshot_json(snapshot), indent=2))
     return 0
 

@@ -189,7 +189,8 @@ class Settings(BaseSettings):
     signal_tick_ms: int = Field(default=100, ge=20, le=200)
     # Silero VAD's assist to the voice activity (docs/silero.md): quiet speech under noise
     # (a speaker who moved away, soft voices) counts; off falls back to webrtcvad alone.
-    # Costs ~0.01 CPU s/s per session; needs onnxruntime (a dependency), checked at start-up.
+    # Costs ~+0.015 CPU s/s per session (over the budget's margin, so off by default); needs
+    # onnxruntime (optional: pip install onnxruntime), checked at start-up.
     silero_assist: bool = False
     # --- cluster (several nodes, issue 15) ---
     # Redis (redis://host:6379/0) shared by every node: set it to run several nodes behind one

@@ -240,3 +240,34 @@ def test_live_glue_batches_silero_without_changing_a_verdict(
     assert sum(f.speech for f in seen[Role.THERAPIST]) > 50
     # 14 s per track is ~440 chunks each: many went through in runs carrying both tracks.
     assert batch_sizes.count(2) > 150 and set(batch_sizes) <= {1, 2}
+
+
+def test_the_silero_assist_setting_reaches_the_live_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typing import cast
+
+    from server.alliance_hub import SignalsHub
+    from server.db import Database
+    from server.settings import Settings
+
+    monkeypatch.setenv("RAPPORT_SILERO_ASSIST", "true")
+    assert Settings().silero_assist is True
+    for assist in (True, False):
+        hub = SignalsHub(cast(Database, None), silero_assist=assist)
+        signals = hub.for_session("session-1")
+        try:
+            detectors = signals._audio.detectors.values()
+            assert [d.silero_track is not None for d in detectors] == [assist, assist]
+            assert all(d.tuning == (SILERO_ASSIST if assist else VadTuning()) for d in detectors)
+        finally:
+            hub.thread.stop()
+    # A server that cannot run the model says so when it starts, not at the first session.
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    silero._session.cache_clear()
+    try:
+        with pytest.raises(SileroUnavailable, match="pip install onnxruntime"):
+            SignalsHub(cast(Database, None), silero_assist=True)
+        SignalsHub(cast(Database, None), silero_assist=False)  # webrtcvad alone needs nothing
+    finally:
+        silero._session.cache_clear()

@@ -18,6 +18,12 @@ decimating FIR state, a chunk buffer, the context and the recurrent state, and r
 probability of the newest complete chunk. One ``InferenceSession`` (single-threaded, so it
 is deterministic and its CPU stays on the calling thread) is shared by every track of the
 process: ``run`` is thread-safe and the state lives outside the session.
+
+Most of the cost is onnxruntime's fixed cost per ``run`` (a row costs ~60 µs, a call ~60 µs
+more), so ``silero_probabilities`` takes a whole wake-up's frames of several tracks at
+once: decimation and chunking once per track, then one ``run`` per chunk position with a
+row per track (the state's batch axis). Rows never mix and each FIR output is its own dot
+product, so the probabilities are the same however frames are cut or batched.
 """
 
 from __future__ import annotations
@@ -94,8 +100,6 @@ def silero_session() -> Any:
     onnxruntime or the model is missing, so a server can check at start-up."""
     with _lock:
         return _session()
-
-
 
 
 def _lowpass(taps: int = 31, cutoff_hz: float = 7000.0, rate: int = 48000) -> np.ndarray:
