@@ -16,7 +16,13 @@ from media.alliance.silero import (
     SileroUnavailable,
     silero_model_path,
 )
-from media.alliance.vad import SILERO_ASSIST, FrameFeatures, VadTuning, VoiceActivityDetector
+from media.alliance.vad import (
+    SILERO_ASSIST,
+    WEBRTC_ONLY,
+    FrameFeatures,
+    VadTuning,
+    VoiceActivityDetector,
+)
 from tests.fixtures.dialogues import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
@@ -259,7 +265,7 @@ def test_the_silero_assist_setting_reaches_the_live_path(
         try:
             detectors = signals._audio.detectors.values()
             assert [d.silero_track is not None for d in detectors] == [assist, assist]
-            assert all(d.tuning == (SILERO_ASSIST if assist else VadTuning()) for d in detectors)
+            assert all(d.tuning == (SILERO_ASSIST if assist else WEBRTC_ONLY) for d in detectors)
         finally:
             hub.thread.stop()
     # A server that cannot run the model says so when it starts, not at the first session.
