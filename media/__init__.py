@@ -63,6 +63,9 @@ _API: dict[str, str] = {
     "snapshot_from_json": "media.alliance.payload",
     "snapshot_json": "media.alliance.payload",
     "analyze_files": "media.alliance.offline",
+    "SileroUnavailable": "media.alliance.silero",
+    "VadTuning": "media.alliance.vad",
+    "voice_tuning": "media.alliance.vad",
     # event-loop health, shared by the server and every worker
     "LoopLagSampler": "media.loops",
 }
@@ -89,9 +92,11 @@ __all__ = [
     "SignalConfig",
     "SignalThread",
     "SignalsUpdate",
+    "SileroUnavailable",
     "SmoothedScore",
     "SnapshotPayload",
     "TimelineSecond",
+    "VadTuning",
     "analyze_files",
     "check_allowed_networks",
     "label_for",
@@ -100,6 +105,7 @@ __all__ = [
     "rtp_lost",
     "snapshot_from_json",
     "snapshot_json",
+    "voice_tuning",
 ]
 
 
@@ -121,6 +127,8 @@ if TYPE_CHECKING:
     from media.alliance.live import LiveSignals, SignalsUpdate, SignalThread
     from media.alliance.offline import analyze_files
     from media.alliance.payload import SnapshotPayload, snapshot_from_json, snapshot_json
+    from media.alliance.silero import SileroUnavailable
+    from media.alliance.vad import VadTuning, voice_tuning
     from media.loops import LoopLagSampler
     from media.participants import ROLES, MediaState, Role, other_role
     from media.relay.call import AudioInput, Call, CallFactory, CallHandle, MediaUnavailable

@@ -22,7 +22,9 @@ from media import (
     SignalsUpdate,
     SignalThread,
     SnapshotPayload,
+    VadTuning,
     snapshot_json,
+    voice_tuning,
 )
 from signaling.messages import Signals, Speaking
 from signaling.rooms import RoomRegistry
@@ -50,9 +52,17 @@ def unpack_timeline(codes: list[int]) -> list[dict[str, Any]]:
 
 class SignalsHub:
     def __init__(
-        self, database: Database, config: SignalConfig | None = None, *, tick_s: float = 0.1
+        self,
+        database: Database,
+        config: SignalConfig | None = None,
+        *,
+        tick_s: float = 0.1,
+        silero_assist: bool = False,
     ) -> None:
         self.database = database
+        # Load Silero's model now, so a server that cannot run it says so at start-up, not
+        # when the first session opens.
+        self.vad_tuning: VadTuning = voice_tuning(silero_assist)
         self.config = config or SignalConfig()
         self.sessions: dict[str, LiveSignals] = {}
         self.rooms: RoomRegistry | None = None
@@ -80,7 +90,9 @@ class SignalsHub:
     def for_session(self, session_id: str) -> LiveSignals:
         signals = self.sessions.get(session_id)
         if signals is None or signals.ended:
-            signals = LiveSignals(session_id, self._configs.get(session_id, self.config))
+            signals = LiveSignals(
+                session_id, self._configs.get(session_id, self.config), vad_tuning=self.vad_tuning
+            )
             self.sessions[session_id] = signals
             self._worker.add(signals)
         return signals

@@ -127,7 +127,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.login_throttle = LoginThrottle(
         settings.login_attempts_per_address, settings.login_attempts_per_account
     )
-    signals = SignalsHub(database, tick_s=settings.signal_tick_ms / 1000.0)
+    signals = SignalsHub(
+        database,
+        tick_s=settings.signal_tick_ms / 1000.0,
+        silero_assist=settings.silero_assist,
+    )
     app.state.signals = signals
     app.state.connect_limiter = ConnectLimiter(
         settings.connect_burst, settings.connects_per_minute / 60.0

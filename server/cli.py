@@ -250,9 +250,11 @@ def _user_reset_two_factor(args: argparse.Namespace) -> int:
 def _analyze(args: argparse.Namespace) -> int:
     import json
 
-    from media import analyze_files, snapshot_json
+    from media import analyze_files, snapshot_json, voice_tuning
 
-    snapshot = analyze_files(args.therapist, args.client)
+    # The live path's voice activity: RAPPORT_SILERO_ASSIST decides for both.
+    tuning = voice_tuning(Settings().silero_assist)
+    snapshot = analyze_files(args.therapist, args.client, vad_tuning=tuning)
     print(json.dumps(snapshot_json(snapshot), indent=2))
     return 0
 
@@ -260,7 +262,8 @@ def _analyze(args: argparse.Namespace) -> int:
 def _bench_signals(args: argparse.Namespace) -> int:
     from server.bench.signals import main as bench_main
 
-    return bench_main(args.onsets, args.json, args.media_workers)
+    assist = None if args.silero_assist is None else args.silero_assist == "on"
+    return bench_main(args.onsets, args.json, args.media_workers, assist)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -445,6 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="media worker processes (default: one per core; 0: media in the server process)",
+    )
+    bench_signals.add_argument(
+        "--silero-assist",
+        choices=("on", "off"),
+        default=None,
+        help="Silero VAD's assist on or off (default: the silero_assist setting)",
     )
     bench_signals.set_defaults(func=_bench_signals)
 

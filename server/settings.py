@@ -187,6 +187,11 @@ class Settings(BaseSettings):
     # one by one, so the figures do not depend on it). Longer costs less CPU per session and
     # delays the speaking indicator by up to this much.
     signal_tick_ms: int = Field(default=100, ge=20, le=200)
+    # Silero VAD's assist to the voice activity (docs/silero.md): quiet speech under noise
+    # (a speaker who moved away, soft voices) counts; off falls back to webrtcvad alone.
+    # Costs ~+0.015 CPU s/s per session (bench-signals: 0.025-0.026 with it, 0.010-0.011
+    # without, budget 0.03); the model is loaded at start-up and a failure to load is fatal.
+    silero_assist: bool = True
     # --- cluster (several nodes, issue 15) ---
     # Redis (redis://host:6379/0) shared by every node: set it to run several nodes behind one
     # address. Unset (the default) is single-node mode, with no Redis at all.

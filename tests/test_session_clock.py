@@ -33,9 +33,12 @@ def _nonzero_is_speech(monkeypatch: pytest.MonkeyPatch) -> None:
     as the room's floor, and a talker at the floor is no talker)."""
     analyze = VoiceActivityDetector.analyze
 
-    def forced(self: VoiceActivityDetector, frame: np.ndarray) -> FrameFeatures:
+    def forced(
+        self: VoiceActivityDetector, frame: np.ndarray, silero: float | None = None
+    ) -> FrameFeatures:
         speech = bool(np.any(frame))
-        return dataclasses.replace(analyze(self, frame), speech=speech, floor_dbfs=-90.0)
+        features = analyze(self, frame, silero=silero)
+        return dataclasses.replace(features, speech=speech, floor_dbfs=-90.0)
 
     monkeypatch.setattr(VoiceActivityDetector, "analyze", forced)
 

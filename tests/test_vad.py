@@ -102,7 +102,12 @@ def test_quiet_espeak_speech_at_minus_35_dbfs_is_detected(kind: str) -> None:
     speech = classify(to_int16(x))
     hit_rate = (speech & mask).sum() / mask.sum()
     assert hit_rate > (0.9 if kind == "none" else 0.55)
-    assert (speech & ~mask).sum() <= 0.02 * (~mask).sum()
+    # Nothing out of the blue: no speech 200 ms or more from any truth speech frame ...
+    near = np.convolve(mask, np.ones(21), mode="same") > 0
+    assert not (speech & ~near).any()
+    # ... and few frames at the edges: Silero's assist carries word ends that the truth's
+    # 35 dB range cuts (measured 9-10 of 443 in pink and brown noise, webrtcvad alone <= 8).
+    assert (speech & ~mask).sum() <= 0.03 * (~mask).sum()
     assert talk_seconds(speech) == pytest.approx(talk_seconds(mask), rel=0.08)
 
 

@@ -49,7 +49,8 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from media.alliance.attribution import AttributionTuning, Attributor
-from media.alliance.vad import FrameFeatures, VoiceActivityDetector
+from media.alliance.silero import SileroTrack, silero_probabilities
+from media.alliance.vad import FrameFeatures, VadTuning, VoiceActivityDetector
 from media.participants import ROLES, Role, other_role
 
 __all__ = [
@@ -975,12 +976,14 @@ class ParticipantAudio:
         aggressiveness: int = 2,
         max_backlog_frames: int | None = 50,
         attribution: AttributionTuning | None = None,
+        vad_tuning: VadTuning | None = None,
     ) -> None:
         self.engine = engine or SignalEngine()
         self.sample_rate = sample_rate
         frame_ms = self.engine.config.frame_ms
         self.detectors = {
-            role: VoiceActivityDetector(sample_rate, frame_ms, aggressiveness) for role in ROLES
+            role: VoiceActivityDetector(sample_rate, frame_ms, aggressiveness, vad_tuning)
+            for role in ROLES
         }
         detector = self.detectors[Role.THERAPIST]
         self.frame_samples = detector.frame_samples
@@ -995,6 +998,16 @@ class ParticipantAudio:
         self._partial: dict[Role, np.ndarray] = {
             role: np.zeros(0, dtype=np.int16) for role in ROLES
         }
+        # With Silero: each role's whole frames not yet through voice activity (see push).
+        tracks = {role: self.detectors[role].silero_track for role in ROLES}
+        self._silero: dict[Role, SileroTrack] | None = (
+            {role: track for role, track in tracks.items() if track is not None}
+            if all(track is not None for track in tracks.values())
+            else None
+        )
+        self._raw: dict[Role, list[np.ndarray]] = {role: [] for role in ROLES}
+        self._raw_frames = dict.fromkeys(ROLES, 0)
+        self._max_raw = max_backlog_frames or 50
         self._present = {role: False for role in ROLES}
         self._muted = {role: False for role in ROLES}
         # The values the last tick fed the engine (attributed, not the raw VAD verdicts): the
@@ -1009,6 +1022,7 @@ class ParticipantAudio:
     def set_present(self, role: Role, present: bool) -> None:
         """Joined/left/reconnecting. Leaving discards queued audio: it belongs to a
         connection that no longer exists (and so does its echo path)."""
+        self._flush()  # the detectors heard it (their noise floor, Silero's state) all the same
         if not present and self._present[role]:
             self.attributor.reset(role)
         self._present[role] = present
@@ -1026,19 +1040,52 @@ class ParticipantAudio:
             pcm = np.concatenate([self._partial[role], pcm])
         n = self.frame_samples
         whole = pcm.size // n
+        self._partial[role] = pcm[whole * n :].copy()
+        if self._silero is not None:
+            # Silero's frames wait for the next tick (or trim, or queued): then both tracks'
+            # go through the model in one batch (media/alliance/silero.py), same results.
+            if whole:
+                self._raw[role].append(pcm[: whole * n])
+                self._raw_frames[role] += whole
+                if self._raw_frames[role] > self._max_raw:
+                    self._flush()
+            return whole
         detector = self.detectors[role]
         queue = self._frames[role]
         for i in range(whole):
             queue.append(detector.analyze(pcm[i * n : (i + 1) * n]))
-        self._partial[role] = pcm[whole * n :].copy()
         return whole
 
+    def _flush(self) -> None:
+        """Run the voice activity of the frames ``push`` held back for the batched Silero."""
+        if self._silero is None:
+            return
+        roles = [role for role in ROLES if self._raw_frames[role]]
+        if not roles:
+            return
+        n = self.frame_samples
+        pcm = [np.concatenate(self._raw[role]) for role in roles]
+        probabilities = silero_probabilities(
+            [self._silero[role] for role in roles],
+            pcm,
+            [(n,) * self._raw_frames[role] for role in roles],
+        )
+        for role, samples, probs in zip(roles, pcm, probabilities, strict=True):
+            detector = self.detectors[role]
+            queue = self._frames[role]
+            for i, prob in enumerate(probs.tolist()):
+                queue.append(detector.analyze(samples[i * n : (i + 1) * n], silero=prob))
+            self._raw[role].clear()
+            self._raw_frames[role] = 0
+
     def queued(self, role: Role) -> int:
+        self._flush()
         return len(self._frames[role])
 
     def trim(self, role: Role, keep: int) -> int:
         """Drop the oldest frames beyond ``keep`` (catching up with real time after a
         burst); returns how many were dropped."""
+        self._flush()
         queue = self._frames[role]
         dropped = 0
         while len(queue) > keep:
@@ -1048,6 +1095,7 @@ class ParticipantAudio:
 
     def tick(self) -> list[SignalEvent]:
         """Advance the engine by one frame using one queued frame per present role."""
+        self._flush()
         frames: dict[Role, FrameFeatures | None] = {}
         for role in ROLES:
             queue = self._frames[role]

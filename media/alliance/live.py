@@ -41,6 +41,7 @@ from .engine import (
     Snapshot,
 )
 from .payload import timeline_json
+from .vad import VadTuning
 
 log = logging.getLogger("rapport.signals")
 
@@ -136,7 +137,13 @@ def decode_tick(code: int) -> dict[Role, bool | None]:
 class LiveSignals:
     """One session's signals. Lives as long as the session, across reconnects."""
 
-    def __init__(self, session_id: str, config: SignalConfig | None = None) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        config: SignalConfig | None = None,
+        *,
+        vad_tuning: VadTuning | None = None,
+    ) -> None:
         self.session_id = session_id
         self.config = config or SignalConfig()
         self.engine: SignalEngine = SessionClockEngine(self.config)
@@ -146,7 +153,7 @@ class LiveSignals:
         self._keep_queued = round(CLOCK_LAG_S / self.frame_s)
         frame_samples = SAMPLE_RATE * self.config.frame_ms // 1000
         # The same VAD → engine glue the offline analyser uses.
-        self._audio = ParticipantAudio(self.engine, sample_rate=SAMPLE_RATE)
+        self._audio = ParticipantAudio(self.engine, sample_rate=SAMPLE_RATE, vad_tuning=vad_tuning)
         self._mix = {r: _Downmixer(frame_samples) for r in Role}
         self._queues: dict[Role, deque[AudioFrame | np.ndarray]] = {
             r: deque(maxlen=MAX_QUEUED_FRAMES) for r in Role

@@ -22,10 +22,13 @@ from media.alliance.engine import (
     SignalConfig,
     Snapshot,
 )
+from media.alliance.vad import VadTuning
 
 __all__ = ["LIVE_SAMPLE_RATE", "analyze_files", "analyze_pcm", "decode_mono_48k"]
 
 LIVE_SAMPLE_RATE = 48000
+#: Frames pushed per role before ticking through them (the live thread's 100 ms wake-up).
+_BLOCK_FRAMES = 5
 
 
 def decode_mono_48k(path: str | PathLike[str]) -> np.ndarray:
@@ -60,6 +63,7 @@ def analyze_pcm(
     config: SignalConfig | None = None,
     *,
     aggressiveness: int = 2,
+    vad_tuning: VadTuning | None = None,
 ) -> Snapshot:
     """Run the live chain over already-decoded 48 kHz mono int16 tracks.
 
@@ -67,7 +71,10 @@ def analyze_pcm(
     its end: we do not know that they were silent, so it must not become "silence".
     """
     feed = ParticipantAudio(
-        SessionClockEngine(config), sample_rate=LIVE_SAMPLE_RATE, aggressiveness=aggressiveness
+        SessionClockEngine(config),
+        sample_rate=LIVE_SAMPLE_RATE,
+        aggressiveness=aggressiveness,
+        vad_tuning=vad_tuning,
     )
     n = feed.frame_samples
     iters = {role: _frames(tracks[role], n) for role in ROLES}
@@ -75,13 +82,18 @@ def analyze_pcm(
     total = max(lengths.values())
     for role in ROLES:
         feed.set_present(role, lengths[role] > 0)
-    for index in range(total):
+    # A block of frames per role, then a tick per frame, like the live thread's wake-ups:
+    # the same verdicts as frame by frame, and Silero runs both tracks in one batch.
+    for block in range(0, total, _BLOCK_FRAMES):
+        end = min(total, block + _BLOCK_FRAMES)
         for role in ROLES:
-            if index == lengths[role]:
-                feed.set_present(role, False)
-            elif index < lengths[role]:
+            for _ in range(block, min(end, lengths[role])):
                 feed.push(role, next(iters[role]))
-        feed.tick()
+        for index in range(block, end):
+            for role in ROLES:
+                if index == lengths[role]:
+                    feed.set_present(role, False)
+            feed.tick()
     return feed.engine.finalize()
 
 
@@ -89,6 +101,7 @@ def analyze_files(
     therapist_path: str | PathLike[str],
     client_path: str | PathLike[str],
     config: SignalConfig | None = None,
+    vad_tuning: VadTuning | None = None,
 ) -> Snapshot:
     """Final alliance-signal snapshot for a therapist recording and a client recording
     (any sample rate or channel count PyAV can decode)."""
@@ -96,4 +109,4 @@ def analyze_files(
         Role.THERAPIST: decode_mono_48k(therapist_path),
         Role.CLIENT: decode_mono_48k(client_path),
     }
-    return analyze_pcm(tracks, config)
+    return analyze_pcm(tracks, config, vad_tuning=vad_tuning)

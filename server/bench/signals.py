@@ -237,7 +237,11 @@ def _summary(
 
 
 def run(
-    onsets: int = 10, gap_s: float = 2.5, burst_s: float = 1.5, media_workers: int | None = None
+    onsets: int = 10,
+    gap_s: float = 2.5,
+    burst_s: float = 1.5,
+    media_workers: int | None = None,
+    silero_assist: bool | None = None,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="rapport-bench-") as tmp:
         port = _free_port()
@@ -251,6 +255,8 @@ def run(
             log_json=False,
             media_workers=media_workers,
         )
+        if silero_assist is not None:
+            settings = settings.model_copy(update={"silero_assist": silero_assist})
 
         async def seed() -> None:
             database = Database(settings.database_url)
@@ -280,18 +286,25 @@ def run(
         try:
             result = asyncio.run(_run(f"http://127.0.0.1:{port}", hub, onsets, gap_s, burst_s))
             result["media_workers"] = settings.media_worker_count
+            result["silero_assist"] = settings.silero_assist
             return result
         finally:
             server.should_exit = True
             thread.join(timeout=15)
 
 
-def main(onsets: int, json_path: str | None, media_workers: int | None = None) -> int:
-    result = run(onsets=onsets, media_workers=media_workers)
+def main(
+    onsets: int,
+    json_path: str | None,
+    media_workers: int | None = None,
+    silero_assist: bool | None = None,
+) -> int:
+    result = run(onsets=onsets, media_workers=media_workers, silero_assist=silero_assist)
     lat = result["speaking_latency_ms"]
     print("Speaking indicator: speech onset at the client → 'speaking' on the therapist's socket")
     print(f"  onsets {result['onsets']}, detected {result['detected']}")
     print(f"  media workers: {result['media_workers']}")
+    print(f"  Silero assist: {'on' if result['silero_assist'] else 'off'}")
     print(f"  p50 {lat['p50']} ms   p95 {lat['p95']} ms   max {lat['max']} ms   (budget 400 ms)")
     cpu = result["signals_cpu"]
     print("Signals CPU (signal thread's own CPU clock: downmix + VAD + engine)")
