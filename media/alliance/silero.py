@@ -9,8 +9,8 @@ with Rapport, so nothing is downloaded at run time.
 The model file is ``media/alliance/data/silero_vad_16k_op15.onnx``, copied unchanged from the
 ``silero-vad`` 6.2.3 wheel (MIT licence beside it; sha256 ``7ed98ddb…8788e3``): the wheel
 itself depends on torch, which Rapport does not need, so it is not a dependency; the model
-runs on onnxruntime alone, which is optional (``pip install onnxruntime``; the test extra
-has it) because webrtcvad stays the default voice model (see docs/silero.md).
+runs on onnxruntime alone (a dependency: the assist is the default voice model, see
+docs/silero.md).
 
 The model takes 16 kHz audio in 512-sample chunks (32 ms) plus 64 samples of context and a
 recurrent state; our frames are 48 kHz, 20 ms. Each track therefore keeps its own
@@ -57,7 +57,7 @@ _SR = np.array(_RATE, dtype=np.int64)
 
 
 class SileroUnavailable(RuntimeError):
-    """onnxruntime (optional) is not installed, or the model file is missing."""
+    """onnxruntime is not installed, or the model file is missing."""
 
 
 def silero_model_path() -> Path:
@@ -77,7 +77,8 @@ def _session() -> Any:
         import onnxruntime as ort
     except ImportError as exc:
         raise SileroUnavailable(
-            "Silero VAD needs onnxruntime, which is optional: pip install onnxruntime"
+            "Silero VAD needs onnxruntime (a dependency of rapport: pip install onnxruntime, "
+            "or RAPPORT_SILERO_ASSIST=false for webrtcvad alone)"
         ) from exc
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
