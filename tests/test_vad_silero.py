@@ -3,7 +3,10 @@ the same answer for the same audio however the frames are cut."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +35,8 @@ from tests.fixtures.dialogues import (
     synthesize,
 )
 from tests.test_vad import classify, to_int16
+
+ROOT = Path(__file__).resolve().parents[1]
 
 LINES = (
     ("I keep thinking about what my boss said on Monday.", "en+f3"),
@@ -277,3 +282,24 @@ def test_the_silero_assist_setting_reaches_the_live_path(
         SignalsHub(cast(Database, None), silero_assist=False)  # webrtcvad alone needs nothing
     finally:
         silero._session.cache_clear()
+
+
+def test_onnxruntime_keeps_no_telemetry_on_disk(tmp_path: Path) -> None:
+    """onnxruntime's wheels keep a device id and an event cache under ~/.cache/Microsoft
+    (and would upload them): loading and running Silero through our code writes nothing
+    into the home directory, whatever the environment said about telemetry before."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_CACHE_HOME", "HOME")}
+    env.update(HOME=str(tmp_path), ORT_DISABLE_TELEMETRY="0", PYTHONPATH=str(ROOT))
+    script = (
+        "import numpy as np\n"
+        "from media.alliance.silero import SileroTrack\n"
+        "track = SileroTrack()\n"
+        "for _ in range(20):\n"
+        "    track.push(np.zeros(960, dtype=np.int16))\n"
+        "print(track.probability)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == []

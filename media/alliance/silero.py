@@ -28,6 +28,7 @@ product, so the probabilities are the same however frames are cut or batched.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from functools import cache
@@ -71,10 +72,28 @@ def silero_model_path() -> Path:
 _lock = threading.Lock()
 
 
+#: onnxruntime's official wheels carry telemetry (1DS on Linux since 2026): a persistent
+#: device identifier and an event cache under ~/.cache/Microsoft/DeveloperTools, and an
+#: uploader to Microsoft. A therapy server sends nothing anywhere and writes nothing it does
+#: not need, so it is switched off, for the whole process, before onnxruntime is first
+#: imported (the library latches the choice at initialisation). Forced, not defaulted: no
+#: environment may turn it back on.
+_TELEMETRY_OFF = {"ORT_DISABLE_TELEMETRY": "1"}
+
+
+def _import_onnxruntime() -> Any:
+    os.environ.update(_TELEMETRY_OFF)
+    import onnxruntime as ort
+
+    # Windows builds report through ETW instead; this turns those events off too.
+    ort.disable_telemetry_events()
+    return ort
+
+
 @cache
 def _session() -> Any:
     try:
-        import onnxruntime as ort
+        ort = _import_onnxruntime()
     except ImportError as exc:
         raise SileroUnavailable(
             "Silero VAD needs onnxruntime (a dependency of rapport: pip install onnxruntime, "
