@@ -179,9 +179,13 @@ def test_client_network_outage_heals_by_itself_and_is_absence(
         moved = _outage(call, seconds, key=f"after-{seconds:g}")
         print(f"outage {seconds:g} s: {moved}")
         assert moved["recovered_s"] <= BACK_WITHIN_S
-        # The outage is the client's absence (dated back to their last audio), not silence.
+        # The outage is the client's absence (dated back to their last audio), not silence:
+        # silence accrues only in the present time around it (the looped fake microphones'
+        # own pauses: 0-2.2 s measured over 2.8-4.2 s present), never in the outage.
         assert moved["absent_s"] >= seconds - 1.0, moved
-        assert moved["silence_s"] <= 2.0, moved
+        present_s = moved["duration_s"] - moved["absent_s"]
+        assert moved["silence_s"] <= present_s + 0.1, moved
+        assert moved["silence_s"] < seconds - 1.0, moved
         assert moved["long_silences"] == 0, moved
         expect(call.t.get_by_test_id("stage")).to_have_attribute("data-state", "call")
         expect(call.c.get_by_test_id("stage")).to_have_attribute("data-state", "call")
