@@ -176,7 +176,7 @@ class AttributionTuning:
     #: fixtures' truth, fall over 40 ms: owner p10 11, p50 19 dB; a TV across the room
     #: p50 7, p90 10 dB). Per level band (as ``turn_bin_db``, looked up ± ``turn_span_bins``)
     #: the share of sharp runs is kept over the last ``sharp_tau_runs`` runs. Speech well
-    #: under the owner's level (``turn_below_db``) in a band whose share is under
+    #: under the owner's level (``sharp_below_db``) in a band whose share is under
     #: ``sharp_owner_factor`` times the owner's own share (their runs within
     #: ``sharp_owner_below_db`` .. ``sharp_owner_above_db`` of their level) is vetoed: judged
     #: against the owner, so where the owner is as reverberant as the room nothing changes.
@@ -189,6 +189,7 @@ class AttributionTuning:
     sharp_owner_factor: float = 0.5
     sharp_owner_below_db: float = 10.0
     sharp_owner_above_db: float = 4.0
+    sharp_below_db: float = 12.0
 
 
 class _History:
@@ -493,7 +494,7 @@ class _LevelModel:
         if (
             ref is not None
             and self.fed >= self._warmup
-            and max(short_db, frame_db) < ref - t.turn_below_db
+            and max(short_db, frame_db) < ref - t.sharp_below_db
             and self.smoother_than_owner(short_db)
         ):
             self.smooth_veto = True
