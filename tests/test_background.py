@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from media.alliance.attribution import Attributor
+from media.alliance.attribution import AttributionTuning, Attributor
 from media.alliance.engine import ROLES, Role
 from media.alliance.offline import analyze_files
 from media.alliance.vad import FrameFeatures, VoiceActivityDetector
@@ -155,3 +155,75 @@ def test_no_band_is_background_when_the_owner_does_not_take_turns_either() -> No
         heard = sum(levels[i] is not None for levels in script)
         accepted = sum(v[role] for v in verdicts)
         assert accepted >= 0.75 * heard, (role, accepted, heard)
+
+
+Heard = tuple[float, bool] | None  # (frame level dBFS, detector's speech flag); None: quiet
+
+
+def _heard(h: Heard) -> FrameFeatures:
+    level, speech = h if h is not None else (-70.0, False)
+    power = 10.0 ** (level / 10.0)
+    return FrameFeatures(speech, level, -90.0, 6.0, np.full(_BANDS, power / _BANDS))
+
+
+def _word(level: float, frames: int, tail_db: float | None) -> list[Heard]:
+    """A word at ``level``: ending abruptly (``tail_db`` None, a near, dry voice) or in a
+    room's tail falling ``tail_db`` per frame (a distant voice), heard as not speech."""
+    tail: list[Heard] = [None] * 5
+    if tail_db is not None:
+        tail = [(level - tail_db * (k + 1), False) for k in range(5)]
+    return [(level, True)] * frames + tail
+
+
+def _owner_then_tv(owner_tail_db: float | None) -> tuple[list[Heard], list[bool]]:
+    """The therapist's words at −20 dBFS, each followed within 0.2 s by three words of a
+    TV 14 dB quieter, from a reverberant room (3 dB per 20 ms tail); the client silent.
+    Returns the therapist's track and which of its frames are the TV's."""
+    track: list[Heard] = []
+    tv: list[bool] = []
+    for _ in range(60):
+        owner = _word(-20.0, 20, owner_tail_db) + [None] * 5
+        track += owner
+        tv += [False] * len(owner)
+        for _ in range(3):
+            word = _word(-34.0, 12, 3.0)
+            track += word
+            tv += [True] * len(word)
+        track += [None] * 40
+        tv += [False] * 40
+    return track, tv
+
+
+def _accepted(track: list[Heard], tuning: AttributionTuning | None = None) -> list[bool]:
+    att = Attributor(_BANDS, _BANDS, tuning)
+    return [att.step({T: _heard(h), C: None})[T] for h in track]
+
+
+def test_a_reverberant_voice_well_under_a_dry_owner_is_not_theirs() -> None:
+    """A TV right after the owner's words is taken for the owner carrying on (a run
+    survives pauses between words, and a run the owner started is held 16 dB down): the
+    level model alone accepts all of the TV's speech frames. Its words end in the room's
+    tail, the owner's stop dead; once enough of both have been heard (8 of the owner's
+    runs) the TV's level band is smoother than the owner's own and its speech 14 dB down
+    is vetoed. Over the last two thirds, 160 of its 1440 frames still pass (the first
+    frames of each run, whose mean still holds the owner's word); without the cue 1440."""
+    track, tv = _owner_then_tv(owner_tail_db=None)
+    accepted = _accepted(track)
+    speech = [h is not None and h[1] for h in track]
+    late = len(track) // 3
+    tv_speech = sum(s and b for s, b in zip(speech[late:], tv[late:], strict=True))
+    tv_taken = sum(a and b for a, b in zip(accepted[late:], tv[late:], strict=True))
+    owner_speech = sum(s and not b for s, b in zip(speech, tv, strict=True))
+    owner_taken = sum(a and s and not b for a, s, b in zip(accepted, speech, tv, strict=True))
+    assert tv_speech == 1440
+    assert tv_taken < 0.15 * tv_speech, tv_taken
+    assert owner_taken == owner_speech == 1200
+
+
+def test_a_voice_no_more_reverberant_than_the_owner_is_judged_by_level_alone() -> None:
+    """Where the owner's own words end in the same room tail (a laptop user in a real
+    room), the quieter voice's band is no smoother than the owner's: every frame is
+    decided as with the cue off."""
+    track, _ = _owner_then_tv(owner_tail_db=3.0)
+    off = AttributionTuning(sharp_owner_factor=0.0)
+    assert _accepted(track) == _accepted(track, off)
