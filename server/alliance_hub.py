@@ -56,10 +56,12 @@ class SignalsHub:
         database: Database,
         config: SignalConfig | None = None,
         *,
+        silero_assist: bool,
         tick_s: float = 0.1,
-        silero_assist: bool = False,
     ) -> None:
         self.database = database
+        # No default for ``silero_assist``: the setting's (on) and a hub built without it
+        # disagreed, so a hub made in a test ran a different voice model than the server.
         # Load Silero's model now, so a server that cannot run it says so at start-up, not
         # when the first session opens.
         self.vad_tuning: VadTuning = voice_tuning(silero_assist)

@@ -53,7 +53,7 @@ async def test_a_4_s_silence_is_not_long_for_a_therapist_who_chose_5_s(
 
 
 def test_sessions_without_the_preference_keep_the_3_s_default() -> None:
-    hub = SignalsHub(cast(Database, None))
+    hub = SignalsHub(cast(Database, None), silero_assist=False)  # no audio here
     assert hub.config_for(None).long_silence_s == 3.0
     assert hub.config_for({"panel_open": True}).long_silence_s == 3.0
     assert hub.config_for({"long_silence_seconds": 7}).long_silence_s == 7.0
