@@ -1109,7 +1109,8 @@ class ParticipantAudio:
             usable = self._present[role] and not self._muted[role]
             frames[role] = frame if usable else None
             self.last_raw[role] = frame is not None and usable and frame.speech
-        verdicts = self.attributor.step(frames)
+        # A copy: the attributor keeps the dict it returns as its own state.
+        verdicts = dict(self.attributor.step(frames))
         self._carry(frames, verdicts)
         values: dict[Role, bool | None] = {
             role: verdicts[role] if self._present[role] else None for role in ROLES
