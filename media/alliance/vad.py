@@ -106,6 +106,8 @@ class FrameFeatures:
     #: Mean-square power (full scale = 1) per analysis band (the detector's
     #: ``band_edges_hz``); the bands below 4 kHz add up to ``level_dbfs``.
     bands: np.ndarray
+    #: Silero's speech probability for the frame (0 without Silero).
+    voice_prob: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,14 @@ class VadTuning:
     silero_confident: float = 0.8
     silero_margin_db: float | None = 0.0
     silero_range_db: float | None = 45.0
+    #: Word ends under the noise: after attribution (``ParticipantAudio.tick``), a run of
+    #: the owner's speech is carried through at most ``carry_frames`` frames that the
+    #: detector rejected while Silero still hears voice (``carry_probability``) and the
+    #: level has not sunk ``carry_floor_db`` under the floor. After attribution, so these
+    #: quiet frames neither teach the level model nor get vetoed for being quiet.
+    carry_frames: int = 5
+    carry_probability: float = 0.5
+    carry_floor_db: float = -2.0
 
 
 #: Silero as the measured winner uses it (the default): a rescuer of webrtcvad's rejections
@@ -377,7 +387,7 @@ class VoiceActivityDetector:
             or level < self._peak - dynamic_range
         ):
             self._in_speech = False
-            return FrameFeatures(False, level, floor, margin, bands)
+            return FrameFeatures(False, level, floor, margin, bands, self.last_silero)
         if voiced:
             self._peak = max(self._peak, level)
             self._hang = tuning.hangover_frames
@@ -385,7 +395,7 @@ class VoiceActivityDetector:
             self._hang -= 1
             voiced = True
         self._in_speech = voiced
-        return FrameFeatures(voiced, level, floor, margin, bands)
+        return FrameFeatures(voiced, level, floor, margin, bands, self.last_silero)
 
     def _update_floor(self, level: float) -> float:
         """Advance the noise-floor tracker by one frame and return the floor *before* it
