@@ -227,3 +227,26 @@ def test_a_voice_no_more_reverberant_than_the_owner_is_judged_by_level_alone() -
     track, _ = _owner_then_tv(owner_tail_db=3.0)
     off = AttributionTuning(sharp_owner_factor=0.0)
     assert _accepted(track) == _accepted(track, off)
+
+
+def test_a_voice_far_under_the_owner_is_not_taken_during_the_warm_up() -> None:
+    """The level model vetoes nothing until 2 s of the owner's speech have been heard, so a
+    TV in the room was taken for the therapist in the first seconds of a session even when
+    the therapist had already spoken: background-25 seed 8 (the TV 25-40 dB under the
+    therapist's first words, accepted for 1.1 s in the pauses around the client's talk)
+    failed on overlap by that. Here the therapist says a first word at -20 dBFS, then a
+    TV 28 dB quieter plays in four runs: all 60 of its frames were attributed to the
+    therapist; a voice that far under the loudest one heard is no longer (0 of 60). The
+    therapist's own quieter word (14 dB under their first) is still theirs."""
+    script: list[tuple[Level, Level]] = [(-20.0, None)] * 30 + [(None, None)] * 20
+    tv = len(script)
+    for _ in range(4):
+        script += [(-48.0, None)] * 15 + [(None, None)] * 12
+    quiet = len(script)
+    script += [(-34.0, None)] * 20
+    verdicts, _ = _attribute(script)
+    heard = zip(script[tv:quiet], verdicts[tv:quiet], strict=True)
+    tv_taken = sum(v[T] for (t, _), v in heard if t)
+    assert sum(v[T] for v in verdicts[:30]) == 30
+    assert tv_taken == 0, tv_taken
+    assert sum(v[T] for v in verdicts[quiet:]) == 20

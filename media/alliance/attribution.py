@@ -25,7 +25,17 @@ server knows, before it reaches the signal engine:
   so what the microphone hears is mostly the room). The reference falls at a limited rate,
   faster once the loud voice has been missing for a while, so a speaker who moves away
   (−12 dB for a minute) is followed — but only after several seconds of their talk, which
-  is the measured trade-off against a TV heard in the gaps of the conversation.
+  is the measured trade-off against a TV heard in the gaps of the conversation. Until 2 s
+  of the owner's speech have been heard the model vetoes nothing (their own level is not
+  known yet), except a stretch 24 dB or more under the loudest voice heard so far: a TV
+  in the first seconds of a session, right after the owner's first words, is otherwise
+  taken for them (background −25, seed 8: 1.1 s of it, all 25–40 dB under the owner).
+  What no cue here can refuse is a TV that plays *before* the owner first speaks: it is
+  the first voice, so it becomes the owner's level, and until the owner speaks it looks
+  exactly like an owner who talks regardless of the other participant (a looped fake
+  microphone, constant double-talk), dry or not (its runs are too long to have shown
+  their reverberation by then). Only a later, louder voice that takes turns says it was
+  not the owner; undoing what was counted would be the signal engine's (a retraction).
 * **Turn-taking.** Level alone cannot tell the speaker who moved away from a TV; who holds
   the floor can. The owner's speech alternates with the other participant's (measured on
   the fixtures' truth: 0.35–0.46 of the chance rate of falling while the other talks), a TV
@@ -143,6 +153,9 @@ class AttributionTuning:
     background_far_talk_db: float = 0.0
     #: Until this much own speech has been heard the level model does not veto.
     level_warmup_s: float = 2.0
+    #: ... except a stretch (the run's mean, as ``background_drop_db``, with the same hold)
+    #: this far under the loudest voice heard so far (None: off).
+    background_warmup_db: float | None = 24.0
     #: Turn-taking: per level band (``turn_bin_db`` wide, looked up ± ``turn_span_bins``),
     #: the share of this microphone's speech frames heard while the other participant
     #: talks, against the other's overall talk share. Frames are weighed over the last
@@ -506,6 +519,15 @@ class _LevelModel:
             and self.smoother_than_owner(short_db)
         ):
             self.smooth_veto = True
+            self._owned = False
+            return False
+        if (
+            ref is not None
+            and self.fed < self._warmup
+            and t.background_warmup_db is not None
+            and level
+            < ref - t.background_warmup_db - (t.background_hold_db if self._owned else 0.0)
+        ):
             self._owned = False
             return False
         if ref is None or self.fed < self._warmup:
