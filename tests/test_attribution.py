@@ -9,12 +9,13 @@ Without attribution (the bare VAD verdicts) every test here fails: echo at −25
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from media.alliance.attribution import Attributor
+from media.alliance.attribution import AttributionTuning, Attributor
 from media.alliance.engine import ROLES, ParticipantAudio, Role, Snapshot
 from media.alliance.offline import analyze_files
 from media.alliance.vad import VoiceActivityDetector
@@ -29,6 +30,7 @@ from tests.fixtures.dialogues import (
     synthetic_voice,
 )
 from tests.fixtures.rooms import (
+    CONDITIONS,
     RoomCondition,
     RoomDialogue,
     fft_convolve,
@@ -202,6 +204,43 @@ def test_engine_and_replay_record_get_attributed_verdicts(tmp_path: Path) -> Non
     # (Fewer frames than the truth is fine: quiet frames inside words are bridged.)
     assert fed - truth < 0.1 * (raw - truth)
     assert fed > 0.7 * truth
+
+
+@pytest.mark.parametrize(
+    ("seed", "drift_db"),
+    [(1, None), (2, -12.0)],
+    ids=["noise", "noise-and-speaker-moved-away"],
+)
+def test_no_echo_no_echo_veto_over_the_others_talk(
+    seed: int, drift_db: float | None, tmp_path: Path
+) -> None:
+    """A noisy room with no loudspeaker leak at all (fan, hum, typing, a door; with the
+    speaker 12 dB quieter for a minute in the second case): nothing in either microphone
+    follows the other's voice, so the echo veto must leave the truth speech alone. Without
+    the regression cap (``echo_reg_cap_db``, off by default: see its comment) the echo gain
+    learns the microphone's noise over the far power (near 0 dB in some bands) and vetoes
+    11-13 % of a participant's heard truth frames, their quiet words whenever the other
+    talks; with it, 2-8 %."""
+    condition = replace(CONDITIONS["noise"], name="no-echo-test", drift_db=drift_db)
+    d = _room(seed, condition, tmp_path).dialogue
+    pcm = {role: read_wav(d.wav(role))[0] for role in ROLES}
+    feed = ParticipantAudio(attribution=AttributionTuning(echo_reg_cap_db=10.0))
+    for role in ROLES:
+        feed.set_present(role, True)
+    heard = dict.fromkeys(ROLES, 0)
+    echo = dict.fromkeys(ROLES, 0)
+    n = min(x.size for x in pcm.values()) // FRAME_SAMPLES
+    for i in range(n):
+        for role in ROLES:
+            feed.push(role, pcm[role][i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES])
+        feed.tick()
+        for role in ROLES:
+            if d.masks[role][i] and feed.last_raw[role]:
+                heard[role] += 1
+                echo[role] += feed.attributor.vetoed[role] == "echo"
+    for role in ROLES:
+        assert heard[role] > 500
+        assert echo[role] <= 0.09 * heard[role], (role, echo[role], heard[role])
 
 
 def test_echo_delay_is_found() -> None:
