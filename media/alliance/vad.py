@@ -186,7 +186,7 @@ class VadTuning:
     #: detector rejected while Silero still hears voice (``carry_probability``) and the
     #: level has not sunk ``carry_floor_db`` under the floor. After attribution, so these
     #: quiet frames neither teach the level model nor get vetoed for being quiet.
-    carry_frames: int = 5
+    carry_frames: int = 3
     carry_probability: float = 0.5
     carry_floor_db: float = -2.0
 
