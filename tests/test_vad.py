@@ -11,9 +11,7 @@ from tests.fixtures.dialogues import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
     _noise,
-    active_rms_db,
-    frame_mask,
-    synthesize,
+    espeak_in_noise,
     synthetic_voice,
 )
 
@@ -84,21 +82,7 @@ def test_quiet_synthetic_voice_at_minus_35_dbfs_is_detected(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["none", "white", "pink", "brown", "hum"])
 def test_quiet_espeak_speech_at_minus_35_dbfs_is_detected(kind: str) -> None:
-    rng = np.random.default_rng(11)
-    n = 14 * SAMPLE_RATE
-    x = _noise(kind, n, -45.0, rng)
-    mask = np.zeros(n // FRAME_SAMPLES, dtype=bool)
-    at = 3.0
-    for text, voice in [
-        ("I keep thinking about what my boss said on Monday.", "en+f3"),
-        ("Maybe a six, or a seven on the bad days.", "en-us"),
-    ]:
-        utt = synthesize(text, voice, 160).astype(np.float64)
-        utt *= 10 ** ((-35.0 - active_rms_db(utt)) / 20)
-        offset = round(at * SAMPLE_RATE)
-        x[offset : offset + utt.size] += utt
-        mask |= frame_mask(utt.astype(np.float32), offset, mask.size)
-        at += utt.size / SAMPLE_RATE + 2.0
+    x, mask = espeak_in_noise(kind, -35.0)
     speech = classify(to_int16(x))
     hit_rate = (speech & mask).sum() / mask.sum()
     assert hit_rate > (0.9 if kind == "none" else 0.55)

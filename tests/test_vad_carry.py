@@ -18,32 +18,13 @@ from media.alliance.engine import ParticipantAudio, Role, SignalEngine
 from media.alliance.vad import WEBRTC_ONLY, VadTuning
 from tests.fixtures.dialogues import (
     FRAME_SAMPLES,
-    SAMPLE_RATE,
-    _noise,
-    active_rms_db,
-    frame_mask,
-    synthesize,
+    espeak_in_noise,
 )
 
 
 def _quiet_speech_in_noise(kind: str) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(11)
-    n = 14 * SAMPLE_RATE
-    x = _noise(kind, n, -45.0, rng)
-    mask = np.zeros(n // FRAME_SAMPLES, dtype=bool)
-    at = 3.0
-    for text, voice in [
-        ("I keep thinking about what my boss said on Monday.", "en+f3"),
-        ("Maybe a six, or a seven on the bad days.", "en-us"),
-    ]:
-        utt = synthesize(text, voice, 160).astype(np.float64)
-        utt *= 10 ** ((-40.0 - active_rms_db(utt)) / 20)
-        offset = round(at * SAMPLE_RATE)
-        x[offset : offset + utt.size] += utt
-        mask |= frame_mask(utt.astype(np.float32), offset, mask.size)
-        at += utt.size / SAMPLE_RATE + 2.0
-    pcm = (np.clip(x, -1, 1) * 32767).astype(np.int16)
-    return pcm, mask
+    x, mask = espeak_in_noise(kind, -40.0)
+    return (np.clip(x, -1, 1) * 32767).astype(np.int16), mask
 
 
 def _verdicts(pcm: np.ndarray, frames: int, tuning: VadTuning | None = None) -> np.ndarray:

@@ -28,11 +28,7 @@ from media.alliance.vad import (
 )
 from tests.fixtures.dialogues import (
     FRAME_SAMPLES,
-    SAMPLE_RATE,
-    _noise,
-    active_rms_db,
-    frame_mask,
-    synthesize,
+    espeak_in_noise,
 )
 from tests.test_vad import classify, to_int16
 
@@ -47,18 +43,7 @@ LINES = (
 def _speech_in_noise(kind: str, level_dbfs: float = -30.0) -> tuple[np.ndarray, np.ndarray]:
     """Two espeak utterances at ``level_dbfs`` in 14 s of ``kind`` noise at -50 dBFS, with
     the truth mask per 20 ms frame."""
-    rng = np.random.default_rng(4)
-    n = 14 * SAMPLE_RATE
-    x = _noise(kind, n, -50.0, rng)
-    mask = np.zeros(n // FRAME_SAMPLES, dtype=bool)
-    at = 3.0
-    for text, voice in LINES:
-        utt = synthesize(text, voice, 160).astype(np.float64)
-        utt *= 10 ** ((level_dbfs - active_rms_db(utt)) / 20)
-        offset = round(at * SAMPLE_RATE)
-        x[offset : offset + utt.size] += utt
-        mask |= frame_mask(utt.astype(np.float32), offset, mask.size)
-        at += utt.size / SAMPLE_RATE + 2.0
+    x, mask = espeak_in_noise(kind, level_dbfs, noise_dbfs=-50.0, seed=4, lines=LINES)
     return to_int16(x), mask
 
 
