@@ -37,10 +37,7 @@ class Database:
         # Bound parameters carry clinical text (agenda items, labels): never into exception
         # messages, and so never into logs.
         self.engine: AsyncEngine = create_async_engine(
-            url,
-            pool_pre_ping=not self.is_sqlite,
-            hide_parameters=True,
-            connect_args=sqlite_connect_args(url),
+            url, pool_pre_ping=not self.is_sqlite, hide_parameters=True
         )
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
@@ -81,23 +78,9 @@ def _private_files(path: Path) -> None:
             os.chmod(name, 0o600)
 
 
-#: How long a SQLite connection waits for another connection's write lock before it gives up
-#: with "database is locked". SQLite has one writer at a time; on a loaded machine (a backup,
-#: servers starting at once on a new file, a burst of sign-ins) a writer can hold the lock for
-#: seconds, and pysqlite's default of 5 s turned that wait into a failed start or request.
-SQLITE_BUSY_TIMEOUT_S = 30.0
-
-
-def sqlite_connect_args(url: str) -> dict[str, float]:
-    """Driver arguments for an engine on ``url``: the busy timeout, set when the connection
-    opens (a PRAGMA in a connect hook runs after the first statement that may need the lock)."""
-    if make_url(url).get_backend_name() != "sqlite":
-        return {}
-    return {"timeout": SQLITE_BUSY_TIMEOUT_S}
-
-
 def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: object) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()

@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import sqlite3
 import subprocess
 import sys
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from sqlalchemy.pool import NullPool
 
 from server.db import Database
 from server.migrations import BASELINE, current, head_revision, upgrade
-from server.models import Base, TherapySession, User, UserRole
+from server.models import Base, TherapySession
 from server.settings import default_data_dir
 from tests.conftest import PASSWORD, InProcessApp
 from tests.fixtures import legacy_1f34663 as legacy
@@ -417,40 +415,6 @@ async def test_concurrent_first_starts_on_one_sqlite_file_all_succeed(
     assert len(results) == 6
     assert await current(empty_db_url) == (head_revision(), False)
     assert await on_connection(empty_db_url, _model_diff) == []
-
-
-async def test_a_writer_holding_sqlite_for_seconds_delays_a_request_but_does_not_fail_it(
-    tmp_path: Path,
-) -> None:
-    """One writer at a time: a backup, a migration or a burst of writes can hold SQLite's
-    write lock for seconds on a loaded machine. The server's next write waits for it, up to
-    ``SQLITE_BUSY_TIMEOUT_S``, instead of failing with "database is locked" after pysqlite's
-    default 5 s (seen at load 8 in the concurrent-first-starts test)."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'rapport.db'}"
-    db = Database(url)
-    await db.create_schema()
-    holder = sqlite3.connect(tmp_path / "rapport.db", check_same_thread=False)
-    holder.execute("BEGIN IMMEDIATE")  # the write lock, as a long write transaction holds it
-    released = threading.Event()
-
-    def release() -> None:
-        holder.commit()
-        holder.close()
-        released.set()
-
-    timer = threading.Timer(7.0, release)
-    timer.start()
-    try:
-        async with db.session() as session:
-            session.add(User(email="late@example.org", role=UserRole.THERAPIST, password_hash="x"))
-            await session.commit()
-        assert released.is_set()  # it really had to wait for the other writer
-    finally:
-        timer.join()
-        await db.dispose()
-    async with Database(url).session() as session:
-        emails = (await session.scalars(select(User.email))).all()
-    assert emails == ["late@example.org"]
 
 
 # --------------------------------------------------------------------------- location

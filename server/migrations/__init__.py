@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlalchemy.schema import CreateTable
 
-from ..db import _private_files, sqlite_connect_args
+from ..db import _private_files
 from ..models import utcnow
 from .versions.r0001_baseline import BACKFILL, NOW_BACKFILL, baseline_metadata
 
@@ -119,9 +119,7 @@ async def _file_lock(path: Path | None) -> AsyncIterator[None]:
 async def upgrade(url: str, revision: str = "head") -> UpgradeResult:
     """Bring the database at ``url`` to ``revision`` under the migration lock."""
     _create_private(url)
-    engine = create_async_engine(
-        url, poolclass=NullPool, hide_parameters=True, connect_args=sqlite_connect_args(url)
-    )
+    engine = create_async_engine(url, poolclass=NullPool, hide_parameters=True)
     try:
         async with _file_lock(_sqlite_path(url)), engine.connect() as conn:
             await _lock(conn)
@@ -139,9 +137,7 @@ async def current(url: str) -> tuple[str | None, bool]:
     """The database's revision, and whether it has tables but no version (made before
     migrations existed)."""
     _create_private(url)
-    engine = create_async_engine(
-        url, poolclass=NullPool, hide_parameters=True, connect_args=sqlite_connect_args(url)
-    )
+    engine = create_async_engine(url, poolclass=NullPool, hide_parameters=True)
     try:
         async with engine.connect() as conn:
             return await conn.run_sync(_current_sync)
@@ -175,6 +171,7 @@ async def _lock(conn: AsyncConnection) -> None:
         # Rebuilding a table drops it: with foreign keys enforced that would cascade (or fail).
         # The pragma only takes effect outside a transaction, so before anything else.
         await conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        await conn.exec_driver_sql("PRAGMA busy_timeout=30000")
         await conn.commit()
         # One transaction for the whole run, DDL included (the driver would otherwise commit
         # each DDL statement on its own), taking the write lock at once: a repair that stops
