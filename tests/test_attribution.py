@@ -9,6 +9,7 @@ Without attribution (the bare VAD verdicts) every test here fails: echo at −25
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -181,20 +182,28 @@ def test_echo_attribution_tolerates_frame_jitter_between_tracks(tmp_path: Path) 
     _assert_room_bar(_run(ParticipantAudio(max_backlog_frames=None), pcm, wobble=3), d.truth)
 
 
-def test_engine_and_replay_record_get_attributed_verdicts(tmp_path: Path) -> None:
-    condition = RoomCondition("echo-test", echo_db=-15.0, echo_delay_ms=(80.0, 80.0))
-    d = _room(3, condition, tmp_path).dialogue
-    pcm = {role: read_wav(d.wav(role))[0] for role in ROLES}
-    feed = ParticipantAudio()
+def _ticks(feed: ParticipantAudio, pcm: dict[Role, np.ndarray]) -> Iterator[int]:
+    """Both present; push one frame per role and tick, yielding each frame's index after
+    its tick (the test inspects ``feed`` there)."""
     for role in ROLES:
         feed.set_present(role, True)
-    raw = 0
-    fed = 0
     n = min(x.size for x in pcm.values()) // FRAME_SAMPLES
     for i in range(n):
         for role in ROLES:
             feed.push(role, pcm[role][i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES])
         feed.tick()
+        yield i
+
+
+def test_engine_and_replay_record_get_attributed_verdicts(tmp_path: Path) -> None:
+    condition = RoomCondition("echo-test", echo_db=-15.0, echo_delay_ms=(80.0, 80.0))
+    d = _room(3, condition, tmp_path).dialogue
+    pcm = {role: read_wav(d.wav(role))[0] for role in ROLES}
+    feed = ParticipantAudio()
+    raw = 0
+    fed = 0
+    n = min(x.size for x in pcm.values()) // FRAME_SAMPLES
+    for _ in _ticks(feed, pcm):
         for role in ROLES:
             raw += feed.last_raw[role]
             fed += bool(feed.last_values[role])
@@ -225,15 +234,9 @@ def test_no_echo_no_echo_veto_over_the_others_talk(
     d = _room(seed, condition, tmp_path).dialogue
     pcm = {role: read_wav(d.wav(role))[0] for role in ROLES}
     feed = ParticipantAudio(attribution=AttributionTuning(echo_reg_cap_db=10.0))
-    for role in ROLES:
-        feed.set_present(role, True)
     heard = dict.fromkeys(ROLES, 0)
     echo = dict.fromkeys(ROLES, 0)
-    n = min(x.size for x in pcm.values()) // FRAME_SAMPLES
-    for i in range(n):
-        for role in ROLES:
-            feed.push(role, pcm[role][i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES])
-        feed.tick()
+    for i in _ticks(feed, pcm):
         for role in ROLES:
             if d.masks[role][i] and feed.last_raw[role]:
                 heard[role] += 1

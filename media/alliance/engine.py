@@ -1018,10 +1018,8 @@ class ParticipantAudio:
         #: Whether the last tick had a real audio frame per role (a stall has none): the
         #: live path dates an absence back to the last tick that had one.
         self.last_had_frame: dict[Role, bool] = dict.fromkeys(ROLES, False)
-        # Word-end carry (VadTuning.carry_frames): frames carried so far, and whether the
-        # role's last frame was (attributed or carried) speech.
+        # Word-end carry (VadTuning.carry_frames): frames carried so far in the current run.
         self._carried = dict.fromkeys(ROLES, 0)
-        self._carrying = dict.fromkeys(ROLES, False)
 
     def set_present(self, role: Role, present: bool) -> None:
         """Joined/left/reconnecting. Leaving discards queued audio: it belongs to a
@@ -1136,10 +1134,9 @@ class ParticipantAudio:
             frame = frames[role]
             if verdicts[role]:
                 self._carried[role] = 0
-                self._carrying[role] = True
             elif (
                 frame is not None
-                and self._carrying[role]
+                and self.last_values[role]  # the last tick's speech, attributed or carried
                 and not frame.speech
                 and self._carried[role] < tuning.carry_frames
                 and frame.voice_prob >= tuning.carry_probability
@@ -1147,5 +1144,3 @@ class ParticipantAudio:
             ):
                 self._carried[role] += 1
                 verdicts[role] = True
-            else:
-                self._carrying[role] = False
