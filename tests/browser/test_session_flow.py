@@ -411,3 +411,40 @@ def test_second_tab_takes_over_the_room(
         assert not [line for line in console_log if "pageerror" in line], console_log
     finally:
         ctx.close()
+
+
+def test_an_audit_filter_typed_while_the_admin_page_loads_is_kept(
+    rapport_server: RapportServer, browsers: Browsers, console_log: list[str]
+) -> None:
+    """An admin who types a session into the audit filter before the page has finished asking who
+    they are must see that session's events: the page's own start-up must neither clear the field
+    nor let its unfiltered first load replace the filtered one (a CI run saw "200 events, newest
+    first." where "for session …" was expected)."""
+    server = rapport_server
+    m_ctx, m = _open(browsers.therapist, server, console_log, "admin")
+    try:
+        email, password = server.users["admin"]
+        res = m.request.post("/api/login", data={"email": email, "password": password})
+        assert res.ok, res.text()
+        held: list[Any] = []
+        m.route("**/api/me", lambda route: held.append(route))
+        m.goto("/admin", wait_until="domcontentloaded")
+        wanted = "0123456789abcdef"
+        m.get_by_test_id("audit-session").fill(wanted)
+        eventually_sync(lambda: held or None, timeout=10, interval=0.05, message="/api/me asked")
+        for route in held:
+            route.continue_()
+        # The page now knows the admin: its polls start (the calls table fills in).
+        expect(m.get_by_test_id("user-name")).not_to_be_empty()
+        m.get_by_test_id("audit-apply").click()
+        expect(m.get_by_test_id("audit-session")).to_have_value(wanted)
+        expect(m.get_by_test_id("audit-summary")).to_contain_text(f"for session {wanted}")
+        # And it stays so once the page's own start-up has finished.
+        m.wait_for_function(
+            "() => !document.querySelector('[data-testid=audit-summary]')"
+            ".textContent.startsWith('Loading')"
+        )
+        expect(m.get_by_test_id("audit-summary")).to_contain_text(f"for session {wanted}")
+        assert "?session_id=" + wanted in m.url
+    finally:
+        m_ctx.close()

@@ -446,6 +446,9 @@ function every(ms, fn) {
 }
 
 (async () => {
+  // Read the URL's filter before the first await: an admin who types a filter and presses Apply
+  // while the page is still asking who they are must not have it overwritten afterwards.
+  readQuery();
   try {
     const res = await api("/api/me");
     const user = res && res.user;
@@ -457,7 +460,6 @@ function every(ms, fn) {
   } catch {
     return;
   }
-  readQuery();
   every(CALLS_EVERY_MS, async () => {
     await loadCalls();
     await loadDetail();
@@ -465,5 +467,6 @@ function every(ms, fn) {
   every(HEALTH_EVERY_MS, loadHealth);
   every(INCIDENTS_EVERY_MS, loadIncidents);
   await loadPolicy();
-  await loadAudit();
+  // The admin may already have applied a filter; the page's own first load must not replace it.
+  if (auditRequest === 0) await loadAudit();
 })();
