@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -474,3 +475,32 @@ def test_commands_from_two_directories_share_one_database(tmp_path: Path) -> Non
 
 
 __all__ = ["BASELINE", "eventually"]
+
+
+async def test_a_new_file_is_wal_after_migrating_so_a_server_starting_beside_a_writer_connects(
+    tmp_path: Path,
+) -> None:
+    """Switching a file to WAL needs it to itself, and SQLite refuses at once (no busy wait)
+    while another connection writes. Every connection the server opens asks for WAL, so on a
+    file the migration left in rollback-journal mode a server starting beside another one's
+    write failed with "database is locked" at connect (six first starts at once, under load).
+    The migration, under its lock, leaves the file in WAL mode; a later connection finds it so.
+    """
+    path = tmp_path / "rapport.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    await upgrade(url)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        other.execute("BEGIN IMMEDIATE")  # another server's write, in progress
+        database = Database(url)
+        try:
+            async with database.engine.connect() as conn:
+                busy = (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar_one()
+                users = (await conn.exec_driver_sql("SELECT count(*) FROM users")).scalar_one()
+            assert (busy, users) == (5000, 0)
+        finally:
+            await database.dispose()
+        other.execute("COMMIT")
+    finally:
+        other.close()

@@ -172,6 +172,10 @@ async def _lock(conn: AsyncConnection) -> None:
         # The pragma only takes effect outside a transaction, so before anything else.
         await conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
         await conn.exec_driver_sql("PRAGMA busy_timeout=30000")
+        # The server's connections each ask for WAL mode, and SQLite refuses that switch at
+        # once (no busy wait) while another connection writes: done here, under the lock, a
+        # server starting beside another one's write finds the file already switched.
+        await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         await conn.commit()
         # One transaction for the whole run, DDL included (the driver would otherwise commit
         # each DDL statement on its own), taking the write lock at once: a repair that stops
