@@ -261,8 +261,10 @@ def test_recorded_truth_counts_the_voice_not_the_rumble_under_it(
         if p.text != "/rec/line.wav":
             continue
         others = [
-            q for q in clean.placements
-            if q.role == p.role and q is not p
+            q
+            for q in clean.placements
+            if q.role == p.role
+            and q is not p
             and q.start_s < p.start_s + line.size / SAMPLE_RATE
             and q.start_s + q.duration_s > p.start_s
         ]
