@@ -228,8 +228,9 @@ def _recording(parts: list[tuple[str, float, float, float]]) -> np.ndarray:
             x = np.sin(2 * np.pi * hz * t)
         x = np.asarray(x) / np.sqrt(np.mean(np.asarray(x) ** 2)) * 10 ** (level_db / 20)
         out.append(x + 1e-4 * rng.standard_normal(t.size))
-    audio = np.concatenate(out)
-    return (audio / np.abs(audio).max()).astype(np.float32)
+    audio: np.ndarray = np.concatenate(out)
+    peak = float(np.abs(audio).max())
+    return np.asarray(audio / peak, dtype=np.float32)
 
 
 def test_recorded_truth_counts_the_voice_not_the_rumble_under_it(
