@@ -213,3 +213,73 @@ def test_real_voices_use_recordings_with_truth_from_the_clean_recording(tmp_path
         frames = x[: mask.size * FRAME_SAMPLES].reshape(mask.size, FRAME_SAMPLES)
         db = 10 * np.log10(np.maximum(np.mean(frames**2, axis=1), 1e-20))
         assert db[mask].min() > db.max() - RECORDED_RANGE_DB - 12
+
+
+def _recording(parts: list[tuple[str, float, float, float]]) -> np.ndarray:
+    """A synthetic 'recording': (kind, seconds, frequency Hz, level dB re the voice) parts;
+    "voice" is a harmonic series on the frequency (a voiced sound), "rumble" one sine."""
+    rng = np.random.default_rng(7)
+    out = []
+    for kind, seconds, hz, level_db in parts:
+        t = np.arange(round(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+        if kind == "voice":
+            x = sum(np.sin(2 * np.pi * hz * k * t) / k for k in range(1, 30) if hz * k < 4000)
+        else:
+            x = np.sin(2 * np.pi * hz * t)
+        x = np.asarray(x) / np.sqrt(np.mean(np.asarray(x) ** 2)) * 10 ** (level_db / 20)
+        out.append(x + 1e-4 * rng.standard_normal(t.size))
+    audio: np.ndarray = np.concatenate(out)
+    peak = float(np.abs(audio).max())
+    return np.asarray(audio / peak, dtype=np.float32)
+
+
+def test_recorded_truth_counts_the_voice_not_the_rumble_under_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Some pocketsphinx recordings hold infrasonic rumble (breath on the microphone,
+    10–30 Hz) 12–25 dB under their peak where the talker is silent: a voice has no energy
+    there, so it is not a speech frame (design.md), and counted as one it bridged pauses the
+    talker really made. A quiet, deep voice (70 Hz fundamental) stays speech."""
+    import tests.fixtures.rooms as rooms
+
+    #: kind, seconds, Hz, dB: loud voice, rumble alone, quiet deep voice, loud voice.
+    parts = [
+        ("voice", 0.6, 120.0, 0.0),
+        ("rumble", 0.4, 20.0, -12.0),
+        ("voice", 0.3, 70.0, -22.0),
+        ("voice", 0.6, 150.0, 0.0),
+    ]
+    line = _recording(parts)
+    backchannel = _recording([("voice", 0.5, 130.0, 0.0)])
+    files = {"/rec/line.wav": line, "/rec/bc.wav": backchannel}
+    corpus = {"sphinx": tuple((p, a.size / SAMPLE_RATE) for p, a in files.items())}
+    monkeypatch.setattr(rooms, "recorded_corpora", lambda: corpus)
+    monkeypatch.setattr(rooms, "load_recording", lambda path: files[path])
+    clean = render_room_clean(SEED, 60.0, RoomCondition("rv", real_voices="both"))
+    bounds = np.cumsum([0.0] + [p[1] for p in parts])
+    checked = 0
+    for p in clean.placements:
+        if p.text != "/rec/line.wav":
+            continue
+        others = [
+            q
+            for q in clean.placements
+            if q.role == p.role
+            and q is not p
+            and q.start_s < p.start_s + line.size / SAMPLE_RATE
+            and q.start_s + q.duration_s > p.start_s
+        ]
+        if others:
+            continue
+        mask = clean.masks[Role(p.role)]
+        for (kind, _, hz, _), a, b in zip(parts, bounds[:-1], bounds[1:], strict=True):
+            # Inner frames of each part (a frame either side may straddle two parts).
+            first = int((p.start_s + a) * SAMPLE_RATE) // FRAME_SAMPLES + 2
+            last = int((p.start_s + b) * SAMPLE_RATE) // FRAME_SAMPLES - 1
+            heard = mask[first:last]
+            if kind == "rumble":
+                assert not heard.any(), f"{heard.sum()} frames of {hz:.0f} Hz rumble are truth"
+            else:
+                assert heard.all(), f"{(~heard).sum()} frames of a {hz:.0f} Hz voice are not"
+        checked += 1
+    assert checked >= 2
