@@ -128,10 +128,11 @@ class AttributionTuning:
     #: learned from the TV over the far power, is what vetoed the TV heard over the other's
     #: talk (background-15: 2 -> 5 failing), and echo-35 seed 0 tips over the bar (1).
     #: With ``echo_cap_room_rate`` 0.05 as well, background-15 is back at 2 (seeds 0, 9, as
-    #: without the cap), drift 0 and combined 3 of 10; echo-35 seed 0 still fails: with
-    #: the cap the client's own words over the therapist's are kept, and they overlap the
-    #: client's echo that the therapist's microphone took for the therapist before the
-    #: therapist first spoke (no cue here can refuse that; a retraction could).
+    #: without the cap), drift 0 and combined 3 of 10; echo-35 seed 0 still fails
+    #: (therapist talk +10.1 %, overlap +4.1 s): its therapist microphone already takes
+    #: 8.1 s of the client's echo without the cap (2.7 s of it before the therapist first
+    #: speaks); the cap adds 0.3 s and keeps 2.1 s more of the client's own words, and
+    #: together they tip it over the bar.
     echo_reg_cap_db: float | None = None
     echo_reg_tau_s: float = 8.0
     #: The near power enters the regression clipped at this running quantile of itself: the
