@@ -1,0 +1,179 @@
+"""Talk taken back: a voice counted as a participant's that later turned out not to be theirs.
+
+A TV playing before the therapist's first word is the only voice in their microphone, so it
+seeds their level model and is counted as their talk; once their real, louder voice has
+been heard taking turns, attribution can tell, and the engine takes that talk back. The
+engine tests compare against exact truth: the same session fed "not speaking" in real time,
+snapshot by snapshot from the retraction on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import pytest
+
+from media.alliance.engine import Role, SessionClockEngine, SignalConfig, Snapshot
+
+T, C = Role.THERAPIST, Role.CLIENT
+F = 50  # frames per second at 20 ms
+
+Spans = Sequence[tuple[int, int]]
+Script = list[tuple[bool, bool]]
+
+
+def _spans(*seconds: tuple[float, float]) -> list[tuple[int, int]]:
+    return [(round(a * F), round(b * F)) for a, b in seconds]
+
+
+def _inside(k: int, spans: Spans) -> bool:
+    return any(a <= k < b for a, b in spans)
+
+
+def _script(seconds: float, therapist: Spans, client: Spans) -> Script:
+    return [(_inside(k, therapist), _inside(k, client)) for k in range(round(seconds * F))]
+
+
+def _without(script: Script, spans: Spans) -> Script:
+    """The truth: the therapist fed as not speaking in ``spans``."""
+    return [(t and not _inside(k, spans), c) for k, (t, c) in enumerate(script)]
+
+
+def _run(
+    script: Script,
+    retract_at: int | None = None,
+    spans: Spans = (),
+    config: SignalConfig | None = None,
+) -> tuple[SessionClockEngine, list[Snapshot]]:
+    """Feed ``script`` (retracting ``spans`` before frame ``retract_at``); the engine and the
+    snapshot after every frame."""
+    engine = SessionClockEngine(config or SignalConfig())
+    snapshots = []
+    for k, (t, c) in enumerate(script):
+        if k == retract_at:
+            assert engine.retract_talk(T, spans) > 0
+        engine.advance({T: t, C: c})
+        snapshots.append(engine.snapshot())
+    return engine, snapshots
+
+
+# Not redone by a retraction (documented on ``retract_talk``): the floor and the segments
+# the retracted talk formed.
+_FLOOR = ("turns", "interruptions", "backchannels")
+_SEGMENTS = ("median_response_latency_s", "longest_monologue_s")
+
+
+def _but_floor(got: Snapshot, expected: Snapshot) -> Snapshot:
+    """``got`` with the fields a retraction does not redo taken from ``expected``."""
+    window = dataclasses.replace(
+        got.last_5min, **{f: getattr(expected.last_5min, f) for f in _FLOOR}
+    )
+    return dataclasses.replace(
+        got, last_5min=window, **{f: getattr(expected, f) for f in _FLOOR + _SEGMENTS}
+    )
+
+
+def test_a_tv_before_the_first_words_taken_back_is_exactly_the_session_without_it() -> None:
+    """The TV (counted as the therapist) plays 1-4.5 s and 6-8 s; the therapist speaks from
+    12 s, the client answers at 21 s. Retracted at 13 s: from then on every snapshot is the
+    session fed without the TV (but the longest monologue, the TV's 3.5 s until the
+    therapist has spoken longer), and the final one and the timeline are, in every field
+    (the TV held the floor before the therapist, as the therapist; nobody else spoke then).
+    Its gaps (4.5-6 s, 8-12 s: one long silence) merge into one long silence from 0 s."""
+    tv = _spans((1.0, 4.5), (6.0, 8.0))
+    therapist = _spans((1.0, 3.0), (3.3, 4.5), (6.0, 8.0), (12.0, 20.0), (26.0, 30.0))
+    script = _script(34.0, therapist, _spans((21.0, 25.0)))
+    at = 13 * F
+    live, got = _run(script, at, tv)
+    truth, expected = _run(_without(script, tv))
+    assert got[at - 1].therapist_talk_s == pytest.approx(expected[at - 1].therapist_talk_s + 5.5)
+    for k in range(at, len(script)):
+        assert _but_floor(got[k], expected[k]) == expected[k], k
+    final = live.finalize()
+    assert final == truth.finalize()
+    assert final.long_silences == 2 and final.silence_s == pytest.approx(12.0 + 1 + 1 + 4)
+    assert live.timeline() == truth.timeline()
+
+
+@pytest.mark.parametrize("retract_s", [6.5, 10.0])
+def test_a_retraction_completes_the_long_silence_that_really_happened(retract_s: float) -> None:
+    """The client speaks 0-1 s and 7-9 s; a TV taken for the therapist 2-2.5 s and 4.5-5 s
+    breaks the 6 s silence between into runs of 1-2 s: no long silence. Without the TV
+    there was one; retracted during that silence (6.5 s: the current silence run is 5.5 s
+    and already long) or after it (10 s), it is counted, in the totals and the window.
+    (The TV's segments stay in the therapist's longest monologue: not redone.)"""
+    tv = _spans((2.0, 2.5), (4.5, 5.0))
+    script = _script(11.0, tv, _spans((0.0, 1.0), (7.0, 9.0)))
+    at = round(retract_s * F)
+    live, got = _run(script, at, tv)
+    truth, expected = _run(_without(script, tv))
+    assert got[at - 1].long_silences == 0
+    for k in range(at, len(script)):
+        assert _but_floor(got[k], expected[k]) == expected[k], k
+    assert got[-1].long_silences == got[-1].last_5min.long_silences == 1
+    if retract_s < 7.0:
+        assert got[at].current_silence_s == pytest.approx(5.5 + 0.02)
+    final = truth.finalize()
+    assert _but_floor(live.finalize(), final) == final
+    assert live.timeline() == truth.timeline()
+
+
+def test_overlap_with_the_tv_becomes_the_clients_talk_alone() -> None:
+    """The client talks 0.5-2.8 s and 4-6 s over a TV taken for the therapist 1-3 s. At
+    3.1 s the client is in a pause not decided yet, so the TV's last frames are final for
+    the therapist but not yet joined with the client's: they are taken back too. Overlap,
+    talk and silence become the truth's; the floor (the client's talk was an interruption
+    of "the therapist") is not redone."""
+    tv = _spans((1.0, 3.0))
+    script = _script(9.0, tv, _spans((0.5, 2.8), (4.0, 6.0)))
+    at = round(3.1 * F)
+    live, got = _run(script, at, tv)
+    truth, expected = _run(_without(script, tv))
+    assert got[at - 1].overlap_s == pytest.approx(1.8)
+    assert got[-1].turns != expected[-1].turns  # the floor stays as it was decided
+    for k in range(round(3.6 * F), len(script)):
+        assert _but_floor(got[k], expected[k]) == expected[k], k
+    final = live.finalize()
+    assert final.overlap_s == 0.0
+    assert _but_floor(final, truth.finalize()) == truth.finalize()
+    assert live.timeline() == truth.timeline()
+
+
+def test_frames_before_the_5_minute_window_are_left_as_counted() -> None:
+    """With a 10 s window, a TV taken for the therapist 1-8 s retracted at 14 s: the window
+    then holds 4-14 s, so 4-8 s are taken back (the window's totals are the truth's) and
+    1-4 s stay in the session totals: exactly 3 s more talk than the truth, 3 s less
+    silence."""
+    config = SignalConfig(window_s=10.0)
+    tv = _spans((1.0, 8.0))
+    script = _script(30.0, _spans((1.0, 8.0), (20.0, 25.0)), _spans((26.0, 28.0)))
+    at = 14 * F
+    _, got = _run(script, at, tv, config)
+    _, expected = _run(_without(script, tv), config=config)
+    for g, e in zip(got[at:], expected[at:], strict=True):
+        assert g.last_5min == e.last_5min
+        assert g.therapist_talk_s == pytest.approx(e.therapist_talk_s + 3.0)
+        assert g.silence_s == pytest.approx(e.silence_s - 3.0)
+        assert g.long_silences == e.long_silences == 1
+
+
+def test_nothing_is_counted_twice_and_an_empty_retraction_changes_nothing() -> None:
+    tv = _spans((1.0, 4.0))
+    script = _script(12.0, _spans((1.0, 4.0), (8.0, 10.0)), _spans((5.0, 7.0)))
+    engine = SessionClockEngine(SignalConfig())
+    for t, c in script[: 6 * F]:
+        engine.advance({T: t, C: c})
+    before = engine.snapshot()
+    timeline = engine.timeline()
+    assert engine.retract_talk(T, []) == 0
+    assert engine.retract_talk(C, tv) == 0  # the client did not talk then
+    assert engine.retract_talk(T, _spans((4.5, 5.5))) == 0  # nor the therapist
+    assert engine.snapshot() == before and engine.timeline() == timeline
+    assert engine.retract_talk(T, tv) == 3 * F
+    once = engine.snapshot()
+    assert once.therapist_talk_s == pytest.approx(before.therapist_talk_s - 3.0)
+    assert engine.retract_talk(T, tv + tv) == 0
+    assert engine.snapshot() == once
+    engine.finalize()
+    assert engine.retract_talk(T, _spans((8.0, 10.0))) == 0
