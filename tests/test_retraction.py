@@ -12,9 +12,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import numpy as np
 import pytest
 
-from media.alliance.engine import Role, SessionClockEngine, SignalConfig, Snapshot
+from media.alliance.attribution import Attributor
+from media.alliance.engine import ROLES, Role, SessionClockEngine, SignalConfig, Snapshot
+from media.alliance.live import LiveSignals
+from media.alliance.vad import FrameFeatures, VoiceActivityDetector
 
 T, C = Role.THERAPIST, Role.CLIENT
 F = 50  # frames per second at 20 ms
@@ -177,3 +181,148 @@ def test_nothing_is_counted_twice_and_an_empty_retraction_changes_nothing() -> N
     assert engine.snapshot() == once
     engine.finalize()
     assert engine.retract_talk(T, _spans((8.0, 10.0))) == 0
+
+
+# --- attribution: which frames are given back --------------------------------------------
+
+_BANDS = 4
+Level = float | None  # a frame's speech-band level in dBFS, None for silence
+
+
+def _frame(level: Level) -> FrameFeatures:
+    if level is None:
+        return FrameFeatures(False, -100.0, -90.0, 6.0, np.full(_BANDS, 1e-10 / _BANDS))
+    power = 10.0 ** (level / 10.0)
+    return FrameFeatures(True, level, -90.0, 6.0, np.full(_BANDS, power / _BANDS))
+
+
+def _conversation(
+    seconds: float, therapist_db: float, *, therapist_from: float = 0.0
+) -> list[tuple[Level, Level]]:
+    """Turns: the therapist 2 s, a pause, the client 2 s, a pause (the therapist silent
+    before ``therapist_from``, where the client talks alone, 2 s on, 2.5 s off)."""
+    script: list[tuple[Level, Level]] = []
+    while len(script) < seconds * F:
+        t = therapist_db if len(script) >= therapist_from * F else None
+        script += [(t, None)] * (2 * F) + [(None, None)] * (F // 2)
+        script += [(None, -20.0)] * (2 * F) + [(None, None)] * (F // 2)
+    return script[: round(seconds * F)]
+
+
+def _with_tv(script: list[tuple[Level, Level]], tv_db: float) -> list[tuple[Level, Level]]:
+    """A TV in the therapist's room, 1.2 s on, 0.4 s off, whoever talks: where the therapist
+    talks their voice drowns it (their level), elsewhere the microphone hears the TV."""
+    out = []
+    for k, (t, c) in enumerate(script):
+        tv = tv_db if k % 80 < 60 else None
+        out.append((t if t is not None else tv, c))
+    return out
+
+
+def _given_back(script: list[tuple[Level, Level]]) -> tuple[list[bool], list[bool]]:
+    """Per frame: attributed to the therapist, and given back later."""
+    att = Attributor(_BANDS, _BANDS)
+    accepted = []
+    given = [False] * len(script)
+    for t, c in script:
+        accepted.append(att.step({T: _frame(t), C: _frame(c)})[T])
+        for role, spans in att.take_retractions().items():
+            assert role is T
+            for start, end in spans:
+                for k in range(start, end):
+                    assert not given[k]  # once
+                    given[k] = True
+    return accepted, given
+
+
+def test_a_tv_before_the_therapists_first_words_is_given_back() -> None:
+    """A TV 20 dB under the therapist plays from the first frame; the client talks alone
+    for 12 s, then therapist and client take turns for a minute. The TV is the first voice
+    in the therapist's microphone and is attributed to them (nothing says otherwise yet);
+    once the louder voice that takes turns has been heard, the TV's band plays whoever
+    talks, and every frame of it attributed before the therapist's first word is given
+    back; none of the therapist's own."""
+    script = _with_tv(_conversation(72.0, -20.0, therapist_from=12.0), -40.0)
+    accepted, given = _given_back(script)
+    first = 12 * F
+    tv_taken = sum(accepted[:first])
+    assert tv_taken > 5 * F  # without the retraction, 5 s or more of it is "the therapist"
+    assert sum(given[:first]) == tv_taken
+    owner = [t == -20.0 for t, _ in script]
+    assert not any(g and o for g, o in zip(given, owner, strict=True))
+
+
+def test_a_quiet_owners_first_words_followed_by_louder_talk_keep_every_frame() -> None:
+    """The therapist starts 14 dB softer for 12 s, then speaks up; both take turns with the
+    client throughout. Their reference rises 14 dB, as it does when a louder voice shows up
+    a TV, but the soft words' band takes turns like the rest of their voice: nothing is
+    given back."""
+    script = _conversation(12.0, -34.0) + _conversation(60.0, -20.0)
+    att = Attributor(_BANDS, _BANDS)
+    accepted = 0
+    for t, c in script:
+        accepted += att.step({T: _frame(t), C: _frame(c)})[T]
+        assert att.take_retractions() == {}
+    quiet = sum(t == -34.0 for t, _ in script)
+    assert quiet == 6 * F  # three soft turns
+    reference = att.reference_dbfs(T)
+    assert reference is not None and reference >= -34.0 + 10.0
+    assert accepted == sum(t is not None for t, _ in script)
+
+
+# --- the live path: applied to the engine, recorded, replayed ----------------------------
+
+
+@pytest.fixture
+def nonzero_is_speech(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exact voice activity: a frame with any sample is speech, in a quiet room (as
+    tests/test_session_clock.py); levels and bands are measured, so attribution decides."""
+    analyze = VoiceActivityDetector.analyze
+
+    def forced(
+        self: VoiceActivityDetector, frame: np.ndarray, silero: float | None = None
+    ) -> FrameFeatures:
+        features = analyze(self, frame, silero=silero)
+        return dataclasses.replace(features, speech=bool(np.any(frame)), floor_dbfs=-90.0)
+
+    monkeypatch.setattr(VoiceActivityDetector, "analyze", forced)
+
+
+@pytest.mark.usefixtures("nonzero_is_speech")
+def test_a_retraction_on_the_live_path_is_replayed_after_a_restart() -> None:
+    """The TV-first conversation above as PCM through ``LiveSignals`` (owner voices at about
+    -17 dBFS, the TV 20 dB under, white noise): the TV's talk before the therapist's first
+    word leaves the therapist's totals and timeline, the input record carries the
+    retraction, and a server restarted from that record has the very same snapshot."""
+    script = _with_tv(_conversation(72.0, -20.0, therapist_from=12.0), -40.0)
+    rng = np.random.default_rng(5)
+    amplitude = {-20.0: 8000, -40.0: 800}
+    signals = LiveSignals("s")
+    now = 1000.0
+    for role in ROLES:
+        signals.set_present(role, True)
+    seconds_taken: list[bool] = []
+    for levels in script:
+        for role, level in zip(ROLES, levels, strict=True):
+            if level is None:
+                pcm = np.zeros(960, dtype=np.int16)
+            else:
+                a = amplitude[level]
+                pcm = rng.integers(-a, a, 960).astype(np.int16)
+            signals.on_audio(role, pcm)
+        now += 0.02
+        signals.step(now)
+        if not seconds_taken and signals.engine.frames >= 12 * F:
+            seconds_taken = [s.therapist for s in signals.engine.timeline()]
+    now += 1.0
+    signals.step(now)
+    live = signals.snapshot()
+    runs = signals.input_runs()
+    assert sum(seconds_taken) >= 8  # the TV was the therapist's talk for seconds
+    first = signals.engine.timeline()[: 12 - 1]
+    assert not any(s.therapist for s in first)
+    assert any(code == -3 for code, _ in runs)
+    restored = LiveSignals.restore("s", runs)
+    assert restored.engine.snapshot() == live
+    assert restored.engine.timeline() == signals.engine.timeline()
+    assert restored.engine.finalize() == signals.finish()

@@ -1104,6 +1104,9 @@ class ParticipantAudio:
         self.last_had_frame: dict[Role, bool] = dict.fromkeys(ROLES, False)
         # Word-end carry (VadTuning.carry_frames): frames carried so far in the current run.
         self._carried = dict.fromkeys(ROLES, 0)
+        #: Talk the last tick took back, per role, as engine frame ranges (see ``_retract``):
+        #: the live path records it so a restart replays the same retraction.
+        self.last_retractions: dict[Role, list[tuple[int, int]]] = {}
 
     def set_present(self, role: Role, present: bool) -> None:
         """Joined/left/reconnecting. Leaving discards queued audio: it belongs to a
@@ -1198,7 +1201,31 @@ class ParticipantAudio:
             role: verdicts[role] if self._present[role] else None for role in ROLES
         }
         self.last_values = values
-        return self.engine.advance(values)
+        events = self.engine.advance(values)
+        self._retract()
+        return events
+
+    def _retract(self) -> None:
+        """Take back, in the engine, talk the attributor has found was not the speaker's.
+
+        The attributor counts every tick, the engine only from its first frame with anyone
+        present (and a restored session's engine starts ahead of a new attributor): the
+        difference maps one onto the other. A range is widened by the frames the word-end
+        carry may have added after its last frame (``_carry``)."""
+        self.last_retractions = {}
+        taken = self.attributor.take_retractions(self.engine.config.bridge_frames)
+        if not taken:
+            return
+        offset = self.attributor.steps - self.engine.frames
+        carry = self.detectors[Role.THERAPIST].tuning.carry_frames
+        for role, spans in taken.items():
+            frames = [
+                (max(0, start - offset), end - offset + carry)
+                for start, end in spans
+                if end - offset > 0
+            ]
+            if frames and self.engine.retract_talk(role, frames):
+                self.last_retractions[role] = frames
 
     def _carry(
         self, frames: Mapping[Role, FrameFeatures | None], verdicts: dict[Role, bool]
