@@ -907,9 +907,10 @@ class Attributor:
 
     def take_retractions(self, max_gap: int = 0) -> dict[Role, list[tuple[int, int]]]:
         """Frames attributed to a role that turned out not to be theirs, once each, as
-        ``[start, end)`` ranges of ``steps`` (frames between two given back frames less than
-        ``max_gap`` apart, none of them the role's, are inside a range: a caller that
-        bridged such pauses into talk takes them back with it). See ``_EarlyVoice``."""
+        ``[start, end)`` ranges of ``steps``. A pause of fewer than ``max_gap`` frames
+        between two given-back frames, with none of the role's own in it, is inside a range:
+        a caller that bridged such pauses into talk takes them back with it. See
+        ``_EarlyVoice``."""
         out: dict[Role, list[tuple[int, int]]] = {}
         for role in ROLES:
             early = self._early[role]
@@ -919,7 +920,7 @@ class Attributor:
             for run in early.pending:
                 start = prev = run[0]
                 for step in run[1:]:
-                    if step - prev > max_gap:
+                    if step - prev > max(1, max_gap):
                         spans.append((start, prev + 1))
                         start = step
                     prev = step
