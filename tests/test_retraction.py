@@ -292,44 +292,77 @@ def nonzero_is_speech(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(VoiceActivityDetector, "analyze", forced)
 
 
+_AMPLITUDE = {-20.0: 8000, -40.0: 800}  # white noise at about -17 and -37 dBFS
+
+
+class _Call:
+    """``LiveSignals`` fed a script of (therapist, client) levels as white-noise PCM (owner
+    voices at about -17 dBFS, the TV 20 dB under), on a clock the test controls."""
+
+    def __init__(self, signals: LiveSignals, now: float = 1000.0) -> None:
+        self.signals = signals
+        self.now = now
+        self.rng = np.random.default_rng(5)
+        for role in ROLES:
+            signals.set_present(role, True)
+
+    def run(self, script: list[tuple[Level, Level]]) -> None:
+        for levels in script:
+            for role, level in zip(ROLES, levels, strict=True):
+                if level is None:
+                    pcm = np.zeros(960, dtype=np.int16)
+                else:
+                    a = _AMPLITUDE[level]
+                    pcm = self.rng.integers(-a, a, 960).astype(np.int16)
+                self.signals.on_audio(role, pcm)
+            self.now += 0.02
+            self.signals.step(self.now)
+
+    def therapist_seconds(self) -> list[bool]:
+        return [s.therapist for s in self.signals.engine.timeline()]
+
+
 @pytest.mark.usefixtures("nonzero_is_speech")
 def test_a_retraction_on_the_live_path_is_replayed_after_a_restart() -> None:
-    """The TV-first conversation above as PCM through ``LiveSignals`` (owner voices at about
-    -17 dBFS, the TV 20 dB under, white noise): the TV's talk before the therapist's first
-    word leaves the therapist's totals and timeline, the input record carries the
-    retraction, and a server restarted from that record has the very same snapshot."""
+    """The TV-first conversation above through ``LiveSignals``: the TV's talk before the
+    therapist's first word leaves the therapist's totals and timeline, the input record
+    carries the retraction, and a server restarted from that record has the very same
+    snapshot."""
     script = _with_tv(_conversation(72.0, -20.0, therapist_from=12.0), -40.0)
-    rng = np.random.default_rng(5)
-    amplitude = {-20.0: 8000, -40.0: 800}
-    signals = LiveSignals("s")
-    now = 1000.0
-    for role in ROLES:
-        signals.set_present(role, True)
-    seconds_taken: list[bool] = []
-    for levels in script:
-        for role, level in zip(ROLES, levels, strict=True):
-            if level is None:
-                pcm = np.zeros(960, dtype=np.int16)
-            else:
-                a = amplitude[level]
-                pcm = rng.integers(-a, a, 960).astype(np.int16)
-            signals.on_audio(role, pcm)
-        now += 0.02
-        signals.step(now)
-        if not seconds_taken and signals.engine.frames >= 12 * F:
-            seconds_taken = [s.therapist for s in signals.engine.timeline()]
-    now += 1.0
-    signals.step(now)
+    call = _Call(LiveSignals("s"))
+    call.run(script[: 13 * F])
+    assert sum(call.therapist_seconds()[:11]) >= 8  # the TV was the therapist's talk
+    call.run(script[13 * F :])
+    call.now += 1.0
+    call.signals.step(call.now)
+    signals = call.signals
     live = signals.snapshot()
     runs = signals.input_runs()
-    assert sum(seconds_taken) >= 8  # the TV was the therapist's talk for seconds
-    first = signals.engine.timeline()[: 12 - 1]
-    assert not any(s.therapist for s in first)
+    assert not any(call.therapist_seconds()[:11])
     assert any(code == -3 for code, _ in runs)
     restored = LiveSignals.restore("s", runs)
     assert restored.engine.snapshot() == live
     assert restored.engine.timeline() == signals.engine.timeline()
     assert restored.engine.finalize() == signals.finish()
+
+
+@pytest.mark.usefixtures("nonzero_is_speech")
+def test_a_retraction_after_a_restart_lands_on_the_frames_it_names() -> None:
+    """The server restarts 6 s into the TV: the restored session's attributor starts
+    counting anew, its engine 6 s ahead. The TV heard after the restart is given back at
+    the frames where the engine counted it (6-12 s), not 6 s earlier; the therapist's own
+    talk from 12 s on stays."""
+    script = _with_tv(_conversation(72.0, -20.0, therapist_from=12.0), -40.0)
+    before = _Call(LiveSignals("s"))
+    before.run(script[: 6 * F])
+    assert sum(before.therapist_seconds()) >= 3
+    call = _Call(LiveSignals.restore("s", before.signals.input_runs()), before.now)
+    call.run(script[6 * F :])
+    seconds = call.therapist_seconds()
+    assert not any(seconds[6:11])  # given back
+    assert sum(seconds[:5]) >= 3  # before the restart: that attributor is gone, as counted
+    assert sum(seconds[12:]) >= 20  # the therapist's own talk
+    assert any(code == -3 for code, _ in call.signals.input_runs())
 
 
 # --- a real room: the TV before the therapist's first word --------------------------------
