@@ -1107,6 +1107,8 @@ class ParticipantAudio:
         #: Talk the last tick took back, per role, as engine frame ranges (see ``_retract``):
         #: the live path records it so a restart replays the same retraction.
         self.last_retractions: dict[Role, list[tuple[int, int]]] = {}
+        # The attributor's ticks the carry added, while it may still give frames back.
+        self._carried_steps: dict[Role, set[int]] = {role: set() for role in ROLES}
 
     def set_present(self, role: Role, present: bool) -> None:
         """Joined/left/reconnecting. Leaving discards queued audio: it belongs to a
@@ -1211,19 +1213,23 @@ class ParticipantAudio:
         The attributor counts every tick, the engine only from its first frame with anyone
         present (and a restored session's engine starts ahead of a new attributor): the
         difference maps one onto the other. A range is widened by the frames the word-end
-        carry may have added after its last frame (``_carry``)."""
+        carry added after its last frame (``_carry``): they were talk only because of it."""
         self.last_retractions = {}
+        for role in ROLES:
+            if self._carried_steps[role] and not self.attributor.remembers(role):
+                self._carried_steps[role] = set()
         taken = self.attributor.take_retractions(self.engine.config.bridge_frames)
         if not taken:
             return
         offset = self.attributor.steps - self.engine.frames
-        carry = self.detectors[Role.THERAPIST].tuning.carry_frames
         for role, spans in taken.items():
-            frames = [
-                (max(0, start - offset), end - offset + carry)
-                for start, end in spans
-                if end - offset > 0
-            ]
+            carried = self._carried_steps[role]
+            frames = []
+            for start, end in spans:
+                while end in carried:
+                    end += 1
+                if end - offset > 0:
+                    frames.append((max(0, start - offset), end - offset))
             if frames and self.engine.retract_talk(role, frames):
                 self.last_retractions[role] = frames
 
@@ -1255,3 +1261,5 @@ class ParticipantAudio:
             ):
                 self._carried[role] += 1
                 verdicts[role] = True
+                if self.attributor.remembers(role):
+                    self._carried_steps[role].add(self.attributor.steps - 1)
