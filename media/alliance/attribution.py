@@ -62,6 +62,16 @@ server knows, before it reaches the signal engine:
   and does not teach the level model. Judged against the owner, so a laptop user in a
   reverberant room, whose words end in the same tail, changes nothing; the owner who moved
   away keeps stopping dead (drift, 4 dialogues: 51 of their 25 700 speech frames vetoed).
+* **Retraction.** The TV that played before the owner's first word (above) is given back
+  afterwards: what was attributed to a role in its first minute is remembered with its
+  100 ms level, and once a voice 10 dB louder than the first second of it has arrived, the
+  remembered frames 12 dB or more under that voice in level bands that play regardless of
+  the conversation (judged as the turn-taking veto judges them, against the owner's band)
+  are returned by ``Attributor.take_retractions`` for the signal engine to take back
+  (``SessionClockEngine.retract_talk``). The turn-taking evidence is what spares an owner
+  who began softly and then spoke up: their soft band takes turns like the rest of them.
+  (background-25 and -15 seed 0: the therapist's talk +17 % and +19 % before, +1.2 % and
+  +4.8 % after.)
 
 Pure numpy on a handful of bands per 20 ms frame: no I/O, no clock, deterministic, so the
 live path and ``rapport analyze`` share it through ``ParticipantAudio``.
@@ -249,6 +259,25 @@ class AttributionTuning:
     echo_cap_room_rate: float | None = None
     room_below_db: float = 10.0
     room_tau_s: float = 20.0
+    #: Retraction (``Attributor.take_retractions``): the speech attributed to a role in
+    #: the first ``retract_record_s`` after their first attributed frame is remembered
+    #: (at most ``retract_max_frames`` frames). Once their level reference has risen
+    #: ``retract_rise_db`` or more above the ``retract_anchor_quantile`` of the 100 ms
+    #: levels of the first ``retract_anchor_frames`` of them (a louder voice has arrived:
+    #: the anchor does not wait for the level model, which a voice heard over the other's
+    #: talk does not teach), remembered frames ``retract_below_db`` or more
+    #: under the new reference in a level band that plays regardless of the conversation
+    #: (``turn_background_ratio`` and ``turn_owner_factor`` against the owner's own band,
+    #: as the turn-taking veto) are given back, checked every ``retract_check_frames``
+    #: until ``retract_deadline_s`` after the first frame. ``retract_rise_db`` None: off.
+    retract_rise_db: float | None = 10.0
+    retract_below_db: float = 12.0
+    retract_anchor_frames: int = 50
+    retract_anchor_quantile: float = 90.0
+    retract_record_s: float = 60.0
+    retract_max_frames: int = 3000
+    retract_deadline_s: float = 120.0
+    retract_check_frames: int = 25
 
 
 class _History:
@@ -714,6 +743,105 @@ class _LevelModel:
         return self._band_ratio(min(self._n_bins - 1, max(0, int(-ref / self._bin_db))))
 
 
+class _EarlyVoice:
+    """What was attributed to one role before their level model knew their voice, kept so it
+    can be given back (see ``AttributionTuning.retract_*``).
+
+    A TV that plays before the owner's first word is the first voice their microphone hears:
+    it becomes the owner's level, and until the owner speaks no cue can refuse it. The
+    owner's voice, when it comes, is louder and takes turns with the other participant;
+    then the bands the earlier voice fell in say what it was, as they say it for a TV
+    heard later. An owner who began softly and then spoke up also raises the reference,
+    but their soft band takes turns like the rest of their voice and stays theirs."""
+
+    def __init__(self, t: AttributionTuning) -> None:
+        frame_s = t.frame_ms / 1000.0
+        self.t = t
+        self._record = round(t.retract_record_s / frame_s)
+        self._deadline = round(t.retract_deadline_s / frame_s)
+        self._first: int | None = None
+        self._anchor: float | None = None
+        self._risen = False
+        self.done = t.retract_rise_db is None
+        #: Remembered frames: their tick and 100 ms level (the run's last frames' mean).
+        self._steps: list[int] = []
+        self._levels: list[float] = []
+        self._recent: list[float] = []
+        self._gap = 0
+        #: Runs of consecutive remembered frames judged not the owner's, not yet taken.
+        self.pending: list[list[int]] = []
+
+    def note(self, step: int, speech: bool, owned: bool, power: float, level: _LevelModel) -> None:
+        """Every tick with a frame: remember an attributed frame; now and then, judge."""
+        t = self.t
+        if speech:
+            self._gap = 0
+            self._recent.append(power)
+            if len(self._recent) > t.turn_level_frames:
+                del self._recent[0]
+        else:
+            self._gap += 1
+            if self._gap > t.level_gap_frames:
+                self._recent.clear()
+        if owned and self._recent and not self._risen:
+            if self._first is None:
+                self._first = step
+            if step - self._first < self._record and len(self._steps) < t.retract_max_frames:
+                self._steps.append(step)
+                self._levels.append(
+                    10.0 * math.log10(sum(self._recent) / len(self._recent) + _TINY)
+                )
+                if self._anchor is None and len(self._levels) >= t.retract_anchor_frames:
+                    self._anchor = float(np.percentile(self._levels, t.retract_anchor_quantile))
+        if self._first is None or step % t.retract_check_frames:
+            return
+        if step - self._first > self._deadline or not self._steps:
+            self.done = True
+            self._steps, self._levels = [], []
+            return
+        ref = level.reference_dbfs
+        if ref is None or self._anchor is None or t.retract_rise_db is None:
+            return
+        if not self._risen:
+            if ref < self._anchor + t.retract_rise_db:
+                return
+            self._risen = True  # a louder voice: what comes now is judged as it comes
+        self._judge(ref, level)
+
+    def _judge(self, ref: float, level: _LevelModel) -> None:
+        """Give back the remembered frames well under the reference in a band that plays
+        regardless of the conversation, judged against the owner's own band."""
+        t = self.t
+        owner = level.owner_ratio()
+        if owner is None or level._far_share < t.turn_min_far_share:
+            return
+        levels = np.asarray(self._levels)
+        bands = np.clip((-levels / t.turn_bin_db).astype(int), 0, level._n_bins - 1)
+        background = np.zeros(level._n_bins, dtype=bool)
+        for b in np.unique(bands).tolist():
+            ratio = level._band_ratio(b)
+            background[b] = (
+                ratio is not None
+                and ratio >= t.turn_background_ratio
+                and ratio >= owner * t.turn_owner_factor
+            )
+        given = background[bands] & (levels <= ref - t.retract_below_db)
+        if not given.any():
+            return
+        run: list[int] = []
+        for step, g in zip(self._steps, given.tolist(), strict=True):
+            if g:
+                run.append(step)
+            elif run:
+                self.pending.append(run)
+                run = []
+        if run:
+            self.pending.append(run)
+        keep = ~given
+        self._steps = [s for s, k in zip(self._steps, keep.tolist(), strict=True) if k]
+        self._levels = levels[keep].tolist()
+
+
 class Attributor:
     """Both roles' frame features in, each role's attributed speech verdict out, per tick."""
 
@@ -733,6 +861,11 @@ class Attributor:
         self._sure = dict.fromkeys(ROLES, False)
         #: Why the last frame's raw speech was overruled, per role (for diagnostics).
         self.vetoed: dict[Role, str | None] = dict.fromkeys(ROLES)
+        #: Ticks stepped so far (the frame index ``take_retractions`` speaks in).
+        self.steps = 0
+        self._early = {r: _EarlyVoice(t) for r in ROLES}
+        #: Frames given back per role so far (diagnostics).
+        self.retracted: dict[Role, int] = dict.fromkeys(ROLES, 0)
 
     def reset(self, role: Role) -> None:
         """A participant's connection changed: echo delay and gain to and from them no longer
@@ -744,6 +877,7 @@ class Attributor:
         self._levels[role] = _LevelModel(t)
         self._talking[role] = False
         self._sure[role] = False
+        self._early[role] = _EarlyVoice(t)
 
     def echo_delay_frames(self, near: Role) -> int:
         """Current estimate of how many frames the other role's voice takes to reach
@@ -800,8 +934,41 @@ class Attributor:
                     else "background"
                 )
             out[role] = owned
+            early = self._early[role]
+            if not early.done:
+                early.note(self.steps, speech, owned, power, level)
         for role in ROLES:
             self._history[role].attributed(frames[role], out[role])
         self._talking = out
         self._sure = {r: self._levels[r].sure for r in ROLES}
+        self.steps += 1
+        return out
+
+    def remembers(self, role: Role) -> bool:
+        """Whether frames of ``role`` attributed so far may still be given back."""
+        return not self._early[role].done
+
+    def take_retractions(self, max_gap: int = 0) -> dict[Role, list[tuple[int, int]]]:
+        """Frames attributed to a role that turned out not to be theirs, once each, as
+        ``[start, end)`` ranges of ``steps``. A pause of fewer than ``max_gap`` frames
+        between two given-back frames, with none of the role's own in it, is inside a range:
+        a caller that bridged such pauses into talk takes them back with it. See
+        ``_EarlyVoice``."""
+        out: dict[Role, list[tuple[int, int]]] = {}
+        for role in ROLES:
+            early = self._early[role]
+            if not early.pending:
+                continue
+            spans: list[tuple[int, int]] = []
+            for run in early.pending:
+                start = prev = run[0]
+                for step in run[1:]:
+                    if step - prev > max(1, max_gap):
+                        spans.append((start, prev + 1))
+                        start = step
+                    prev = step
+                spans.append((start, prev + 1))
+                self.retracted[role] += len(run)
+            early.pending = []
+            out[role] = spans
         return out

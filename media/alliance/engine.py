@@ -500,6 +500,90 @@ class SignalEngine:
         self._redo_seconds(first, window_first)
         return changed
 
+    def retract_talk(self, role: Role, spans: Iterable[tuple[int, int]]) -> int:
+        """Take back talk: ``role`` did not speak in the frames ``[start, end)`` of ``spans``.
+
+        Attribution can learn only later that a voice it gave a participant was somebody
+        else's (a TV playing before their first word seeds their level model; their real,
+        louder voice that takes turns shows it up seconds later, see
+        ``Attributor.take_retractions``). This makes the totals, overlap, silence, the
+        current silence run, long silences (a retraction may complete one that really
+        happened, or merge two into one), the timeline seconds and the 5-minute window
+        what feeding "not speaking" in those frames in real time would have given, for
+        frames already final for the role. What is not redone, as with
+        ``retract_presence``: segments, turns, interruptions, backchannels, latencies and
+        monologues the talk formed, the long-silence events already emitted, and frames not
+        yet final for the role (still inside its open candidate). Frames before the
+        5-minute window are left as counted. A span's bridged pauses were talk only
+        because of the speech around them: the caller includes them in the span. Returns
+        the number of frames changed; a frame without the role's talk is not changed, so
+        retracting twice counts nothing twice.
+        """
+        if self._finalized or not self._started:
+            return 0
+        role = Role(role)
+        bit = _T_TALK if role is Role.THERAPIST else _C_TALK
+        window_first = self._cursor - len(self._win_codes)
+        track = self._tracks[role]
+        pending = len(track.status)  # final for the role, not yet joined with the other
+        changed = 0
+        first: int | None = None
+        for start, end in spans:
+            for index in range(max(start, self._cursor), min(end, self._cursor + pending)):
+                offset = index - self._cursor
+                if track.status[offset]:
+                    track.status[offset] = False
+                    changed += 1
+            for index in range(max(start, window_first, 0), min(end, self._cursor)):
+                j = index - window_first
+                code = self._win_codes[j]
+                if not code & bit:
+                    continue
+                new = code & ~bit
+                self._win_codes[j] = new
+                self._counts[code] -= 1
+                self._counts[new] += 1
+                self._win_counts[code] -= 1
+                self._win_counts[new] += 1
+                changed += 1
+                first = index if first is None else min(first, index)
+        if first is not None:
+            self._redo_silences(first, window_first)
+            self._redo_seconds(first, window_first)
+        return changed
+
+    def _redo_silences(self, first: int, window_first: int) -> None:
+        """Recount the silence runs from the one holding final frame ``first`` to now: the
+        long silences among them and the current run (after frames became silence)."""
+        codes = self._win_codes
+        lo = first
+        while lo > window_first and _is_silence(codes[lo - 1 - window_first]):
+            lo -= 1
+        # The run may have begun before the window: a long silence remembers its start, a
+        # run covering the whole window its length; a short one's earlier part is unknown.
+        before = 0
+        if lo == window_first and _is_silence(codes[0]):
+            for old in self._long_list:
+                if old.start < window_first and (old.end is None or old.end > window_first):
+                    before = window_first - old.start
+            if not before and self._silence_run > self._cursor - window_first:
+                before = self._silence_run - (self._cursor - window_first)
+        kept = [s for s in self._long_list if s.end is not None and s.end <= lo]
+        self._long_silences -= len(self._long_list) - len(kept)
+        self._long_list = deque(kept)
+        run = before
+        for index in range(lo, self._cursor):
+            if _is_silence(codes[index - window_first]):
+                run += 1
+                if run == self._long:
+                    self._long_silences += 1
+                    self._long_list.append(_LongSilence(index + 1 - run))
+            else:
+                if run >= self._long:
+                    self._long_list[-1].end = index
+                run = 0
+        self._silence_run = run
+
     def _redo_seconds(self, first: int, window_first: int) -> None:
         """Recount the timeline seconds from the one holding ``first`` on (window codes)."""
         ms = self.config.frame_ms
@@ -1020,6 +1104,11 @@ class ParticipantAudio:
         self.last_had_frame: dict[Role, bool] = dict.fromkeys(ROLES, False)
         # Word-end carry (VadTuning.carry_frames): frames carried so far in the current run.
         self._carried = dict.fromkeys(ROLES, 0)
+        #: Talk the last tick took back, per role, as engine frame ranges (see ``_retract``):
+        #: the live path records it so a restart replays the same retraction.
+        self.last_retractions: dict[Role, list[tuple[int, int]]] = {}
+        # The attributor's ticks the carry added, while it may still give frames back.
+        self._carried_steps: dict[Role, set[int]] = {role: set() for role in ROLES}
 
     def set_present(self, role: Role, present: bool) -> None:
         """Joined/left/reconnecting. Leaving discards queued audio: it belongs to a
@@ -1114,7 +1203,35 @@ class ParticipantAudio:
             role: verdicts[role] if self._present[role] else None for role in ROLES
         }
         self.last_values = values
-        return self.engine.advance(values)
+        events = self.engine.advance(values)
+        self._retract()
+        return events
+
+    def _retract(self) -> None:
+        """Take back, in the engine, talk the attributor has found was not the speaker's.
+
+        The attributor counts every tick, the engine only from its first frame with anyone
+        present (and a restored session's engine starts ahead of a new attributor): the
+        difference maps one onto the other. A range is widened by the frames the word-end
+        carry added after its last frame (``_carry``): they were talk only because of it."""
+        self.last_retractions = {}
+        for role in ROLES:
+            if self._carried_steps[role] and not self.attributor.remembers(role):
+                self._carried_steps[role] = set()
+        taken = self.attributor.take_retractions(self.engine.config.bridge_frames)
+        if not taken:
+            return
+        offset = self.attributor.steps - self.engine.frames
+        for role, spans in taken.items():
+            carried = self._carried_steps[role]
+            frames = []
+            for start, end in spans:
+                while end in carried:
+                    end += 1
+                if end - offset > 0:
+                    frames.append((max(0, start - offset), end - offset))
+            if frames and self.engine.retract_talk(role, frames):
+                self.last_retractions[role] = frames
 
     def _carry(
         self, frames: Mapping[Role, FrameFeatures | None], verdicts: dict[Role, bool]
@@ -1144,3 +1261,5 @@ class ParticipantAudio:
             ):
                 self._carried[role] += 1
                 verdicts[role] = True
+                if self.attributor.remembers(role):
+                    self._carried_steps[role].add(self.attributor.steps - 1)

@@ -124,6 +124,11 @@ _CODE_STATE: dict[int, bool | None] = {0: None, 1: False, 2: True}
 # is replayed as the same ``retract_presence`` call, so a restart reproduces it exactly.
 _BACKDATE_CODE = {Role.THERAPIST: -1, Role.CLIENT: -2}
 _BACKDATE_ROLE = {code: role for role, code in _BACKDATE_CODE.items()}
+# Talk taken back (``ParticipantAudio.last_retractions``): per range, two entries with the
+# role's code, [code, ticks back to its start] then [code, its length in ticks]; replayed as
+# the same ``retract_talk`` call after the same tick.
+_RETRACT_CODE = {Role.THERAPIST: -3, Role.CLIENT: -4}
+_RETRACT_ROLE = {code: role for role, code in _RETRACT_CODE.items()}
 
 
 def encode_tick(speech: dict[Role, bool | None]) -> int:
@@ -189,7 +194,18 @@ class LiveSignals:
     ) -> LiveSignals:
         """Rebuild a session's engine from its recorded input (after a server restart)."""
         signals = cls(session_id, config)
+        retract_from: int | None = None
         for code, count in runs:
+            if int(code) in _RETRACT_ROLE:
+                engine = signals.engine
+                if retract_from is None:
+                    retract_from = engine.frames - int(count)
+                else:
+                    span = (retract_from, retract_from + int(count))
+                    engine.retract_talk(_RETRACT_ROLE[int(code)], [span])
+                    retract_from = None
+                signals._runs.append([int(code), int(count)])
+                continue
             if int(code) in _BACKDATE_ROLE:
                 engine = signals.engine
                 engine.retract_presence(_BACKDATE_ROLE[int(code)], engine.frames - int(count))
@@ -301,6 +317,11 @@ class LiveSignals:
             for _ in range(due):
                 events = audio.tick()
                 self._record(audio.last_values)
+                for role, spans in audio.last_retractions.items():
+                    frames = self.engine.frames
+                    for start, end in spans:
+                        self._runs.append([_RETRACT_CODE[role], frames - start])
+                        self._runs.append([_RETRACT_CODE[role], end - start])
                 self._ticks += 1
                 for role, had in audio.last_had_frame.items():
                     if had:
