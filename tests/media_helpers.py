@@ -11,6 +11,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
 
+from media.alliance.vad import FrameFeatures
 from media.relay.ice import restrict_host_addresses
 from tests.support import eventually
 
@@ -252,3 +253,16 @@ def rms(frame: object) -> float:
     """The RMS level of a received audio frame."""
     assert isinstance(frame, AudioFrame)
     return float(np.sqrt(np.mean(frame.to_ndarray().astype(np.float64) ** 2)))
+
+
+#: Bands of the synthetic frames attribution tests feed (``level_frame``).
+BANDS = 4
+Level = float | None  # a frame's speech-band level in dBFS, None for silence
+
+
+def level_frame(level: Level) -> FrameFeatures:
+    """A VAD frame at ``level`` dBFS spread evenly over ``BANDS`` bands (None: silence)."""
+    if level is None:
+        return FrameFeatures(False, -100.0, -90.0, 6.0, np.full(BANDS, 1e-10 / BANDS))
+    power = 10.0 ** (level / 10.0)
+    return FrameFeatures(True, level, -90.0, 6.0, np.full(BANDS, power / BANDS))

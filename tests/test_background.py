@@ -27,6 +27,9 @@ from media.alliance.vad import FrameFeatures, VoiceActivityDetector
 from tests.fixtures.dialogues import FRAME_SAMPLES, have_tools, read_wav
 from tests.fixtures.room_report import ROOM_METRICS
 from tests.fixtures.rooms import CONDITIONS, RoomDialogue, generate_room_dialogue
+from tests.media_helpers import BANDS as _BANDS
+from tests.media_helpers import Level
+from tests.media_helpers import level_frame as _frame
 
 needs_tools = pytest.mark.skipif(not have_tools(), reason="needs espeak-ng and sox")
 T, C = Role.THERAPIST, Role.CLIENT
@@ -107,17 +110,6 @@ def test_speech_heard_while_only_the_tv_plays_is_not_attributed(tv_room: RoomDia
                 attributed += out[r]
     assert heard > 2000  # the TV is heard for over a minute in all
     assert attributed < 0.05 * heard, (attributed, heard)
-
-
-_BANDS = 4
-Level = float | None  # a frame's speech-band level in dBFS, None for silence
-
-
-def _frame(level: Level) -> FrameFeatures:
-    if level is None:
-        return FrameFeatures(False, -100.0, -90.0, 6.0, np.full(_BANDS, 1e-10 / _BANDS))
-    power = 10.0 ** (level / 10.0)
-    return FrameFeatures(True, level, -90.0, 6.0, np.full(_BANDS, power / _BANDS))
 
 
 def _attribute(script: Sequence[tuple[Level, Level]]) -> tuple[list[dict[Role, bool]], int]:

@@ -23,6 +23,9 @@ from media.alliance.offline import analyze_files
 from media.alliance.vad import FrameFeatures, VoiceActivityDetector
 from tests.fixtures.dialogues import have_tools
 from tests.fixtures.rooms import CONDITIONS, generate_room_dialogue
+from tests.media_helpers import BANDS as _BANDS
+from tests.media_helpers import Level
+from tests.media_helpers import level_frame as _frame
 
 T, C = Role.THERAPIST, Role.CLIENT
 F = 50  # frames per second at 20 ms
@@ -188,16 +191,6 @@ def test_nothing_is_counted_twice_and_an_empty_retraction_changes_nothing() -> N
 
 
 # --- attribution: which frames are given back --------------------------------------------
-
-_BANDS = 4
-Level = float | None  # a frame's speech-band level in dBFS, None for silence
-
-
-def _frame(level: Level) -> FrameFeatures:
-    if level is None:
-        return FrameFeatures(False, -100.0, -90.0, 6.0, np.full(_BANDS, 1e-10 / _BANDS))
-    power = 10.0 ** (level / 10.0)
-    return FrameFeatures(True, level, -90.0, 6.0, np.full(_BANDS, power / _BANDS))
 
 
 def _conversation(

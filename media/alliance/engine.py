@@ -476,12 +476,7 @@ class SignalEngine:
                 continue
             # As the session clock would have fed it: the one still there is present and not
             # speaking, so their talk in the window leaves the totals with the silence.
-            new = code & ~present_bit & ~(_T_TALK | _C_TALK)
-            self._win_codes[j] = new
-            self._counts[code] -= 1
-            self._counts[new] += 1
-            self._win_counts[code] -= 1
-            self._win_counts[new] += 1
+            self._recode(j, code, code & ~present_bit & ~(_T_TALK | _C_TALK))
             changed += 1
         # The current silence run ends where the absence now starts.
         run = self._silence_run
@@ -539,12 +534,7 @@ class SignalEngine:
                 code = self._win_codes[j]
                 if not code & bit:
                     continue
-                new = code & ~bit
-                self._win_codes[j] = new
-                self._counts[code] -= 1
-                self._counts[new] += 1
-                self._win_counts[code] -= 1
-                self._win_counts[new] += 1
+                self._recode(j, code, code & ~bit)
                 changed += 1
                 first = index if first is None else min(first, index)
         if first is not None:
@@ -583,6 +573,15 @@ class SignalEngine:
                     self._long_list[-1].end = index
                 run = 0
         self._silence_run = run
+
+    def _recode(self, j: int, code: int, new: int) -> None:
+        """Window frame ``j`` was counted as ``code`` and is now ``new`` (a re-dated absence
+        or retracted talk): its window slot and both counts move with it."""
+        self._win_codes[j] = new
+        self._counts[code] -= 1
+        self._counts[new] += 1
+        self._win_counts[code] -= 1
+        self._win_counts[new] += 1
 
     def _redo_seconds(self, first: int, window_first: int) -> None:
         """Recount the timeline seconds from the one holding ``first`` on (window codes)."""
