@@ -143,7 +143,7 @@ class AttributionTuning:
     #: (test_attribution's ``test_tv_at_minus_15_db_is_not_the_listeners_talk``) the gate
     #: has not yet heard the ~20 s of the other's talk it needs: a TV in the first minute
     #: gets through. Off until the gate acts within the first seconds.
-    echo_reg_cap_db: float | None = None
+    echo_reg_cap_db: float | None = 10.0
     echo_reg_tau_s: float = 8.0
     #: The near power enters the regression clipped at this running quantile of itself: the
     #: near speaker's own words in the learning frames fall mostly in the far voice's pauses
@@ -256,9 +256,12 @@ class AttributionTuning:
     #: from the TV over the other's voice, it is what vetoes the TV heard over their talk.
     #: (Measured on 15 rooms of 180 s: clean, noise, drift, combined and echo peak at
     #: 0.02-0.09 per microphone, TV rooms at 0.02-0.24.) None: the cap always applies.
-    echo_cap_room_rate: float | None = None
+    echo_cap_room_rate: float | None = 0.05
     room_below_db: float = 10.0
     room_tau_s: float = 20.0
+    #: The cap applies only once this much of the other's sure talk has been heard (the
+    #: rate a plain mean until ``room_tau_s``): before it, nothing says there is no TV.
+    room_min_s: float = 10.0
     #: Retraction (``Attributor.take_retractions``): the speech attributed to a role in
     #: the first ``retract_record_s`` after their first attributed frame is remembered
     #: (at most ``retract_max_frames`` frames). Once their level reference has risen
@@ -517,6 +520,8 @@ class _LevelModel:
         #: (see AttributionTuning.echo_cap_room_rate).
         self.room_rate = 0.0
         self._room_alpha = min(1.0, frame_s / t.room_tau_s)
+        self._room_seen = 0
+        self._room_min = round(t.room_min_s / frame_s)
 
     def observe(self, level_dbfs: float, speech: bool, power: float) -> None:
         """Every frame (speech or not, with its full-band level): the sharpness of the
@@ -604,8 +609,6 @@ class _LevelModel:
         self.turn_ratio = None
         self.turn_veto = False
         self.smooth_veto = False
-        if far_sure and t.echo_cap_room_rate is not None:
-            self._learn_room(speech, power)
         if not speech:
             self._gap += 1
             if self._gap > t.level_gap_frames:
@@ -679,14 +682,22 @@ class _LevelModel:
         self.sure = self._owned and short_db >= ref - t.turn_sure_db
         return self._owned
 
-    def _learn_room(self, speech: bool, power: float) -> None:
-        """A frame heard while the other participant surely talks: was it speech well
-        under the owner's level (the room)? Only once the owner's level is known."""
+    def learn_room(self, speech: bool, power: float) -> None:
+        """A frame heard while the other participant surely talks, judged as the capped echo
+        gain would leave it: was it speech well under the owner's level (the room)? Only
+        once the owner's level is known."""
         ref = self.reference_dbfs
         if ref is None or self.fed < self._warmup:
             return
         room = speech and 10.0 * math.log10(power + _TINY) < ref - self.t.room_below_db
-        self.room_rate += (float(room) - self.room_rate) * self._room_alpha
+        self._room_seen += 1
+        alpha = max(self._room_alpha, 1.0 / self._room_seen)
+        self.room_rate += (float(room) - self.room_rate) * alpha
+
+    def cap_echo(self) -> bool:
+        """Whether the echo gain's regression cap applies (see ``echo_cap_room_rate``)."""
+        gate = self.t.echo_cap_room_rate
+        return gate is None or (self._room_seen >= self._room_min and self.room_rate < gate)
 
     def _turn_ratio(self, level: float, far_talking: bool) -> float | None:
         """Learn this frame's band, then return how much more (> 1) or less (< 1) often than
@@ -912,15 +923,28 @@ class Attributor:
                 path.learn(f.bands, f.bands * 0.0 if noise is None else noise, far_pred)
             speech = f.speech
             power = 0.0
+            gated = t.echo_cap_room_rate is not None
             if speech:
+                threshold = f.floor_dbfs + f.margin_db
                 if t.echo_min_coherence > 0 and path.coherence < t.echo_min_coherence:
                     power = float(f.bands[: self.gate_bands].sum())
+                elif gated:
+                    # The room is judged on what the capped gain lets through, whichever
+                    # gain is used: the uncapped one vetoes the TV it is there to find.
+                    capped = path.residual(f.bands, far_pred, self.gate_bands, True)
+                    if self._sure[far]:
+                        level.learn_room(10.0 * math.log10(capped + _TINY) >= threshold, capped)
+                    if level.cap_echo():
+                        power = capped
+                    else:
+                        power = path.residual(f.bands, far_pred, self.gate_bands, False)
                 else:
-                    capped = t.echo_cap_room_rate is None or level.room_rate < t.echo_cap_room_rate
-                    power = path.residual(f.bands, far_pred, self.gate_bands, capped)
-                if 10.0 * math.log10(power + _TINY) < f.floor_dbfs + f.margin_db:
+                    power = path.residual(f.bands, far_pred, self.gate_bands)
+                if 10.0 * math.log10(power + _TINY) < threshold:
                     speech = False
                     self.vetoed[role] = "echo"
+            elif gated and self._sure[far]:
+                level.learn_room(False, 0.0)
             level.observe(f.level_dbfs, speech, power)
             owned = level.owns(speech, power, self._talking[far], self._sure[far])
             if speech and not self._talking[far] and not level.turn_veto and not level.smooth_veto:
