@@ -256,7 +256,7 @@ class AttributionTuning:
     #: from the TV over the other's voice, it is what vetoes the TV heard over their talk.
     #: (Measured on 15 rooms of 180 s: clean, noise, drift, combined and echo peak at
     #: 0.02-0.09 per microphone, TV rooms at 0.02-0.24.) None: the cap always applies.
-    echo_cap_room_rate: float | None = 0.05
+    echo_cap_room_rate: float | None = 0.07
     room_below_db: float = 10.0
     room_tau_s: float = 20.0
     #: The cap applies only once this much of the other's sure talk has been heard (the
@@ -894,6 +894,11 @@ class Attributor:
         """Current estimate of how many frames the other role's voice takes to reach
         ``near``'s microphone."""
         return self._echo[near].delay
+
+    def echo_capped(self, role: Role) -> bool:
+        """Whether ``role``'s echo veto now uses the regression-capped gain (see
+        ``AttributionTuning.echo_cap_room_rate``)."""
+        return self.tuning.echo_reg_cap_db is not None and self._levels[role].cap_echo()
 
     def reference_dbfs(self, role: Role) -> float | None:
         """The level model's idea of how loud ``role``'s own voice is (None: not yet heard)."""
