@@ -274,7 +274,6 @@ def test_a_voice_far_under_the_owner_is_not_taken_during_the_warm_up() -> None:
     assert sum(v[T] for v in verdicts[quiet:]) == 20
 
 
-
 def _turns(seconds: float) -> list[tuple[Level, Level]]:
     """Therapist and client take turns (2 s each, a 0.5 s pause between), their syllables
     (0.1 s) at −18…−24 dBFS."""
