@@ -65,10 +65,10 @@ def test_a_tv_over_the_others_talk_is_refused_with_the_echo_cap_on(tmp_path: Pat
     what refused the TV heard while the other talks: background-15 seed 4 with the cap
     alone counts 5.9 s of overlap too many and a long silence too few. The microphone
     shows it is such a room — the other's sure talk often comes with speech far under the
-    owner's level — and there the gain is used uncapped: overlap +1.7 s, within the bar."""
+    owner's level — and there the gain is used uncapped: overlap +1.7 s, within the bar.
+    (The cap and its gate are the defaults since session 25.)"""
     d = generate_room_dialogue(4, CONDITIONS["background-15"], 180.0, tmp_path).dialogue
-    tuning = AttributionTuning(echo_reg_cap_db=10.0, echo_cap_room_rate=0.05)
-    feed = ParticipantAudio(SessionClockEngine(None), attribution=tuning)
+    feed = ParticipantAudio(SessionClockEngine(None))
     pcm = {r: decode_mono_48k(d.wav(r)) for r in ROLES}
     n = feed.frame_samples
     for r in ROLES:
