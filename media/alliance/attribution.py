@@ -939,7 +939,8 @@ class Attributor:
                 path.learn(f.bands, f.bands * 0.0 if noise is None else noise, far_pred)
             speech = f.speech
             power = 0.0
-            gated = t.echo_cap_room_rate is not None
+            # Without a cap both gains are the same: nothing for the gate to choose.
+            gated = t.echo_cap_room_rate is not None and t.echo_reg_cap_db is not None
             if speech:
                 threshold = f.floor_dbfs + f.margin_db
                 if t.echo_min_coherence > 0 and path.coherence < t.echo_min_coherence:
