@@ -189,8 +189,9 @@ class Settings(BaseSettings):
     signal_tick_ms: int = Field(default=100, ge=20, le=200)
     # Silero VAD's assist to the voice activity (docs/silero.md): quiet speech under noise
     # (a speaker who moved away, soft voices) counts; off falls back to webrtcvad alone.
-    # Costs ~+0.015 CPU s/s per session (bench-signals: 0.025-0.026 with it, 0.010-0.011
-    # without, budget 0.03); the model is loaded at start-up and a failure to load is fatal.
+    # Costs ~+0.009 CPU s/s per session (bench-signals: 0.024 with it, 0.015 without on a
+    # machine where onnxruntime's version measured 0.035; budget 0.03); the weights are
+    # loaded at start-up and a failure to load is fatal.
     silero_assist: bool = True
     # --- cluster (several nodes, issue 15) ---
     # Redis (redis://host:6379/0) shared by every node: set it to run several nodes behind one

@@ -1,5 +1,6 @@
-"""Silero VAD on onnxruntime (media/alliance/silero.py): hears speech, not noise, and gives
-the same answer for the same audio however the frames are cut."""
+"""Silero VAD in numpy (media/alliance/silero.py): the network of the shipped ONNX file, as
+onnxruntime runs it; hears speech, not noise; and gives the same answer for the same audio
+however the frames are cut."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 import media.alliance.silero as silero
 from media.alliance.silero import (
     SILERO_MODEL_SHA256,
+    SileroModel,
     SileroTrack,
     SileroUnavailable,
     silero_model_path,
@@ -58,14 +60,79 @@ def _probabilities(pcm: np.ndarray, piece: int, every: int) -> list[float]:
     return out
 
 
-def test_the_shipped_model_is_silero_s_and_runs_without_torch() -> None:
+def _onnxruntime_session() -> Any:
+    """onnxruntime running the shipped ONNX file itself: the reference (a test dependency;
+    telemetry off before the first import, as its wheels would otherwise keep a device id)."""
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(
+        str(silero_model_path()), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def test_the_shipped_model_is_silero_s_and_runs_without_torch_or_onnxruntime() -> None:
     import hashlib
-    import sys
 
     path = silero_model_path()
     assert hashlib.sha256(path.read_bytes()).hexdigest() == SILERO_MODEL_SHA256
-    SileroTrack()  # loads it with onnxruntime alone
-    assert "torch" not in sys.modules
+    script = (
+        "import sys, numpy as np\n"
+        "from media.alliance.silero import SileroTrack\n"
+        "track = SileroTrack()\n"
+        "for _ in range(20):\n"
+        "    track.push(np.zeros(960, dtype=np.int16))\n"
+        "print(sorted(m for m in ('torch', 'onnxruntime', 'onnx') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_numpy_network_is_the_onnx_model_as_onnxruntime_runs_it() -> None:
+    """Chunk by chunk over 40 s of speech in noise and quiet, the numpy network gives what
+    onnxruntime gives on the ONNX file (same state carried along): within float32 rounding,
+    and never on the other side of a threshold the detector uses. Fails if a weight, the
+    STFT padding, a convolution's stride or the LSTM's gate order is wrong."""
+    session = _onnxruntime_session()
+    loud, _ = _speech_in_noise("pink", level_dbfs=-25.0)
+    quiet, _ = _speech_in_noise("white", level_dbfs=-45.0)
+    track = SileroTrack()
+    pcm = np.concatenate([loud, quiet, loud[::-1]])
+    n_frames = pcm.size // FRAME_SAMPLES
+    low, _ = track._decimate(pcm[: n_frames * FRAME_SAMPLES], np.array([n_frames * 960]))
+    signal = np.concatenate([np.zeros(64, dtype=np.float32), low])
+    count = (signal.size - 64) // 512
+    chunks = np.stack([signal[k * 512 : k * 512 + 576] for k in range(count)])
+    state = np.zeros((2, 1, 128), dtype=np.float32)
+    reference = np.empty(count, dtype=np.float32)
+    for k in range(count):
+        out, state = session.run(
+            None, {"input": chunks[k : k + 1], "state": state, "sr": np.array(16000)}
+        )
+        reference[k] = out[0, 0]
+    model = silero.silero_model()
+    gates = model.input_gates(chunks)
+    h = np.zeros((1, 128), dtype=np.float32)
+    c = np.zeros((1, 128), dtype=np.float32)
+    ours = np.empty(count, dtype=np.float32)
+    for k in range(count):
+        probability, h, c = model.step(gates[k : k + 1], h, c)
+        ours[k] = probability[0]
+    assert count > 1200 and reference.max() > 0.9 and reference.min() < 0.05
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=2e-5)
+    for threshold in (0.35, 0.5, 0.8):
+        assert ((ours >= threshold) == (reference >= threshold)).all()
+    np.testing.assert_allclose(
+        np.concatenate([h[0], c[0]]), state.reshape(-1), rtol=1e-5, atol=2e-5
+    )
 
 
 @pytest.mark.parametrize("kind", ["white", "pink", "hum"])
@@ -114,16 +181,23 @@ def test_detector_with_silero_catches_speech_and_rejects_noise(model: str) -> No
     assert (speech & ~mask).sum() <= 0.02 * (~mask).sum()
 
 
-def test_without_onnxruntime_the_error_says_what_to_install(
+def test_without_the_weights_the_error_names_the_missing_file(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
-    silero._session.cache_clear()
+    monkeypatch.setattr(silero, "SILERO_WEIGHTS_FILE", "no-such-weights.npz")
+    silero._model.cache_clear()
     try:
-        with pytest.raises(SileroUnavailable, match="pip install onnxruntime"):
+        with pytest.raises(SileroUnavailable, match=r"no-such-weights\.npz is missing"):
             VoiceActivityDetector(tuning=VadTuning(voice_model="either"))
     finally:
-        silero._session.cache_clear()
+        silero._model.cache_clear()
+
+
+def test_unreadable_weights_are_refused_with_the_reason(tmp_path: Path) -> None:
+    broken = tmp_path / "weights.npz"
+    np.savez(broken, stft_basis=np.zeros((258, 256), dtype=np.float32))
+    with pytest.raises(SileroUnavailable, match="cannot read the Silero VAD weights"):
+        SileroModel(broken)
 
 
 def test_rejects_unknown_model_and_rates() -> None:
@@ -179,15 +253,18 @@ def test_live_glue_batches_silero_without_changing_a_verdict(
     from media.alliance.engine import ParticipantAudio
     from media.participants import Role
 
-    session = silero.silero_session()
+    model = silero.silero_model()
     batch_sizes: list[int] = []
 
-    class CountingSession:
-        def run(self, names: Any, feed: dict[str, np.ndarray]) -> Any:
-            batch_sizes.append(feed["input"].shape[0])
-            return session.run(names, feed)
+    class CountingModel:
+        def input_gates(self, chunks: np.ndarray) -> np.ndarray:
+            return model.input_gates(chunks)
 
-    counting = CountingSession()
+        def step(self, gates: np.ndarray, h: np.ndarray, c: np.ndarray) -> Any:
+            batch_sizes.append(gates.shape[0])
+            return model.step(gates, h, c)
+
+    counting = CountingModel()
 
     speech, _ = _speech_in_noise("pink", level_dbfs=-35.0)
     other, _ = _speech_in_noise("white", level_dbfs=-28.0)
@@ -197,7 +274,7 @@ def test_live_glue_batches_silero_without_changing_a_verdict(
         vad = VoiceActivityDetector(tuning=SILERO_ASSIST)
         reference[role] = [vad.analyze(f) for f in _frames_of(pcm)]
 
-    monkeypatch.setattr(silero, "_session", lambda: counting)
+    monkeypatch.setattr(silero, "silero_model", lambda: counting)
     audio = ParticipantAudio(vad_tuning=SILERO_ASSIST)
     for role in Role:
         audio.set_present(role, True)
@@ -234,7 +311,7 @@ def test_live_glue_batches_silero_without_changing_a_verdict(
             (f.level_dbfs, f.floor_dbfs, f.margin_db) for f in want
         ]
     assert sum(f.speech for f in seen[Role.THERAPIST]) > 50
-    # 14 s per track is ~440 chunks each: many went through in runs carrying both tracks.
+    # 14 s per track is ~440 chunks each: many went through in steps carrying both tracks.
     assert batch_sizes.count(2) > 150 and set(batch_sizes) <= {1, 2}
 
 
@@ -259,22 +336,21 @@ def test_the_silero_assist_setting_reaches_the_live_path(
         finally:
             hub.thread.stop()
     # A server that cannot run the model says so when it starts, not at the first session.
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    silero._session.cache_clear()
+    monkeypatch.setattr(silero, "SILERO_WEIGHTS_FILE", "no-such-weights.npz")
+    silero._model.cache_clear()
     try:
-        with pytest.raises(SileroUnavailable, match="pip install onnxruntime"):
+        with pytest.raises(SileroUnavailable, match=r"no-such-weights\.npz is missing"):
             SignalsHub(cast(Database, None), silero_assist=True)
         SignalsHub(cast(Database, None), silero_assist=False)  # webrtcvad alone needs nothing
     finally:
-        silero._session.cache_clear()
+        silero._model.cache_clear()
 
 
-def test_onnxruntime_keeps_no_telemetry_on_disk(tmp_path: Path) -> None:
-    """onnxruntime's wheels keep a device id and an event cache under ~/.cache/Microsoft
-    (and would upload them): loading and running Silero through our code writes nothing
-    into the home directory, whatever the environment said about telemetry before."""
+def test_running_silero_writes_nothing_to_the_home_directory(tmp_path: Path) -> None:
+    """Loading and running the model writes nothing under HOME (onnxruntime's wheels kept a
+    device id and an event cache under ~/.cache/Microsoft; the server no longer loads it)."""
     env = {k: v for k, v in os.environ.items() if k not in ("XDG_CACHE_HOME", "HOME")}
-    env.update(HOME=str(tmp_path), ORT_DISABLE_TELEMETRY="0", PYTHONPATH=str(ROOT))
+    env.update(HOME=str(tmp_path), PYTHONPATH=str(ROOT))
     script = (
         "import numpy as np\n"
         "from media.alliance.silero import SileroTrack\n"

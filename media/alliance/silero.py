@@ -1,4 +1,4 @@
-"""Silero VAD as a second voice-activity opinion, on onnxruntime only.
+"""Silero VAD as a second voice-activity opinion, in numpy.
 
 webrtcvad is a small GMM on a few sub-band energies: it misses quiet speech that a trained
 recurrent model still hears (the ends of words, a speaker who moved away from the
@@ -7,119 +7,194 @@ network trained on thousands of hours of speech and noise, small enough (1.3 MB)
 with Rapport, so nothing is downloaded at run time.
 
 The model file is ``media/alliance/data/silero_vad_16k_op15.onnx``, copied unchanged from the
-``silero-vad`` 6.2.3 wheel (MIT licence beside it; sha256 ``7ed98ddb…8788e3``): the wheel
-itself depends on torch, which Rapport does not need, so it is not a dependency; the model
-runs on onnxruntime alone (a dependency: the assist is the default voice model, see
-docs/silero.md).
+``silero-vad`` 6.2.3 wheel (MIT licence beside it; sha256 ``7ed98ddb…8788e3``). Its weights,
+unchanged, are also stored as plain arrays in ``silero_vad_16k_weights.npz`` (derived by
+``python -m tests.fixtures.silero_weights``), and this module runs the network on them in
+numpy: an STFT, four convolutions and one LSTM step per 32 ms chunk. onnxruntime ran it
+before, and tests/test_vad_silero.py still checks this code against onnxruntime running the
+ONNX file (probabilities within 1e-5, no threshold crossed differently).
+
+Why not onnxruntime: the cost per session counts. The network is tiny, and onnxruntime's
+fixed cost per ``run`` (its graph walk, with ``If`` nodes around the recurrent part) is most
+of it; the state forbids batching a track's chunks in time, so a session paid one ``run``
+per 32 ms. Here the convolutional front end has no state, so it runs once per wake-up over
+every chunk of every track (a few small matrix products), and only the LSTM step, two
+128-wide matrix-vector products, runs per chunk position: about half the CPU of onnxruntime
+in a tight loop, and no second runtime in the server process (docs/silero.md).
 
 The model takes 16 kHz audio in 512-sample chunks (32 ms) plus 64 samples of context and a
 recurrent state; our frames are 48 kHz, 20 ms. Each track therefore keeps its own
 decimating FIR state, a chunk buffer, the context and the recurrent state, and reports the
-probability of the newest complete chunk. One ``InferenceSession`` (single-threaded, so it
-is deterministic and its CPU stays on the calling thread) is shared by every track of the
-process: ``run`` is thread-safe and the state lives outside the session.
-
-Most of the cost is onnxruntime's fixed cost per ``run`` (a row costs ~60 µs, a call ~60 µs
-more), so ``silero_probabilities`` takes a whole wake-up's frames of several tracks at
-once: decimation and chunking once per track, then one ``run`` per chunk position with a
-row per track (the state's batch axis). Rows never mix and each FIR output is its own dot
+probability of the newest complete chunk. Rows never mix and each FIR output is its own dot
 product, so the probabilities are the same however frames are cut or batched.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 __all__ = [
     "SILERO_MODEL_FILE",
     "SILERO_MODEL_SHA256",
+    "SILERO_WEIGHTS_FILE",
+    "SileroModel",
     "SileroTrack",
     "SileroUnavailable",
+    "silero_model",
     "silero_model_path",
     "silero_probabilities",
-    "silero_session",
+    "silero_weights_path",
 ]
 
 #: The 16 kHz model of the silero-vad 6.2.3 wheel (opset 15), shipped with Rapport.
 SILERO_MODEL_FILE = "silero_vad_16k_op15.onnx"
 SILERO_MODEL_SHA256 = "7ed98ddbad84ccac4cd0aeb3099049280713df825c610a8ed34543318f1b2c49"
+#: The same model's weights as numpy arrays (tests/fixtures/silero_weights.py).
+SILERO_WEIGHTS_FILE = "silero_vad_16k_weights.npz"
 _RATE = 16000
 _CHUNK = 512
 _CONTEXT = 64
 _DECIMATE = 3  # 48 kHz -> 16 kHz
-_SR = np.array(_RATE, dtype=np.int64)
+_N_FFT = 256
+_HOP = 128
+_HIDDEN = 128
 
 
 class SileroUnavailable(RuntimeError):
-    """onnxruntime is not installed, or the model file is missing."""
+    """The model's weights are missing or unreadable."""
+
+
+def _data_file(name: str) -> Path:
+    path = Path(__file__).resolve().parent / "data" / name
+    if not path.is_file():
+        raise SileroUnavailable(f"the Silero VAD model file {path} is missing")
+    return path
 
 
 def silero_model_path() -> Path:
-    """The ONNX model file shipped in media/alliance/data."""
-    path = Path(__file__).resolve().parent / "data" / SILERO_MODEL_FILE
-    if not path.is_file():
-        raise SileroUnavailable(f"the Silero VAD model {path} is missing")
-    return path
+    """The ONNX model file shipped in media/alliance/data (the weights' source)."""
+    return _data_file(SILERO_MODEL_FILE)
+
+
+def silero_weights_path() -> Path:
+    """The weights Rapport runs, derived unchanged from the ONNX file."""
+    return _data_file(SILERO_WEIGHTS_FILE)
+
+
+def _limit_blas_threads() -> None:
+    """One BLAS thread for the process. The network's matrix products are tiny (a few
+    hundred kFLOP); OpenBLAS still splits them over every core, and the second thread costs
+    as much CPU as it saves wall time (measured: 41 µs of CPU for a 20 µs product on 2
+    cores, 33 µs on one). A server's numpy work is all this small, and its cores belong to
+    the media pipeline, so the limit is for the whole process, set once when the model loads."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
+class SileroModel:
+    """Silero VAD's 16 kHz network on numpy, split where its state is.
+
+    ``input_gates`` is everything before the recurrence: the chunk's magnitude spectrum (a
+    256-point STFT with hop 128 over the chunk and its context, reflect-padded by 64; an FFT
+    here, a convolution with DFT kernels in the ONNX graph), four
+    3-tap convolutions with ReLU (strides 1, 2, 2, 1: four STFT frames become one 128-wide
+    feature), and the LSTM's input projection. It has no state, so any number of chunks go
+    through at once. ``step`` is the LSTM step (gates i, f, g, o, PyTorch's order) and the head
+    (ReLU, a 1x1 convolution, a sigmoid), per chunk position, a row per track.
+    """
+
+    def __init__(self, path: Path) -> None:
+        try:
+            with np.load(path) as data:
+                w = {key: np.asarray(data[key], dtype=np.float32) for key in data.files}
+            # The model's STFT is a convolution whose kernels are a window times the cosines
+            # (real parts, bins 0..128) and sines of a 256-point DFT: the same magnitudes come
+            # from an FFT of the windowed frames, at a fraction of the cost. The window is
+            # the DC kernel; the rest is checked, so other weights cannot slip through.
+            basis = w["stft_basis"].astype(np.float64)
+            self._window = w["stft_basis"][0].copy()
+            n = np.arange(_N_FFT)
+            angle = 2 * np.pi * np.outer(np.arange(_N_FFT // 2 + 1), n) / _N_FFT
+            dft = np.concatenate([np.cos(angle), -np.sin(angle)]) * self._window
+            if not np.allclose(basis, dft, rtol=0, atol=1e-5):
+                raise ValueError("the STFT kernels are not a windowed DFT")
+            self._convs = []
+            for k, stride in enumerate((1, 2, 2, 1)):
+                weight = w[f"enc{k}_w"]  # (out, in, 3) -> rows ordered tap-major, then input
+                kernel = weight.transpose(2, 1, 0).reshape(-1, weight.shape[0])
+                self._convs.append((np.ascontiguousarray(kernel), w[f"enc{k}_b"], stride))
+            self._w_in = np.ascontiguousarray(w["lstm_w_ih"].T)  # (128, 512)
+            self._w_rec = np.ascontiguousarray(w["lstm_w_hh"].T)  # (128, 512)
+            self._bias = w["lstm_b_ih"] + w["lstm_b_hh"]
+            self._head = np.ascontiguousarray(w["head_w"])
+            self._head_bias = np.float32(w["head_b"][0])
+        except (OSError, KeyError, ValueError) as exc:
+            raise SileroUnavailable(f"cannot read the Silero VAD weights {path}: {exc}") from exc
+
+    def input_gates(self, chunks: np.ndarray) -> np.ndarray:
+        """``chunks``: (n, 576) float32, each a chunk after its 64 samples of context.
+        Returns (n, 512): the LSTM's input gates for each, bias included."""
+        n = chunks.shape[0]
+        if n == 0:
+            return np.zeros((0, 4 * _HIDDEN), dtype=np.float32)
+        # Reflect padding of 64 on the right (the model's ``Pad``, mode reflect).
+        padded = np.concatenate([chunks, chunks[:, -2 : -_CONTEXT - 2 : -1]], axis=1)
+        frames_per_chunk = (padded.shape[1] - _N_FFT) // _HOP + 1
+        stride_n, stride_t = padded.strides
+        frames = np.lib.stride_tricks.as_strided(
+            padded,
+            (n, frames_per_chunk, _N_FFT),
+            (stride_n, stride_t * _HOP, stride_t),
+            writeable=False,
+        )
+        h = np.abs(np.fft.rfft(frames * self._window, axis=2))  # (n, frames, 129)
+        for kernel, bias, stride in self._convs:  # channels last: (n, time, channels)
+            steps, channels = h.shape[1], h.shape[2]
+            out_steps = (steps - 1) // stride + 1
+            edged = np.zeros((n, steps + 2, channels), dtype=np.float32)
+            edged[:, 1:-1] = h
+            end = stride * (out_steps - 1) + 1
+            taps = np.concatenate([edged[:, j : j + end : stride] for j in range(3)], axis=2)
+            h = np.maximum(taps.reshape(n * out_steps, 3 * channels) @ kernel + bias, 0.0)
+            h = h.reshape(n, out_steps, -1)
+        gates: np.ndarray = h[:, 0] @ self._w_in + self._bias
+        return gates
+
+    def step(
+        self, input_gates: np.ndarray, h: np.ndarray, c: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One LSTM step for a row per track: (probabilities, new h, new c)."""
+        gates = input_gates + h @ self._w_rec
+        n = _HIDDEN
+        sig = 1.0 / (1.0 + np.exp(-gates))  # the cell's candidate (3rd quarter) is tanh
+        c_new = sig[:, n : 2 * n] * c + sig[:, :n] * np.tanh(gates[:, 2 * n : 3 * n])
+        h_new = sig[:, 3 * n :] * np.tanh(c_new)
+        logit = np.maximum(h_new, 0.0) @ self._head + self._head_bias
+        probability: np.ndarray = 1.0 / (1.0 + np.exp(-logit))
+        return probability, h_new, c_new
 
 
 _lock = threading.Lock()
 
 
-#: onnxruntime's official wheels carry telemetry (1DS on Linux since 2026): a persistent
-#: device identifier and an event cache under ~/.cache/Microsoft/DeveloperTools, and an
-#: uploader to Microsoft. A therapy server sends nothing anywhere and writes nothing it does
-#: not need, so it is switched off, for the whole process, before onnxruntime is first
-#: imported (the library latches the choice at initialisation). Forced, not defaulted: no
-#: environment may turn it back on.
-_TELEMETRY_OFF = {"ORT_DISABLE_TELEMETRY": "1"}
-
-
-def _import_onnxruntime() -> Any:
-    os.environ.update(_TELEMETRY_OFF)
-    import onnxruntime as ort
-
-    # Windows builds report through ETW instead; this turns those events off too.
-    ort.disable_telemetry_events()
-    return ort
-
-
 @cache
-def _session() -> Any:
-    try:
-        ort = _import_onnxruntime()
-    except ImportError as exc:
-        raise SileroUnavailable(
-            "Silero VAD needs onnxruntime (a dependency of rapport: pip install onnxruntime, "
-            "or RAPPORT_SILERO_ASSIST=false for webrtcvad alone)"
-        ) from exc
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    path = silero_model_path()
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise SileroUnavailable(
-            f"onnxruntime cannot load the Silero VAD model {path}: {exc}"
-        ) from exc
+def _model() -> SileroModel:
+    _limit_blas_threads()
+    return SileroModel(silero_weights_path())
 
 
-def silero_session() -> Any:
-    """The process's one ``InferenceSession`` (loaded on first use, then shared by every
-    track: ``run`` is thread-safe). Raises ``SileroUnavailable`` with the reason if
-    onnxruntime or the model is missing, so a server can check at start-up."""
+def silero_model() -> SileroModel:
+    """The process's one model (loaded on first use, then shared by every track: it holds
+    only weights; each track keeps its own state). Raises ``SileroUnavailable`` with the
+    reason if the weights are missing, so a server can check at start-up."""
     with _lock:
-        return _session()
+        return _model()
 
 
 def _lowpass(taps: int = 31, cutoff_hz: float = 7000.0, rate: int = 48000) -> np.ndarray:
@@ -147,14 +222,15 @@ class SileroTrack:
         if sample_rate % _RATE:
             raise ValueError(f"sample_rate must be a multiple of {_RATE}, got {sample_rate}")
         self._step = sample_rate // _RATE
-        silero_session()  # loads the model (once per process) or says why it cannot
+        silero_model()  # loads the model (once per process) or says why it cannot
         self._fir = _FIR if self._step == _DECIMATE else _lowpass(rate=sample_rate)
         self._fir_reversed = np.ascontiguousarray(self._fir[::-1])
         self.reset()
 
     def reset(self) -> None:
         """Forget the audio so far (a new device or connection)."""
-        self._state = np.zeros((2, 1, 128), dtype=np.float32)
+        self._h = np.zeros(_HIDDEN, dtype=np.float32)  # the LSTM's state
+        self._c = np.zeros(_HIDDEN, dtype=np.float32)
         # The context (the previous chunk's last 64 samples) followed by the samples not yet
         # in a whole chunk: the next chunk's model input is this buffer's first 576 samples.
         self._buffer = np.zeros(_CONTEXT, dtype=np.float32)
@@ -204,9 +280,9 @@ def silero_probabilities(
     """Feed each track its mono int16 samples and return, per track, the newest chunk's
     probability at the end of each of its frames (``frames``: their sizes, in order).
 
-    The tracks' chunks go through the model together, one ``run`` per chunk position with a
-    row per track that has a chunk there: the model's state has a batch axis and rows never
-    mix, and one call for two rows costs far less than two calls (fixed per-call overhead).
+    The tracks' chunks go through the model together: the stateless front end in one batch,
+    then one LSTM step per chunk position with a row per track that has a chunk there (rows
+    never mix, so a track's probabilities do not depend on what it is batched with).
     """
     chunk_inputs: list[np.ndarray] = []
     chunk_ends: list[np.ndarray] = []
@@ -225,21 +301,27 @@ def silero_probabilities(
         )
         track._buffer = buffer[n * _CHUNK :].copy()
         chunk_ends.append((held + counts) // _CHUNK)  # chunks complete at each frame's end
-    outputs = [np.empty(inputs.shape[0], dtype=np.float32) for inputs in chunk_inputs]
-    session = silero_session()
-    for k in range(max((inputs.shape[0] for inputs in chunk_inputs), default=0)):
-        rows = [i for i, inputs in enumerate(chunk_inputs) if inputs.shape[0] > k]
-        if len(rows) == 1:
-            (i,) = rows
-            model_in = np.ascontiguousarray(chunk_inputs[i][k : k + 1])
-            state = tracks[i]._state
-        else:
-            model_in = np.stack([chunk_inputs[i][k] for i in rows])
-            state = np.concatenate([tracks[i]._state for i in rows], axis=1)
-        out, state_n = session.run(None, {"input": model_in, "state": state, "sr": _SR})
-        for row, i in enumerate(rows):
-            tracks[i]._state = np.ascontiguousarray(state_n[:, row : row + 1])
-            outputs[i][k] = out[row, 0]
+    # The stateless front end once over every chunk of every track; then the LSTM step per
+    # chunk position, a row per track that has a chunk there.
+    chunks = np.array([inputs.shape[0] for inputs in chunk_inputs], dtype=np.int64)
+    longest = int(chunks.max(initial=0))
+    probabilities = np.zeros((len(tracks), longest), dtype=np.float32)
+    if longest:
+        model = silero_model()
+        gates = model.input_gates(np.concatenate(chunk_inputs))
+        starts = np.cumsum(chunks) - chunks
+        h = np.stack([track._h for track in tracks])
+        c = np.stack([track._c for track in tracks])
+        for k in range(longest):
+            if chunks.min() > k:  # every track has a chunk here (the usual case)
+                probabilities[:, k], h, c = model.step(gates[starts + k], h, c)
+            else:
+                rows = np.flatnonzero(chunks > k)
+                p, h[rows], c[rows] = model.step(gates[starts[rows] + k], h[rows], c[rows])
+                probabilities[rows, k] = p
+        for i, track in enumerate(tracks):
+            track._h, track._c = h[i].copy(), c[i].copy()
+    outputs = [probabilities[i, :count] for i, count in enumerate(chunks.tolist())]
     result: list[np.ndarray] = []
     for track, probs, ends in zip(tracks, outputs, chunk_ends, strict=True):
         before = np.float32(track.probability)

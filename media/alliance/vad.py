@@ -38,7 +38,7 @@ from typing import Literal
 import numpy as np
 import webrtcvad
 
-from media.alliance.silero import SileroTrack, silero_session
+from media.alliance.silero import SileroTrack, silero_model
 
 __all__ = [
     "SILERO_ASSIST",
@@ -167,7 +167,7 @@ class VadTuning:
     bands_above: int = 2
     analysis_high_hz: float = 6000.0
     #: Which model says "this sounds like voice" behind the energy gate: ``webrtc`` alone,
-    #: ``silero`` alone (media/alliance/silero.py, on onnxruntime), or ``either`` (the
+    #: ``silero`` alone (media/alliance/silero.py, in numpy), or ``either`` (the
     #: default): Silero also accepts the frames that the gate passes and webrtcvad rejects.
     voice_model: Literal["webrtc", "silero", "either"] = "either"
     #: Silero's probability that starts speech, and the lower one that continues it.
@@ -204,11 +204,11 @@ def voice_tuning(silero_assist: bool) -> VadTuning:
     """The live path's and ``rapport analyze``'s tuning for the ``silero_assist`` setting.
 
     With the assist it loads Silero's model (once per process) here, so a missing
-    onnxruntime or model file raises ``SileroUnavailable`` saying so where the setting is
+    model file raises ``SileroUnavailable`` saying so where the setting is
     read, not when the first session opens."""
     if not silero_assist:
         return WEBRTC_ONLY
-    silero_session()
+    silero_model()
     return SILERO_ASSIST
 
 
