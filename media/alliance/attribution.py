@@ -170,9 +170,12 @@ class AttributionTuning:
     #: ``level_lost_tau_s`` of them) come within ``level_near_db`` of the reference, the
     #: louder voice is gone — the speaker moved away, or the microphone gain changed — and
     #: the reference falls this much faster. (A TV heard in a pause ends when the owner
-    #: talks again; moving away lasts.)
+    #: talks again; moving away lasts.) Session 26: 0.1 (from 0.05) lets a speaker who
+    #: moved away 12 dB under noise and echo be found again sooner (combined seed 9's
+    #: therapist lost 223 frames in the 20 s after the drift began); 0.15 also let a TV in
+    #: (background-15 seed 0), as did a faster plain fall (3 dB/s).
     level_lost_tau_s: float = 1.5
-    level_lost_fraction: float = 0.05
+    level_lost_fraction: float = 0.1
     level_lost_fall_db_per_s: float = 8.0
     level_near_db: float = 6.0
     background_drop_db: float = 12.0
