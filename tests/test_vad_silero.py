@@ -75,11 +75,9 @@ def _onnxruntime_session() -> Any:
     )
 
 
-def test_the_shipped_model_is_silero_s_and_runs_without_torch_or_onnxruntime() -> None:
-    import hashlib
-
-    path = silero_model_path()
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == SILERO_MODEL_SHA256
+def _run_silero_in_a_subprocess(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """A fresh interpreter runs one track through 20 frames; prints which of torch, onnx and
+    onnxruntime got imported (none should)."""
     script = (
         "import sys, numpy as np\n"
         "from media.alliance.silero import SileroTrack\n"
@@ -88,11 +86,19 @@ def test_the_shipped_model_is_silero_s_and_runs_without_torch_or_onnxruntime() -
         "    track.push(np.zeros(960, dtype=np.int16))\n"
         "print(sorted(m for m in ('torch', 'onnxruntime', 'onnx') if m in sys.modules))\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_the_shipped_model_is_silero_s_and_runs_without_torch_or_onnxruntime() -> None:
+    import hashlib
+
+    path = silero_model_path()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == SILERO_MODEL_SHA256
+    done = _run_silero_in_a_subprocess({**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.stdout.strip() == "[]"
 
 
@@ -351,16 +357,5 @@ def test_running_silero_writes_nothing_to_the_home_directory(tmp_path: Path) -> 
     device id and an event cache under ~/.cache/Microsoft; the server no longer loads it)."""
     env = {k: v for k, v in os.environ.items() if k not in ("XDG_CACHE_HOME", "HOME")}
     env.update(HOME=str(tmp_path), PYTHONPATH=str(ROOT))
-    script = (
-        "import numpy as np\n"
-        "from media.alliance.silero import SileroTrack\n"
-        "track = SileroTrack()\n"
-        "for _ in range(20):\n"
-        "    track.push(np.zeros(960, dtype=np.int16))\n"
-        "print(track.probability)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
+    _run_silero_in_a_subprocess(env)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == []
