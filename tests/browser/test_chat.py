@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
-from .helpers import WCAG_TAGS, describe_violations, page_errors, shoot
+from .helpers import axe_violations, describe_violations, page_errors, shoot
 from .test_session_flow import DESKTOP, PHONE, Browsers, RapportServer, _open, client_joins
 
 pytestmark = pytest.mark.browser
@@ -68,16 +68,7 @@ def _open_chat(page: Page) -> None:
 
 def _chat_axe_violations(page: Page) -> list[dict[str, Any]]:
     """axe (WCAG 2.1 A/AA) on the chat's own parts: the panel and its toggle."""
-    from axe_playwright_python.sync_playwright import Axe
-
-    context = {"include": [['[data-testid="chat-dock"]'], ['[data-testid="chat-toggle"]']]}
-    results = Axe().run(
-        page,
-        context=context,
-        options={"runOnly": {"type": "tag", "values": WCAG_TAGS}, "resultTypes": ["violations"]},
-    )
-    violations: list[dict[str, Any]] = results.response["violations"]
-    return violations
+    return axe_violations(page, ['[data-testid="chat-dock"]', '[data-testid="chat-toggle"]'])
 
 
 def _texts(page: Page) -> list[str]:

@@ -460,3 +460,26 @@ def test_load_event_fires_before_admission(
     finally:
         t_ctx.close()
         c_ctx.close()
+
+
+UNLABELLED_FORM = """<!doctype html><html lang="en"><head><title>Form</title></head>
+<body><main><h1>Form</h1><input id="name" type="text"><p id="note">A note.</p></main>
+</body></html>"""
+
+
+def test_the_axe_check_names_a_problem_and_sees_the_page_as_it_is_now(browsers: Any) -> None:
+    """The checker every page test relies on: axe is injected once per document, so this
+    proves a repeat check reads the live page (not the first result) and that a new document
+    gets axe again; ``include`` narrows the check to the named elements."""
+    context = browsers.therapist.new_context()
+    try:
+        page = context.new_page()
+        page.set_content(UNLABELLED_FORM)
+        assert [v["id"] for v in axe_violations(page)] == ["label"]
+        assert axe_violations(page, ["#note"]) == []
+        page.evaluate("() => document.querySelector('#name').setAttribute('aria-label', 'Name')")
+        assert axe_violations(page) == []
+        page.set_content(UNLABELLED_FORM)
+        assert [v["id"] for v in axe_violations(page, ["#name"])] == ["label"]
+    finally:
+        context.close()
